@@ -1,0 +1,142 @@
+//! Command-line interface: argument parsing and the commands that act on a store.
+//!
+//! Exit status: 0 on success; 1 when the command failed (a message on stderr says
+//! why), including `get` of a missing key and `fsck` finding problems; 2 on a usage
+//! error.
+
+mod commands;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use kvfs::db::Options;
+use kvfs::store::retry::RetryPolicy;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvfs",
+    version,
+    about = "A key-value store on S3 that writes small values as large log segments",
+    long_about = "A key-value store on S3 that writes small values as large log segments.\n\n\
+        STORE is s3://bucket/prefix (standard AWS configuration: credential chain, \
+        AWS_REGION, AWS_ENDPOINT_URL), a local directory path, or file:///path."
+)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store a value; durable when the command exits 0.
+    Put {
+        store: String,
+        key: String,
+        /// The value; read from standard input when absent.
+        value: Option<String>,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Print a key's value to standard output (exit 1 if the key is missing).
+    Get { store: String, key: String },
+    /// Delete a key; durable when the command exits 0.
+    Delete {
+        store: String,
+        key: String,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// List keys in order, as `key<TAB>value` lines (or keys only).
+    Scan {
+        store: String,
+        /// Only keys starting with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// First key (inclusive).
+        #[arg(long)]
+        start: Option<String>,
+        /// End key (exclusive).
+        #[arg(long)]
+        end: Option<String>,
+        /// At most this many keys.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Show keys, bytes, objects, manifest and checkpoint position, writer epoch.
+    Stats { store: String },
+    /// Read and verify every object; exit 1 on any problem.
+    Fsck { store: String },
+}
+
+/// Engine settings for commands that write.
+#[derive(Args, Debug, Clone)]
+pub struct Tuning {
+    /// Seal a log segment at this size.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    segment_bytes: usize,
+    /// Upload buffered writes at least this often.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    flush_interval_ms: u64,
+    /// Read cache size.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    cache_bytes: usize,
+    /// Give up on an unreachable object store after this long.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    retry_timeout_secs: u64,
+}
+
+impl Tuning {
+    pub fn options(&self) -> Options {
+        Options {
+            segment_bytes: self.segment_bytes.max(4096),
+            flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            cache_bytes: self.cache_bytes,
+            retry: RetryPolicy {
+                max_elapsed: Duration::from_secs(self.retry_timeout_secs),
+                ..RetryPolicy::default()
+            },
+            ..Options::default()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvfs: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(commands::run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvfs: {e}");
+            1
+        }
+    }
+}

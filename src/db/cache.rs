@@ -1,0 +1,76 @@
+//! A least-recently-used cache of object bytes, bounded by total size.
+//!
+//! It holds whole segments (kept after their upload, so recently written data is
+//! read from memory) and single entries fetched by ranged GETs.
+
+use bytes::Bytes;
+use lru::LruCache;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    /// A whole segment object, by index slot.
+    Segment(u32),
+    /// One entry's bytes: slot and offset.
+    Entry(u32, u32),
+}
+
+#[derive(Debug)]
+pub struct ByteCache {
+    lru: LruCache<CacheKey, Bytes>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl ByteCache {
+    pub fn new(capacity: usize) -> Self {
+        ByteCache {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            capacity,
+        }
+    }
+
+    pub fn get(&mut self, key: &CacheKey) -> Option<Bytes> {
+        self.lru.get(key).cloned()
+    }
+
+    /// Insert, evicting least recently used items to stay within capacity. Items larger
+    /// than a quarter of the capacity are not cached.
+    pub fn insert(&mut self, key: CacheKey, value: Bytes) {
+        if value.len() > self.capacity / 4 {
+            return;
+        }
+        self.bytes += value.len();
+        if let Some(old) = self.lru.put(key, value) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.capacity {
+            match self.lru.pop_lru() {
+                Some((_, v)) => self.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_to_capacity() {
+        let mut c = ByteCache::new(100);
+        for i in 0..10 {
+            c.insert(CacheKey::Entry(0, i), Bytes::from(vec![0u8; 20]));
+        }
+        assert!(c.bytes() <= 100);
+        assert!(c.get(&CacheKey::Entry(0, 9)).is_some());
+        assert!(c.get(&CacheKey::Entry(0, 0)).is_none());
+        c.insert(CacheKey::Segment(1), Bytes::from(vec![0u8; 60]));
+        assert!(c.get(&CacheKey::Segment(1)).is_none());
+    }
+}

@@ -1,0 +1,144 @@
+//! Writing checkpoints and the manifests that publish them.
+//!
+//! Steps (docs/FORMAT.md, "Commit protocol"):
+//! 1. Under the state lock: seal the open segment, note its sequence number `P`, and
+//!    encode the index. The checkpoint reflects exactly segments up to `P`.
+//! 2. Wait until the durable point reaches `P` (a checkpoint must never refer to a
+//!    segment that might not exist).
+//! 3. PUT `ckpt/N` (create-if-absent), where `N` is the next manifest number.
+//! 4. PUT `manifest/N` (create-if-absent) naming `ckpt/N` and the open log range of
+//!    this epoch from `P + 1`. If it already exists, another writer has taken over:
+//!    this writer is fenced.
+
+use std::sync::Arc;
+
+use super::error::{Error, Result};
+use super::lease::{now_unix_ms, this_host};
+use super::Shared;
+use crate::format::checkpoint;
+use crate::format::manifest::{self, LogRange, Manifest, OPEN};
+use crate::format::names::{checkpoint_name, manifest_name, SegmentId};
+use crate::store::{PutMode, StoreError};
+
+/// Run a checkpoint now, after any one already running.
+pub(crate) async fn run_exclusive(sh: &Arc<Shared>) -> Result<()> {
+    if !sh.writable {
+        return Err(Error::ReadOnly);
+    }
+    loop {
+        let notified = sh.checkpoint_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = sh.lock();
+            if let Some(e) = &st.poisoned {
+                return Err(e.clone());
+            }
+            if !st.checkpoint_running {
+                st.checkpoint_running = true;
+                break;
+            }
+        }
+        notified.await;
+    }
+    let result = write(sh).await;
+    finish(sh, &result);
+    result
+}
+
+/// A checkpoint started by the uploader (which already set `checkpoint_running`).
+pub(crate) async fn run_background(sh: Arc<Shared>) {
+    let result = write(&sh).await;
+    finish(&sh, &result);
+    if let Err(e) = result {
+        log::warn!("background checkpoint failed (will retry later): {e}");
+    }
+}
+
+fn finish(sh: &Shared, result: &Result<()>) {
+    let mut st = sh.lock();
+    st.checkpoint_running = false;
+    if let Err(e @ Error::Fenced(_)) = result {
+        sh.poison(&mut st, e.clone());
+    }
+    drop(st);
+    sh.checkpoint_done.notify_waiters();
+}
+
+/// The holder description written into manifests.
+pub(crate) fn holder_description(epoch: u64) -> String {
+    format!("{} pid {} epoch {}", this_host(), std::process::id(), epoch)
+}
+
+async fn write(sh: &Shared) -> Result<()> {
+    let (data, covers_seq, accounted, n) = {
+        let mut st = sh.lock();
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        st.log.seal_open();
+        let covers_seq = st.log.last_sealed_seq;
+        let covers = SegmentId {
+            epoch: sh.epoch,
+            seq: covers_seq,
+        };
+        let data = checkpoint::encode(
+            sh.epoch,
+            covers,
+            st.index.segments(),
+            st.index.len(),
+            st.index.iter(),
+        );
+        (
+            data,
+            covers_seq,
+            st.log_bytes_since_checkpoint,
+            st.manifest.seq + 1,
+        )
+    };
+    sh.wake_uploader.notify_one();
+    sh.wait_durable(covers_seq).await?;
+
+    let ckpt = checkpoint_name(n);
+    let size = data.len();
+    match sh.store.put(&ckpt, data.into(), PutMode::CreateNew).await {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => {
+            return Err(Error::Fenced(format!(
+                "{ckpt} already exists: another writer has published manifest {n}"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let m = Manifest {
+        seq: n,
+        writer_epoch: sh.epoch,
+        created_unix_ms: now_unix_ms(),
+        checkpoint: Some(n),
+        ranges: vec![LogRange {
+            epoch: sh.epoch,
+            first: covers_seq + 1,
+            last: OPEN,
+        }],
+        holder: holder_description(sh.epoch),
+    };
+    let name = manifest_name(n);
+    match sh
+        .store
+        .put(&name, manifest::encode(&m).into(), PutMode::CreateNew)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => {
+            return Err(Error::Fenced(format!(
+                "{name} already exists: another writer has taken over"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    log::info!("checkpoint {ckpt} written ({size} bytes), covering segment {covers_seq} of epoch {}", sh.epoch);
+    let mut st = sh.lock();
+    st.manifest = m;
+    st.log_bytes_since_checkpoint = st.log_bytes_since_checkpoint.saturating_sub(accounted);
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Errors of the engine.
+
+use crate::format::FormatError;
+use crate::store::StoreError;
+
+/// Every way a [`crate::db::Db`] operation can fail.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("value too large: {size} bytes (the maximum is {max} bytes)")]
+    ValueTooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt object {object}: {source}")]
+    Corrupt {
+        object: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("no kvfs store at {0}: it has no manifest (nothing was ever written there, or the URL is wrong)")]
+    NoStore(String),
+    #[error("store is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("store {store} is in use by another writer ({holder}); stop it first, or wait for its lease to expire")]
+    Locked { store: String, holder: String },
+    #[error("this writer was fenced: {0}. Another writer now owns the store; reopen to continue")]
+    Fenced(String),
+    #[error("the store was opened read-only")]
+    ReadOnly,
+    #[error("the store is closed")]
+    Closed,
+    #[error("writes stopped after an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(object: impl Into<String>, source: FormatError) -> Error {
+        Error::Corrupt {
+            object: object.into(),
+            source,
+        }
+    }
+
+    /// The state a writer enters after this error: later writes fail with it.
+    pub(crate) fn poisoned(&self) -> Error {
+        match self {
+            Error::Fenced(_) | Error::Poisoned(_) => self.clone(),
+            other => Error::Poisoned(other.to_string()),
+        }
+    }
+
+    /// The errno a file-system caller should see.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::InvalidKey(_) => libc::EINVAL,
+            Error::ValueTooLarge { .. } => libc::EFBIG,
+            Error::ReadOnly => libc::EROFS,
+            Error::Store(StoreError::NotFound(_)) => libc::EIO,
+            _ => libc::EIO,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,197 @@
+//! `kvfs fsck`: read every object of a store and verify it.
+//!
+//! Checks: every segment, checkpoint and manifest decodes and its checksums match
+//! (segments: the whole-object checksum and every entry's own); the lease parses; no
+//! foreign objects sit in the prefix; the current manifest's checkpoint and closed log
+//! ranges exist; and every key of the recovered index points at an entry for that key.
+
+use std::collections::{HashMap, HashSet};
+
+use super::error::Result;
+use super::lease::LeaseInfo;
+use super::Shared;
+use crate::format::names::{manifest_name, parse_name, segment_name, ObjectKind, SegmentId};
+use crate::format::segment::{decode_entry, entry_len, SegmentView};
+use crate::format::{checkpoint, manifest};
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsckIssue {
+    pub object: String,
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FsckReport {
+    pub objects: u64,
+    pub bytes: u64,
+    pub segments: u64,
+    pub checkpoints: u64,
+    pub manifests: u64,
+    pub entries: u64,
+    pub keys_verified: u64,
+    pub issues: Vec<FsckIssue>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.issues.is_empty()
+    }
+
+    fn issue(&mut self, object: impl Into<String>, problem: impl Into<String>) {
+        self.issues.push(FsckIssue {
+            object: object.into(),
+            problem: problem.into(),
+        });
+    }
+}
+
+pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<FsckReport> {
+    let mut report = FsckReport::default();
+    // Which (offset, key) each live key expects, grouped by segment.
+    let (mut expected, manifest) = {
+        let st = sh.lock();
+        let mut by_seg: HashMap<SegmentId, Vec<(u32, Vec<u8>, u32)>> = HashMap::new();
+        for (k, loc) in st.index.iter() {
+            if let Some(id) = st.index.segment(loc.segment) {
+                by_seg
+                    .entry(id)
+                    .or_default()
+                    .push((loc.offset, k.to_vec(), loc.value_len));
+            }
+        }
+        (by_seg, st.manifest.clone())
+    };
+    let listed = sh.store.list("").await?;
+    let total = listed.len();
+    let mut present: HashSet<String> = HashSet::new();
+    for (i, obj) in listed.iter().enumerate() {
+        if i % 100 == 0 || i + 1 == total {
+            progress(&format!("checked {i} of {total} objects"));
+        }
+        present.insert(obj.key.clone());
+        let kind = parse_name(&obj.key);
+        if kind == ObjectKind::Unknown {
+            report.issue(
+                &obj.key,
+                "not a kvfs object (a foreign object in the store prefix)",
+            );
+            continue;
+        }
+        let data = match sh.store.get(&obj.key).await {
+            Ok(g) => g.data,
+            Err(e) => {
+                report.issue(&obj.key, format!("could not be read: {e}"));
+                continue;
+            }
+        };
+        report.objects += 1;
+        report.bytes += data.len() as u64;
+        match kind {
+            ObjectKind::Segment(id) => {
+                report.segments += 1;
+                check_segment(&mut report, id, &obj.key, &data, expected.remove(&id));
+            }
+            ObjectKind::Checkpoint(_) => {
+                report.checkpoints += 1;
+                if let Err(e) = checkpoint::decode(&data) {
+                    report.issue(&obj.key, e.to_string());
+                }
+            }
+            ObjectKind::Manifest(n) => {
+                report.manifests += 1;
+                match manifest::decode(&data) {
+                    Ok(m) if m.seq != n => {
+                        report.issue(&obj.key, format!("says it is manifest {}", m.seq))
+                    }
+                    Ok(_) => {}
+                    Err(e) => report.issue(&obj.key, e.to_string()),
+                }
+            }
+            ObjectKind::Lease => {
+                if let Err(e) = LeaseInfo::decode(&data) {
+                    report.issue(&obj.key, e.to_string());
+                }
+            }
+            ObjectKind::Unknown => {}
+        }
+    }
+    // References of the current manifest.
+    let mname = manifest_name(manifest.seq);
+    if let Some(c) = manifest.checkpoint {
+        let cname = crate::format::names::checkpoint_name(c);
+        if !present.contains(&cname) {
+            report.issue(&mname, format!("names missing checkpoint {cname}"));
+        }
+    }
+    for r in manifest.ranges.iter().filter(|r| !r.is_open()) {
+        for seq in r.first..=r.last {
+            let s = segment_name(SegmentId {
+                epoch: r.epoch,
+                seq,
+            });
+            if !present.contains(&s) {
+                report.issue(&mname, format!("log range needs missing segment {s}"));
+            }
+        }
+    }
+    for (id, keys) in expected {
+        report.issue(
+            segment_name(id),
+            format!("missing, but {} live keys point into it", keys.len()),
+        );
+    }
+    Ok(report)
+}
+
+fn check_segment(
+    report: &mut FsckReport,
+    id: SegmentId,
+    name: &str,
+    data: &[u8],
+    expected: Option<Vec<(u32, Vec<u8>, u32)>>,
+) {
+    let view = match SegmentView::decode(data) {
+        Ok(v) => v,
+        Err(e) => {
+            report.issue(name, e.to_string());
+            return;
+        }
+    };
+    if view.id != id {
+        report.issue(name, format!("holds segment {} instead", view.id));
+        return;
+    }
+    let mut offsets = HashMap::new();
+    for e in view.entries() {
+        match e {
+            Ok(e) => {
+                report.entries += 1;
+                let len = entry_len(e.key.len(), e.value.len());
+                let start = e.offset as usize;
+                if let Some(raw) = data.get(start..start + len) {
+                    if let Err(err) = decode_entry(raw, e.offset) {
+                        report.issue(name, format!("entry at offset {start}: {err}"));
+                    }
+                }
+                offsets.insert(e.offset, (e.key.to_vec(), e.value.len() as u32));
+            }
+            Err(err) => {
+                report.issue(name, err.to_string());
+                return;
+            }
+        }
+    }
+    for (off, key, vlen) in expected.unwrap_or_default() {
+        match offsets.get(&off) {
+            Some((k, l)) if *k == key && *l == vlen => report.keys_verified += 1,
+            _ => report.issue(
+                name,
+                format!(
+                    "live key {:?} points at offset {off}, which holds no matching entry",
+                    String::from_utf8_lossy(&key)
+                ),
+            ),
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! The engine: a key-value store whose persistent state is a log of segment objects
+//! in an object store, plus checkpoints of the index and numbered manifests.
+//!
+//! Vocabulary (see also `state`, `recovery` and docs/ARCHITECTURE.md):
+//! - **entry**: one put or delete of one key, inside a segment.
+//! - **segment**: an object of entries, written once by one PUT. Named by writer epoch
+//!   and sequence number.
+//! - **writer epoch**: a number that grows by one each time a writer opens the store;
+//!   each epoch writes its own segment sequence 1, 2, 3, …
+//! - **checkpoint**: a sorted snapshot of the index (key → location of its value).
+//! - **manifest**: names the checkpoint and the log ranges to replay after it.
+//! - **durable**: stored in the object store; `sync` returns once everything written
+//!   before it is durable.
+//!
+//! Reads are served from the in-memory segments, then the cache, then a ranged GET of
+//! exactly one entry. Writes append to the open segment and return; `sync` makes
+//! them durable. Memory for data not yet durable is bounded: writers wait.
+
+mod cache;
+mod checkpointer;
+pub mod error;
+mod fsck;
+mod index;
+pub mod lease;
+mod options;
+mod recovery;
+mod state;
+mod stats;
+mod uploader;
+
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub use error::{Error, Result};
+pub use fsck::{FsckIssue, FsckReport};
+pub use options::{Options, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use stats::Stats;
+
+use crate::format::checkpoint::Location;
+use crate::format::names::segment_name;
+use crate::format::segment::{decode_entry, entry_len, EntryKind};
+use crate::store::metered::{Meter, MeteredStore};
+use crate::store::retry::RetryStore;
+use crate::store::{open_store, DynStore, StoreUrl};
+use cache::CacheKey;
+use lease::Lease;
+use state::State;
+
+/// One operation of a [`Db::write_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// What the durable-point channel carries.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Durable {
+    pub seq: u64,
+    pub error: Option<Error>,
+}
+
+pub(crate) struct Shared {
+    pub store: DynStore,
+    pub meter: Arc<Meter>,
+    pub retry: Arc<RetryStore>,
+    pub opts: Options,
+    pub epoch: u64,
+    pub writable: bool,
+    pub state: Mutex<State>,
+    pub durable: watch::Sender<Durable>,
+    pub wake_uploader: Notify,
+    pub space_freed: Notify,
+    pub checkpoint_done: Notify,
+    pub lease: tokio::sync::Mutex<Option<Lease>>,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub opened_in: std::time::Duration,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop all later writes with `err` and wake everyone who waits.
+    pub fn poison(&self, st: &mut State, err: Error) {
+        if st.poisoned.is_none() {
+            log::error!("writes stopped: {err}");
+            let p = err.poisoned();
+            st.poisoned = Some(p.clone());
+            self.durable.send_modify(|d| d.error = Some(p));
+        }
+        self.space_freed.notify_waiters();
+        self.wake_uploader.notify_one();
+        self.checkpoint_done.notify_waiters();
+    }
+
+    fn stop_tasks(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// Wait until the durable point reaches `seq` of this writer's epoch.
+    pub async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut rx = self.durable.subscribe();
+        loop {
+            {
+                let d = rx.borrow_and_update();
+                if d.seq >= seq {
+                    return Ok(());
+                }
+                if let Some(e) = &d.error {
+                    return Err(e.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+}
+
+/// A handle on an open store. Cheap to clone; all clones share one engine. Dropping
+/// the last clone without [`Db::close`] stops background work at once, like a crash:
+/// writes that were not synced may be lost.
+#[derive(Clone)]
+pub struct Db {
+    handle: Arc<Handle>,
+}
+
+/// Owns the background tasks; they stop when the last [`Db`] clone goes away.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.stop_tasks();
+    }
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("store", &self.handle.shared.store.describe())
+            .field("epoch", &self.handle.shared.epoch)
+            .field("writable", &self.handle.shared.writable)
+            .finish()
+    }
+}
+
+/// Check a key against the engine's limits.
+pub fn validate_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidKey("keys must not be empty".to_string()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey(format!(
+            "key is {} bytes; the maximum is {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::ValueTooLarge {
+            size: value.len(),
+            max: MAX_VALUE_LEN,
+        });
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Open the store a URL names (`s3://bucket/prefix`, a path, `file:///path`).
+    pub async fn open(url: &str, opts: Options) -> Result<Db> {
+        let url = StoreUrl::parse(url)?;
+        let backend = open_store(&url).await?;
+        Db::open_store(backend, opts).await
+    }
+
+    /// Open a store on an already constructed backend. The engine adds its own retry
+    /// and metering layers around it.
+    pub async fn open_store(backend: DynStore, opts: Options) -> Result<Db> {
+        let started = Instant::now();
+        let metered = MeteredStore::new(backend);
+        let meter = metered.meter();
+        let retry = Arc::new(RetryStore::new(Arc::new(metered), opts.retry.clone()));
+        let store: DynStore = retry.clone();
+        let opened = recovery::open(store.clone(), &opts).await?;
+        let epoch = opened.epoch;
+        let writable = opened.lease.is_some();
+        let (durable, _) = watch::channel(Durable::default());
+        let shared = Arc::new(Shared {
+            store,
+            meter,
+            retry,
+            epoch,
+            writable,
+            state: Mutex::new(State {
+                index: opened.index,
+                log: state::LogState::new(epoch),
+                cache: cache::ByteCache::new(opts.cache_bytes),
+                manifest: opened.manifest,
+                log_bytes_since_checkpoint: opened.replayed_bytes,
+                checkpoint_running: false,
+                poisoned: None,
+                closing: false,
+                closed: false,
+            }),
+            opts,
+            durable,
+            wake_uploader: Notify::new(),
+            space_freed: Notify::new(),
+            checkpoint_done: Notify::new(),
+            lease: tokio::sync::Mutex::new(opened.lease),
+            tasks: Mutex::new(Vec::new()),
+            opened_in: started.elapsed(),
+        });
+        if writable {
+            let up = tokio::spawn(uploader::run(shared.clone()));
+            let renew = tokio::spawn(uploader::renew_lease(shared.clone()));
+            let mut tasks = shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.push(up);
+            tasks.push(renew);
+        }
+        Ok(Db {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    /// The writer epoch this handle writes (or, read-only, the store's current one).
+    pub fn epoch(&self) -> u64 {
+        self.handle.shared.epoch
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        !self.handle.shared.writable
+    }
+
+    /// The object store as the engine sees it (with retry and metering layers).
+    pub fn store(&self) -> &DynStore {
+        &self.handle.shared.store
+    }
+
+    /// Request counters of this handle's object store.
+    pub fn metrics(&self) -> crate::store::metered::Metrics {
+        self.handle.shared.meter.snapshot()
+    }
+
+    /// Number of retried object-store requests.
+    pub fn retries(&self) -> u64 {
+        self.handle.shared.retry.retries()
+    }
+
+    /// Store `value` under `key`. Not durable until [`Db::sync`] returns.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.write(&[(key, Some(value))]).await
+    }
+
+    /// Remove `key` (no error if it is absent). Not durable until [`Db::sync`].
+    pub async fn delete(&self, key: &[u8]) -> Result<()> {
+        self.write(&[(key, None)]).await
+    }
+
+    /// Apply all operations atomically: after a crash either all or none are present.
+    pub async fn write_batch(&self, ops: &[BatchOp]) -> Result<()> {
+        let ops: Vec<(&[u8], Option<&[u8]>)> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+                BatchOp::Delete(k) => (k.as_slice(), None),
+            })
+            .collect();
+        self.write(&ops).await
+    }
+
+    async fn write(&self, ops: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        let mut size = 0usize;
+        for (k, v) in ops {
+            validate_key(k)?;
+            if let Some(v) = v {
+                validate_value(v)?;
+            }
+            size += entry_len(k.len(), v.map_or(0, |v| v.len()));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let sh = &self.handle.shared;
+        if !sh.writable {
+            return Err(Error::ReadOnly);
+        }
+        loop {
+            let notified = sh.space_freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = sh.lock();
+                if let Some(e) = &st.poisoned {
+                    return Err(e.clone());
+                }
+                if st.closing || st.closed {
+                    return Err(Error::Closed);
+                }
+                let log = &mut st.log;
+                let fits = log.unflushed_bytes == 0
+                    || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
+                if fits {
+                    self.append_locked(&mut st, ops, size);
+                    return Ok(());
+                }
+            }
+            log::debug!("write waits: unflushed data is at its memory limit");
+            sh.wake_uploader.notify_one();
+            notified.await;
+        }
+    }
+
+    fn append_locked(&self, st: &mut State, ops: &[(&[u8], Option<&[u8]>)], size: usize) {
+        let sh = &self.handle.shared;
+        let State { index, log, .. } = st;
+        // A batch never straddles two segments.
+        if !log.open.is_empty() && log.open.len() + size > sh.opts.segment_bytes {
+            log.seal_open();
+            sh.wake_uploader.notify_one();
+        }
+        let slot = match log.open_slot {
+            Some(s) => s,
+            None => {
+                let s = index.slot_for(log.open.id());
+                log.open_slot = Some(s);
+                s
+            }
+        };
+        for (k, v) in ops {
+            match v {
+                Some(v) => {
+                    let off = log.open.append(EntryKind::Put, k, v);
+                    index.insert(
+                        k,
+                        Location {
+                            segment: slot,
+                            offset: off,
+                            value_len: v.len() as u32,
+                        },
+                    );
+                }
+                None => {
+                    log.open.append(EntryKind::Delete, k, &[]);
+                    index.remove(k);
+                }
+            }
+        }
+        log.unflushed_bytes += size;
+        if log.open_since.is_none() {
+            log.open_since = Some(Instant::now());
+            sh.wake_uploader.notify_one();
+        }
+        if log.open.len() >= sh.opts.segment_bytes {
+            log.seal_open();
+            sh.wake_uploader.notify_one();
+        }
+        st.log_bytes_since_checkpoint += size as u64;
+    }
+
+    /// Wait until every write that returned before this call is durable.
+    pub async fn sync(&self) -> Result<()> {
+        let sh = &self.handle.shared;
+        if !sh.writable {
+            return Ok(());
+        }
+        let target = {
+            let mut st = sh.lock();
+            if let Some(e) = &st.poisoned {
+                return Err(e.clone());
+            }
+            let log = &mut st.log;
+            if log.open.is_empty() {
+                log.last_sealed_seq
+            } else {
+                let seq = log.open.id().seq;
+                log.sync_target = log.sync_target.max(seq);
+                seq
+            }
+        };
+        sh.wake_uploader.notify_one();
+        sh.wait_durable(target).await
+    }
+
+    /// The value of `key`, or `None`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        validate_key(key)?;
+        let loc = match self.handle.shared.lock().index.get(key) {
+            Some(l) => l,
+            None => return Ok(None),
+        };
+        self.read_value(key, loc).await.map(Some)
+    }
+
+    /// Fetch the value at `loc` for `key`: memory, cache, then a ranged GET.
+    async fn read_value(&self, key: &[u8], loc: Location) -> Result<Bytes> {
+        let sh = &self.handle.shared;
+        let len = entry_len(key.len(), loc.value_len as usize);
+        let off = loc.offset as usize;
+        let value_at = len - loc.value_len as usize;
+        let id = {
+            let mut st = sh.lock();
+            let id = st.index.segment(loc.segment).ok_or_else(|| {
+                Error::Inconsistent(format!("index names unknown segment slot {}", loc.segment))
+            })?;
+            if let Some(b) = st.log.memory_slice(id, off, len) {
+                return Ok(b.slice(value_at..));
+            }
+            if let Some(b) = st.cache.get(&CacheKey::Entry(loc.segment, loc.offset)) {
+                return Ok(b.slice(value_at..));
+            }
+            if let Some(seg) = st.cache.get(&CacheKey::Segment(loc.segment)) {
+                if off + len <= seg.len() {
+                    let raw = seg.slice(off..off + len);
+                    let e = decode_entry(&raw, loc.offset)
+                        .map_err(|e| Error::corrupt(segment_name(id), e))?;
+                    if e.key == key {
+                        return Ok(raw.slice(value_at..));
+                    }
+                }
+            }
+            id
+        };
+        let name = segment_name(id);
+        let raw = sh
+            .store
+            .get_range(&name, off as u64..(off + len) as u64)
+            .await?;
+        let e = decode_entry(&raw, loc.offset).map_err(|e| Error::corrupt(name.clone(), e))?;
+        if e.key != key || e.kind != EntryKind::Put {
+            return Err(Error::Inconsistent(format!(
+                "{name} offset {off}: expected a put of the requested key"
+            )));
+        }
+        sh.lock()
+            .cache
+            .insert(CacheKey::Entry(loc.segment, loc.offset), raw.clone());
+        Ok(raw.slice(value_at..))
+    }
+
+    /// Keys (with values unless `keys_only`) in `[start, end)` order, at most `limit`.
+    pub async fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(Vec<u8>, Option<Bytes>)>> {
+        let found: Vec<(Vec<u8>, Location)> = {
+            let st = self.handle.shared.lock();
+            st.index
+                .range(start, end)
+                .take(limit)
+                .map(|(k, l)| (k.to_vec(), l))
+                .collect()
+        };
+        if keys_only {
+            return Ok(found.into_iter().map(|(k, _)| (k, None)).collect());
+        }
+        // Fetch values with bounded concurrency, keeping key order.
+        let mut out = Vec::with_capacity(found.len());
+        let mut pending = std::collections::VecDeque::new();
+        let mut iter = found.into_iter();
+        loop {
+            while pending.len() < 16 {
+                let Some((k, loc)) = iter.next() else { break };
+                let db = self.clone();
+                pending.push_back(tokio::spawn(async move {
+                    let v = db.read_value(&k, loc).await;
+                    (k, v)
+                }));
+            }
+            let Some(h) = pending.pop_front() else { break };
+            let (k, v) = h
+                .await
+                .map_err(|e| Error::Inconsistent(format!("read task failed: {e}")))?;
+            out.push((k, Some(v?)));
+        }
+        Ok(out)
+    }
+
+    /// Keys and values under `prefix`, in key order, at most `limit`.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<(Vec<u8>, Option<Bytes>)>> {
+        let end = prefix_successor(prefix);
+        let end_bound = match &end {
+            Some(e) => Bound::Excluded(e.as_slice()),
+            None => Bound::Unbounded,
+        };
+        self.scan(Bound::Included(prefix), end_bound, limit, keys_only)
+            .await
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.handle.shared.lock().index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Write a checkpoint now (normally done in the background).
+    pub async fn checkpoint(&self) -> Result<()> {
+        checkpointer::run_exclusive(&self.handle.shared).await
+    }
+
+    /// Flush everything, checkpoint if worthwhile, release the writer lease.
+    pub async fn close(&self) -> Result<()> {
+        let sh = &self.handle.shared;
+        if sh.writable {
+            let result = self.close_writer().await;
+            self.stop_tasks();
+            return result;
+        }
+        sh.lock().closed = true;
+        Ok(())
+    }
+
+    async fn close_writer(&self) -> Result<()> {
+        let sh = &self.handle.shared;
+        if sh.lock().closed {
+            return Ok(());
+        }
+        self.sync().await?;
+        let need_checkpoint = {
+            let st = sh.lock();
+            st.log_bytes_since_checkpoint >= sh.opts.checkpoint_on_close_bytes
+                || st.manifest.ranges.len() > sh.opts.checkpoint_max_ranges
+        };
+        if need_checkpoint {
+            checkpointer::run_exclusive(sh).await?;
+        }
+        {
+            let mut st = sh.lock();
+            st.closing = true;
+            st.closed = true;
+        }
+        sh.wake_uploader.notify_one();
+        if let Some(mut lease) = sh.lease.lock().await.take() {
+            lease.release().await?;
+        }
+        Ok(())
+    }
+
+    fn stop_tasks(&self) {
+        self.handle.shared.stop_tasks();
+    }
+
+    /// Simulate a crash in tests: stop background work without flushing or releasing.
+    pub fn abandon(&self) {
+        {
+            let mut st = self.handle.shared.lock();
+            st.closing = true;
+            st.closed = true;
+            self.handle.shared.poison(&mut st, Error::Closed);
+        }
+        self.stop_tasks();
+    }
+
+    /// Counters and positions for `kvfs stats`.
+    pub async fn stats(&self) -> Result<Stats> {
+        stats::collect(&self.handle.shared).await
+    }
+
+    /// Read and verify every object of the store.
+    pub async fn fsck(&self, progress: &mut dyn FnMut(&str)) -> Result<FsckReport> {
+        fsck::run(&self.handle.shared, progress).await
+    }
+}
+
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}

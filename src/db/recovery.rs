@@ -1,0 +1,406 @@
+//! Opening a store: recovery from manifest, checkpoint and log, and writer takeover.
+//!
+//! **Recovery** reads the highest-numbered manifest, loads the checkpoint it names,
+//! then replays its log ranges in order: every segment of a closed range (all must
+//! exist), then the open range's segments from its first sequence number up to the
+//! first missing one or the first fence segment. A segment after a gap is never
+//! applied: it can only hold writes that were never acknowledged.
+//!
+//! **Takeover** (a writer opening the store) then closes the previous epoch's log:
+//! 1. PUT a fence segment, create-if-absent, at the first sequence number after the
+//!    recovered tail. If the previous writer is still running, its upload of that
+//!    sequence number now fails, so its durable point can never pass the tail we
+//!    recovered: nothing it acknowledges afterwards can be lost. If the PUT finds a
+//!    data segment there (the previous writer got it in first), apply it and fence the
+//!    next number.
+//! 2. PUT manifest `N + 1`, create-if-absent, with writer epoch `E + 1`, the previous
+//!    open range closed at the tail, and a new open range for epoch `E + 1` from 1.
+//!    If manifest `N + 1` appeared meanwhile, start over from the new manifest.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::checkpointer::holder_description;
+use super::error::{Error, Result};
+use super::index::Index;
+use super::lease::{now_unix_ms, Lease};
+use super::options::Options;
+use crate::format::checkpoint::{self, Location};
+use crate::format::manifest::{self, LogRange, Manifest, OPEN};
+use crate::format::names::{
+    checkpoint_name, manifest_name, parse_name, segment_epoch_prefix, segment_name, ObjectKind,
+    SegmentId, MANIFEST_DIR, SEGMENT_DIR,
+};
+use crate::format::segment::{entry_len, fence_segment, EntryKind, SegmentView, FLAG_FENCE};
+use crate::store::{DynStore, PutMode, StoreError};
+
+/// What `open` hands to the engine.
+pub(crate) struct Opened {
+    pub epoch: u64,
+    pub index: Index,
+    pub manifest: Manifest,
+    pub lease: Option<Lease>,
+    /// Entry bytes replayed from the log (log since the checkpoint).
+    pub replayed_bytes: u64,
+}
+
+/// The recovered open log range of the previous writer.
+struct OpenTail {
+    epoch: u64,
+    first: u64,
+    /// Last sequence number applied (`first - 1` when none).
+    last: u64,
+    /// Whether a fence segment already ends the range.
+    fenced: bool,
+}
+
+struct Loaded {
+    manifest: Manifest,
+    index: Index,
+    tail: Option<OpenTail>,
+    replayed_bytes: u64,
+}
+
+pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
+    if opts.read_only {
+        let loaded = load(&store, opts)
+            .await?
+            .ok_or_else(|| Error::NoStore(store.describe()))?;
+        return Ok(Opened {
+            epoch: loaded.manifest.writer_epoch,
+            index: loaded.index,
+            manifest: loaded.manifest,
+            lease: None,
+            replayed_bytes: loaded.replayed_bytes,
+        });
+    }
+    let mut lease = Lease::acquire(store.clone(), opts.lease_ttl).await?;
+    match take_over(&store, opts).await {
+        Ok(mut opened) => {
+            opened.lease = Some(lease);
+            Ok(opened)
+        }
+        Err(e) => {
+            if let Err(release_err) = lease.release().await {
+                log::warn!("could not release the writer lease: {release_err}");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn take_over(store: &DynStore, opts: &Options) -> Result<Opened> {
+    for _ in 0..8 {
+        let Some(mut loaded) = load(store, opts).await? else {
+            let m = Manifest {
+                seq: 1,
+                writer_epoch: 1,
+                created_unix_ms: now_unix_ms(),
+                checkpoint: None,
+                ranges: vec![LogRange {
+                    epoch: 1,
+                    first: 1,
+                    last: OPEN,
+                }],
+                holder: holder_description(1),
+            };
+            if publish(store, &m).await? {
+                log::info!("created a new store at {}", store.describe());
+                return Ok(Opened {
+                    epoch: 1,
+                    index: Index::default(),
+                    manifest: m,
+                    lease: None,
+                    replayed_bytes: 0,
+                });
+            }
+            continue;
+        };
+        let new_epoch = loaded.manifest.writer_epoch + 1;
+        let mut ranges = loaded.manifest.ranges.clone();
+        if let Some(tail) = loaded.tail.take() {
+            let last = close_tail(store, &tail, &mut loaded).await?;
+            ranges.pop();
+            if last >= tail.first {
+                ranges.push(LogRange {
+                    epoch: tail.epoch,
+                    first: tail.first,
+                    last,
+                });
+            }
+        }
+        ranges.push(LogRange {
+            epoch: new_epoch,
+            first: 1,
+            last: OPEN,
+        });
+        let m = Manifest {
+            seq: loaded.manifest.seq + 1,
+            writer_epoch: new_epoch,
+            created_unix_ms: now_unix_ms(),
+            checkpoint: loaded.manifest.checkpoint,
+            ranges,
+            holder: holder_description(new_epoch),
+        };
+        if publish(store, &m).await? {
+            return Ok(Opened {
+                epoch: new_epoch,
+                index: loaded.index,
+                manifest: m,
+                lease: None,
+                replayed_bytes: loaded.replayed_bytes,
+            });
+        }
+        log::info!("manifest {} appeared while taking over; retrying", m.seq);
+    }
+    Err(Error::Inconsistent(
+        "could not take over the store: its manifest kept changing (is another writer running?)"
+            .to_string(),
+    ))
+}
+
+/// Put a fence after the recovered tail; returns the last sequence number of the
+/// closed range.
+async fn close_tail(store: &DynStore, tail: &OpenTail, loaded: &mut Loaded) -> Result<u64> {
+    let mut last = tail.last;
+    if tail.fenced {
+        return Ok(last);
+    }
+    loop {
+        let id = SegmentId {
+            epoch: tail.epoch,
+            seq: last + 1,
+        };
+        let name = segment_name(id);
+        match store
+            .put(&name, fence_segment(id), PutMode::CreateNew)
+            .await
+        {
+            Ok(_) => return Ok(last),
+            Err(StoreError::PreconditionFailed(_)) => {
+                let data = store.get(&name).await?.data;
+                if !apply_segment(&mut loaded.index, id, &data, &mut loaded.replayed_bytes)? {
+                    // Someone else fenced this epoch; the manifest decides who wins.
+                    return Ok(last);
+                }
+                log::info!("previous writer stored {name} while being fenced; applied it");
+                last += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Create-if-absent a manifest; false if that number is already taken.
+async fn publish(store: &DynStore, m: &Manifest) -> Result<bool> {
+    match store
+        .put(
+            &manifest_name(m.seq),
+            manifest::encode(m).into(),
+            PutMode::CreateNew,
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(StoreError::PreconditionFailed(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The number of the newest manifest, if any.
+pub(crate) async fn latest_manifest(store: &DynStore) -> Result<Option<u64>> {
+    let listed = store.list(MANIFEST_DIR).await?;
+    Ok(listed
+        .iter()
+        .filter_map(|o| match parse_name(&o.key) {
+            ObjectKind::Manifest(n) => Some(n),
+            _ => None,
+        })
+        .max())
+}
+
+/// Read and decode manifest `n`.
+pub(crate) async fn read_manifest(store: &DynStore, n: u64) -> Result<Manifest> {
+    let name = manifest_name(n);
+    let data = store.get(&name).await?.data;
+    let m = manifest::decode(&data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    if m.seq != n {
+        return Err(Error::Inconsistent(format!(
+            "{name} says it is manifest {}",
+            m.seq
+        )));
+    }
+    Ok(m)
+}
+
+async fn load(store: &DynStore, opts: &Options) -> Result<Option<Loaded>> {
+    let Some(n) = latest_manifest(store).await? else {
+        let segments = store.list(SEGMENT_DIR).await?;
+        if !segments.is_empty() {
+            return Err(Error::Inconsistent(format!(
+                "{} has {} segment objects but no manifest",
+                store.describe(),
+                segments.len()
+            )));
+        }
+        return Ok(None);
+    };
+    let manifest = read_manifest(store, n).await?;
+    let mut index = match manifest.checkpoint {
+        Some(c) => {
+            let name = checkpoint_name(c);
+            let data = store.get(&name).await.map_err(|e| match e {
+                StoreError::NotFound(_) => Error::Inconsistent(format!(
+                    "manifest {n} names {name}, which does not exist"
+                )),
+                e => e.into(),
+            })?;
+            let ckpt = checkpoint::decode(&data.data).map_err(|e| Error::corrupt(name, e))?;
+            Index::from_checkpoint(ckpt)
+        }
+        None => Index::default(),
+    };
+    let mut replayed_bytes = 0u64;
+    let mut tail = None;
+    for range in &manifest.ranges {
+        let ids: Vec<SegmentId> = if range.is_open() {
+            let listed = store.list(&segment_epoch_prefix(range.epoch)).await?;
+            let mut seqs: Vec<u64> = listed
+                .iter()
+                .filter_map(|o| match parse_name(&o.key) {
+                    ObjectKind::Segment(id) if id.epoch == range.epoch => Some(id.seq),
+                    _ => None,
+                })
+                .filter(|s| *s >= range.first)
+                .collect();
+            seqs.sort_unstable();
+            let mut contiguous = Vec::new();
+            for s in seqs {
+                if s == range.first + contiguous.len() as u64 {
+                    contiguous.push(s);
+                } else {
+                    log::warn!(
+                        "ignoring segment {} after a gap in the log (never acknowledged)",
+                        segment_name(SegmentId {
+                            epoch: range.epoch,
+                            seq: s
+                        })
+                    );
+                    break;
+                }
+            }
+            contiguous
+                .into_iter()
+                .map(|seq| SegmentId {
+                    epoch: range.epoch,
+                    seq,
+                })
+                .collect()
+        } else {
+            (range.first..=range.last)
+                .map(|seq| SegmentId {
+                    epoch: range.epoch,
+                    seq,
+                })
+                .collect()
+        };
+        let mut last = range.first - 1;
+        let mut fenced = false;
+        let mut pending: VecDeque<(SegmentId, tokio::task::JoinHandle<Result<Bytes>>)> =
+            VecDeque::new();
+        let mut next = ids.into_iter();
+        loop {
+            while pending.len() < opts.recovery_parallelism.max(1) {
+                let Some(id) = next.next() else { break };
+                let store = store.clone();
+                pending.push_back((
+                    id,
+                    tokio::spawn(async move { fetch_segment(&store, id).await }),
+                ));
+            }
+            let Some((id, handle)) = pending.pop_front() else {
+                break;
+            };
+            let data = handle
+                .await
+                .map_err(|e| Error::Inconsistent(format!("segment fetch task failed: {e}")))??;
+            if !apply_segment(&mut index, id, &data, &mut replayed_bytes)? {
+                if !range.is_open() {
+                    return Err(Error::Inconsistent(format!(
+                        "{} is a fence segment inside a closed log range",
+                        segment_name(id)
+                    )));
+                }
+                fenced = true;
+                break;
+            }
+            last = id.seq;
+        }
+        for (_, h) in pending {
+            h.abort();
+        }
+        if range.is_open() {
+            tail = Some(OpenTail {
+                epoch: range.epoch,
+                first: range.first,
+                last,
+                fenced,
+            });
+        }
+    }
+    Ok(Some(Loaded {
+        manifest,
+        index,
+        tail,
+        replayed_bytes,
+    }))
+}
+
+async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
+    let name = segment_name(id);
+    match store.get(&name).await {
+        Ok(g) => Ok(g.data),
+        Err(StoreError::NotFound(_)) => Err(Error::Inconsistent(format!(
+            "segment {name} is referenced by the manifest but missing"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Apply one segment's entries to the index. Returns false (and applies nothing) for
+/// a fence segment.
+fn apply_segment(index: &mut Index, id: SegmentId, data: &[u8], replayed: &mut u64) -> Result<bool> {
+    let name = segment_name(id);
+    let view = SegmentView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    if view.id != id {
+        return Err(Error::Inconsistent(format!(
+            "object {name} holds segment {} instead",
+            view.id
+        )));
+    }
+    if view.flags & FLAG_FENCE != 0 {
+        return Ok(false);
+    }
+    // Decode fully before applying, so a corrupt segment changes nothing.
+    let entries: Vec<_> = view
+        .entries()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::corrupt(name.clone(), e))?;
+    let slot = index.slot_for(id);
+    for e in entries {
+        *replayed += entry_len(e.key.len(), e.value.len()) as u64;
+        match e.kind {
+            EntryKind::Put => index.insert(
+                e.key,
+                Location {
+                    segment: slot,
+                    offset: e.offset,
+                    value_len: e.value.len() as u32,
+                },
+            ),
+            EntryKind::Delete => index.remove(e.key),
+        }
+    }
+    Ok(true)
+}

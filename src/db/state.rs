@@ -1,0 +1,138 @@
+//! The engine's mutable state, guarded by one mutex, and the log's bookkeeping.
+//!
+//! Vocabulary:
+//! - **open segment**: the in-memory segment that receives new entries.
+//! - **sealed**: closed for appends and waiting for an upload slot.
+//! - **in flight**: being uploaded.
+//! - **durable point**: the highest sequence number `d` of this writer's epoch such
+//!   that segments `1..=d` have all been stored. Only the contiguous prefix counts:
+//!   recovery never replays a segment after a gap.
+//! - **poisoned**: a failed upload or a fence stops all later writes with that error;
+//!   nothing after a hole in the log could ever become durable.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::cache::ByteCache;
+use super::error::Error;
+use super::index::Index;
+use crate::format::manifest::Manifest;
+use crate::format::names::SegmentId;
+use crate::format::segment::{SegmentBuilder, HEADER_LEN};
+
+/// A segment closed for appends.
+#[derive(Clone, Debug)]
+pub struct SealedSegment {
+    pub id: SegmentId,
+    pub slot: u32,
+    pub data: Bytes,
+}
+
+#[derive(Debug)]
+pub struct LogState {
+    pub epoch: u64,
+    pub open: SegmentBuilder,
+    pub open_slot: Option<u32>,
+    pub open_since: Option<Instant>,
+    pub sealed: VecDeque<SealedSegment>,
+    pub inflight: BTreeMap<u64, SealedSegment>,
+    /// Uploaded segments above the durable point (completed out of order).
+    pub done: BTreeSet<u64>,
+    pub durable_seq: u64,
+    pub last_sealed_seq: u64,
+    /// Sync waiters need everything up to this sequence number sealed.
+    pub sync_target: u64,
+    /// Entry bytes appended but not yet durable.
+    pub unflushed_bytes: usize,
+}
+
+impl LogState {
+    pub fn new(epoch: u64) -> Self {
+        LogState {
+            epoch,
+            open: SegmentBuilder::new(SegmentId { epoch, seq: 1 }, 0),
+            open_slot: None,
+            open_since: None,
+            sealed: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            done: BTreeSet::new(),
+            durable_seq: 0,
+            last_sealed_seq: 0,
+            sync_target: 0,
+            unflushed_bytes: 0,
+        }
+    }
+
+    /// Close the open segment for appends (if it has entries) and start a new one.
+    pub fn seal_open(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let id = self.open.id();
+        let next = SegmentBuilder::new(
+            SegmentId {
+                epoch: self.epoch,
+                seq: id.seq + 1,
+            },
+            0,
+        );
+        let old = std::mem::replace(&mut self.open, next);
+        let slot = self.open_slot.take().unwrap_or(0);
+        self.open_since = None;
+        self.last_sealed_seq = id.seq;
+        self.sealed.push_back(SealedSegment {
+            id,
+            slot,
+            data: old.finish(),
+        });
+    }
+
+    /// Bytes of `len` at `offset` of segment `id`, if that segment is still in memory.
+    pub fn memory_slice(&self, id: SegmentId, offset: usize, len: usize) -> Option<Bytes> {
+        if id.epoch != self.epoch {
+            return None;
+        }
+        if id.seq == self.open.id().seq {
+            return self.open.slice(offset, len).map(Bytes::copy_from_slice);
+        }
+        let seg = self
+            .inflight
+            .get(&id.seq)
+            .or_else(|| self.sealed.iter().find(|s| s.id.seq == id.seq))?;
+        let end = offset.checked_add(len)?;
+        (end <= seg.data.len()).then(|| seg.data.slice(offset..end))
+    }
+
+    /// Record a completed upload; returns whether the durable point advanced.
+    pub fn complete(&mut self, seq: u64) -> Option<SealedSegment> {
+        let seg = self.inflight.remove(&seq)?;
+        self.done.insert(seq);
+        while self.done.remove(&(self.durable_seq + 1)) {
+            self.durable_seq += 1;
+        }
+        let entry_bytes = seg.data.len().saturating_sub(HEADER_LEN + 16);
+        self.unflushed_bytes = self.unflushed_bytes.saturating_sub(entry_bytes);
+        Some(seg)
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.open.is_empty() && self.sealed.is_empty() && self.inflight.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub index: Index,
+    pub log: LogState,
+    pub cache: ByteCache,
+    /// The current manifest (the last one this process read or wrote).
+    pub manifest: Manifest,
+    /// Entry bytes logged since the last checkpoint.
+    pub log_bytes_since_checkpoint: u64,
+    pub checkpoint_running: bool,
+    pub poisoned: Option<Error>,
+    pub closing: bool,
+    pub closed: bool,
+}

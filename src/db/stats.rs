@@ -1,0 +1,161 @@
+//! `kvfs stats`: what a store holds and where its log stands.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::error::Result;
+use super::lease::{peek, LeaseInfo};
+use super::Shared;
+use crate::format::manifest::LogRange;
+use crate::format::names::{parse_name, ObjectKind};
+use crate::store::metered::Metrics;
+
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub store: String,
+    pub keys: u64,
+    /// Sum of key and value lengths of live keys.
+    pub live_bytes: u64,
+    pub objects: u64,
+    pub stored_bytes: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub checkpoints: u64,
+    pub checkpoint_bytes: u64,
+    pub manifests: u64,
+    pub other_objects: u64,
+    pub manifest_seq: u64,
+    pub checkpoint: Option<u64>,
+    pub writer_epoch: u64,
+    pub log_ranges: Vec<LogRange>,
+    pub lease: Option<LeaseInfo>,
+    pub open_time: Duration,
+    /// Bytes held by the read cache of this handle.
+    pub cache_bytes: u64,
+    pub requests: Metrics,
+}
+
+pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
+    let listed = sh.store.list("").await?;
+    let lease = peek(&sh.store).await.unwrap_or(None);
+    let (keys, live_bytes, manifest, cache_bytes) = {
+        let st = sh.lock();
+        (
+            st.index.len() as u64,
+            st.index.live_bytes(),
+            st.manifest.clone(),
+            st.cache.bytes() as u64,
+        )
+    };
+    let mut s = Stats {
+        store: sh.store.describe(),
+        keys,
+        live_bytes,
+        objects: listed.len() as u64,
+        stored_bytes: listed.iter().map(|o| o.size).sum(),
+        segments: 0,
+        segment_bytes: 0,
+        checkpoints: 0,
+        checkpoint_bytes: 0,
+        manifests: 0,
+        other_objects: 0,
+        manifest_seq: manifest.seq,
+        checkpoint: manifest.checkpoint,
+        writer_epoch: manifest.writer_epoch,
+        log_ranges: manifest.ranges,
+        lease,
+        open_time: sh.opened_in,
+        cache_bytes,
+        requests: Metrics::default(),
+    };
+    for o in &listed {
+        match parse_name(&o.key) {
+            ObjectKind::Segment(_) => {
+                s.segments += 1;
+                s.segment_bytes += o.size;
+            }
+            ObjectKind::Checkpoint(_) => {
+                s.checkpoints += 1;
+                s.checkpoint_bytes += o.size;
+            }
+            ObjectKind::Manifest(_) => s.manifests += 1,
+            ObjectKind::Lease => {}
+            ObjectKind::Unknown => s.other_objects += 1,
+        }
+    }
+    s.requests = sh.meter.snapshot();
+    Ok(s)
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "store            {}", self.store)?;
+        writeln!(f, "keys             {}", self.keys)?;
+        writeln!(f, "live bytes       {}", self.live_bytes)?;
+        writeln!(
+            f,
+            "stored bytes     {} in {} objects",
+            self.stored_bytes, self.objects
+        )?;
+        writeln!(
+            f,
+            "segments         {} ({} bytes)",
+            self.segments, self.segment_bytes
+        )?;
+        writeln!(
+            f,
+            "checkpoints      {} ({} bytes)",
+            self.checkpoints, self.checkpoint_bytes
+        )?;
+        writeln!(f, "manifests        {}", self.manifests)?;
+        if self.other_objects > 0 {
+            writeln!(
+                f,
+                "foreign objects  {} (not written by kvfs)",
+                self.other_objects
+            )?;
+        }
+        writeln!(f, "manifest         {}", self.manifest_seq)?;
+        match self.checkpoint {
+            Some(c) => writeln!(f, "checkpoint       {c}")?,
+            None => writeln!(f, "checkpoint       none")?,
+        }
+        writeln!(f, "writer epoch     {}", self.writer_epoch)?;
+        let ranges: Vec<String> = self
+            .log_ranges
+            .iter()
+            .map(|r| {
+                if r.is_open() {
+                    format!("epoch {} from {} (open)", r.epoch, r.first)
+                } else {
+                    format!("epoch {} {}..={}", r.epoch, r.first, r.last)
+                }
+            })
+            .collect();
+        writeln!(f, "log to replay    {}", ranges.join(", "))?;
+        match &self.lease {
+            Some(l) if l.released => writeln!(f, "lease            released by {}", l.holder())?,
+            Some(l) => writeln!(
+                f,
+                "lease            held by {} (renewed at unix ms {}, ttl {} ms)",
+                l.holder(),
+                l.renewed_unix_ms,
+                l.ttl_ms
+            )?,
+            None => writeln!(f, "lease            none")?,
+        }
+        writeln!(
+            f,
+            "open time        {:.3} s",
+            self.open_time.as_secs_f64()
+        )?;
+        write!(
+            f,
+            "requests         {} PUT, {} GET, {} LIST (est. ${:.6})",
+            self.requests.puts,
+            self.requests.gets,
+            self.requests.lists,
+            self.requests.cost_usd()
+        )
+    }
+}

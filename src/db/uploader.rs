@@ -1,0 +1,128 @@
+//! Background tasks of a writer: the uploader (seals and uploads segments, advances
+//! the durable point) and the lease renewer.
+//!
+//! **Group commit.** A sync does not upload by itself: it marks the open segment as
+//! wanted and wakes the uploader. The uploader seals it as soon as an upload slot is
+//! free. While all slots are busy, writes and syncs keep landing in the open segment,
+//! so every sync that arrives during one round trip shares the next PUT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cache::CacheKey;
+use super::error::Error;
+use super::state::SealedSegment;
+use super::{checkpointer, Shared};
+use crate::format::names::segment_name;
+use crate::store::{PutMode, StoreError};
+
+/// Seal and start uploads until the writer closes or is poisoned.
+pub(crate) async fn run(sh: Arc<Shared>) {
+    loop {
+        let notified = sh.wake_uploader.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (starts, pause) = {
+            let mut st = sh.lock();
+            if st.poisoned.is_some() {
+                return;
+            }
+            let closing = st.closing;
+            let log = &mut st.log;
+            let mut starts = Vec::new();
+            while log.inflight.len() < sh.opts.max_inflight_uploads {
+                if let Some(seg) = log.sealed.pop_front() {
+                    log.inflight.insert(seg.id.seq, seg.clone());
+                    starts.push(seg);
+                    continue;
+                }
+                let due = !log.open.is_empty()
+                    && (closing
+                        || log.sync_target >= log.open.id().seq
+                        || log
+                            .open_since
+                            .is_some_and(|t| t.elapsed() >= sh.opts.flush_interval));
+                if !due {
+                    break;
+                }
+                log.seal_open();
+            }
+            if closing && log.is_idle() {
+                return;
+            }
+            let pause = match log.open_since {
+                Some(t) if !log.open.is_empty() => {
+                    sh.opts.flush_interval.saturating_sub(t.elapsed())
+                }
+                _ => sh.opts.flush_interval,
+            };
+            (starts, pause.max(Duration::from_millis(1)))
+        };
+        for seg in starts {
+            tokio::spawn(upload(sh.clone(), seg));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Upload one sealed segment and account for the result.
+async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
+    let name = segment_name(seg.id);
+    let result = sh
+        .store
+        .put(&name, seg.data.clone(), PutMode::CreateNew)
+        .await;
+    let mut st = sh.lock();
+    match result {
+        Ok(_) => {
+            if let Some(done) = st.log.complete(seg.id.seq) {
+                st.cache.insert(CacheKey::Segment(done.slot), done.data);
+            }
+            let durable = st.log.durable_seq;
+            sh.durable.send_modify(|d| d.seq = durable);
+            sh.space_freed.notify_waiters();
+            sh.wake_uploader.notify_one();
+            let want_checkpoint = !st.checkpoint_running
+                && !st.closing
+                && st.log_bytes_since_checkpoint >= sh.opts.checkpoint_bytes;
+            if want_checkpoint {
+                st.checkpoint_running = true;
+                drop(st);
+                tokio::spawn(checkpointer::run_background(sh.clone()));
+            }
+        }
+        Err(StoreError::PreconditionFailed(_)) => {
+            let err = Error::Fenced(format!(
+                "segment {name} already exists: a newer writer closed this writer's log"
+            ));
+            sh.poison(&mut st, err);
+        }
+        Err(e) => {
+            let err = Error::Poisoned(format!("upload of {name} failed: {e}"));
+            sh.poison(&mut st, err);
+        }
+    }
+}
+
+/// Renew the writer lease every third of its time-to-live.
+pub(crate) async fn renew_lease(sh: Arc<Shared>) {
+    let period = sh.opts.lease_ttl / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        let mut guard = sh.lease.lock().await;
+        let Some(lease) = guard.as_mut() else { return };
+        match lease.renew().await {
+            Ok(()) => {}
+            Err(e @ Error::Fenced(_)) => {
+                drop(guard);
+                let mut st = sh.lock();
+                sh.poison(&mut st, e);
+                return;
+            }
+            Err(e) => log::warn!("could not renew the writer lease (will retry): {e}"),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Object names inside a store prefix.
+//!
+//! | name                          | object                                      |
+//! |-------------------------------|---------------------------------------------|
+//! | `seg/EEEEEEEEEEEEEEEEEEEE-SSSSSSSSSSSSSSSSSSSS` | log segment `SSS…` of writer epoch `EEE…` |
+//! | `ckpt/NNNNNNNNNNNNNNNNNNNN`   | checkpoint published by manifest `NNN…`     |
+//! | `manifest/NNNNNNNNNNNNNNNNNNNN` | manifest number `NNN…`                    |
+//! | `lease`                       | the writer lease (JSON)                     |
+//!
+//! Numbers are zero-padded to 20 decimal digits so that key order is numeric order.
+
+use std::fmt;
+
+pub const SEGMENT_DIR: &str = "seg/";
+pub const CHECKPOINT_DIR: &str = "ckpt/";
+pub const MANIFEST_DIR: &str = "manifest/";
+pub const LEASE: &str = "lease";
+
+/// Identifies one log segment: the writer epoch that wrote it and its sequence
+/// number within that epoch (starting at 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.seq)
+    }
+}
+
+pub fn segment_name(id: SegmentId) -> String {
+    format!("{SEGMENT_DIR}{:020}-{:020}", id.epoch, id.seq)
+}
+
+/// Prefix under which all segments of one epoch are listed.
+pub fn segment_epoch_prefix(epoch: u64) -> String {
+    format!("{SEGMENT_DIR}{epoch:020}-")
+}
+
+pub fn checkpoint_name(n: u64) -> String {
+    format!("{CHECKPOINT_DIR}{n:020}")
+}
+
+pub fn manifest_name(n: u64) -> String {
+    format!("{MANIFEST_DIR}{n:020}")
+}
+
+/// What an object name says the object is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Segment(SegmentId),
+    Checkpoint(u64),
+    Manifest(u64),
+    Lease,
+    /// Not a name kvfs writes (a foreign object in the prefix).
+    Unknown,
+}
+
+fn parse_num(s: &str) -> Option<u64> {
+    if s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Classify an object name.
+pub fn parse_name(name: &str) -> ObjectKind {
+    if name == LEASE {
+        return ObjectKind::Lease;
+    }
+    if let Some(rest) = name.strip_prefix(SEGMENT_DIR) {
+        if let Some((e, s)) = rest.split_once('-') {
+            if let (Some(epoch), Some(seq)) = (parse_num(e), parse_num(s)) {
+                return ObjectKind::Segment(SegmentId { epoch, seq });
+            }
+        }
+        return ObjectKind::Unknown;
+    }
+    if let Some(n) = name.strip_prefix(CHECKPOINT_DIR).and_then(parse_num) {
+        return ObjectKind::Checkpoint(n);
+    }
+    if let Some(n) = name.strip_prefix(MANIFEST_DIR).and_then(parse_num) {
+        return ObjectKind::Manifest(n);
+    }
+    ObjectKind::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_roundtrip() {
+        let id = SegmentId { epoch: 3, seq: 17 };
+        assert_eq!(parse_name(&segment_name(id)), ObjectKind::Segment(id));
+        assert_eq!(parse_name(&checkpoint_name(9)), ObjectKind::Checkpoint(9));
+        assert_eq!(parse_name(&manifest_name(12)), ObjectKind::Manifest(12));
+        assert_eq!(parse_name("lease"), ObjectKind::Lease);
+        assert_eq!(parse_name("seg/x"), ObjectKind::Unknown);
+        assert_eq!(parse_name("manifest/12"), ObjectKind::Unknown);
+        assert_eq!(parse_name("notes.txt"), ObjectKind::Unknown);
+        assert!(segment_name(SegmentId { epoch: 1, seq: 9 })
+            < segment_name(SegmentId { epoch: 1, seq: 10 }));
+    }
+}

@@ -1,0 +1,185 @@
+//! Retry layer: repeats retryable failures with exponential backoff and full jitter.
+//!
+//! Only [`StoreError::is_retryable`] errors are retried (5xx, 503 SlowDown, 429,
+//! timeouts, broken connections); 4xx answers are returned at once. A request gives up
+//! after `max_elapsed` (an outage then surfaces as the last error).
+//!
+//! **Ambiguous writes.** A conditional put whose earlier attempt failed in transit may
+//! have been applied by the server; the retry then sees `PreconditionFailed` for its
+//! own write. In that case the layer reads the object back and reports success when
+//! the stored bytes equal the bytes it was writing. kvfs never writes the same bytes
+//! under the same key from two writers (every object names its writer epoch), so the
+//! comparison is exact.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+
+/// How long and how often to retry.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Backoff before the first retry.
+    pub initial_backoff: Duration,
+    /// Cap of one backoff.
+    pub max_backoff: Duration,
+    /// Give up once this much time has passed since the first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            max_elapsed: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Wraps a store and retries its retryable failures.
+#[derive(Debug)]
+pub struct RetryStore {
+    inner: DynStore,
+    policy: RetryPolicy,
+    rng: Mutex<StdRng>,
+    retries: AtomicU64,
+}
+
+impl RetryStore {
+    pub fn new(inner: DynStore, policy: RetryPolicy) -> Self {
+        Self::with_seed(inner, policy, rand::random())
+    }
+
+    /// A retry layer whose jitter is drawn from a seeded generator (reproducible tests).
+    pub fn with_seed(inner: DynStore, policy: RetryPolicy, seed: u64) -> Self {
+        RetryStore {
+            inner,
+            policy,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of retries performed so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .policy
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.policy.max_backoff);
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let nanos = rng.random_range(0..=exp.as_nanos().max(1) as u64);
+        Duration::from_nanos(nanos)
+    }
+
+    async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> StoreResult<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match op(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => {
+                    let pause = self.backoff(attempt);
+                    if start.elapsed() + pause > self.policy.max_elapsed {
+                        log::warn!("{what}: giving up after {} attempts: {e}", attempt + 1);
+                        return Err(match e {
+                            StoreError::Throttled(m) => StoreError::Throttled(format!(
+                                "{m} (gave up after {} attempts in {:.1}s)",
+                                attempt + 1,
+                                start.elapsed().as_secs_f64()
+                            )),
+                            StoreError::Transient(m) => StoreError::Transient(format!(
+                                "{m} (gave up after {} attempts in {:.1}s)",
+                                attempt + 1,
+                                start.elapsed().as_secs_f64()
+                            )),
+                            other => other,
+                        });
+                    }
+                    log::debug!("{what}: attempt {} failed ({e}); retrying", attempt + 1);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for RetryStore {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
+        let ambiguous = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let result = self
+            .run(&format!("PUT {key}"), |_| {
+                let data = data.clone();
+                let mode = mode.clone();
+                let ambiguous = ambiguous.clone();
+                async move {
+                    let r = self.inner.put(key, data, mode).await;
+                    if matches!(&r, Err(e) if e.is_retryable()) {
+                        ambiguous.store(true, Ordering::Relaxed);
+                    }
+                    r
+                }
+            })
+            .await;
+        match result {
+            Err(StoreError::PreconditionFailed(k))
+                if mode != PutMode::Overwrite && ambiguous.load(Ordering::Relaxed) =>
+            {
+                // An earlier attempt may have landed: accept it if the bytes are ours.
+                let current = self.get(key).await?;
+                if current.data == data {
+                    Ok(current.etag)
+                } else {
+                    Err(StoreError::PreconditionFailed(k))
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        self.run(&format!("GET {key}"), |_| self.inner.get(key))
+            .await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.run(&format!("GET {key} {range:?}"), |_| {
+            self.inner.get_range(key, range.clone())
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.run(&format!("LIST {prefix}"), |_| self.inner.list(prefix))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.run(&format!("DELETE {key}"), |_| self.inner.delete(key))
+            .await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}

@@ -1,0 +1,532 @@
+//! An in-process S3 server for tests and benchmarks.
+//!
+//! Vocabulary:
+//! - **root**: the local directory the server stores into; each **bucket** is a
+//!   subdirectory of it (served by `s3s-fs`).
+//! - **endpoint**: the `http://127.0.0.1:PORT` URL clients connect to, with path-style
+//!   addressing and the fixed test credentials [`TEST_ACCESS_KEY`] /
+//!   [`TEST_SECRET_KEY`] (region [`TEST_REGION`]).
+//! - **fault config** ([`FaultConfig`]): latency, jitter, error injection, outages and
+//!   stalls applied to requests; changeable while the server runs through the shared
+//!   [`FaultControl`].
+//! - **request counts** ([`RequestCounts`]): how many requests of each kind reached
+//!   the server (after authentication, including the ones that got an injected fault).
+//!
+//! `s3s-fs` is wrapped in [`TestBackend`], which fixes the differences from S3 that
+//! matter to kvfs: conditional PUTs (`If-None-Match` / `If-Match`) are serialized so
+//! that exactly one of several racing writers wins (s3s-fs checks, then writes), and a
+//! PUT or GET on a missing bucket answers `NoSuchBucket` (s3s-fs would create the
+//! bucket directory on PUT and answer `NoSuchKey` on GET). Accepted sockets get
+//! `TCP_NODELAY`, without which every GET stalls about 40 ms (Nagle + delayed ACK).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use s3s::auth::SimpleAuth;
+use s3s::dto::*;
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Access key the test server accepts.
+pub const TEST_ACCESS_KEY: &str = "kvfs-test-access-key";
+/// Secret key the test server accepts.
+pub const TEST_SECRET_KEY: &str = "kvfs-test-secret-key";
+/// Region test clients sign for.
+pub const TEST_REGION: &str = "us-east-1";
+
+/// How long [`TestS3Server::shutdown`] waits for open connections to finish.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Faults and latency applied to requests. The default injects nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultConfig {
+    /// Added to every PUT and DELETE.
+    pub put_latency: Duration,
+    /// Added to every GET, HEAD and LIST.
+    pub get_latency: Duration,
+    /// Each delayed request waits an extra uniform random time in `[0, jitter]`.
+    pub jitter: Duration,
+    /// Probability in `[0, 1]` that a request fails (before touching storage) with
+    /// `503 SlowDown` or `500 InternalError`, chosen at random.
+    pub error_rate: f64,
+    /// An outage: every request fails with `503 ServiceUnavailable`.
+    pub fail_all: bool,
+    /// Every request waits this long before being handled (a hung server; use it to
+    /// exercise client timeouts).
+    pub stall: Duration,
+}
+
+/// A runtime-adjustable [`FaultConfig`] with its seeded random source, shared between
+/// the server and tests.
+#[derive(Debug)]
+pub struct FaultControl {
+    config: Mutex<FaultConfig>,
+    rng: Mutex<StdRng>,
+}
+
+impl FaultControl {
+    fn new(config: FaultConfig, seed: Option<u64>) -> Self {
+        let rng = match seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        FaultControl {
+            config: Mutex::new(config),
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// The current configuration.
+    pub fn get(&self) -> FaultConfig {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the configuration; applies to requests that arrive afterwards.
+    pub fn set(&self, config: FaultConfig) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// Change the configuration in place.
+    pub fn update(&self, f: impl FnOnce(&mut FaultConfig)) {
+        f(&mut self.config.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Remove every fault.
+    pub fn clear(&self) {
+        self.set(FaultConfig::default());
+    }
+
+    /// Reseed the random source (for reproducible experiments).
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = StdRng::seed_from_u64(seed);
+    }
+
+    /// Decide what happens to one request of class `class`: the delay to apply, then
+    /// the error to answer with (if any).
+    fn plan(&self, class: OpClass) -> (Duration, Option<S3Error>) {
+        let config = self.get();
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let base = match class {
+            OpClass::Write => config.put_latency,
+            OpClass::Read => config.get_latency,
+            OpClass::Other => Duration::ZERO,
+        };
+        let mut delay = config.stall + base;
+        if !base.is_zero() && !config.jitter.is_zero() {
+            let max = u64::try_from(config.jitter.as_nanos()).unwrap_or(u64::MAX);
+            delay += Duration::from_nanos(rng.random_range(0..=max));
+        }
+        let error = if config.fail_all {
+            Some(S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                "injected outage (fail_all)",
+            ))
+        } else if config.error_rate > 0.0 && rng.random_bool(config.error_rate.clamp(0.0, 1.0)) {
+            if rng.random_bool(0.5) {
+                Some(S3Error::with_message(S3ErrorCode::SlowDown, "injected throttling"))
+            } else {
+                Some(S3Error::with_message(S3ErrorCode::InternalError, "injected server error"))
+            }
+        } else {
+            None
+        };
+        (delay, error)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum OpClass {
+    Write,
+    Read,
+    Other,
+}
+
+/// Number of requests of each kind the server received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// PutObject.
+    pub put: u64,
+    /// GetObject (whole or ranged).
+    pub get: u64,
+    /// HeadObject.
+    pub head: u64,
+    /// ListObjectsV2.
+    pub list: u64,
+    /// DeleteObject and DeleteObjects (one per request).
+    pub delete: u64,
+    /// Bucket operations (CreateBucket, HeadBucket, ListBuckets).
+    pub other: u64,
+}
+
+impl RequestCounts {
+    /// Sum of all counts.
+    pub fn total(&self) -> u64 {
+        self.put + self.get + self.head + self.list + self.delete + self.other
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    put: AtomicU64,
+    get: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            put: self.put.load(Ordering::Relaxed),
+            get: self.get.load(Ordering::Relaxed),
+            head: self.head.load(Ordering::Relaxed),
+            list: self.list.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+        }
+    }
+
+    fn reset(&self) {
+        for c in [
+            &self.put,
+            &self.get,
+            &self.head,
+            &self.list,
+            &self.delete,
+            &self.other,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Options of [`TestS3Server::start`].
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Address to listen on; default `127.0.0.1:0` (any free port).
+    pub addr: Option<SocketAddr>,
+    /// Faults in force from the start.
+    pub faults: FaultConfig,
+    /// Seed of the fault injector's random source; default: from the OS.
+    pub seed: Option<u64>,
+}
+
+/// The `s3s::S3` implementation the server runs: `s3s-fs` plus serialization of
+/// conditional PUTs, bucket checks, fault injection and request counting.
+pub struct TestBackend {
+    fs: s3s_fs::FileSystem,
+    root: PathBuf,
+    conditional: tokio::sync::Mutex<()>,
+    faults: Arc<FaultControl>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for TestBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBackend")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestBackend {
+    /// Count the request, then apply the planned delay and fault.
+    async fn enter(&self, counter: &AtomicU64, class: OpClass) -> S3Result<()> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (delay, error) = self.faults.plan(class);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    fn require_bucket(&self, bucket: &str) -> S3Result<()> {
+        // s3s validates bucket names (no `/`, no `..`) before calling us.
+        if self.root.join(bucket).is_dir() {
+            Ok(())
+        } else {
+            Err(S3Error::with_message(
+                S3ErrorCode::NoSuchBucket,
+                format!("bucket {bucket} does not exist"),
+            ))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for TestBackend {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.enter(&self.counters.put, OpClass::Write).await?;
+        self.require_bucket(&req.input.bucket)?;
+        if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
+            // s3s-fs checks the condition and then writes; hold one lock across both so
+            // that racing conditional writers see each other (exactly one wins).
+            let _guard = self.conditional.lock().await;
+            self.fs.put_object(req).await
+        } else {
+            self.fs.put_object(req).await
+        }
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.enter(&self.counters.get, OpClass::Read).await?;
+        self.require_bucket(&req.input.bucket)?;
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.enter(&self.counters.head, OpClass::Read).await?;
+        self.fs.head_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.enter(&self.counters.list, OpClass::Read).await?;
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.enter(&self.counters.delete, OpClass::Write).await?;
+        self.fs.delete_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.enter(&self.counters.delete, OpClass::Write).await?;
+        self.require_bucket(&req.input.bucket)?;
+        self.fs.delete_objects(req).await
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.enter(&self.counters.other, OpClass::Other).await?;
+        self.fs.create_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.enter(&self.counters.other, OpClass::Other).await?;
+        self.fs.head_bucket(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.enter(&self.counters.other, OpClass::Other).await?;
+        self.fs.list_buckets(req).await
+    }
+}
+
+/// A running in-process S3 server. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct TestS3Server {
+    addr: SocketAddr,
+    root: PathBuf,
+    faults: Arc<FaultControl>,
+    counters: Arc<Counters>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestS3Server {
+    /// Serve the directory `root` (which must exist) on `opts.addr` or a free port of
+    /// 127.0.0.1. Must be called inside a Tokio runtime; the server runs on a spawned
+    /// task of that runtime.
+    pub async fn start(root: &Path, opts: ServerOptions) -> io::Result<TestS3Server> {
+        let root = root.canonicalize()?;
+        let fs = s3s_fs::FileSystem::new(&root)
+            .map_err(|e| io::Error::other(format!("s3s-fs on {}: {e:?}", root.display())))?;
+        let faults = Arc::new(FaultControl::new(opts.faults, opts.seed));
+        let counters = Arc::new(Counters::default());
+        let backend = TestBackend {
+            fs,
+            root: root.clone(),
+            conditional: tokio::sync::Mutex::new(()),
+            faults: faults.clone(),
+            counters: counters.clone(),
+        };
+        let mut builder = S3ServiceBuilder::new(backend);
+        builder.set_auth(SimpleAuth::from_single(TEST_ACCESS_KEY, TEST_SECRET_KEY));
+        let service = builder.build();
+
+        let bind = opts
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, service, stop_rx));
+        log::debug!("test S3 server on http://{addr} serving {}", root.display());
+        Ok(TestS3Server {
+            addr,
+            root,
+            faults,
+            counters,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The (canonical) directory the server stores into.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Create a bucket (a directory under the root). Creating an existing bucket is
+    /// not an error.
+    pub fn create_bucket(&self, name: &str) -> io::Result<()> {
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.')
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid bucket name {name:?}"),
+            ));
+        }
+        std::fs::create_dir_all(self.root.join(name))
+    }
+
+    /// The shared fault configuration; changes apply to later requests.
+    pub fn faults(&self) -> Arc<FaultControl> {
+        self.faults.clone()
+    }
+
+    /// Requests received so far.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.counters.snapshot()
+    }
+
+    /// Reset all request counts to zero.
+    pub fn reset_request_counts(&self) {
+        self.counters.reset();
+    }
+
+    /// A client configuration for this server with the given keys: region
+    /// [`TEST_REGION`], path-style addressing, SDK retries disabled, kvfs's default
+    /// timeouts. Adjust it and build a client with `aws_sdk_s3::Client::from_conf`.
+    pub fn client_config(&self, access_key: &str, secret_key: &str) -> aws_sdk_s3::config::Builder {
+        let credentials = Credentials::new(access_key, secret_key, None, None, "kvfs-test-server");
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(TEST_REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(crate::store::s3::default_timeouts())
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+    }
+
+    /// A client for this server with the test credentials.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(self.client_config(TEST_ACCESS_KEY, TEST_SECRET_KEY).build())
+    }
+
+    /// Stop accepting connections and wait (at most a few seconds) for open ones to
+    /// finish their requests.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestS3Server {
+    fn drop(&mut self) {
+        // Best effort: the serving task stops accepting and drains in the background
+        // (or is cancelled with its runtime).
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Accept connections until `stop` fires (or its sender is dropped), then drain.
+async fn serve(listener: TcpListener, service: s3s::service::S3Service, stop: oneshot::Receiver<()>) {
+    let http = ConnBuilder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut stop = pin!(stop);
+    loop {
+        let socket = tokio::select! {
+            res = listener.accept() => match res {
+                Ok((socket, _)) => socket,
+                Err(err) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    log::warn!("test S3 server: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.as_mut() => break,
+        };
+        if let Err(err) = socket.set_nodelay(true) {
+            log::warn!("test S3 server: cannot set TCP_NODELAY: {err}");
+        }
+        let conn = http.serve_connection(TokioIo::new(socket), service.clone());
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    with_timeout(GRACEFUL_TIMEOUT, graceful.shutdown()).await;
+}
+
+async fn with_timeout(limit: Duration, fut: impl Future<Output = ()>) {
+    if tokio::time::timeout(limit, fut).await.is_err() {
+        log::debug!("test S3 server: connections still open after {limit:?}, abandoning them");
+    }
+}
