@@ -136,7 +136,10 @@ async fn write(sh: &Shared) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
-    log::info!("checkpoint {ckpt} written ({size} bytes), covering segment {covers_seq} of epoch {}", sh.epoch);
+    log::info!(
+        "checkpoint {ckpt} written ({size} bytes), covering segment {covers_seq} of epoch {}",
+        sh.epoch
+    );
     let mut st = sh.lock();
     st.manifest = m;
     st.log_bytes_since_checkpoint = st.log_bytes_since_checkpoint.saturating_sub(accounted);

@@ -87,7 +87,9 @@ pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state letter follows the parenthesised command name.
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim().chars().next());
             !matches!(state, Some('Z') | Some('X'))
         }
         Err(_) => true,

@@ -510,6 +510,11 @@ impl Db {
             .await
     }
 
+    /// Bytes written but not yet durable (bounded by `Options::max_unflushed_bytes`).
+    pub fn unflushed_bytes(&self) -> usize {
+        self.handle.shared.lock().log.unflushed_bytes
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> usize {
         self.handle.shared.lock().index.len()
@@ -587,7 +592,6 @@ impl Db {
         fsck::run(&self.handle.shared, progress).await
     }
 }
-
 
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {

@@ -251,9 +251,9 @@ async fn load(store: &DynStore, opts: &Options) -> Result<Option<Loaded>> {
         Some(c) => {
             let name = checkpoint_name(c);
             let data = store.get(&name).await.map_err(|e| match e {
-                StoreError::NotFound(_) => Error::Inconsistent(format!(
-                    "manifest {n} names {name}, which does not exist"
-                )),
+                StoreError::NotFound(_) => {
+                    Error::Inconsistent(format!("manifest {n} names {name}, which does not exist"))
+                }
                 e => e.into(),
             })?;
             let ckpt = checkpoint::decode(&data.data).map_err(|e| Error::corrupt(name, e))?;
@@ -370,7 +370,12 @@ async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
 
 /// Apply one segment's entries to the index. Returns false (and applies nothing) for
 /// a fence segment.
-fn apply_segment(index: &mut Index, id: SegmentId, data: &[u8], replayed: &mut u64) -> Result<bool> {
+fn apply_segment(
+    index: &mut Index,
+    id: SegmentId,
+    data: &[u8],
+    replayed: &mut u64,
+) -> Result<bool> {
     let name = segment_name(id);
     let view = SegmentView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
     if view.id != id {

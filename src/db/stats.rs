@@ -144,11 +144,7 @@ impl fmt::Display for Stats {
             )?,
             None => writeln!(f, "lease            none")?,
         }
-        writeln!(
-            f,
-            "open time        {:.3} s",
-            self.open_time.as_secs_f64()
-        )?;
+        writeln!(f, "open time        {:.3} s", self.open_time.as_secs_f64())?;
         write!(
             f,
             "requests         {} PUT, {} GET, {} LIST (est. ${:.6})",
