@@ -94,7 +94,10 @@ impl FaultControl {
 
     /// The current configuration.
     pub fn get(&self) -> FaultConfig {
-        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replace the configuration; applies to requests that arrive afterwards.
@@ -139,9 +142,15 @@ impl FaultControl {
             ))
         } else if config.error_rate > 0.0 && rng.random_bool(config.error_rate.clamp(0.0, 1.0)) {
             if rng.random_bool(0.5) {
-                Some(S3Error::with_message(S3ErrorCode::SlowDown, "injected throttling"))
+                Some(S3Error::with_message(
+                    S3ErrorCode::SlowDown,
+                    "injected throttling",
+                ))
             } else {
-                Some(S3Error::with_message(S3ErrorCode::InternalError, "injected server error"))
+                Some(S3Error::with_message(
+                    S3ErrorCode::InternalError,
+                    "injected server error",
+                ))
             }
         } else {
             None
@@ -426,8 +435,7 @@ impl TestS3Server {
     /// Create a bucket (a directory under the root). Creating an existing bucket is
     /// not an error.
     pub fn create_bucket(&self, name: &str) -> io::Result<()> {
-        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.')
-        {
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("invalid bucket name {name:?}"),
@@ -495,7 +503,11 @@ impl Drop for TestS3Server {
 }
 
 /// Accept connections until `stop` fires (or its sender is dropped), then drain.
-async fn serve(listener: TcpListener, service: s3s::service::S3Service, stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    stop: oneshot::Receiver<()>,
+) {
     let http = ConnBuilder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut stop = pin!(stop);

@@ -11,7 +11,7 @@ use common::{memory, small_opts};
 use kvfs::db::{Db, Error, Options};
 use kvfs::store::faulty::{FaultConfig, FaultHandle, FaultyStore};
 use kvfs::store::retry::RetryPolicy;
-use kvfs::store::{DynStore, ObjectStore, PutMode};
+use kvfs::store::{DynStore, PutMode};
 
 fn faulty(inner: DynStore, cfg: FaultConfig) -> (DynStore, FaultHandle) {
     let h = FaultHandle::default();

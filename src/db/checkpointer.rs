@@ -1,15 +1,20 @@
 //! Writing checkpoints and the manifests that publish them.
 //!
 //! Steps (docs/FORMAT.md, "Commit protocol"):
-//! 1. Under the state lock: seal the open segment, note its sequence number `P`, and
-//!    encode the index. The checkpoint reflects exactly segments up to `P`.
-//! 2. Wait until the durable point reaches `P` (a checkpoint must never refer to a
-//!    segment that might not exist).
-//! 3. PUT `ckpt/N` (create-if-absent), where `N` is the next manifest number.
-//! 4. PUT `manifest/N` (create-if-absent) naming `ckpt/N` and the open log range of
-//!    this epoch from `P + 1`. If it already exists, another writer has taken over:
+//! 1. Seal the open segment and note its sequence number `P`.
+//! 2. Encode the index in chunks of keys, taking the state lock for each chunk only,
+//!    so writes continue meanwhile. The result is *fuzzy*: every key's location as of
+//!    `P` or later.
+//! 3. Seal again and note `E`; wait until the durable point reaches `E`. Every change
+//!    the chunks saw is now durable, so the checkpoint never shows a change that a
+//!    crash could lose, nor refers to a segment that might not exist.
+//! 4. PUT `ckpt/N` (create-if-absent), where `N` is the next manifest number.
+//! 5. PUT `manifest/N` (create-if-absent) naming `ckpt/N` and the open log range of
+//!    this epoch from `P + 1`. Replaying from `P + 1` over the fuzzy checkpoint gives
+//!    the exact state: each log entry sets or removes one key, and the last one wins. If it already exists, another writer has taken over:
 //!    this writer is fenced.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::error::{Error, Result};
@@ -70,34 +75,72 @@ pub(crate) fn holder_description(epoch: u64) -> String {
     format!("{} pid {} epoch {}", this_host(), std::process::id(), epoch)
 }
 
+/// Entries encoded per hold of the state lock.
+const CHUNK: usize = 8192;
+
 async fn write(sh: &Shared) -> Result<()> {
-    let (data, covers_seq, accounted, n) = {
+    // The log position the checkpoint starts from: everything up to `start_seq`.
+    let (start_seq, accounted, n) = {
         let mut st = sh.lock();
         if let Some(e) = &st.poisoned {
             return Err(e.clone());
         }
         st.log.seal_open();
-        let covers_seq = st.log.last_sealed_seq;
-        let covers = SegmentId {
-            epoch: sh.epoch,
-            seq: covers_seq,
-        };
-        let data = checkpoint::encode(
-            sh.epoch,
-            covers,
-            st.index.segments(),
-            st.index.len(),
-            st.index.iter(),
-        );
         (
-            data,
-            covers_seq,
+            st.log.last_sealed_seq,
             st.log_bytes_since_checkpoint,
             st.manifest.seq + 1,
         )
     };
+    // Encode the index in chunks, releasing the lock in between so writers go on.
+    let mut entries = Vec::new();
+    let mut count = 0u64;
+    let mut cursor: Option<Box<[u8]>> = None;
+    loop {
+        let done = {
+            let st = sh.lock();
+            let start = match &cursor {
+                Some(c) => Bound::Excluded(&**c),
+                None => Bound::Unbounded,
+            };
+            let mut last = None;
+            let mut n = 0;
+            for (key, loc) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
+                checkpoint::encode_entry(&mut entries, key, loc);
+                last = Some(key);
+                n += 1;
+            }
+            count += n as u64;
+            cursor = last.map(Box::from);
+            n < CHUNK
+        };
+        if done {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Every change the chunks may have seen lies in segments up to `end_seq`; they
+    // must all be durable before the checkpoint is published (a change the checkpoint
+    // shows, such as a delete, could otherwise outlive a crash that loses it).
+    let (segments, end_seq) = {
+        let mut st = sh.lock();
+        st.log.seal_open();
+        (st.index.segments().to_vec(), st.log.last_sealed_seq)
+    };
     sh.wake_uploader.notify_one();
-    sh.wait_durable(covers_seq).await?;
+    sh.wait_durable(end_seq).await?;
+    let covers_seq = start_seq;
+    let data = checkpoint::assemble(
+        sh.epoch,
+        SegmentId {
+            epoch: sh.epoch,
+            seq: start_seq,
+        },
+        &segments,
+        count,
+        &entries,
+    );
+    drop(entries);
 
     let ckpt = checkpoint_name(n);
     let size = data.len();

@@ -65,11 +65,9 @@ impl Index {
 
     pub fn insert(&mut self, key: &[u8], loc: Location) {
         let add = (key.len() + loc.value_len as usize) as u64;
-        if let Some(old) = self.map.get_mut(key) {
+        // One traversal; the boxed key is dropped again when the key exists.
+        if let Some(old) = self.map.insert(key.into(), loc) {
             self.live_bytes -= (key.len() + old.value_len as usize) as u64;
-            *old = loc;
-        } else {
-            self.map.insert(key.into(), loc);
         }
         self.live_bytes += add;
     }

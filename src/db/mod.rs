@@ -300,30 +300,41 @@ impl Db {
         if !sh.writable {
             return Err(Error::ReadOnly);
         }
+        // Fast path: no waiting needed.
+        if self.try_append(ops, size)? {
+            return Ok(());
+        }
         loop {
+            // Register for a wake-up before checking again, so none is missed.
             let notified = sh.space_freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut st = sh.lock();
-                if let Some(e) = &st.poisoned {
-                    return Err(e.clone());
-                }
-                if st.closing || st.closed {
-                    return Err(Error::Closed);
-                }
-                let log = &mut st.log;
-                let fits = log.unflushed_bytes == 0
-                    || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
-                if fits {
-                    self.append_locked(&mut st, ops, size);
-                    return Ok(());
-                }
+            if self.try_append(ops, size)? {
+                return Ok(());
             }
             log::debug!("write waits: unflushed data is at its memory limit");
             sh.wake_uploader.notify_one();
             notified.await;
         }
+    }
+
+    /// Append if the unflushed-memory bound allows; false if the writer must wait.
+    fn try_append(&self, ops: &[(&[u8], Option<&[u8]>)], size: usize) -> Result<bool> {
+        let sh = &self.handle.shared;
+        let mut st = sh.lock();
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        if st.closing || st.closed {
+            return Err(Error::Closed);
+        }
+        let log = &st.log;
+        let fits =
+            log.unflushed_bytes == 0 || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
+        if fits {
+            self.append_locked(&mut st, ops, size);
+        }
+        Ok(fits)
     }
 
     fn append_locked(&self, st: &mut State, ops: &[(&[u8], Option<&[u8]>)], size: usize) {
@@ -574,10 +585,14 @@ impl Db {
     /// Simulate a crash in tests: stop background work without flushing or releasing.
     pub fn abandon(&self) {
         {
-            let mut st = self.handle.shared.lock();
+            let sh = &self.handle.shared;
+            let mut st = sh.lock();
             st.closing = true;
             st.closed = true;
-            self.handle.shared.poison(&mut st, Error::Closed);
+            st.poisoned = Some(Error::Closed);
+            sh.durable.send_modify(|d| d.error = Some(Error::Closed));
+            sh.space_freed.notify_waiters();
+            sh.checkpoint_done.notify_waiters();
         }
         self.stop_tasks();
     }

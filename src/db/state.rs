@@ -20,7 +20,7 @@ use super::error::Error;
 use super::index::Index;
 use crate::format::manifest::Manifest;
 use crate::format::names::SegmentId;
-use crate::format::segment::{SegmentBuilder, HEADER_LEN};
+use crate::format::segment::{SegmentBuilder, FOOTER_LEN, HEADER_LEN};
 
 /// A segment closed for appends.
 #[derive(Clone, Debug)]
@@ -71,12 +71,15 @@ impl LogState {
             return;
         }
         let id = self.open.id();
-        let next = SegmentBuilder::new(
+        // Size the next buffer like this one (capped), so it rarely has to grow.
+        let capacity = (self.open.len() + FOOTER_LEN).min(8 << 20);
+        let next = SegmentBuilder::with_capacity(
             SegmentId {
                 epoch: self.epoch,
                 seq: id.seq + 1,
             },
             0,
+            capacity,
         );
         let old = std::mem::replace(&mut self.open, next);
         let slot = self.open_slot.take().unwrap_or(0);
@@ -112,7 +115,7 @@ impl LogState {
         while self.done.remove(&(self.durable_seq + 1)) {
             self.durable_seq += 1;
         }
-        let entry_bytes = seg.data.len().saturating_sub(HEADER_LEN + 16);
+        let entry_bytes = seg.data.len().saturating_sub(HEADER_LEN + FOOTER_LEN);
         self.unflushed_bytes = self.unflushed_bytes.saturating_sub(entry_bytes);
         Some(seg)
     }

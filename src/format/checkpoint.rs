@@ -4,6 +4,11 @@
 //! (by index into the checkpoint's segment table), the entry's offset in that segment
 //! and the value length. Values themselves stay in the segments.
 //!
+//! Checkpoints are *fuzzy*: the writer encodes the index in chunks while writes go on,
+//! so a checkpoint holds the state as of `covers` plus some later changes. Replaying
+//! the log from `covers + 1` on top of it yields the exact state, because every log
+//! entry sets or removes one key and the last one wins (see `db::checkpointer`).
+//!
 //! ```text
 //! header (16): magic "KVFSCKP1" | version u16 | flags u16 | reserved u32
 //! writer_epoch u64 | covers_epoch u64 | covers_seq u64
@@ -40,15 +45,25 @@ pub struct Checkpoint {
     pub entries: Vec<(Box<[u8]>, Location)>,
 }
 
-/// Encode a checkpoint from sorted `(key, location)` pairs.
-pub fn encode<'a>(
+/// Append one entry in checkpoint layout (for [`assemble`]).
+pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], loc: Location) {
+    out.put_u16(key.len() as u16);
+    out.extend_from_slice(key);
+    out.put_u32(loc.segment);
+    out.put_u32(loc.offset);
+    out.put_u32(loc.value_len);
+}
+
+/// Build a checkpoint object from entries already encoded with [`encode_entry`]
+/// (keys strictly increasing).
+pub fn assemble(
     writer_epoch: u64,
     covers: SegmentId,
     segments: &[SegmentId],
-    entry_count: usize,
-    entries: impl Iterator<Item = (&'a [u8], Location)>,
+    entry_count: u64,
+    entries: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + segments.len() * 16 + entry_count * 32);
+    let mut out = Vec::with_capacity(64 + segments.len() * 16 + entries.len());
     write_header(&mut out, MAGIC, VERSION, 0);
     out.put_u64(writer_epoch);
     out.put_u64(covers.epoch);
@@ -58,19 +73,26 @@ pub fn encode<'a>(
         out.put_u64(s.epoch);
         out.put_u64(s.seq);
     }
-    out.put_u64(entry_count as u64);
-    let mut written = 0usize;
-    for (key, loc) in entries {
-        out.put_u16(key.len() as u16);
-        out.extend_from_slice(key);
-        out.put_u32(loc.segment);
-        out.put_u32(loc.offset);
-        out.put_u32(loc.value_len);
-        written += 1;
-    }
-    debug_assert_eq!(written, entry_count);
+    out.put_u64(entry_count);
+    out.extend_from_slice(entries);
     write_trailer(&mut out, END_MAGIC);
     out
+}
+
+/// Encode a checkpoint from sorted `(key, location)` pairs.
+pub fn encode<'a>(
+    writer_epoch: u64,
+    covers: SegmentId,
+    segments: &[SegmentId],
+    entries: impl Iterator<Item = (&'a [u8], Location)>,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut count = 0u64;
+    for (key, loc) in entries {
+        encode_entry(&mut body, key, loc);
+        count += 1;
+    }
+    assemble(writer_epoch, covers, segments, count, &body)
 }
 
 /// Decode and validate a checkpoint.
@@ -142,7 +164,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> Vec<u8> {
-        let segs = [SegmentId { epoch: 1, seq: 1 }, SegmentId { epoch: 1, seq: 2 }];
+        let segs = [
+            SegmentId { epoch: 1, seq: 1 },
+            SegmentId { epoch: 1, seq: 2 },
+        ];
         let entries: Vec<(&[u8], Location)> = vec![
             (
                 b"a",
@@ -161,7 +186,7 @@ mod tests {
                 },
             ),
         ];
-        encode(1, segs[1], &segs, entries.len(), entries.into_iter())
+        encode(1, segs[1], &segs, entries.into_iter())
     }
 
     #[test]

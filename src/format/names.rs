@@ -102,7 +102,9 @@ mod tests {
         assert_eq!(parse_name("seg/x"), ObjectKind::Unknown);
         assert_eq!(parse_name("manifest/12"), ObjectKind::Unknown);
         assert_eq!(parse_name("notes.txt"), ObjectKind::Unknown);
-        assert!(segment_name(SegmentId { epoch: 1, seq: 9 })
-            < segment_name(SegmentId { epoch: 1, seq: 10 }));
+        assert!(
+            segment_name(SegmentId { epoch: 1, seq: 9 })
+                < segment_name(SegmentId { epoch: 1, seq: 10 })
+        );
     }
 }

@@ -62,7 +62,12 @@ pub struct SegmentBuilder {
 
 impl SegmentBuilder {
     pub fn new(id: SegmentId, flags: u16) -> Self {
-        let mut buf = Vec::with_capacity(HEADER_LEN);
+        Self::with_capacity(id, flags, HEADER_LEN + FOOTER_LEN)
+    }
+
+    /// A builder whose buffer is allocated for `capacity` bytes up front.
+    pub fn with_capacity(id: SegmentId, flags: u16, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.max(HEADER_LEN + FOOTER_LEN));
         write_header(&mut buf, MAGIC, VERSION, flags);
         buf.put_u64(id.epoch);
         buf.put_u64(id.seq);
@@ -312,7 +317,10 @@ mod tests {
     fn every_truncation_is_detected() {
         let data = sample();
         for n in 0..data.len() {
-            assert!(SegmentView::decode(&data[..n]).is_err(), "truncation at {n}");
+            assert!(
+                SegmentView::decode(&data[..n]).is_err(),
+                "truncation at {n}"
+            );
         }
     }
 

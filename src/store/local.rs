@@ -94,10 +94,12 @@ impl LocalStore {
             .to_path_buf();
         self.create_dirs(&parent)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join(TMP_DIR)
-            .join(format!("{}-{}-{}", std::process::id(), n, rand::random::<u32>()));
+        let tmp = self.root.join(TMP_DIR).join(format!(
+            "{}-{}-{}",
+            std::process::id(),
+            n,
+            rand::random::<u32>()
+        ));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)

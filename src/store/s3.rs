@@ -11,7 +11,7 @@
 //!
 //! Requests are sent exactly once: the SDK's own retries are disabled because kvfs
 //! wraps every store in its own retry layer, which relies on the error classification
-//! done here ([`classify`]): throttling and transient failures are retryable,
+//! done here (the `classify` function): throttling and transient failures are retryable,
 //! missing buckets and bad credentials are permanent.
 //!
 //! Conditional writes map to S3 headers: [`PutMode::CreateNew`] sends
@@ -103,7 +103,8 @@ impl S3Store {
         if !env_is_set("AWS_REQUEST_CHECKSUM_CALCULATION") {
             // Integrity is checked by kvfs itself (CRC32C per record); extra checksum
             // headers and aws-chunked bodies break some S3-compatible servers.
-            builder = builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+            builder =
+                builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
         }
         let client = Client::from_conf(builder.build());
         log::debug!(
@@ -178,16 +179,23 @@ impl ObjectStore for S3Store {
             PutMode::CreateNew => req.if_none_match("*"),
             PutMode::IfMatch(etag) => req.if_match(etag),
         };
-        let out = req.send().await.map_err(|e| {
-            match (self.map_err("PUT", &full, &e), &mode) {
-                // AWS answers `If-Match` on a missing object with 404 NoSuchKey; to kvfs
-                // that is the same outcome as a changed object.
-                (StoreError::NotFound(loc), PutMode::IfMatch(_)) => {
-                    StoreError::PreconditionFailed(loc)
+        // Objects carry their own CRC32C checksums, so the SigV4 payload hash (a
+        // SHA-256 over every byte) buys nothing and costs CPU: send UNSIGNED-PAYLOAD.
+        let out = req
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| {
+                match (self.map_err("PUT", &full, &e), &mode) {
+                    // AWS answers `If-Match` on a missing object with 404 NoSuchKey; to kvfs
+                    // that is the same outcome as a changed object.
+                    (StoreError::NotFound(loc), PutMode::IfMatch(_)) => {
+                        StoreError::PreconditionFailed(loc)
+                    }
+                    (err, _) => err,
                 }
-                (err, _) => err,
-            }
-        })?;
+            })?;
         match out.e_tag() {
             Some(etag) if !etag.is_empty() => Ok(etag.to_string()),
             _ => Err(StoreError::Transient(format!(
@@ -331,8 +339,7 @@ impl ObjectStore for S3Store {
                 .map_err(|e| self.map_err("LIST", &full_prefix, &e))?;
             for obj in out.contents() {
                 let Some(full) = obj.key() else { continue };
-                let Some(rel) = full.get(strip..).filter(|_| full.starts_with(&full_prefix))
-                else {
+                let Some(rel) = full.get(strip..).filter(|_| full.starts_with(&full_prefix)) else {
                     continue;
                 };
                 // Directory markers (`a/b/`) and the prefix itself are not objects of
@@ -403,7 +410,9 @@ fn env_is_set(name: &str) -> bool {
 
 fn check_bucket_name(bucket: &str) -> StoreResult<()> {
     if bucket.is_empty() || bucket.contains('/') {
-        return Err(StoreError::Config(format!("invalid S3 bucket name {bucket:?}")));
+        return Err(StoreError::Config(format!(
+            "invalid S3 bucket name {bucket:?}"
+        )));
     }
     Ok(())
 }
@@ -552,7 +561,9 @@ pub(crate) fn classify(op: &str, location: &str, bucket: &str, facts: &ErrorFact
         FailureKind::Timeout => {
             return StoreError::Transient(format!("{what}: request timed out: {detail}"))
         }
-        FailureKind::Io => return StoreError::Transient(format!("{what}: connection failed: {detail}")),
+        FailureKind::Io => {
+            return StoreError::Transient(format!("{what}: connection failed: {detail}"))
+        }
         FailureKind::Response => {
             return StoreError::Transient(format!("{what}: unreadable response: {detail}"))
         }
@@ -590,15 +601,29 @@ pub(crate) fn classify(op: &str, location: &str, bucket: &str, facts: &ErrorFact
         "PreconditionFailed" | "ConditionalRequestConflict" => {
             return StoreError::PreconditionFailed(location.to_string())
         }
-        "SlowDown" | "Throttling" | "ThrottlingException" | "ThrottledException"
-        | "RequestThrottled" | "RequestLimitExceeded" | "TooManyRequests"
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "ThrottledException"
+        | "RequestThrottled"
+        | "RequestLimitExceeded"
+        | "TooManyRequests"
         | "TooManyRequestsException" => return StoreError::Throttled(described),
-        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NotSignedUp" | "ExpiredToken"
-        | "InvalidToken" | "TokenRefreshRequired" | "InvalidSecurity" | "AccountProblem"
+        "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "NotSignedUp"
+        | "ExpiredToken"
+        | "InvalidToken"
+        | "TokenRefreshRequired"
+        | "InvalidSecurity"
+        | "AccountProblem"
         | "AllAccessDisabled" => {
             return StoreError::Permanent(format!("{described}; {credentials_hint}"))
         }
-        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => {
+        "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException" => {
             return StoreError::Permanent(format!(
                 "{described}; the bucket may be in another region (set AWS_REGION)"
             ))
@@ -654,7 +679,9 @@ mod tests {
 
     #[test]
     fn not_found() {
-        assert!(matches!(run(&service(404, "NoSuchKey")), StoreError::NotFound(k) if k == "s3://bkt/pre/key"));
+        assert!(
+            matches!(run(&service(404, "NoSuchKey")), StoreError::NotFound(k) if k == "s3://bkt/pre/key")
+        );
         assert!(matches!(run(&service(404, "")), StoreError::NotFound(_)));
     }
 
@@ -673,8 +700,14 @@ mod tests {
 
     #[test]
     fn preconditions() {
-        assert!(matches!(run(&service(412, "PreconditionFailed")), StoreError::PreconditionFailed(_)));
-        assert!(matches!(run(&service(412, "")), StoreError::PreconditionFailed(_)));
+        assert!(matches!(
+            run(&service(412, "PreconditionFailed")),
+            StoreError::PreconditionFailed(_)
+        ));
+        assert!(matches!(
+            run(&service(412, "")),
+            StoreError::PreconditionFailed(_)
+        ));
         assert!(matches!(
             run(&service(409, "ConditionalRequestConflict")),
             StoreError::PreconditionFailed(_)
@@ -691,7 +724,10 @@ mod tests {
             service(400, "ThrottlingException"),
         ] {
             let err = run(&facts);
-            assert!(matches!(err, StoreError::Throttled(_)), "{facts:?} -> {err:?}");
+            assert!(
+                matches!(err, StoreError::Throttled(_)),
+                "{facts:?} -> {err:?}"
+            );
             assert!(err.is_retryable());
         }
     }
@@ -711,7 +747,10 @@ mod tests {
             other(FailureKind::Response, "truncated body"),
         ] {
             let err = run(&facts);
-            assert!(matches!(err, StoreError::Transient(_)), "{facts:?} -> {err:?}");
+            assert!(
+                matches!(err, StoreError::Transient(_)),
+                "{facts:?} -> {err:?}"
+            );
             assert!(err.is_retryable());
         }
     }
@@ -724,8 +763,14 @@ mod tests {
             service(403, "SignatureDoesNotMatch"),
             service(400, "ExpiredToken"),
             service(403, ""),
-            other(FailureKind::Dispatch, "failed to resolve identity: no credentials provider"),
-            other(FailureKind::Construction, "the credential provider was not enabled"),
+            other(
+                FailureKind::Dispatch,
+                "failed to resolve identity: no credentials provider",
+            ),
+            other(
+                FailureKind::Construction,
+                "the credential provider was not enabled",
+            ),
         ] {
             let err = run(&facts);
             match &err {
@@ -749,7 +794,10 @@ mod tests {
             other(FailureKind::User, "invalid uri"),
         ] {
             let err = run(&facts);
-            assert!(matches!(err, StoreError::Permanent(_)), "{facts:?} -> {err:?}");
+            assert!(
+                matches!(err, StoreError::Permanent(_)),
+                "{facts:?} -> {err:?}"
+            );
             assert!(!err.is_retryable());
         }
     }

@@ -11,7 +11,10 @@ use super::{DynStore, StoreError, StoreResult};
 /// A parsed store location.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreUrl {
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
     Local(PathBuf),
     /// A fresh, empty in-memory store (tests only: it vanishes with the process).
     Memory,
