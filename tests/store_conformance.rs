@@ -60,35 +60,63 @@ async fn conformance(store: &dyn ObjectStore) {
         "{name}: get of a missing object"
     );
     assert!(
-        matches!(store.get_range("nope", 0..1).await, Err(StoreError::NotFound(_))),
+        matches!(
+            store.get_range("nope", 0..1).await,
+            Err(StoreError::NotFound(_))
+        ),
         "{name}: ranged get of a missing object"
     );
-    store.delete("nope").await.expect("delete of a missing object is Ok");
-    assert!(store.list("").await.expect("list").is_empty(), "{name}: empty store lists nothing");
+    store
+        .delete("nope")
+        .await
+        .expect("delete of a missing object is Ok");
+    assert!(
+        store.list("").await.expect("list").is_empty(),
+        "{name}: empty store lists nothing"
+    );
 
     // Round trip; the etag from put is the one get reports.
-    let e1 = store.put("a/one", b("hello world"), PutMode::Overwrite).await.expect("put");
+    let e1 = store
+        .put("a/one", b("hello world"), PutMode::Overwrite)
+        .await
+        .expect("put");
     assert!(!e1.is_empty());
     let got = store.get("a/one").await.expect("get");
     assert_eq!(got.data, b("hello world"), "{name}");
     assert_eq!(got.etag, e1, "{name}: get returns the put etag");
 
     // Overwrite with other bytes changes the etag.
-    let e2 = store.put("a/one", b("goodbye"), PutMode::Overwrite).await.expect("overwrite");
+    let e2 = store
+        .put("a/one", b("goodbye"), PutMode::Overwrite)
+        .await
+        .expect("overwrite");
     assert_ne!(e1, e2, "{name}: etag changes with the content");
     assert_eq!(store.get("a/one").await.expect("get").data, b("goodbye"));
 
     // Empty objects.
-    let e_empty = store.put("empty", Bytes::new(), PutMode::CreateNew).await.expect("empty put");
+    let e_empty = store
+        .put("empty", Bytes::new(), PutMode::CreateNew)
+        .await
+        .expect("empty put");
     let got = store.get("empty").await.expect("get empty");
     assert!(got.data.is_empty(), "{name}");
     assert_eq!(got.etag, e_empty, "{name}");
 
     // CreateNew.
-    let c1 = store.put("lock", b("v1"), PutMode::CreateNew).await.expect("create new");
+    let c1 = store
+        .put("lock", b("v1"), PutMode::CreateNew)
+        .await
+        .expect("create new");
     let again = store.put("lock", b("v2"), PutMode::CreateNew).await;
-    assert!(is_precondition(&again), "{name}: second CreateNew -> {again:?}");
-    assert_eq!(store.get("lock").await.expect("get").data, b("v1"), "{name}: loser wrote nothing");
+    assert!(
+        is_precondition(&again),
+        "{name}: second CreateNew -> {again:?}"
+    );
+    assert_eq!(
+        store.get("lock").await.expect("get").data,
+        b("v1"),
+        "{name}: loser wrote nothing"
+    );
 
     // IfMatch with the right, a stale and a made-up etag, and on a missing key.
     let c2 = store
@@ -96,26 +124,62 @@ async fn conformance(store: &dyn ObjectStore) {
         .await
         .expect("if-match with the current etag");
     assert_ne!(c1, c2, "{name}");
-    let stale = store.put("lock", b("v3"), PutMode::IfMatch(c1.clone())).await;
-    assert!(is_precondition(&stale), "{name}: stale If-Match -> {stale:?}");
-    let bogus = store
-        .put("lock", b("v3"), PutMode::IfMatch("\"0123456789abcdef\"".into()))
+    let stale = store
+        .put("lock", b("v3"), PutMode::IfMatch(c1.clone()))
         .await;
-    assert!(is_precondition(&bogus), "{name}: bogus If-Match -> {bogus:?}");
-    let missing = store.put("no-lock", b("v1"), PutMode::IfMatch(c2.clone())).await;
-    assert!(is_precondition(&missing), "{name}: If-Match on a missing key -> {missing:?}");
-    assert!(matches!(store.get("no-lock").await, Err(StoreError::NotFound(_))), "{name}");
+    assert!(
+        is_precondition(&stale),
+        "{name}: stale If-Match -> {stale:?}"
+    );
+    let bogus = store
+        .put(
+            "lock",
+            b("v3"),
+            PutMode::IfMatch("\"0123456789abcdef\"".into()),
+        )
+        .await;
+    assert!(
+        is_precondition(&bogus),
+        "{name}: bogus If-Match -> {bogus:?}"
+    );
+    let missing = store
+        .put("no-lock", b("v1"), PutMode::IfMatch(c2.clone()))
+        .await;
+    assert!(
+        is_precondition(&missing),
+        "{name}: If-Match on a missing key -> {missing:?}"
+    );
+    assert!(
+        matches!(store.get("no-lock").await, Err(StoreError::NotFound(_))),
+        "{name}"
+    );
     let got = store.get("lock").await.expect("get");
     assert_eq!(got.data, b("v2"), "{name}");
     assert_eq!(got.etag, c2, "{name}");
 
     // Ranged reads.
-    store.put("r", b("0123456789"), PutMode::Overwrite).await.expect("put");
-    assert_eq!(store.get_range("r", 0..10).await.expect("whole"), b("0123456789"));
+    store
+        .put("r", b("0123456789"), PutMode::Overwrite)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get_range("r", 0..10).await.expect("whole"),
+        b("0123456789")
+    );
     assert_eq!(store.get_range("r", 2..5).await.expect("middle"), b("234"));
     assert_eq!(store.get_range("r", 9..10).await.expect("last"), b("9"));
-    assert!(store.get_range("r", 4..4).await.expect("empty").is_empty(), "{name}");
-    assert!(store.get_range("r", 10..10).await.expect("empty at end").is_empty(), "{name}");
+    assert!(
+        store.get_range("r", 4..4).await.expect("empty").is_empty(),
+        "{name}"
+    );
+    assert!(
+        store
+            .get_range("r", 10..10)
+            .await
+            .expect("empty at end")
+            .is_empty(),
+        "{name}"
+    );
     for bad in [5..20, 10..11, 11..12, 100..200] {
         let r = store.get_range("r", bad.clone()).await;
         assert!(
@@ -135,7 +199,11 @@ async fn conformance(store: &dyn ObjectStore) {
         store.put(k, b(k), PutMode::Overwrite).await.expect("put");
     }
     let keys = |v: Vec<kvfs::store::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
-    assert_eq!(keys(store.list("d/").await.expect("list")), ["d/a", "d/b", "d/c/x"], "{name}");
+    assert_eq!(
+        keys(store.list("d/").await.expect("list")),
+        ["d/a", "d/b", "d/c/x"],
+        "{name}"
+    );
     assert_eq!(
         keys(store.list("d").await.expect("list")),
         ["d/a", "d/b", "d/c/x", "d0", "dz/1"],
@@ -160,15 +228,28 @@ async fn conformance(store: &dyn ObjectStore) {
     // Delete.
     store.delete("d/a").await.expect("delete");
     store.delete("d/a").await.expect("delete twice");
-    assert!(matches!(store.get("d/a").await, Err(StoreError::NotFound(_))), "{name}");
-    assert_eq!(keys(store.list("d/").await.expect("list")), ["d/b", "d/c/x"], "{name}");
+    assert!(
+        matches!(store.get("d/a").await, Err(StoreError::NotFound(_))),
+        "{name}"
+    );
+    assert_eq!(
+        keys(store.list("d/").await.expect("list")),
+        ["d/b", "d/c/x"],
+        "{name}"
+    );
     // A deleted key can be created anew.
-    store.put("d/a", b("again"), PutMode::CreateNew).await.expect("recreate");
+    store
+        .put("d/a", b("again"), PutMode::CreateNew)
+        .await
+        .expect("recreate");
 
     // Keys no backend accepts.
     for bad in ["", "/abs", "dir/", "a//b", "a/../b", "./a"] {
         let r = store.put(bad, b("x"), PutMode::Overwrite).await;
-        assert!(matches!(r, Err(StoreError::Config(_))), "{name}: key {bad:?} -> {r:?}");
+        assert!(
+            matches!(r, Err(StoreError::Config(_))),
+            "{name}: key {bad:?} -> {r:?}"
+        );
     }
 }
 
@@ -178,7 +259,13 @@ async fn create_new_race(store: Arc<dyn ObjectStore>) {
     for i in 0..16u32 {
         let store = store.clone();
         tasks.spawn(async move {
-            let r = store.put("race/lock", Bytes::from(format!("writer {i}")), PutMode::CreateNew).await;
+            let r = store
+                .put(
+                    "race/lock",
+                    Bytes::from(format!("writer {i}")),
+                    PutMode::CreateNew,
+                )
+                .await;
             (i, r)
         });
     }
@@ -191,7 +278,12 @@ async fn create_new_race(store: Arc<dyn ObjectStore>) {
             Err(other) => panic!("{}: writer {i}: unexpected {other:?}", store.describe()),
         }
     }
-    assert_eq!(winners.len(), 1, "{}: winners {winners:?}", store.describe());
+    assert_eq!(
+        winners.len(),
+        1,
+        "{}: winners {winners:?}",
+        store.describe()
+    );
     let (i, etag) = &winners[0];
     let got = store.get("race/lock").await.expect("get");
     assert_eq!(got.data, Bytes::from(format!("writer {i}")));
@@ -230,15 +322,30 @@ async fn s3_conformance_with_prefix() {
         .send()
         .await
         .expect("raw list");
-    assert!(listed.contents().iter().any(|o| o.key() == Some("tenant/db/a/one")));
+    assert!(listed
+        .contents()
+        .iter()
+        .any(|o| o.key() == Some("tenant/db/a/one")));
     let neighbour = fx.store("tenant/db2");
-    neighbour.put("a/one", b("other"), PutMode::Overwrite).await.expect("put");
-    let keys: Vec<_> = store.list("").await.expect("list").into_iter().map(|m| m.key).collect();
+    neighbour
+        .put("a/one", b("other"), PutMode::Overwrite)
+        .await
+        .expect("put");
+    let keys: Vec<_> = store
+        .list("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     assert!(keys.iter().all(|k| !k.starts_with("tenant")), "{keys:?}");
     assert_eq!(store.get("a/one").await.expect("get").data, b("goodbye"));
 
     let counts = fx.server.request_counts();
-    assert!(counts.put >= 20 && counts.get >= 10 && counts.list >= 5 && counts.delete >= 2, "{counts:?}");
+    assert!(
+        counts.put >= 20 && counts.get >= 10 && counts.list >= 5 && counts.delete >= 2,
+        "{counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +372,10 @@ async fn s3_list_paginates() {
                     return;
                 }
                 let key = format!("obj/{i:05}");
-                store.put(&key, Bytes::from(vec![7u8; i % 5]), PutMode::Overwrite).await.expect("put");
+                store
+                    .put(&key, Bytes::from(vec![7u8; i % 5]), PutMode::Overwrite)
+                    .await
+                    .expect("put");
             }
         });
     }
@@ -278,8 +388,15 @@ async fn s3_list_paginates() {
     let expected: Vec<String> = (0..N).map(|i| format!("obj/{i:05}")).collect();
     let got: Vec<String> = listed.iter().map(|m| m.key.clone()).collect();
     assert_eq!(got, expected);
-    assert!(listed.iter().enumerate().all(|(i, m)| m.size == (i % 5) as u64));
-    assert_eq!(fx.server.request_counts().list, 2, "1100 keys take two pages of 1000");
+    assert!(listed
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.size == (i % 5) as u64));
+    assert_eq!(
+        fx.server.request_counts().list,
+        2,
+        "1100 keys take two pages of 1000"
+    );
     let distinct: BTreeSet<_> = got.iter().collect();
     assert_eq!(distinct.len(), N);
 }
@@ -304,9 +421,15 @@ async fn s3_missing_bucket_is_permanent() {
     expect_permanent(put, &["bucket no-such-bucket does not exist", "PUT"]);
     let create = store.put("k", b("x"), PutMode::CreateNew).await;
     expect_permanent(create, &["bucket no-such-bucket does not exist"]);
-    expect_permanent(store.get("k").await, &["bucket no-such-bucket does not exist", "GET"]);
+    expect_permanent(
+        store.get("k").await,
+        &["bucket no-such-bucket does not exist", "GET"],
+    );
     expect_permanent(store.get_range("k", 0..1).await, &["no-such-bucket"]);
-    expect_permanent(store.list("").await, &["bucket no-such-bucket does not exist", "LIST"]);
+    expect_permanent(
+        store.list("").await,
+        &["bucket no-such-bucket does not exist", "LIST"],
+    );
     expect_permanent(store.delete("k").await, &["no-such-bucket"]);
     // The test server must not have created it on the way.
     assert!(!fx.server.root().join("no-such-bucket").exists());
@@ -316,18 +439,28 @@ async fn s3_missing_bucket_is_permanent() {
 async fn s3_wrong_credentials_are_permanent() {
     let fx = S3Fixture::start().await;
     let wrong_secret = aws_sdk_s3::Client::from_conf(
-        fx.server.client_config(TEST_ACCESS_KEY, "not-the-secret").build(),
+        fx.server
+            .client_config(TEST_ACCESS_KEY, "not-the-secret")
+            .build(),
     );
     let store = S3Store::from_client(wrong_secret, BUCKET, "p");
-    expect_permanent(store.put("k", b("x"), PutMode::Overwrite).await, &["credentials", "PUT"]);
+    expect_permanent(
+        store.put("k", b("x"), PutMode::Overwrite).await,
+        &["credentials", "PUT"],
+    );
     expect_permanent(store.get("k").await, &["credentials"]);
     expect_permanent(store.list("").await, &["credentials"]);
 
     let unknown_key = aws_sdk_s3::Client::from_conf(
-        fx.server.client_config("AKIDUNKNOWN", TEST_SECRET_KEY).build(),
+        fx.server
+            .client_config("AKIDUNKNOWN", TEST_SECRET_KEY)
+            .build(),
     );
     let store = S3Store::from_client(unknown_key, BUCKET, "p");
-    expect_permanent(store.put("k", b("x"), PutMode::Overwrite).await, &["credentials"]);
+    expect_permanent(
+        store.put("k", b("x"), PutMode::Overwrite).await,
+        &["credentials"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +474,10 @@ async fn s3_client_without_credentials_is_permanent() {
         .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
         .build();
     let store = S3Store::from_client(aws_sdk_s3::Client::from_conf(config), BUCKET, "p");
-    expect_permanent(store.put("k", b("x"), PutMode::Overwrite).await, &["credentials"]);
+    expect_permanent(
+        store.put("k", b("x"), PutMode::Overwrite).await,
+        &["credentials"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +490,10 @@ async fn s3_injected_faults_are_retryable() {
     let server = TestS3Server::start(dir.path(), opts).await.expect("start");
     server.create_bucket(BUCKET).expect("bucket");
     let store = S3Store::from_client(server.client(), BUCKET, "f");
-    store.put("k", b("v"), PutMode::Overwrite).await.expect("put before faults");
+    store
+        .put("k", b("v"), PutMode::Overwrite)
+        .await
+        .expect("put before faults");
 
     let faults = server.faults();
     faults.set(FaultConfig {
@@ -364,7 +503,10 @@ async fn s3_injected_faults_are_retryable() {
     let mut kinds = BTreeSet::new();
     for i in 0..12 {
         let results = [
-            store.put(&format!("x{i}"), b("v"), PutMode::Overwrite).await.err(),
+            store
+                .put(&format!("x{i}"), b("v"), PutMode::Overwrite)
+                .await
+                .err(),
             store.put("k", b("w"), PutMode::CreateNew).await.err(),
             store.get("k").await.err(),
             store.get_range("k", 0..1).await.err(),
@@ -381,7 +523,11 @@ async fn s3_injected_faults_are_retryable() {
             });
         }
     }
-    assert_eq!(kinds, BTreeSet::from(["throttled", "transient"]), "both 503 SlowDown and 500 appear");
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["throttled", "transient"]),
+        "both 503 SlowDown and 500 appear"
+    );
 
     faults.set(FaultConfig {
         fail_all: true,
@@ -410,9 +556,14 @@ async fn s3_stalled_server_times_out_as_transient() {
                 .build(),
         );
     let store = S3Store::from_client(aws_sdk_s3::Client::from_conf(config.build()), BUCKET, "s");
-    fx.server.faults().update(|f| f.stall = Duration::from_secs(2));
+    fx.server
+        .faults()
+        .update(|f| f.stall = Duration::from_secs(2));
     let r = store.get("k").await;
-    assert!(matches!(&r, Err(StoreError::Transient(m)) if m.contains("timed out")), "{r:?}");
+    assert!(
+        matches!(&r, Err(StoreError::Transient(m)) if m.contains("timed out")),
+        "{r:?}"
+    );
     fx.server.faults().clear();
     assert!(matches!(store.get("k").await, Err(StoreError::NotFound(_))));
 }
@@ -425,7 +576,10 @@ async fn s3_connection_refused_is_transient() {
     fx.server.shutdown().await;
     let store = S3Store::from_client(client, BUCKET, "p");
     let r = store.get("k").await;
-    assert!(matches!(&r, Err(StoreError::Transient(_))), "{endpoint}: {r:?}");
+    assert!(
+        matches!(&r, Err(StoreError::Transient(_))),
+        "{endpoint}: {r:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -439,7 +593,13 @@ const CHILD_MODE: &str = "KVFS_CONFORMANCE_CHILD";
 async fn run_child(name: &str, env: Vec<(&'static str, String)>) -> (bool, String) {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("AWS_") {
             cmd.env_remove(&k);
@@ -447,7 +607,10 @@ async fn run_child(name: &str, env: Vec<(&'static str, String)>) -> (bool, Strin
     }
     // Never reach real AWS configuration or the instance metadata service.
     cmd.env("AWS_CONFIG_FILE", "/nonexistent/kvfs-test/config");
-    cmd.env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/kvfs-test/credentials");
+    cmd.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/kvfs-test/credentials",
+    );
     cmd.env("AWS_EC2_METADATA_DISABLED", "true");
     cmd.env(CHILD_MODE, "1");
     for (k, v) in env {
@@ -480,7 +643,11 @@ async fn s3_connect_from_environment() {
     ];
     let (ok, output) = run_child("child_connect_from_environment", env).await;
     assert!(ok, "child failed:\n{output}");
-    let got = fx.store("env").get("from-child").await.expect("object written by the child");
+    let got = fx
+        .store("env")
+        .get("from-child")
+        .await
+        .expect("object written by the child");
     assert_eq!(got.data, b("hello from the environment"));
 }
 
@@ -494,15 +661,27 @@ async fn child_connect_from_environment() {
     let store = S3Store::connect(&bucket, "/env/").await.expect("connect");
     assert_eq!(store.describe(), format!("s3://{bucket}/env"));
     store
-        .put("from-child", b("hello from the environment"), PutMode::CreateNew)
+        .put(
+            "from-child",
+            b("hello from the environment"),
+            PutMode::CreateNew,
+        )
         .await
         .expect("put via connect()");
-    assert_eq!(store.get_range("from-child", 0..5).await.expect("range"), b("hello"));
+    assert_eq!(
+        store.get_range("from-child", 0..5).await.expect("range"),
+        b("hello")
+    );
     let listed = store.list("").await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].key, "from-child");
-    let missing = S3Store::connect("no-such-bucket", "").await.expect("connect");
-    expect_permanent(missing.list("").await, &["bucket no-such-bucket does not exist"]);
+    let missing = S3Store::connect("no-such-bucket", "")
+        .await
+        .expect("connect");
+    expect_permanent(
+        missing.list("").await,
+        &["bucket no-such-bucket does not exist"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
