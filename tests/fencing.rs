@@ -199,3 +199,26 @@ async fn live_remote_writer_is_not_displaced() {
     }
     let _ = Arc::strong_count(&store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_over_s3_conditional_writes() {
+    let s3 = common::S3Fixture::start().await;
+    let store = s3.store("fence");
+    let a = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    a.put(b"acked", b"1").await.unwrap();
+    a.sync().await.unwrap();
+    assert!(matches!(
+        Db::open_store(store.clone(), small_opts()).await,
+        Err(Error::Locked { .. })
+    ));
+    release_lease(&*store).await;
+    let b = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    a.put(b"late", b"2").await.unwrap();
+    assert!(matches!(a.sync().await, Err(Error::Fenced(_))));
+    assert_eq!(b.get(b"acked").await.unwrap().unwrap(), &b"1"[..]);
+    assert_eq!(b.get(b"late").await.unwrap(), None);
+    b.close().await.unwrap();
+    let r = Db::open_store(store, Options::read_only()).await.unwrap();
+    assert_eq!(r.get(b"late").await.unwrap(), None);
+    assert!(r.fsck(&mut |_| {}).await.unwrap().is_clean());
+}

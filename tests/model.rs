@@ -145,3 +145,10 @@ async fn model_local_directory() {
         run_model(store, seed, 300).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_s3_server() {
+    let s3 = common::S3Fixture::start().await;
+    run_model(s3.store("model/a"), 5, 250).await;
+    run_model(s3.store("model/b"), 11, 150).await;
+}

@@ -183,3 +183,123 @@ impl ObjectStore for RetryStore {
         self.inner.describe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use std::sync::atomic::AtomicU32;
+
+    /// Fails the first `failures` requests with `error`, then passes through.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: MemoryStore,
+        failures: AtomicU32,
+        error: StoreError,
+        apply_before_failing: bool,
+    }
+
+    #[async_trait]
+    impl ObjectStore for Flaky {
+        async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
+            if self.failures.load(Ordering::SeqCst) > 0 {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+                if self.apply_before_failing {
+                    self.inner.put(key, data, mode).await?;
+                }
+                return Err(self.error.clone());
+            }
+            self.inner.put(key, data, mode).await
+        }
+        async fn get(&self, key: &str) -> StoreResult<GetResult> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+            self.inner.get_range(key, range).await
+        }
+        async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> StoreResult<()> {
+            self.inner.delete(key).await
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+            max_elapsed: Duration::from_millis(300),
+        }
+    }
+
+    fn flaky(failures: u32, error: StoreError, apply: bool) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: MemoryStore::new(),
+            failures: AtomicU32::new(failures),
+            error,
+            apply_before_failing: apply,
+        })
+    }
+
+    #[tokio::test]
+    async fn retries_transient_errors_until_success() {
+        let f = flaky(3, StoreError::Throttled("slow down".into()), false);
+        let r = RetryStore::with_seed(f.clone(), policy(), 1);
+        r.put("k", Bytes::from_static(b"v"), PutMode::CreateNew)
+            .await
+            .unwrap();
+        assert_eq!(r.retries(), 3);
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_permanent_errors() {
+        let f = flaky(3, StoreError::Permanent("access denied".into()), false);
+        let r = RetryStore::with_seed(f, policy(), 1);
+        let e = r
+            .put("k", Bytes::from_static(b"v"), PutMode::Overwrite)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Permanent(_)));
+        assert_eq!(r.retries(), 0);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_elapsed_with_a_clear_message() {
+        let f = flaky(
+            u32::MAX,
+            StoreError::Transient("connection refused".into()),
+            false,
+        );
+        let r = RetryStore::with_seed(f, policy(), 1);
+        let e = r
+            .put("k", Bytes::from_static(b"v"), PutMode::Overwrite)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("gave up after"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn lost_response_of_a_conditional_put_counts_as_success() {
+        let f = flaky(1, StoreError::Transient("timed out".into()), true);
+        let r = RetryStore::with_seed(f.clone(), policy(), 1);
+        r.put("k", Bytes::from_static(b"mine"), PutMode::CreateNew)
+            .await
+            .unwrap();
+        // Someone else's object under the name is still a conflict.
+        let f = flaky(1, StoreError::Transient("timed out".into()), false);
+        f.inner
+            .put("k", Bytes::from_static(b"theirs"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let r = RetryStore::with_seed(f, policy(), 1);
+        let e = r
+            .put("k", Bytes::from_static(b"mine"), PutMode::CreateNew)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::PreconditionFailed(_)));
+    }
+}

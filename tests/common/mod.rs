@@ -67,3 +67,31 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// An in-process S3 server (s3s-fs over HTTP on 127.0.0.1) with one bucket.
+pub struct S3Fixture {
+    pub server: kvfs::testserver::TestS3Server,
+    pub dir: tempfile::TempDir,
+}
+
+pub const BUCKET: &str = "kvfs-test";
+
+impl S3Fixture {
+    pub async fn start() -> S3Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = kvfs::testserver::TestS3Server::start(dir.path(), Default::default())
+            .await
+            .expect("S3 server starts");
+        server.create_bucket(BUCKET).expect("bucket");
+        S3Fixture { server, dir }
+    }
+
+    /// A store at `prefix` in the test bucket, talking HTTP to the server.
+    pub fn store(&self, prefix: &str) -> DynStore {
+        Arc::new(kvfs::store::s3::S3Store::from_client(
+            self.server.client(),
+            BUCKET,
+            prefix,
+        ))
+    }
+}
