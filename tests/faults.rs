@@ -95,10 +95,16 @@ async fn outage_makes_writes_wait_then_fail_clearly() {
         Err(Error::Poisoned(_))
     ));
     assert!(db.sync().await.is_err());
-    drop(db);
     h.update(|c| c.outage = false);
+    // Closing a failed writer reports the failure but still gives the lease back.
+    assert!(db.close().await.is_err());
+    let db = Db::open_store(mem.clone(), small_opts()).await.unwrap();
+    assert_eq!(db.get(b"before").await.unwrap().unwrap(), &b"outage"[..]);
+    db.put(b"after", b"outage").await.unwrap();
+    db.close().await.unwrap();
     let r = Db::open_store(mem, Options::read_only()).await.unwrap();
-    assert_eq!(r.get(b"before").await.unwrap().unwrap(), &b"outage"[..]);
+    assert_eq!(r.get(b"after").await.unwrap().unwrap(), &b"outage"[..]);
+    assert!(r.fsck(&mut |_| {}).await.unwrap().is_clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -545,8 +545,14 @@ impl Db {
         let sh = &self.handle.shared;
         if sh.writable {
             let result = self.close_writer().await;
+            {
+                let mut st = sh.lock();
+                st.closing = true;
+                st.closed = true;
+            }
             self.stop_tasks();
-            return result;
+            let released = self.release_lease(result.is_err()).await;
+            return result.and(released);
         }
         sh.lock().closed = true;
         Ok(())
@@ -554,8 +560,14 @@ impl Db {
 
     async fn close_writer(&self) -> Result<()> {
         let sh = &self.handle.shared;
-        if sh.lock().closed {
-            return Ok(());
+        {
+            let mut st = sh.lock();
+            if st.closed {
+                return Ok(());
+            }
+            // From here on new writes are refused; everything already written is
+            // flushed by the sync below.
+            st.closing = true;
         }
         self.sync().await?;
         let need_checkpoint = {
@@ -566,16 +578,25 @@ impl Db {
         if need_checkpoint {
             checkpointer::run_exclusive(sh).await?;
         }
-        {
-            let mut st = sh.lock();
-            st.closing = true;
-            st.closed = true;
-        }
+        sh.lock().closed = true;
         sh.wake_uploader.notify_one();
-        if let Some(mut lease) = sh.lease.lock().await.take() {
-            lease.release().await?;
-        }
         Ok(())
+    }
+
+    /// Give the lease back so the next writer starts at once. After a failure the
+    /// writer may have been fenced, in which case the lease is no longer ours.
+    async fn release_lease(&self, after_failure: bool) -> Result<()> {
+        let Some(mut lease) = self.handle.shared.lease.lock().await.take() else {
+            return Ok(());
+        };
+        match lease.release().await {
+            Ok(()) => Ok(()),
+            Err(e) if after_failure => {
+                log::warn!("could not release the writer lease: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn stop_tasks(&self) {

@@ -136,6 +136,8 @@ pub struct State {
     pub log_bytes_since_checkpoint: u64,
     pub checkpoint_running: bool,
     pub poisoned: Option<Error>,
+    /// `close` has begun: new writes are refused, buffered ones are flushed.
     pub closing: bool,
+    /// `close` has finished (or the handle was abandoned).
     pub closed: bool,
 }

@@ -28,6 +28,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                 return;
             }
             let closing = st.closing;
+            let closed = st.closed;
             let log = &mut st.log;
             let mut starts = Vec::new();
             while log.inflight.len() < sh.opts.max_inflight_uploads {
@@ -47,7 +48,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                 }
                 log.seal_open();
             }
-            if closing && log.is_idle() {
+            if closed && log.is_idle() {
                 return;
             }
             let pause = match log.open_since {
