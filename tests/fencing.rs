@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{memory, release_lease, small_opts};
 use kvfs::db::lease::{now_unix_ms, LeaseInfo};
 use kvfs::db::{Db, Error, Options};
-use kvfs::store::{ObjectStore, PutMode};
+use kvfs::store::PutMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_writer_is_refused_while_the_first_is_live() {

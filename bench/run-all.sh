@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Regenerate the figures in docs/EXPERIMENTS.md. Usage: bench/run-all.sh [--quick]
+# Results go to docs/results/ (CSV) and are printed as tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=()
+if [ "${1:-}" = "--quick" ]; then quick=(--quick); fi
+out=docs/results
+mkdir -p "$out"
+
+echo "== building kvfs-bench (release)"
+cargo build --release --locked --bin kvfs-bench
+bench=./target/release/kvfs-bench
+
+echo "== machine"
+{
+    echo "date,$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cpus,$(nproc)"
+    echo "memory_gib,$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo)"
+    echo "kernel,$(uname -r)"
+    echo "rustc,$(rustc --version | cut -d' ' -f2)"
+    echo "load_average_1m_at_start,$(cut -d' ' -f1 /proc/loadavg)"
+} | tee "$out/machine.csv"
+
+echo "== engine: throughput, sync latency, recovery, index memory"
+"$bench" engine "${quick[@]}" --out "$out"
