@@ -241,12 +241,16 @@ pub async fn run(mut a: EngineArgs) -> BenchResult<()> {
     }
     db.close().await?;
     drop(db);
-    // Let the closed handle's aborted tasks drop their state before measuring.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let heap_before = live_bytes();
+    // Index memory: the heap a read-only handle holds once opened, measured after the
+    // heap settles (the closed writer's tasks and the server's buffers are freed
+    // asynchronously), and again as what dropping the handle gives back.
+    let heap_before = settled_heap().await;
     let ro = Db::open_store(store.clone(), Options::read_only()).await?;
-    let heap_index = live_bytes() as f64 - heap_before as f64;
+    let heap_open = settled_heap().await;
     drop(ro);
+    let heap_after = settled_heap().await;
+    let heap_index =
+        (heap_open as f64 - heap_before as f64).min(heap_open as f64 - heap_after as f64);
     let per_key = (heap_index - key_bytes as f64) / a.keys as f64;
     let t = Instant::now();
     let db = Db::open_store(store.clone(), Options::default()).await?;
@@ -341,6 +345,20 @@ pub async fn run(mut a: EngineArgs) -> BenchResult<()> {
         let _ = std::fs::remove_dir_all(&root);
     }
     Ok(())
+}
+
+/// Live heap bytes once they stop changing by more than 1 MiB per 100 ms (at most 5 s).
+async fn settled_heap() -> usize {
+    let mut last = live_bytes();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = live_bytes();
+        if now.abs_diff(last) < 1 << 20 {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 struct Throughput {

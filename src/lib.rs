@@ -10,5 +10,6 @@
 
 pub mod db;
 pub mod format;
+pub mod process;
 pub mod store;
 pub mod testserver;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use crate::format::names::LEASE;
+pub use crate::process::{pid_alive, this_host};
 use crate::store::{DynStore, PutMode, StoreError};
 
 /// The lease document.
@@ -65,35 +66,6 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-pub fn this_host() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".to_string())
-}
-
-/// Whether process `pid` on this host is running (a zombie counts as gone).
-pub fn pid_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as i32, 0) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state letter follows the parenthesised command name.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.trim().chars().next());
-            !matches!(state, Some('Z') | Some('X'))
-        }
-        Err(_) => true,
-    }
 }
 
 /// A held lease.

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{check_key, GetResult, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use crate::process::pid_alive;
 
 const TMP_DIR: &str = ".kvfs-tmp";
 const LOCK_FILE: &str = ".kvfs-lock";
@@ -35,6 +36,7 @@ const LOCK_FILE: &str = ".kvfs-lock";
 pub struct LocalStore {
     root: Arc<PathBuf>,
     tmp_counter: Arc<AtomicU64>,
+    prepared: Arc<std::sync::Once>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
@@ -45,7 +47,8 @@ fn io_err(path: &Path, e: std::io::Error) -> StoreError {
 }
 
 impl LocalStore {
-    /// Open (creating if needed) a directory store rooted at `root`.
+    /// A directory store rooted at `root`. Nothing is created until the first write,
+    /// so reading a mistyped path creates no directory.
     pub fn open(root: impl AsRef<Path>) -> StoreResult<LocalStore> {
         let root = root.as_ref().to_path_buf();
         if root.exists() && !root.is_dir() {
@@ -54,12 +57,36 @@ impl LocalStore {
                 root.display()
             )));
         }
-        fs::create_dir_all(root.join(TMP_DIR)).map_err(|e| io_err(&root, e))?;
-        let root = fs::canonicalize(&root).map_err(|e| io_err(&root, e))?;
+        let root = match fs::canonicalize(&root) {
+            Ok(r) => r,
+            Err(_) => std::path::absolute(&root).map_err(|e| io_err(&root, e))?,
+        };
         Ok(LocalStore {
             root: Arc::new(root),
             tmp_counter: Arc::new(AtomicU64::new(0)),
+            prepared: Arc::new(std::sync::Once::new()),
         })
+    }
+
+    /// Before the first write of this handle: create the store and temporary
+    /// directories, and delete temporary files of writers that no longer run (a
+    /// writer killed in the middle of a PUT leaves one behind).
+    fn prepare_for_writes(&self) -> StoreResult<()> {
+        let tmp = self.root.join(TMP_DIR);
+        self.create_dirs(&tmp)?;
+        self.prepared.call_once(|| {
+            let Ok(entries) = fs::read_dir(&tmp) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !pid_alive(p)) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The directory this store lives in.
@@ -92,6 +119,7 @@ impl LocalStore {
             .parent()
             .ok_or_else(|| StoreError::Config(format!("invalid object key {key:?}")))?
             .to_path_buf();
+        self.prepare_for_writes()?;
         self.create_dirs(&parent)?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join(TMP_DIR).join(format!(
@@ -144,6 +172,10 @@ impl LocalStore {
     /// Create `dir` and its missing ancestors, fsyncing each new entry's parent.
     fn create_dirs(&self, dir: &Path) -> StoreResult<()> {
         if dir.is_dir() {
+            return Ok(());
+        }
+        if dir == &**self.root {
+            fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
             return Ok(());
         }
         if let Some(parent) = dir.parent() {
@@ -322,5 +354,41 @@ impl ObjectStore for LocalStore {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reading_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("typo");
+        let s = LocalStore::open(&root).unwrap();
+        assert!(matches!(s.get("a").await, Err(StoreError::NotFound(_))));
+        assert!(s.list("").await.unwrap().is_empty());
+        assert!(!root.exists());
+        s.put("a/b", Bytes::from_static(b"x"), PutMode::CreateNew)
+            .await
+            .unwrap();
+        assert_eq!(s.list("").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn temporary_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(TMP_DIR);
+        fs::create_dir_all(&tmp).unwrap();
+        // pid 0 never names a running process; our own pid does.
+        fs::write(tmp.join("0-1-2"), b"left by a killed writer").unwrap();
+        let mine = format!("{}-99-1", std::process::id());
+        fs::write(tmp.join(&mine), b"in progress").unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        s.put("k", Bytes::from_static(b"v"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(!tmp.join("0-1-2").exists());
+        assert!(tmp.join(&mine).exists());
     }
 }
