@@ -125,6 +125,7 @@ impl Model {
                     BatchOp::Delete(k) => {
                         self.map.remove(&k);
                     }
+                    other => unreachable!("the workload makes no {other:?}"),
                 }
             }
         }

@@ -231,3 +231,71 @@ async fn writers_wait_when_unflushed_memory_is_full() {
     let db = Db::open_store(mem, Options::read_only()).await.unwrap();
     assert_eq!(db.len(), 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_links_survive_checkpoint_and_replay() {
+    let (_, store) = memory();
+    let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    let big = vec![9u8; 100_000];
+    db.put_with_meta(b"dir/file", b"mode=644", &big)
+        .await
+        .unwrap();
+    db.checkpoint().await.unwrap();
+    let before = db.metrics().put_bytes;
+    // A rename: one small link entry, no copy of the 100 KB value.
+    db.write_batch(&[
+        BatchOp::Link {
+            key: b"other/file".to_vec(),
+            source: b"dir/file".to_vec(),
+            meta: None,
+        },
+        BatchOp::Delete(b"dir/file".to_vec()),
+    ])
+    .await
+    .unwrap();
+    // A metadata-only change.
+    db.write_batch(&[BatchOp::Link {
+        key: b"other/file".to_vec(),
+        source: b"other/file".to_vec(),
+        meta: Some(b"mode=600".to_vec()),
+    }])
+    .await
+    .unwrap();
+    db.sync().await.unwrap();
+    assert!(
+        db.metrics().put_bytes - before < 1000,
+        "no value was copied"
+    );
+    // A link to a missing key fails and changes nothing, even inside a batch.
+    let e = db
+        .write_batch(&[
+            BatchOp::Put(b"x".to_vec(), b"1".to_vec()),
+            BatchOp::Link {
+                key: b"y".to_vec(),
+                source: b"missing".to_vec(),
+                meta: None,
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    assert_eq!(db.get(b"x").await.unwrap(), None);
+    let info = db.info(b"other/file").unwrap();
+    assert_eq!(info.meta.as_deref(), Some(&b"mode=600"[..]));
+    assert_eq!(info.value_len, 100_000);
+    db.abandon();
+    release_lease(&*store).await;
+    for opts in [small_opts(), Options::read_only()] {
+        let db = Db::open_store(store.clone(), opts).await.unwrap();
+        assert_eq!(db.get(b"dir/file").await.unwrap(), None);
+        assert_eq!(db.get(b"other/file").await.unwrap().unwrap(), big);
+        assert_eq!(
+            db.info(b"other/file").unwrap().meta.as_deref(),
+            Some(&b"mode=600"[..])
+        );
+        let listed = db.scan_info(Bound::Unbounded, Bound::Unbounded, 10);
+        assert_eq!(listed.len(), 1);
+        assert!(db.fsck(&mut |_| {}).await.unwrap().is_clean());
+        db.close().await.unwrap();
+    }
+}

@@ -154,7 +154,9 @@ async fn corrupt_value_is_an_error_on_get_and_in_fsck() {
     // Checkpointed on close; flip a byte of the first data segment.
     let seg = names(&store, "seg/").await[0].clone();
     let mut data = store.get(&seg).await.unwrap().data.to_vec();
-    data[40] ^= 0xff;
+    // Header (32) + entry header (12) + key "k00" (3) + value checksum (4): a byte
+    // inside the first value.
+    data[32 + 12 + 3 + 4 + 10] ^= 0xff;
     mem.tamper(&seg, Bytes::from(data));
     let r = Db::open_store(store.clone(), Options::read_only())
         .await

@@ -58,7 +58,32 @@ async fn run_model(store: DynStore, seed: u64, steps: usize) {
                 db.delete(&k).await.unwrap();
                 model.remove(&k);
             }
-            60..=69 => {
+            60..=63 => {
+                // Rename: the destination takes the source's value without a copy.
+                let (from, to) = (key(&mut rng), key(&mut rng));
+                let ops = vec![
+                    BatchOp::Link {
+                        key: to.clone(),
+                        source: from.clone(),
+                        meta: Some(b"renamed".to_vec()),
+                    },
+                    BatchOp::Delete(from.clone()),
+                ];
+                let r = db.write_batch(&ops).await;
+                match model.get(&from).cloned() {
+                    Some(v) if from != to => {
+                        r.unwrap();
+                        model.remove(&from);
+                        model.insert(to, v);
+                    }
+                    Some(_) => {
+                        r.unwrap();
+                        model.remove(&from);
+                    }
+                    None => assert!(r.is_err(), "step {step}: link from a missing key"),
+                }
+            }
+            64..=69 => {
                 let mut ops = Vec::new();
                 for _ in 0..1 + rng.below(6) {
                     let k = key(&mut rng);

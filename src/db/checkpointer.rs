@@ -105,8 +105,8 @@ async fn write(sh: &Shared) -> Result<()> {
             };
             let mut last = None;
             let mut n = 0;
-            for (key, loc) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
-                checkpoint::encode_entry(&mut entries, key, loc);
+            for (key, entry) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
+                checkpoint::encode_entry(&mut entries, key, entry);
                 last = Some(key);
                 n += 1;
             }

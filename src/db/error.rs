@@ -8,6 +8,8 @@ use crate::store::StoreError;
 pub enum Error {
     #[error("invalid key: {0}")]
     InvalidKey(String),
+    #[error("no such key: {0}")]
+    NotFound(String),
     #[error("value too large: {size} bytes (the maximum is {max} bytes)")]
     ValueTooLarge { size: usize, max: usize },
     #[error(transparent)]
@@ -54,6 +56,7 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::InvalidKey(_) => libc::EINVAL,
+            Error::NotFound(_) => libc::ENOENT,
             Error::ValueTooLarge { .. } => libc::EFBIG,
             Error::ReadOnly => libc::EROFS,
             Error::Store(StoreError::NotFound(_)) => libc::EIO,

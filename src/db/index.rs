@@ -2,18 +2,18 @@
 //!
 //! Vocabulary:
 //! - **slot**: a small integer naming a segment in the index's segment table; a
-//!   [`Location`] stores a slot rather than a full [`SegmentId`] to keep entries small.
+//!   [`crate::format::checkpoint::Location`] stores a slot rather than a full [`SegmentId`] to keep entries small.
 //! - **live bytes**: the sum of key and value lengths of every live key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
-use crate::format::checkpoint::{Checkpoint, Location};
+use crate::format::checkpoint::{Checkpoint, IndexEntry};
 use crate::format::names::SegmentId;
 
 #[derive(Debug, Default)]
 pub struct Index {
-    map: BTreeMap<Box<[u8]>, Location>,
+    map: BTreeMap<Box<[u8]>, IndexEntry>,
     segments: Vec<SegmentId>,
     slots: HashMap<SegmentId, u32>,
     live_bytes: u64,
@@ -24,7 +24,7 @@ impl Index {
         let live_bytes = c
             .entries
             .iter()
-            .map(|(k, l)| (k.len() + l.value_len as usize) as u64)
+            .map(|(k, e)| (k.len() + e.loc.value_len as usize) as u64)
             .sum();
         let slots = c
             .segments
@@ -59,22 +59,22 @@ impl Index {
         &self.segments
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<Location> {
-        self.map.get(key).copied()
+    pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
+        self.map.get(key)
     }
 
-    pub fn insert(&mut self, key: &[u8], loc: Location) {
-        let add = (key.len() + loc.value_len as usize) as u64;
+    pub fn insert(&mut self, key: &[u8], entry: IndexEntry) {
+        let add = (key.len() + entry.loc.value_len as usize) as u64;
         // One traversal; the boxed key is dropped again when the key exists.
-        if let Some(old) = self.map.insert(key.into(), loc) {
-            self.live_bytes -= (key.len() + old.value_len as usize) as u64;
+        if let Some(old) = self.map.insert(key.into(), entry) {
+            self.live_bytes -= (key.len() + old.loc.value_len as usize) as u64;
         }
         self.live_bytes += add;
     }
 
     pub fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.map.remove(key) {
-            self.live_bytes -= (key.len() + old.value_len as usize) as u64;
+            self.live_bytes -= (key.len() + old.loc.value_len as usize) as u64;
         }
     }
 
@@ -86,17 +86,17 @@ impl Index {
         self.live_bytes
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Location)> {
-        self.map.iter().map(|(k, l)| (&**k, *l))
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
+        self.map.iter().map(|(k, e)| (&**k, e))
     }
 
     pub fn range<'a>(
         &'a self,
         start: Bound<&'a [u8]>,
         end: Bound<&'a [u8]>,
-    ) -> impl Iterator<Item = (&'a [u8], Location)> + 'a {
+    ) -> impl Iterator<Item = (&'a [u8], &'a IndexEntry)> + 'a {
         self.map
             .range::<[u8], _>((start, end))
-            .map(|(k, l)| (&**k, *l))
+            .map(|(k, e)| (&**k, e))
     }
 }

@@ -41,9 +41,11 @@ pub use fsck::{FsckIssue, FsckReport};
 pub use options::{Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use stats::Stats;
 
-use crate::format::checkpoint::Location;
+use crate::format::checkpoint::{IndexEntry, Location};
 use crate::format::names::segment_name;
-use crate::format::segment::{decode_entry, entry_len, EntryKind};
+use crate::format::segment::{
+    decode_value, delete_len, link_len, put_len, stored_value_len, MAX_META_LEN,
+};
 use crate::store::metered::{Meter, MeteredStore};
 use crate::store::retry::RetryStore;
 use crate::store::{open_store, DynStore, StoreUrl};
@@ -54,8 +56,67 @@ use state::State;
 /// One operation of a [`Db::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchOp {
+    /// Store a value (without metadata).
     Put(Vec<u8>, Vec<u8>),
+    /// Remove a key (no error if absent).
     Delete(Vec<u8>),
+    /// Store a value with a metadata blob of at most [`MAX_META_LEN`] bytes.
+    PutMeta {
+        key: Vec<u8>,
+        meta: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// `key` takes the current value of `source` without copying it, and `meta` (or
+    /// the source's metadata when `None`). Fails the whole batch if `source` does not
+    /// exist at that point of the batch. `key == source` changes metadata only.
+    Link {
+        key: Vec<u8>,
+        source: Vec<u8>,
+        meta: Option<Vec<u8>>,
+    },
+}
+
+/// What the index holds for a key, readable without any request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub value_len: u32,
+    pub meta: Option<Box<[u8]>>,
+}
+
+/// A borrowed operation, as the write path handles it.
+#[derive(Clone, Copy, Debug)]
+enum Op<'a> {
+    Put {
+        key: &'a [u8],
+        meta: &'a [u8],
+        value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Link {
+        key: &'a [u8],
+        source: &'a [u8],
+        meta: Option<&'a [u8]>,
+    },
+}
+
+impl Op<'_> {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } | Op::Link { key, .. } => key,
+        }
+    }
+
+    /// Bytes the entry takes in a segment (an upper bound for links, whose metadata
+    /// may come from the source).
+    fn encoded_len(&self) -> usize {
+        match self {
+            Op::Put { key, meta, value } => put_len(key.len(), meta.len(), value.len()),
+            Op::Delete { key } => delete_len(key.len()),
+            Op::Link { key, .. } => link_len(key.len(), MAX_META_LEN),
+        }
+    }
 }
 
 /// What the durable-point channel carries.
@@ -170,6 +231,46 @@ pub fn validate_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+fn validate_meta(meta: &[u8]) -> Result<()> {
+    if meta.len() > MAX_META_LEN {
+        return Err(Error::InvalidKey(format!(
+            "metadata is {} bytes; the maximum is {MAX_META_LEN}",
+            meta.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Check, before anything is appended, that every link's source exists at its point
+/// of the batch (so a batch is applied whole or not at all).
+fn check_link_sources(index: &index::Index, ops: &[Op<'_>]) -> Result<()> {
+    if !ops.iter().any(|op| matches!(op, Op::Link { .. })) {
+        return Ok(());
+    }
+    let mut overlay: std::collections::HashMap<&[u8], bool> = std::collections::HashMap::new();
+    for op in ops {
+        match op {
+            Op::Put { key, .. } => {
+                overlay.insert(key, true);
+            }
+            Op::Delete { key } => {
+                overlay.insert(key, false);
+            }
+            Op::Link { key, source, .. } => {
+                let exists = overlay
+                    .get(source)
+                    .copied()
+                    .unwrap_or_else(|| index.get(source).is_some());
+                if !exists {
+                    return Err(Error::NotFound(String::from_utf8_lossy(source).to_string()));
+                }
+                overlay.insert(key, true);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_value(value: &[u8]) -> Result<()> {
     if value.len() > MAX_VALUE_LEN {
         return Err(Error::ValueTooLarge {
@@ -264,34 +365,67 @@ impl Db {
 
     /// Store `value` under `key`. Not durable until [`Db::sync`] returns.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write(&[(key, Some(value))]).await
+        self.write(&[Op::Put {
+            key,
+            meta: &[],
+            value,
+        }])
+        .await
+    }
+
+    /// Store `value` under `key` with a metadata blob (at most [`MAX_META_LEN`]
+    /// bytes), which the index keeps in memory.
+    pub async fn put_with_meta(&self, key: &[u8], meta: &[u8], value: &[u8]) -> Result<()> {
+        self.write(&[Op::Put { key, meta, value }]).await
     }
 
     /// Remove `key` (no error if it is absent). Not durable until [`Db::sync`].
     pub async fn delete(&self, key: &[u8]) -> Result<()> {
-        self.write(&[(key, None)]).await
+        self.write(&[Op::Delete { key }]).await
     }
 
     /// Apply all operations atomically: after a crash either all or none are present.
     pub async fn write_batch(&self, ops: &[BatchOp]) -> Result<()> {
-        let ops: Vec<(&[u8], Option<&[u8]>)> = ops
+        let ops: Vec<Op<'_>> = ops
             .iter()
             .map(|op| match op {
-                BatchOp::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
-                BatchOp::Delete(k) => (k.as_slice(), None),
+                BatchOp::Put(key, value) => Op::Put {
+                    key,
+                    meta: &[],
+                    value,
+                },
+                BatchOp::Delete(key) => Op::Delete { key },
+                BatchOp::PutMeta { key, meta, value } => Op::Put { key, meta, value },
+                BatchOp::Link { key, source, meta } => Op::Link {
+                    key,
+                    source,
+                    meta: meta.as_deref(),
+                },
             })
             .collect();
         self.write(&ops).await
     }
 
-    async fn write(&self, ops: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+    async fn write(&self, ops: &[Op<'_>]) -> Result<()> {
         let mut size = 0usize;
-        for (k, v) in ops {
-            validate_key(k)?;
-            if let Some(v) = v {
-                validate_value(v)?;
+        for op in ops {
+            validate_key(op.key())?;
+            match op {
+                Op::Put { meta, value, .. } => {
+                    validate_meta(meta)?;
+                    validate_value(value)?;
+                }
+                Op::Link {
+                    source, meta: m, ..
+                } => {
+                    validate_key(source)?;
+                    if let Some(m) = m {
+                        validate_meta(m)?;
+                    }
+                }
+                Op::Delete { .. } => {}
             }
-            size += entry_len(k.len(), v.map_or(0, |v| v.len()));
+            size += op.encoded_len();
         }
         if ops.is_empty() {
             return Ok(());
@@ -319,7 +453,7 @@ impl Db {
     }
 
     /// Append if the unflushed-memory bound allows; false if the writer must wait.
-    fn try_append(&self, ops: &[(&[u8], Option<&[u8]>)], size: usize) -> Result<bool> {
+    fn try_append(&self, ops: &[Op<'_>], size: usize) -> Result<bool> {
         let sh = &self.handle.shared;
         let mut st = sh.lock();
         if let Some(e) = &st.poisoned {
@@ -331,15 +465,18 @@ impl Db {
         let log = &st.log;
         let fits =
             log.unflushed_bytes == 0 || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
-        if fits {
-            self.append_locked(&mut st, ops, size);
+        if !fits {
+            return Ok(false);
         }
-        Ok(fits)
+        check_link_sources(&st.index, ops)?;
+        self.append_locked(&mut st, ops);
+        Ok(true)
     }
 
-    fn append_locked(&self, st: &mut State, ops: &[(&[u8], Option<&[u8]>)], size: usize) {
+    fn append_locked(&self, st: &mut State, ops: &[Op<'_>]) {
         let sh = &self.handle.shared;
         let State { index, log, .. } = st;
+        let size: usize = ops.iter().map(Op::encoded_len).sum();
         // A batch never straddles two segments.
         if !log.open.is_empty() && log.open.len() + size > sh.opts.segment_bytes {
             log.seal_open();
@@ -353,26 +490,52 @@ impl Db {
                 s
             }
         };
-        for (k, v) in ops {
-            match v {
-                Some(v) => {
-                    let off = log.open.append(EntryKind::Put, k, v);
+        let before = log.open.len();
+        for op in ops {
+            match *op {
+                Op::Put { key, meta, value } => {
+                    let offset = log.open.put(key, meta, value);
                     index.insert(
-                        k,
-                        Location {
-                            segment: slot,
-                            offset: off,
-                            value_len: v.len() as u32,
+                        key,
+                        IndexEntry {
+                            loc: Location {
+                                segment: slot,
+                                offset,
+                                value_len: value.len() as u32,
+                            },
+                            meta: (!meta.is_empty()).then(|| Box::from(meta)),
                         },
                     );
                 }
-                None => {
-                    log.open.append(EntryKind::Delete, k, &[]);
-                    index.remove(k);
+                Op::Delete { key } => {
+                    log.open.delete(key);
+                    index.remove(key);
+                }
+                Op::Link { key, source, meta } => {
+                    // Checked by `check_link_sources` under this same lock.
+                    let Some(src) = index.get(source).cloned() else {
+                        continue;
+                    };
+                    let Some(target) = index.segment(src.loc.segment) else {
+                        continue;
+                    };
+                    let meta: Option<Box<[u8]>> = match meta {
+                        Some(m) => (!m.is_empty()).then(|| Box::from(m)),
+                        None => src.meta.clone(),
+                    };
+                    log.open.link(
+                        key,
+                        meta.as_deref().unwrap_or(&[]),
+                        src.loc.value_len,
+                        target,
+                        src.loc.offset,
+                    );
+                    index.insert(key, IndexEntry { loc: src.loc, meta });
                 }
             }
         }
-        log.unflushed_bytes += size;
+        let appended = log.open.len() - before;
+        log.unflushed_bytes += appended;
         if log.open_since.is_none() {
             log.open_since = Some(Instant::now());
             sh.wake_uploader.notify_one();
@@ -381,7 +544,7 @@ impl Db {
             log.seal_open();
             sh.wake_uploader.notify_one();
         }
-        st.log_bytes_since_checkpoint += size as u64;
+        st.log_bytes_since_checkpoint += appended as u64;
     }
 
     /// Wait until every write that returned before this call is durable.
@@ -412,37 +575,65 @@ impl Db {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         validate_key(key)?;
         let loc = match self.handle.shared.lock().index.get(key) {
-            Some(l) => l,
+            Some(e) => e.loc,
             None => return Ok(None),
         };
-        self.read_value(key, loc).await.map(Some)
+        self.read_value(loc).await.map(Some)
     }
 
-    /// Fetch the value at `loc` for `key`: memory, cache, then a ranged GET.
-    async fn read_value(&self, key: &[u8], loc: Location) -> Result<Bytes> {
+    /// Value length and metadata of `key`, from memory (no request).
+    pub fn info(&self, key: &[u8]) -> Option<KeyInfo> {
+        self.handle.shared.lock().index.get(key).map(|e| KeyInfo {
+            value_len: e.loc.value_len,
+            meta: e.meta.clone(),
+        })
+    }
+
+    /// Keys in `[start, end)` order with their value lengths and metadata, at most
+    /// `limit`, from memory (no request).
+    pub fn scan_info(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, KeyInfo)> {
+        let st = self.handle.shared.lock();
+        st.index
+            .range(start, end)
+            .take(limit)
+            .map(|(k, e)| {
+                (
+                    k.to_vec(),
+                    KeyInfo {
+                        value_len: e.loc.value_len,
+                        meta: e.meta.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Fetch the value at `loc`: memory, cache, then a ranged GET of exactly the
+    /// stored value (checksum and bytes).
+    async fn read_value(&self, loc: Location) -> Result<Bytes> {
         let sh = &self.handle.shared;
-        let len = entry_len(key.len(), loc.value_len as usize);
+        let len = stored_value_len(loc.value_len) as usize;
         let off = loc.offset as usize;
-        let value_at = len - loc.value_len as usize;
         let id = {
             let mut st = sh.lock();
             let id = st.index.segment(loc.segment).ok_or_else(|| {
                 Error::Inconsistent(format!("index names unknown segment slot {}", loc.segment))
             })?;
             if let Some(b) = st.log.memory_slice(id, off, len) {
-                return Ok(b.slice(value_at..));
+                return Ok(b.slice(4..));
             }
             if let Some(b) = st.cache.get(&CacheKey::Entry(loc.segment, loc.offset)) {
-                return Ok(b.slice(value_at..));
+                return Ok(b);
             }
             if let Some(seg) = st.cache.get(&CacheKey::Segment(loc.segment)) {
                 if off + len <= seg.len() {
-                    let raw = seg.slice(off..off + len);
-                    let e = decode_entry(&raw, loc.offset)
-                        .map_err(|e| Error::corrupt(segment_name(id), e))?;
-                    if e.key == key {
-                        return Ok(raw.slice(value_at..));
-                    }
+                    return decode_value(&seg.slice(off..off + len))
+                        .map_err(|e| Error::corrupt(segment_name(id), e));
                 }
             }
             id
@@ -452,16 +643,11 @@ impl Db {
             .store
             .get_range(&name, off as u64..(off + len) as u64)
             .await?;
-        let e = decode_entry(&raw, loc.offset).map_err(|e| Error::corrupt(name.clone(), e))?;
-        if e.key != key || e.kind != EntryKind::Put {
-            return Err(Error::Inconsistent(format!(
-                "{name} offset {off}: expected a put of the requested key"
-            )));
-        }
+        let value = decode_value(&raw).map_err(|e| Error::corrupt(name.clone(), e))?;
         sh.lock()
             .cache
-            .insert(CacheKey::Entry(loc.segment, loc.offset), raw.clone());
-        Ok(raw.slice(value_at..))
+            .insert(CacheKey::Entry(loc.segment, loc.offset), value.clone());
+        Ok(value)
     }
 
     /// Keys (with values unless `keys_only`) in `[start, end)` order, at most `limit`.
@@ -477,7 +663,7 @@ impl Db {
             st.index
                 .range(start, end)
                 .take(limit)
-                .map(|(k, l)| (k.to_vec(), l))
+                .map(|(k, e)| (k.to_vec(), e.loc))
                 .collect()
         };
         if keys_only {
@@ -492,7 +678,7 @@ impl Db {
                 let Some((k, loc)) = iter.next() else { break };
                 let db = self.clone();
                 pending.push_back(tokio::spawn(async move {
-                    let v = db.read_value(&k, loc).await;
+                    let v = db.read_value(loc).await;
                     (k, v)
                 }));
             }

@@ -26,13 +26,15 @@ use super::error::{Error, Result};
 use super::index::Index;
 use super::lease::{now_unix_ms, Lease};
 use super::options::Options;
-use crate::format::checkpoint::{self, Location};
+use crate::format::checkpoint::{self, IndexEntry, Location};
 use crate::format::manifest::{self, LogRange, Manifest, OPEN};
 use crate::format::names::{
     checkpoint_name, manifest_name, parse_name, segment_epoch_prefix, segment_name, ObjectKind,
     SegmentId, MANIFEST_DIR, SEGMENT_DIR,
 };
-use crate::format::segment::{entry_len, fence_segment, EntryKind, SegmentView, FLAG_FENCE};
+use crate::format::segment::{
+    delete_len, fence_segment, link_len, put_len, EntryKind, EntryRef, SegmentView, FLAG_FENCE,
+};
 use crate::store::{DynStore, PutMode, StoreError};
 
 /// What `open` hands to the engine.
@@ -394,18 +396,53 @@ fn apply_segment(
         .map_err(|e| Error::corrupt(name.clone(), e))?;
     let slot = index.slot_for(id);
     for e in entries {
-        *replayed += entry_len(e.key.len(), e.value.len()) as u64;
+        *replayed += encoded_len(&e) as u64;
+        let meta = (!e.meta.is_empty()).then(|| Box::from(e.meta));
         match e.kind {
             EntryKind::Put => index.insert(
                 e.key,
-                Location {
-                    segment: slot,
-                    offset: e.offset,
-                    value_len: e.value.len() as u32,
+                IndexEntry {
+                    loc: Location {
+                        segment: slot,
+                        offset: e.value_offset,
+                        value_len: e.value_len,
+                    },
+                    meta,
                 },
             ),
             EntryKind::Delete => index.remove(e.key),
+            EntryKind::Link => {
+                let target = e.target.unwrap_or(id);
+                // A link can only refer to a value written before it.
+                if target > id {
+                    return Err(Error::Inconsistent(format!(
+                        "{name}: entry at offset {} links to later segment {target}",
+                        e.offset
+                    )));
+                }
+                let target_slot = index.slot_for(target);
+                index.insert(
+                    e.key,
+                    IndexEntry {
+                        loc: Location {
+                            segment: target_slot,
+                            offset: e.value_offset,
+                            value_len: e.value_len,
+                        },
+                        meta,
+                    },
+                );
+            }
         }
     }
     Ok(true)
+}
+
+/// Bytes an entry takes in its segment.
+pub(crate) fn encoded_len(e: &EntryRef<'_>) -> usize {
+    match e.kind {
+        EntryKind::Put => put_len(e.key.len(), e.meta.len(), e.value_len as usize),
+        EntryKind::Delete => delete_len(e.key.len()),
+        EntryKind::Link => link_len(e.key.len(), e.meta.len()),
+    }
 }

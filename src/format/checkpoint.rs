@@ -14,7 +14,7 @@
 //! writer_epoch u64 | covers_epoch u64 | covers_seq u64
 //! segment_count u32, then per segment: epoch u64 | seq u64
 //! entry_count u64, then per entry (keys strictly increasing):
-//!     key_len u16 | key | segment u32 | offset u32 | value_len u32
+//!     key_len u16 | key | segment u32 | offset u32 | value_len u32 | meta_len u8 | meta
 //! trailer (12): crc32c u32 (of all preceding bytes) | magic "KVFSCKPE"
 //! ```
 
@@ -27,12 +27,21 @@ pub const END_MAGIC: &[u8; 8] = b"KVFSCKPE";
 pub const VERSION: u16 = 1;
 const WHAT: &str = "checkpoint";
 
-/// Where a value lives: entry `offset` of segment table slot `segment`.
+/// Where a value lives: the stored value (checksum, then bytes) at `offset` of the
+/// segment in table slot `segment`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     pub segment: u32,
     pub offset: u32,
     pub value_len: u32,
+}
+
+/// What the index knows of a key: where its value lives, and its metadata (kept in
+/// memory, so listing keys with their metadata needs no request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub loc: Location,
+    pub meta: Option<Box<[u8]>>,
 }
 
 /// A decoded checkpoint.
@@ -42,16 +51,19 @@ pub struct Checkpoint {
     /// The last segment whose effects the checkpoint includes.
     pub covers: SegmentId,
     pub segments: Vec<SegmentId>,
-    pub entries: Vec<(Box<[u8]>, Location)>,
+    pub entries: Vec<(Box<[u8]>, IndexEntry)>,
 }
 
 /// Append one entry in checkpoint layout (for [`assemble`]).
-pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], loc: Location) {
+pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], entry: &IndexEntry) {
     out.put_u16(key.len() as u16);
     out.extend_from_slice(key);
-    out.put_u32(loc.segment);
-    out.put_u32(loc.offset);
-    out.put_u32(loc.value_len);
+    out.put_u32(entry.loc.segment);
+    out.put_u32(entry.loc.offset);
+    out.put_u32(entry.loc.value_len);
+    let meta = entry.meta.as_deref().unwrap_or(&[]);
+    out.put_u8(meta.len() as u8);
+    out.extend_from_slice(meta);
 }
 
 /// Build a checkpoint object from entries already encoded with [`encode_entry`]
@@ -84,12 +96,12 @@ pub fn encode<'a>(
     writer_epoch: u64,
     covers: SegmentId,
     segments: &[SegmentId],
-    entries: impl Iterator<Item = (&'a [u8], Location)>,
+    entries: impl Iterator<Item = (&'a [u8], &'a IndexEntry)>,
 ) -> Vec<u8> {
     let mut body = Vec::new();
     let mut count = 0u64;
-    for (key, loc) in entries {
-        encode_entry(&mut body, key, loc);
+    for (key, entry) in entries {
+        encode_entry(&mut body, key, entry);
         count += 1;
     }
     assemble(writer_epoch, covers, segments, count, &body)
@@ -117,11 +129,11 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
         });
     }
     let entry_count = r.u64()?;
-    // Every entry takes at least 15 bytes.
-    if entry_count > (r.remaining() / 15) as u64 {
+    // Every entry takes at least 16 bytes.
+    if entry_count > (r.remaining() / 16) as u64 {
         return Err(r.invalid(format!("entry count {entry_count} exceeds object size")));
     }
-    let mut entries: Vec<(Box<[u8]>, Location)> = Vec::with_capacity(entry_count as usize);
+    let mut entries: Vec<(Box<[u8]>, IndexEntry)> = Vec::with_capacity(entry_count as usize);
     for i in 0..entry_count {
         let key_len = r.u16()? as usize;
         if key_len == 0 {
@@ -132,6 +144,11 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
             segment: r.u32()?,
             offset: r.u32()?,
             value_len: r.u32()?,
+        };
+        let meta_len = r.u8()? as usize;
+        let meta = match meta_len {
+            0 => None,
+            n => Some(Box::from(r.bytes(n)?)),
         };
         if loc.segment as usize >= segments.len() {
             return Err(r.invalid(format!(
@@ -145,7 +162,7 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
                 return Err(r.invalid(format!("keys out of order at entry {i}")));
             }
         }
-        entries.push((key.into(), loc));
+        entries.push((key.into(), IndexEntry { loc, meta }));
     }
     if r.remaining() != 0 {
         return Err(r.invalid(format!("{} unexpected trailing bytes", r.remaining())));
@@ -168,24 +185,23 @@ mod tests {
             SegmentId { epoch: 1, seq: 1 },
             SegmentId { epoch: 1, seq: 2 },
         ];
-        let entries: Vec<(&[u8], Location)> = vec![
-            (
-                b"a",
-                Location {
-                    segment: 0,
-                    offset: 32,
-                    value_len: 3,
-                },
-            ),
-            (
-                b"b/c",
-                Location {
-                    segment: 1,
-                    offset: 99,
-                    value_len: 0,
-                },
-            ),
-        ];
+        let a = IndexEntry {
+            loc: Location {
+                segment: 0,
+                offset: 32,
+                value_len: 3,
+            },
+            meta: None,
+        };
+        let b = IndexEntry {
+            loc: Location {
+                segment: 1,
+                offset: 99,
+                value_len: 0,
+            },
+            meta: Some(Box::from(&b"attrs"[..])),
+        };
+        let entries: Vec<(&[u8], &IndexEntry)> = vec![(b"a", &a), (b"b/c", &b)];
         encode(1, segs[1], &segs, entries.into_iter())
     }
 
@@ -195,7 +211,9 @@ mod tests {
         assert_eq!(c.segments.len(), 2);
         assert_eq!(c.entries.len(), 2);
         assert_eq!(&*c.entries[1].0, b"b/c");
-        assert_eq!(c.entries[1].1.offset, 99);
+        assert_eq!(c.entries[1].1.loc.offset, 99);
+        assert_eq!(c.entries[1].1.meta.as_deref(), Some(&b"attrs"[..]));
+        assert_eq!(c.entries[0].1.meta, None);
         assert_eq!(c.covers, SegmentId { epoch: 1, seq: 2 });
     }
 

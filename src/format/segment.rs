@@ -1,16 +1,29 @@
 //! Log segments: the unit of upload.
 //!
-//! A segment is one object holding a header, a sequence of entries and a footer.
-//! An entry is one key-level operation (put or delete) with its own CRC32C, so that a
-//! ranged GET of a single entry can be verified on its own. The footer's CRC32C covers
-//! the whole object, so a full read verifies everything at once. A segment is written
-//! by a single PUT and is immutable: the entries of one `write_batch` always sit in
-//! one segment, which makes the batch atomic.
+//! A segment is one object holding a header, a sequence of entries and a footer. The
+//! footer's CRC32C covers the whole object, so a full read verifies everything at
+//! once. A segment is written by a single PUT and is immutable: the entries of one
+//! `write_batch` always sit in one segment, which makes the batch atomic.
+//!
+//! An **entry** is one key-level operation:
+//! - *put*: the key takes a new value (stored in the entry) and optional metadata;
+//! - *delete*: the key is removed;
+//! - *link*: the key takes a value stored earlier (by reference to its segment and
+//!   offset), with its own metadata. Rename and metadata-only changes use links, so
+//!   they never copy data.
+//!
+//! A stored **value** is preceded by its own CRC32C, and a value's location is the
+//! offset of that checksum: a ranged GET of `4 + value_len` bytes fetches and verifies
+//! one value, whichever key (or keys) refer to it.
 //!
 //! ```text
-//! header  (32): magic "KVFSSEG1" | version u16 | flags u16 | reserved u32 | epoch u64 | seq u64
-//! entry   (11 + key + value): crc32c u32 | kind u8 | key_len u16 | value_len u32 | key | value
-//! footer  (16): entry_count u32 | crc32c u32 (of all preceding bytes) | magic "KVFSSEND"
+//! header (32): magic "KVFSSEG1" | version u16 | flags u16 | reserved u32 | epoch u64 | seq u64
+//! entry:       crc32c u32 (of kind .. end of meta) | kind u8 | key_len u16 | meta_len u8
+//!              | value_len u32 | key | meta | body
+//!   put body:    value_crc u32 | value
+//!   link body:   target_epoch u64 | target_seq u64 | target_offset u32
+//!   delete body: (none)
+//! footer (16): entry_count u32 | crc32c u32 (of all preceding bytes) | magic "KVFSSEND"
 //! ```
 
 use bytes::Bytes;
@@ -24,7 +37,12 @@ pub const END_MAGIC: &[u8; 8] = b"KVFSSEND";
 pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 32;
 pub const FOOTER_LEN: usize = 16;
-pub const ENTRY_HEADER_LEN: usize = 11;
+/// Fixed part of an entry: crc, kind, key_len, meta_len, value_len.
+pub const ENTRY_HEADER_LEN: usize = 12;
+/// Body of a link entry: target epoch, seq and offset.
+pub const LINK_BODY_LEN: usize = 20;
+/// Largest metadata blob per key.
+pub const MAX_META_LEN: usize = 255;
 /// Flag: an empty segment written by a new writer to close the previous epoch's log.
 pub const FLAG_FENCE: u16 = 1;
 
@@ -35,6 +53,7 @@ const WHAT: &str = "segment";
 pub enum EntryKind {
     Put = 1,
     Delete = 2,
+    Link = 3,
 }
 
 impl EntryKind {
@@ -42,14 +61,30 @@ impl EntryKind {
         match v {
             1 => Some(EntryKind::Put),
             2 => Some(EntryKind::Delete),
+            3 => Some(EntryKind::Link),
             _ => None,
         }
     }
 }
 
-/// Total encoded size of an entry.
-pub fn entry_len(key_len: usize, value_len: usize) -> usize {
-    ENTRY_HEADER_LEN + key_len + value_len
+/// Encoded size of a put entry.
+pub fn put_len(key_len: usize, meta_len: usize, value_len: usize) -> usize {
+    ENTRY_HEADER_LEN + key_len + meta_len + 4 + value_len
+}
+
+/// Encoded size of a delete entry.
+pub fn delete_len(key_len: usize) -> usize {
+    ENTRY_HEADER_LEN + key_len
+}
+
+/// Encoded size of a link entry.
+pub fn link_len(key_len: usize, meta_len: usize) -> usize {
+    ENTRY_HEADER_LEN + key_len + meta_len + LINK_BODY_LEN
+}
+
+/// Bytes a ranged GET fetches for a value of `value_len` bytes.
+pub fn stored_value_len(value_len: u32) -> u64 {
+    4 + value_len as u64
 }
 
 /// Accumulates entries for one segment in memory.
@@ -91,25 +126,54 @@ impl SegmentBuilder {
         self.count
     }
 
-    /// Append an entry; returns its offset in the segment. The caller keeps keys at
-    /// most `u16::MAX` bytes and the segment under 4 GiB.
-    pub fn append(&mut self, kind: EntryKind, key: &[u8], value: &[u8]) -> u32 {
-        let off = self.buf.len() as u32;
+    fn head(&mut self, kind: EntryKind, key: &[u8], meta: &[u8], value_len: u32) {
         let mut head = [0u8; ENTRY_HEADER_LEN - 4];
         head[0] = kind as u8;
         head[1..3].copy_from_slice(&(key.len() as u16).to_le_bytes());
-        head[3..7].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&head), key), value);
-        self.buf.reserve(ENTRY_HEADER_LEN + key.len() + value.len());
+        head[3] = meta.len() as u8;
+        head[4..8].copy_from_slice(&value_len.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&head), key), meta);
         self.buf.put_u32(crc);
         self.buf.extend_from_slice(&head);
         self.buf.extend_from_slice(key);
-        self.buf.extend_from_slice(value);
+        self.buf.extend_from_slice(meta);
         self.count += 1;
-        off
     }
 
-    /// Bytes of the entry at `off` as appended so far (for reads of unsealed data).
+    /// Append a put; returns the offset of the stored value (its checksum). The caller
+    /// keeps keys at most `u16::MAX` bytes, meta at most 255 bytes and the segment
+    /// under 4 GiB.
+    pub fn put(&mut self, key: &[u8], meta: &[u8], value: &[u8]) -> u32 {
+        self.buf
+            .reserve(put_len(key.len(), meta.len(), value.len()));
+        self.head(EntryKind::Put, key, meta, value.len() as u32);
+        let value_at = self.buf.len() as u32;
+        self.buf.put_u32(crc32c::crc32c(value));
+        self.buf.extend_from_slice(value);
+        value_at
+    }
+
+    /// Append a delete.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.head(EntryKind::Delete, key, &[], 0);
+    }
+
+    /// Append a link to the value stored at `target_offset` of segment `target`.
+    pub fn link(
+        &mut self,
+        key: &[u8],
+        meta: &[u8],
+        value_len: u32,
+        target: SegmentId,
+        target_offset: u32,
+    ) {
+        self.head(EntryKind::Link, key, meta, value_len);
+        self.buf.put_u64(target.epoch);
+        self.buf.put_u64(target.seq);
+        self.buf.put_u32(target_offset);
+    }
+
+    /// Bytes at `off..off + len` as appended so far (for reads of unsealed data).
     pub fn slice(&self, off: usize, len: usize) -> Option<&[u8]> {
         self.buf.get(off..off.checked_add(len)?)
     }
@@ -125,10 +189,20 @@ impl SegmentBuilder {
 /// One entry located inside a segment buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryRef<'a> {
+    /// Offset of the entry itself.
     pub offset: u32,
     pub kind: EntryKind,
     pub key: &'a [u8],
+    pub meta: &'a [u8],
+    /// Length of the value the key takes (put and link).
+    pub value_len: u32,
+    /// Put: offset of the stored value (its checksum) in this segment; link: offset in
+    /// the target segment.
+    pub value_offset: u32,
+    /// Put: the value bytes; otherwise empty.
     pub value: &'a [u8],
+    /// Link: the segment holding the value.
+    pub target: Option<SegmentId>,
 }
 
 /// A verified segment.
@@ -152,12 +226,12 @@ impl<'a> SegmentView<'a> {
         if body.len() < HEADER_LEN + 4 {
             return Err(r.invalid("missing entry count"));
         }
-        let count_at = body.len() - 4;
-        let mut c = Reader::at(body, count_at, WHAT);
-        let entry_count = c.u32()?;
         if body.len() > u32::MAX as usize {
             return Err(r.invalid("segment larger than 4 GiB"));
         }
+        let count_at = body.len() - 4;
+        let mut c = Reader::at(body, count_at, WHAT);
+        let entry_count = c.u32()?;
         Ok(SegmentView {
             id: SegmentId { epoch, seq },
             flags,
@@ -201,8 +275,7 @@ impl<'a> Iterator for EntryIter<'a> {
             }
             return None;
         }
-        let r = parse_entry(self.body, self.pos, false);
-        match r {
+        match parse_entry(self.body, self.pos, true) {
             Ok((entry, end)) => {
                 self.pos = end;
                 self.seen += 1;
@@ -217,20 +290,22 @@ impl<'a> Iterator for EntryIter<'a> {
     }
 }
 
-fn parse_entry(buf: &[u8], pos: usize, verify_crc: bool) -> FormatResult<(EntryRef<'_>, usize)> {
+/// Parse the entry at `pos`. With `verify`, check the entry and value checksums.
+fn parse_entry(buf: &[u8], pos: usize, verify: bool) -> FormatResult<(EntryRef<'_>, usize)> {
     let mut r = Reader::at(buf, pos, WHAT);
     let crc = r.u32()?;
     let kind_byte = r.u8()?;
     let key_len = r.u16()? as usize;
-    let value_len = r.u32()? as usize;
+    let meta_len = r.u8()? as usize;
+    let value_len = r.u32()?;
     let kind = EntryKind::from_u8(kind_byte)
         .ok_or_else(|| r.invalid(format!("unknown entry kind {kind_byte} at offset {pos}")))?;
     if key_len == 0 {
         return Err(r.invalid(format!("entry at offset {pos} has an empty key")));
     }
     let key = r.bytes(key_len)?;
-    let value = r.bytes(value_len)?;
-    if verify_crc {
+    let meta = r.bytes(meta_len)?;
+    if verify {
         let computed = crc32c::crc32c(&buf[pos + 4..r.pos()]);
         if computed != crc {
             return Err(FormatError::Checksum {
@@ -240,29 +315,69 @@ fn parse_entry(buf: &[u8], pos: usize, verify_crc: bool) -> FormatResult<(EntryR
             });
         }
     }
-    Ok((
-        EntryRef {
-            offset: pos as u32,
-            kind,
-            key,
-            value,
-        },
-        r.pos(),
-    ))
+    let mut entry = EntryRef {
+        offset: pos as u32,
+        kind,
+        key,
+        meta,
+        value_len,
+        value_offset: 0,
+        value: &[],
+        target: None,
+    };
+    match kind {
+        EntryKind::Put => {
+            entry.value_offset = r.pos() as u32;
+            let value_crc = r.u32()?;
+            entry.value = r.bytes(value_len as usize)?;
+            if verify {
+                let computed = crc32c::crc32c(entry.value);
+                if computed != value_crc {
+                    return Err(FormatError::Checksum {
+                        what: "segment value",
+                        stored: value_crc,
+                        computed,
+                    });
+                }
+            }
+        }
+        EntryKind::Delete => {
+            if value_len != 0 || meta_len != 0 {
+                return Err(r.invalid(format!("delete entry at offset {pos} carries data")));
+            }
+        }
+        EntryKind::Link => {
+            entry.target = Some(SegmentId {
+                epoch: r.u64()?,
+                seq: r.u64()?,
+            });
+            entry.value_offset = r.u32()?;
+        }
+    }
+    Ok((entry, r.pos()))
 }
 
-/// Decode one entry fetched by a ranged GET (exactly the entry's bytes) and verify
-/// its own checksum.
-pub fn decode_entry(buf: &[u8], offset: u32) -> FormatResult<EntryRef<'_>> {
-    let (mut entry, end) = parse_entry(buf, 0, true)?;
-    if end != buf.len() {
-        return Err(FormatError::Invalid {
-            what: "segment entry",
-            reason: format!("entry is {end} bytes, expected {}", buf.len()),
+/// Verify a value fetched by a ranged GET of [`stored_value_len`] bytes at its
+/// location, and return the value without its checksum.
+pub fn decode_value(stored: &Bytes) -> FormatResult<Bytes> {
+    if stored.len() < 4 {
+        return Err(FormatError::Truncated {
+            what: "segment value",
+            offset: stored.len(),
+            needed: 4 - stored.len(),
         });
     }
-    entry.offset = offset;
-    Ok(entry)
+    let crc = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    let value = stored.slice(4..);
+    let computed = crc32c::crc32c(&value);
+    if computed != crc {
+        return Err(FormatError::Checksum {
+            what: "segment value",
+            stored: crc,
+            computed,
+        });
+    }
+    Ok(value)
 }
 
 /// An empty fence segment (see [`FLAG_FENCE`]).
@@ -275,11 +390,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const TARGET: SegmentId = SegmentId { epoch: 1, seq: 9 };
+
     fn sample() -> Bytes {
         let mut b = SegmentBuilder::new(SegmentId { epoch: 2, seq: 5 }, 0);
-        b.append(EntryKind::Put, b"alpha", b"one");
-        b.append(EntryKind::Delete, b"beta", b"");
-        b.append(EntryKind::Put, b"gamma", &[7u8; 300]);
+        b.put(b"alpha", b"", b"one");
+        b.delete(b"beta");
+        b.put(b"gamma", b"meta", &[7u8; 300]);
+        b.link(b"delta", b"m2", 3, TARGET, 77);
         b.finish()
     }
 
@@ -289,16 +407,21 @@ mod tests {
         let v = SegmentView::decode(&data).unwrap();
         assert_eq!(v.id, SegmentId { epoch: 2, seq: 5 });
         let es: Vec<_> = v.entries().collect::<Result<_, _>>().unwrap();
-        assert_eq!(es.len(), 3);
+        assert_eq!(es.len(), 4);
         assert_eq!(es[0].key, b"alpha");
         assert_eq!(es[0].value, b"one");
         assert_eq!(es[1].kind, EntryKind::Delete);
+        assert_eq!(es[2].meta, b"meta");
         assert_eq!(es[2].value.len(), 300);
+        assert_eq!(es[3].kind, EntryKind::Link);
+        assert_eq!(es[3].target, Some(TARGET));
+        assert_eq!(es[3].value_offset, 77);
+        assert_eq!(es[3].value_len, 3);
+        // A ranged read of a value verifies on its own.
         let e = es[2];
-        let len = entry_len(e.key.len(), e.value.len());
-        let raw = &data[e.offset as usize..e.offset as usize + len];
-        let d = decode_entry(raw, e.offset).unwrap();
-        assert_eq!(d.key, b"gamma");
+        let at = e.value_offset as usize;
+        let stored = data.slice(at..at + stored_value_len(e.value_len) as usize);
+        assert_eq!(decode_value(&stored).unwrap(), &[7u8; 300][..]);
     }
 
     #[test]
@@ -325,19 +448,19 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_entry_is_detected_by_entry_crc() {
+    fn corrupt_value_is_detected_by_its_own_checksum() {
         let data = sample();
         let v = SegmentView::decode(&data).unwrap();
         let e = v.entries().next().unwrap().unwrap();
-        let len = entry_len(e.key.len(), e.value.len());
-        let mut raw = data[e.offset as usize..e.offset as usize + len].to_vec();
+        let at = e.value_offset as usize;
+        let mut raw = data[at..at + stored_value_len(e.value_len) as usize].to_vec();
         let last = raw.len() - 1;
         raw[last] ^= 1;
         assert!(matches!(
-            decode_entry(&raw, e.offset),
+            decode_value(&Bytes::from(raw)),
             Err(FormatError::Checksum { .. })
         ));
-        assert!(decode_entry(&raw[..len - 1], e.offset).is_err());
+        assert!(decode_value(&Bytes::from_static(b"ab")).is_err());
     }
 
     proptest! {
@@ -346,7 +469,7 @@ mod tests {
             if let Ok(v) = SegmentView::decode(&data) {
                 for e in v.entries() { let _ = e; }
             }
-            let _ = decode_entry(&data, 0);
+            let _ = decode_value(&Bytes::from(data));
         }
 
         #[test]
@@ -364,23 +487,54 @@ mod tests {
         }
 
         #[test]
+        fn decode_never_panics_when_the_trailer_is_fixed_up(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            // Mutate the entries, then recompute the trailer so entry parsing runs on
+            // corrupt bytes.
+            let data = sample();
+            let mut body = data[..data.len() - 12].to_vec();
+            let entries_end = body.len() - 4;
+            for (i, x) in flips {
+                let n = entries_end - HEADER_LEN;
+                body[HEADER_LEN + i % n] ^= x;
+            }
+            write_trailer(&mut body, END_MAGIC);
+            if let Ok(v) = SegmentView::decode(&body) {
+                for e in v.entries() { let _ = e; }
+            }
+        }
+
+        #[test]
         fn roundtrip_random(ops in proptest::collection::vec(
-            (any::<bool>(), proptest::collection::vec(any::<u8>(), 1..40),
+            (0u8..3, proptest::collection::vec(any::<u8>(), 1..40),
+             proptest::collection::vec(any::<u8>(), 0..20),
              proptest::collection::vec(any::<u8>(), 0..100)), 0..40)) {
             let mut b = SegmentBuilder::new(SegmentId { epoch: 1, seq: 1 }, 0);
-            let mut offs = Vec::new();
-            for (put, k, v) in &ops {
-                let kind = if *put { EntryKind::Put } else { EntryKind::Delete };
-                offs.push(b.append(kind, k, if *put { v } else { &[] }));
+            for (kind, k, m, v) in &ops {
+                match kind {
+                    0 => { b.put(k, m, v); }
+                    1 => b.delete(k),
+                    _ => b.link(k, m, v.len() as u32, TARGET, 5),
+                }
             }
             let data = b.finish();
             let view = SegmentView::decode(&data).unwrap();
             let es: Vec<_> = view.entries().collect::<Result<_, _>>().unwrap();
             prop_assert_eq!(es.len(), ops.len());
-            for (e, ((put, k, v), off)) in es.iter().zip(ops.iter().zip(offs)) {
-                prop_assert_eq!(e.offset, off);
+            for (e, (kind, k, m, v)) in es.iter().zip(ops.iter()) {
                 prop_assert_eq!(e.key, &k[..]);
-                if *put { prop_assert_eq!(e.value, &v[..]); }
+                match kind {
+                    0 => {
+                        prop_assert_eq!(e.value, &v[..]);
+                        prop_assert_eq!(e.meta, &m[..]);
+                    }
+                    1 => prop_assert_eq!(e.kind, EntryKind::Delete),
+                    _ => {
+                        prop_assert_eq!(e.target, Some(TARGET));
+                        prop_assert_eq!(e.value_len as usize, v.len());
+                    }
+                }
             }
         }
     }
