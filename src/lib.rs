@@ -10,6 +10,7 @@
 
 pub mod db;
 pub mod format;
+pub mod fs;
 pub mod process;
 pub mod store;
 pub mod testserver;

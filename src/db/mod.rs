@@ -712,6 +712,11 @@ impl Db {
         self.handle.shared.lock().log.unflushed_bytes
     }
 
+    /// Sum of key and value lengths of all live keys.
+    pub fn live_bytes(&self) -> u64 {
+        self.handle.shared.lock().index.live_bytes()
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> usize {
         self.handle.shared.lock().index.len()
