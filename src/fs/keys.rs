@@ -103,7 +103,8 @@ pub enum NameError {
 
 /// Check a single path component.
 pub fn check_name(name: &[u8]) -> Result<(), NameError> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(NameError::Invalid);
     }
     if name.len() > 255 {

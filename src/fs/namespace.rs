@@ -894,8 +894,7 @@ impl Namespace {
                 n += 1;
             }
             while let Some(r) = set.join_next().await {
-                let (idx, v) =
-                    r.map_err(|_| FsError::Invalid("block read task failed"))?;
+                let (idx, v) = r.map_err(|_| FsError::Invalid("block read task failed"))?;
                 batch[idx].1 = Some(v?.map(|b| b.to_vec()).unwrap_or_default());
             }
             blocks.extend(batch.into_iter().map(|(_, b)| b.unwrap_or_default()));
