@@ -3,6 +3,7 @@
 
 mod alloc;
 mod engine;
+mod fs;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,10 @@ enum Command {
     /// Engine targets: non-durable put throughput, PUTs per pair, sync latency
     /// against one segment PUT, recovery time and index memory per key.
     Engine(engine::EngineArgs),
+    /// Small-file workloads through mounted kvfs, bindfs over tmpfs and s3fs, against
+    /// one S3 endpoint with injected latency: files/s, latency, requests and cost per
+    /// file, `ls -l` time, daemon memory.
+    Fs(fs::FsArgs),
 }
 
 fn main() {
@@ -39,6 +44,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Engine(args) => rt.block_on(engine::run(args)),
+        Command::Fs(args) => rt.block_on(fs::run(args)),
     };
     if let Err(e) = result {
         eprintln!("kvfs-bench: {e}");

@@ -475,3 +475,53 @@ async fn namespace_model_local_directory() {
         std::sync::Arc::new(kvfs::store::local::LocalStore::open(dir.path()).unwrap());
     run(store, 77, 200).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinked_open_files_keep_their_content_until_closed() {
+    let (_, store) = memory();
+    let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    let big_data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let ns = Namespace::new(db, OWNER).unwrap();
+        for (name, data) in [(&b"small"[..], &b"tiny"[..]), (b"big", &big_data[..])] {
+            let ino = ns.create(ROOT_INO, name, 0o644, OWNER).await.unwrap().ino;
+            ns.open(ino, false).await.unwrap();
+            ns.write(ino, 0, data).await.unwrap();
+            ns.release(ino).await.unwrap();
+        }
+        ns.shutdown().await.unwrap();
+    }
+    // A fresh mount: nothing is loaded yet.
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER).unwrap();
+    let small = ns.lookup(ROOT_INO, b"small").await.unwrap().ino;
+    let big = ns.lookup(ROOT_INO, b"big").await.unwrap().ino;
+    ns.open(small, false).await.unwrap();
+    ns.open(big, false).await.unwrap();
+    ns.unlink(ROOT_INO, b"small").await.unwrap();
+    // Replace "big" by renaming a new file over it.
+    let other = ns
+        .create(ROOT_INO, b"other", 0o644, OWNER)
+        .await
+        .unwrap()
+        .ino;
+    ns.rename(ROOT_INO, b"other", ROOT_INO, b"big", RenameFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(&ns.read(small, 0, 100).await.unwrap()[..], b"tiny");
+    assert!(ns.read(big, 0, 400_000).await.unwrap() == big_data);
+    ns.release(small).await.unwrap();
+    ns.release(big).await.unwrap();
+    // The replaced file's blocks are gone once its last user closed it.
+    let blocks = ns
+        .db()
+        .scan_prefix(&kvfs::fs::keys::block_prefix(big), 10, true)
+        .await
+        .unwrap();
+    assert!(blocks.is_empty(), "{} blocks left", blocks.len());
+    assert_eq!(ns.lookup(ROOT_INO, b"big").await.unwrap().ino, other);
+    assert!(matches!(
+        ns.lookup(ROOT_INO, b"small").await,
+        Err(FsError::NotFound)
+    ));
+    ns.shutdown().await.unwrap();
+}

@@ -495,14 +495,17 @@ impl Namespace {
     }
 
     /// Drop a file that no name refers to any more: its blocks now, or at last close.
-    async fn discard_file(&self, attr: &Attr, ops: &mut Vec<BatchOp>) {
+    /// An open file keeps its content readable until then.
+    async fn discard_file(&self, attr: &Attr, path: &[u8], ops: &mut Vec<BatchOp>) -> FsResult<()> {
         let state = self.files().get(&attr.ino).cloned();
         match state {
             Some(state) => {
                 let mut st = state.lock().await;
+                if st.opens > 0 {
+                    self.load_content(&mut st, path).await?;
+                }
                 st.unlinked = true;
                 st.dirty = false;
-                st.dirty_blocks.clear();
             }
             None => {
                 if attr.blocked {
@@ -510,6 +513,7 @@ impl Namespace {
                 }
             }
         }
+        Ok(())
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
@@ -522,7 +526,7 @@ impl Namespace {
             return Err(FsError::IsDir);
         }
         let mut ops = vec![BatchOp::Delete(path.clone())];
-        self.discard_file(&attr, &mut ops).await;
+        self.discard_file(&attr, &path, &mut ops).await?;
         self.keep_dir(&dir, &mut ops)?;
         self.db.write_batch(&ops).await?;
         Ok(())
@@ -688,7 +692,7 @@ impl Namespace {
                 _ => {}
             }
             if d.kind != Kind::Dir {
-                self.discard_file(&d, &mut ops).await;
+                self.discard_file(&d, &dst, &mut ops).await?;
             }
             if self.db.info(&dst).is_some() {
                 ops.push(BatchOp::Delete(dst.clone()));

@@ -1,0 +1,576 @@
+//! `kvfs-bench fs`: small-file workloads through mounted file systems, side by side
+//! against one S3 endpoint with S3-like latency injected at the server.
+//!
+//! Systems:
+//! - `kvfs`: `kvfs mount s3://bench/kvfs-…`;
+//! - `bindfs`: bindfs over tmpfs, no S3 at all (the ceiling FUSE itself allows);
+//! - `s3fs`: s3fs-fuse, one object per file.
+//!
+//! Workloads (each in a fresh directory of the mount):
+//! - `create_close`: create, write `--file-bytes`, close; one writer;
+//! - `create_fsync_1` / `create_fsync_16`: the same with fsync before close, by 1 and
+//!   by 16 concurrent writers;
+//! - `ls_l`: `ls -l` of a directory of `--ls-files` files, after a remount (kvfs) —
+//!   metadata comes from the index in memory;
+//! - the kvfs daemon's peak RSS after all of it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use kvfs::testserver::{FaultConfig, RequestCounts, ServerOptions, TestS3Server};
+use kvfs::testserver::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+
+use crate::report::{quantile, Table};
+
+#[derive(Args, Debug)]
+pub struct FsArgs {
+    /// Files per single-writer workload.
+    #[arg(long, default_value_t = 1000)]
+    files: usize,
+    /// Bytes per file.
+    #[arg(long, default_value_t = 1024)]
+    file_bytes: usize,
+    /// Concurrent writers in the fsync workload.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// Files in the directory listed by `ls -l`.
+    #[arg(long, default_value_t = 10_000)]
+    ls_files: usize,
+    /// At most this many files per workload for s3fs (about 10 files/s).
+    #[arg(long, default_value_t = 150)]
+    s3fs_files: usize,
+    /// Latency injected at the server for every PUT (and DELETE).
+    #[arg(long, default_value_t = 25)]
+    put_latency_ms: u64,
+    /// Latency injected at the server for every GET, HEAD and LIST.
+    #[arg(long, default_value_t = 15)]
+    get_latency_ms: u64,
+    /// Systems to run, comma-separated: kvfs, bindfs, s3fs.
+    #[arg(long, default_value = "kvfs,bindfs,s3fs")]
+    systems: String,
+    /// About a minute: 5x fewer files.
+    #[arg(long)]
+    quick: bool,
+    /// Write fs.csv here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Row {
+    system: String,
+    workload: &'static str,
+    files: usize,
+    seconds: f64,
+    files_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: RequestCounts,
+}
+
+/// A mounted file system that is unmounted (and its process stopped) on drop.
+struct Mounted {
+    point: PathBuf,
+    child: Option<Child>,
+    extra_unmount: Option<PathBuf>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        unmount(&self.point);
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(p) = &self.extra_unmount {
+            unmount(p);
+        }
+    }
+}
+
+fn unmount(point: &Path) {
+    if is_mounted(point) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(point)
+            .stderr(Stdio::null())
+            .status();
+    }
+    if is_mounted(point) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(point)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn is_mounted(point: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(point) else {
+        return false;
+    };
+    let target = canon.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+fn wait_mounted(point: &Path, child: &mut Option<Child>) -> BenchResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if is_mounted(point) {
+            return Ok(());
+        }
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("mount of {} exited early: {status}", point.display()).into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{} was not mounted within 60 s", point.display()).into())
+}
+
+fn require(tool: &str, package: &str) -> BenchResult<()> {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(format!("{tool} not found: apt-get install -y {package}").into())
+    }
+}
+
+fn kvfs_binary() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kvfs-bench"));
+    me.with_file_name("kvfs")
+}
+
+fn mount_kvfs(server: &TestS3Server, store: &str, point: &Path) -> BenchResult<Mounted> {
+    std::fs::create_dir_all(point)?;
+    let log = std::fs::File::create(point.with_extension("log"))?;
+    let mut child = Some(
+        Command::new(kvfs_binary())
+            .args(["mount", store])
+            .arg(point)
+            .arg("--foreground")
+            .env("AWS_ENDPOINT_URL", server.endpoint())
+            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
+            .env("AWS_REGION", TEST_REGION)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    wait_mounted(point, &mut child)?;
+    Ok(Mounted {
+        point: point.to_path_buf(),
+        child,
+        extra_unmount: None,
+    })
+}
+
+fn mount_bindfs(work: &Path) -> BenchResult<Mounted> {
+    require("bindfs", "bindfs")?;
+    let src = work.join("tmpfs");
+    let point = work.join("mnt-bindfs");
+    std::fs::create_dir_all(&src)?;
+    std::fs::create_dir_all(&point)?;
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&src)
+        .status()?
+        .success();
+    if !ok {
+        return Err("mounting tmpfs failed".into());
+    }
+    let ok = Command::new("bindfs")
+        .arg(&src)
+        .arg(&point)
+        .status()?
+        .success();
+    if !ok {
+        unmount(&src);
+        return Err("bindfs failed".into());
+    }
+    let mut none = None;
+    wait_mounted(&point, &mut none)?;
+    Ok(Mounted {
+        point,
+        child: None,
+        extra_unmount: Some(src),
+    })
+}
+
+fn mount_s3fs(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
+    require("s3fs", "s3fs")?;
+    let point = work.join("mnt-s3fs");
+    std::fs::create_dir_all(&point)?;
+    let passwd = work.join("s3fs-passwd");
+    std::fs::write(&passwd, format!("{TEST_ACCESS_KEY}:{TEST_SECRET_KEY}\n"))?;
+    let mut perms = std::fs::metadata(&passwd)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&passwd, perms)?;
+    // Documented small-file settings: no local cache, path-style requests.
+    let ok = Command::new("s3fs")
+        .arg("bench:/s3fs")
+        .arg(&point)
+        .args([
+            "-o",
+            &format!("url={}", server.endpoint()),
+            "-o",
+            "use_path_request_style",
+            "-o",
+            &format!("passwd_file={}", passwd.display()),
+            "-o",
+            "endpoint=us-east-1",
+            "-o",
+            "sigv4",
+        ])
+        .status()?
+        .success();
+    if !ok {
+        return Err("s3fs failed to mount".into());
+    }
+    let mut none = None;
+    wait_mounted(&point, &mut none)?;
+    Ok(Mounted {
+        point,
+        child: None,
+        extra_unmount: None,
+    })
+}
+
+/// Create `count` files of `bytes` bytes under `dir`, split over `writers` threads.
+/// Returns per-file latencies in ms and the wall time.
+fn create_files(
+    dir: &Path,
+    count: usize,
+    bytes: usize,
+    writers: usize,
+    fsync: bool,
+) -> BenchResult<(Vec<f64>, f64)> {
+    std::fs::create_dir_all(dir)?;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let data = Arc::new(vec![b'k'; bytes]);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let (latencies, errors, data) = (latencies.clone(), errors.clone(), data.clone());
+            let n = count / writers + usize::from(w < count % writers);
+            s.spawn(move || {
+                for i in 0..n {
+                    let path = dir.join(format!("w{w:02}-f{i:06}"));
+                    let t = Instant::now();
+                    let r = (|| -> std::io::Result<()> {
+                        let mut f = std::fs::File::create(&path)?;
+                        f.write_all(&data)?;
+                        if fsync {
+                            f.sync_all()?;
+                        }
+                        Ok(())
+                    })();
+                    match r {
+                        Ok(()) => latencies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(t.elapsed().as_secs_f64() * 1e3),
+                        Err(e) => {
+                            errors
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(format!("{}: {e}", path.display()));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(e) = errors.lock().unwrap_or_else(|e| e.into_inner()).first() {
+        return Err(format!("write failed: {e}").into());
+    }
+    let l = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok((l, wall))
+}
+
+fn counts_since(now: RequestCounts, before: RequestCounts) -> RequestCounts {
+    RequestCounts {
+        put: now.put - before.put,
+        get: now.get - before.get,
+        head: now.head - before.head,
+        list: now.list - before.list,
+        delete: now.delete - before.delete,
+        other: now.other - before.other,
+    }
+}
+
+fn usd(c: &RequestCounts) -> f64 {
+    (c.put + c.list + c.other) as f64 * 0.005 / 1000.0 + (c.get + c.head) as f64 * 0.0004 / 1000.0
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Runner<'a> {
+    server: &'a TestS3Server,
+    rows: Vec<Row>,
+}
+
+impl Runner<'_> {
+    fn measure(
+        &mut self,
+        system: &str,
+        workload: &'static str,
+        f: impl FnOnce() -> BenchResult<(Vec<f64>, f64)>,
+    ) -> BenchResult<()> {
+        let before = self.server.request_counts();
+        let (lat, wall) = f()?;
+        let requests = counts_since(self.server.request_counts(), before);
+        let files = lat.len();
+        eprintln!(
+            "  {system:<7} {workload:<16} {files:>6} files in {wall:7.2} s = {:9.1} files/s",
+            files as f64 / wall
+        );
+        self.rows.push(Row {
+            system: system.to_string(),
+            workload,
+            files,
+            seconds: wall,
+            files_per_s: files as f64 / wall,
+            p50_ms: quantile(&lat, 0.5),
+            p99_ms: quantile(&lat, 0.99),
+            requests,
+        });
+        Ok(())
+    }
+
+    /// The three file-creation workloads on one mounted system.
+    fn creation(&mut self, system: &str, root: &Path, n: usize, a: &FsArgs) -> BenchResult<()> {
+        self.measure(system, "create_close", || {
+            create_files(&root.join("close"), n, a.file_bytes, 1, false)
+        })?;
+        self.measure(system, "create_fsync_1", || {
+            create_files(&root.join("fsync1"), n / 4, a.file_bytes, 1, true)
+        })?;
+        self.measure(system, "create_fsync_16", || {
+            create_files(&root.join("fsync16"), n, a.file_bytes, a.writers, true)
+        })?;
+        Ok(())
+    }
+}
+
+fn time_ls(dir: &Path) -> BenchResult<(Vec<f64>, f64)> {
+    let t = Instant::now();
+    let out = Command::new("ls").arg("-l").arg(dir).output()?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("ls -l failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let lines = out
+        .stdout
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        .saturating_sub(1);
+    Ok((vec![secs * 1e3; lines], secs))
+}
+
+pub async fn run(mut a: FsArgs) -> BenchResult<()> {
+    if a.quick {
+        a.files = (a.files / 5).max(50);
+        a.ls_files = (a.ls_files / 5).max(100);
+        a.s3fs_files = (a.s3fs_files / 3).max(20);
+    }
+    let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
+    let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let server = TestS3Server::start(&work.join("s3"), ServerOptions::default()).await?;
+    server.create_bucket("bench")?;
+    server.faults().set(FaultConfig {
+        put_latency: Duration::from_millis(a.put_latency_ms),
+        get_latency: Duration::from_millis(a.get_latency_ms),
+        ..FaultConfig::default()
+    });
+    eprintln!(
+        "S3 server at {} with {} ms per PUT, {} ms per GET/HEAD/LIST",
+        server.endpoint(),
+        a.put_latency_ms,
+        a.get_latency_ms
+    );
+    let mut runner = Runner {
+        server: &server,
+        rows: Vec::new(),
+    };
+    let mut notes = Vec::new();
+    let run_id = std::process::id();
+    // The workloads do blocking file I/O; run them off the runtime's threads.
+    for system in &systems {
+        eprintln!("== {system}");
+        let result = tokio::task::block_in_place(|| -> BenchResult<()> {
+            match system.as_str() {
+                "kvfs" => {
+                    let store = format!("s3://bench/kvfs-{run_id}");
+                    let point = work.join("mnt-kvfs");
+                    let pid;
+                    {
+                        let m = mount_kvfs(&server, &store, &point)?;
+                        pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                        runner.creation("kvfs", &point, a.files, &a)?;
+                        create_files(&point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
+                        notes.push(format!("kvfs daemon peak RSS {:.1} MiB", peak_rss_mib(pid)));
+                    }
+                    // Cold: remount, so nothing is cached in the kernel or the daemon.
+                    let m = mount_kvfs(&server, &store, &point)?;
+                    runner.measure("kvfs", "ls_l_after_remount", || time_ls(&point.join("ls")))?;
+                    runner.measure("kvfs", "ls_l_warm", || time_ls(&point.join("ls")))?;
+                    drop(m);
+                    Ok(())
+                }
+                "bindfs" => {
+                    let m = mount_bindfs(&work)?;
+                    runner.creation("bindfs", &m.point, a.files, &a)?;
+                    create_files(&m.point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
+                    runner.measure("bindfs", "ls_l_warm", || time_ls(&m.point.join("ls")))?;
+                    Ok(())
+                }
+                "s3fs" => {
+                    let m = mount_s3fs(&server, &work)?;
+                    runner.creation("s3fs", &m.point, a.s3fs_files, &a)?;
+                    runner.measure("s3fs", "ls_l_warm", || time_ls(&m.point.join("close")))?;
+                    Ok(())
+                }
+                other => Err(format!("unknown system {other}").into()),
+            }
+        });
+        if let Err(e) = result {
+            eprintln!("  {system}: skipped: {e}");
+            notes.push(format!("{system} skipped: {e}"));
+        }
+    }
+
+    let mut table = Table::new(
+        &format!(
+            "small files through FUSE ({} B files, {} ms PUT / {} ms GET at the server)",
+            a.file_bytes, a.put_latency_ms, a.get_latency_ms
+        ),
+        &[
+            "system",
+            "workload",
+            "files",
+            "seconds",
+            "files_per_s",
+            "p50_ms",
+            "p99_ms",
+            "puts_per_file",
+            "requests_per_file",
+            "usd_per_million_files",
+        ],
+    );
+    for r in &runner.rows {
+        let total = r.requests.total() as f64;
+        let n = r.files.max(1) as f64;
+        table.row(vec![
+            r.system.clone(),
+            r.workload.to_string(),
+            r.files.to_string(),
+            format!("{:.3}", r.seconds),
+            format!("{:.1}", r.files_per_s),
+            format!("{:.2}", r.p50_ms),
+            format!("{:.2}", r.p99_ms),
+            format!("{:.4}", r.requests.put as f64 / n),
+            format!("{:.4}", total / n),
+            format!("{:.2}", usd(&r.requests) / n * 1e6),
+        ]);
+    }
+    print!("{}", table.render());
+    let rate = |sys: &str, w: &str| {
+        runner
+            .rows
+            .iter()
+            .find(|r| r.system == sys && r.workload == w)
+            .map(|r| r.files_per_s)
+    };
+    let mut ratios = Table::new("ratios (same run)", &["ratio", "value", "target"]);
+    if let (Some(k), Some(b)) = (rate("kvfs", "create_close"), rate("bindfs", "create_close")) {
+        ratios.row(vec![
+            "bindfs_over_kvfs_create_close".into(),
+            format!("{:.2}", b / k),
+            "<= 2".into(),
+        ]);
+    }
+    if let (Some(k), Some(s)) = (rate("kvfs", "create_close"), rate("s3fs", "create_close")) {
+        ratios.row(vec![
+            "kvfs_over_s3fs_create_close".into(),
+            format!("{:.1}", k / s),
+            ">= 100".into(),
+        ]);
+    }
+    if let (Some(one), Some(many)) = (
+        rate("kvfs", "create_fsync_1"),
+        rate("kvfs", "create_fsync_16"),
+    ) {
+        ratios.row(vec![
+            format!("kvfs_fsync_{}_writers_over_1", a.writers),
+            format!("{:.1}", many / one),
+            ">= 12".into(),
+        ]);
+    }
+    if let Some(r) = runner
+        .rows
+        .iter()
+        .find(|r| r.system == "kvfs" && r.workload == "ls_l_after_remount")
+    {
+        ratios.row(vec![
+            format!("kvfs_ls_l_{}_files_seconds", r.files),
+            format!("{:.3}", r.seconds),
+            "< 0.3".into(),
+        ]);
+    }
+    print!("{}", ratios.render());
+    for n in &notes {
+        println!("note: {n}");
+    }
+    if let Some(out) = &a.out {
+        table.write_csv(out, "fs")?;
+        ratios.write_csv(out, "fs_ratios")?;
+        eprintln!("wrote {} and fs_ratios.csv", out.join("fs.csv").display());
+    }
+    drop(runner);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
