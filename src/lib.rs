@@ -11,6 +11,7 @@
 pub mod db;
 pub mod format;
 pub mod fs;
+pub mod fuse;
 pub mod process;
 pub mod store;
 pub mod testserver;
