@@ -751,6 +751,18 @@ impl Namespace {
         Ok(st.attr)
     }
 
+    /// Forget the file state of `ino` if nobody has it open and nothing is dirty
+    /// (a truncate of a closed file creates one).
+    async fn drop_idle_state(&self, ino: u64) {
+        let state = self.files().get(&ino).cloned();
+        if let Some(state) = state {
+            let st = state.lock().await;
+            if st.opens == 0 && !st.dirty && !st.unlinked {
+                self.files().remove(&ino);
+            }
+        }
+    }
+
     /// The last close of one open: commit, and forget the state once nobody has it open.
     pub async fn release(&self, ino: u64) -> FsResult<()> {
         let result = self.commit(ino).await;
@@ -1067,6 +1079,7 @@ impl Namespace {
             self.commit(ino).await?;
             let state = self.file_state(ino).await?;
             let attr = state.lock().await.attr;
+            self.drop_idle_state(ino).await;
             return Ok(attr);
         }
         let _tree = self.tree.write().await;
