@@ -1,15 +1,16 @@
-//! The commands behind `kvfs put|get|delete|scan|stats|fsck`.
+//! The commands behind `kvfs put|get|delete|scan|stats|fsck|mount`.
 
 use std::io::{Read, Write};
 use std::ops::Bound;
 
 use kvfs::db::{Db, Error, Options};
 
-use super::Command;
+use super::{Command, MountArgs};
 
 /// Run one command; returns the exit status.
 pub async fn run(cmd: Command) -> Result<i32, Error> {
     match cmd {
+        Command::Mount(args) => mount::run(args).await,
         Command::Put {
             store,
             key,
@@ -173,4 +174,315 @@ fn write_stdout(data: &[u8]) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     out.write_all(data).map_err(stdout_err)?;
     out.flush().map_err(stdout_err)
+}
+
+pub use mount::{enter_daemon_session, spawn_mount_daemon};
+
+/// `kvfs mount`: serve a store through FUSE until unmounted.
+///
+/// Without `--foreground` the command re-runs itself with the hidden
+/// `--daemon-child` flag, its standard output a pipe: the child mounts, detaches
+/// (new session, working directory `/`, standard error to `--log-file` or
+/// `/dev/null`), writes [`READY`](mount::READY) on the pipe and closes it. The parent
+/// exits 0 on that line; otherwise it waits for the child and exits with its status,
+/// the child's error message having gone to the shared standard error.
+mod mount {
+    use std::ffi::OsString;
+    use std::fs::{File, OpenOptions};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsRawFd;
+    use std::path::PathBuf;
+    use std::process::Stdio;
+    use std::sync::Arc;
+
+    use kvfs::db::{Db, Error};
+    use kvfs::fs::{FsError, Namespace};
+    use kvfs::fuse::{self, KvfsFuse, MountOptions, ShutdownHandle, Unmounted, Unmounter};
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+
+    use super::MountArgs;
+
+    /// The line the background server writes once its mount is ready.
+    pub const READY: &str = "kvfs-mount-ready";
+
+    /// Start the background server and wait until it is ready or has failed.
+    pub fn spawn_mount_daemon() -> i32 {
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("kvfs: cannot find this program to start the mount server: {e}");
+                return 1;
+            }
+        };
+        // The same arguments, with --daemon-child right after the subcommand (so it is
+        // never taken for a positional argument after `--`).
+        let mut args: Vec<OsString> = Vec::new();
+        let mut inserted = false;
+        for a in std::env::args_os().skip(1) {
+            let is_mount = !inserted && a == "mount";
+            args.push(a);
+            if is_mount {
+                args.push("--daemon-child".into());
+                inserted = true;
+            }
+        }
+        let mut child = match std::process::Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kvfs: cannot start the mount server: {e}");
+                return 1;
+            }
+        };
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            // An error here means the child died without a word: its status tells.
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        if line.trim_end() == READY {
+            return 0;
+        }
+        match child.wait() {
+            Ok(status) => status.code().filter(|c| *c != 0).unwrap_or(1),
+            Err(e) => {
+                eprintln!("kvfs: lost the mount server: {e}");
+                1
+            }
+        }
+    }
+
+    /// The background server leaves the caller's session and terminal, and closes
+    /// the descriptors it inherited beyond stdin, stdout and stderr (a caller's pipe
+    /// must not stay open for as long as the mount lives).
+    pub fn enter_daemon_session() {
+        // SAFETY: setsid has no memory-safety preconditions; it fails harmlessly if
+        // this process already leads a process group.
+        unsafe {
+            libc::setsid();
+        }
+        let inherited: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+            Ok(dir) => dir
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect(),
+            Err(_) => return,
+        };
+        for fd in inherited {
+            // SAFETY: nothing in this process uses these descriptors yet (this runs
+            // before the runtime starts); the directory handle that listed them is
+            // closed already, so closing its number again only fails with EBADF.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+
+    /// Make a local store path absolute: the server changes directory to `/`.
+    fn absolute_store(store: &str) -> String {
+        if store.contains("://") || store == "memory:" {
+            return store.to_string();
+        }
+        match std::path::absolute(store) {
+            Ok(p) => p.to_string_lossy().into_owned(),
+            Err(_) => store.to_string(),
+        }
+    }
+
+    fn fail(msg: impl std::fmt::Display) -> i32 {
+        eprintln!("kvfs: {msg}");
+        1
+    }
+
+    pub async fn run(args: MountArgs) -> Result<i32, Error> {
+        // Watch for signals from the start, so one that arrives while the store opens
+        // still ends in a clean unmount.
+        let signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => return Ok(fail(format!("cannot watch for signals: {e}"))),
+        };
+        let log_file = match (&args.log_file, args.daemon_child) {
+            (Some(path), true) => match OpenOptions::new().create(true).append(true).open(path) {
+                Ok(f) => Some(f),
+                Err(e) => return Ok(fail(format!("log file {}: {e}", path.display()))),
+            },
+            _ => None,
+        };
+        // Check the mount point before the store, for a clear message and no lease.
+        let mountpoint = match std::fs::metadata(&args.mountpoint) {
+            Ok(m) if m.is_dir() => match std::path::absolute(&args.mountpoint) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Ok(fail(format!(
+                        "mount point {}: {e}",
+                        args.mountpoint.display()
+                    )))
+                }
+            },
+            Ok(_) => {
+                return Ok(fail(fuse::MountError::NotADirectory(args.mountpoint)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(fail(fuse::MountError::MissingMountPoint(args.mountpoint)));
+            }
+            Err(source) => {
+                return Ok(fail(fuse::MountError::MountPoint {
+                    path: args.mountpoint,
+                    source,
+                }))
+            }
+        };
+        let store = absolute_store(&args.store);
+        let mut opts = args.tuning.options();
+        opts.read_only = args.read_only;
+        let db = Db::open(&store, opts).await?;
+        // SAFETY: getuid and getgid cannot fail and touch no memory.
+        let owner = unsafe { (libc::getuid(), libc::getgid()) };
+        let ns = match Namespace::new(db.clone(), owner) {
+            Ok(ns) => Arc::new(ns),
+            Err(e) => {
+                let _ = db.close().await;
+                return Ok(fail(e));
+            }
+        };
+        let fs = KvfsFuse::new(ns, tokio::runtime::Handle::current());
+        let shutdown = fs.shutdown_handle();
+        let mopts = MountOptions {
+            read_only: args.read_only,
+            allow_other: args.allow_other,
+            ..MountOptions::default()
+        };
+        let mp = mountpoint.clone();
+        let mounted = tokio::task::spawn_blocking(move || fuse::mount(fs, &mp, &mopts)).await;
+        let mut mounted = match mounted {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                let code = fail(e);
+                if let Err(e) = shutdown.shutdown().await {
+                    fail(format!("closing the store: {e}"));
+                }
+                return Ok(code);
+            }
+            Err(e) => return Ok(fail(format!("mount task failed: {e}"))),
+        };
+        let mountpoint = mounted.mountpoint().to_path_buf();
+        let unmounter = Arc::new(mounted.unmounter());
+        tokio::spawn(unmount_on_signal(
+            signals,
+            unmounter,
+            shutdown.clone(),
+            mountpoint.clone(),
+        ));
+        if args.daemon_child {
+            if let Err(e) = detach_and_report_ready(log_file) {
+                log::warn!("could not report readiness: {e}");
+            }
+        } else {
+            eprintln!(
+                "kvfs: {store} mounted at {}; unmount with `fusermount3 -u {}` or Ctrl-C",
+                mountpoint.display(),
+                mountpoint.display()
+            );
+        }
+        match tokio::task::spawn_blocking(move || mounted.run()).await {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(e)) => Ok(fail(e)),
+            Err(e) => {
+                let code = fail(format!("mount server task failed: {e}"));
+                let _ = shutdown.shutdown().await;
+                Ok(code)
+            }
+        }
+    }
+
+    /// Background server, mount ready: leave the working directory, send standard
+    /// error to the log, tell the parent, and let go of its pipe.
+    fn detach_and_report_ready(log_file: Option<File>) -> std::io::Result<()> {
+        std::env::set_current_dir("/")?;
+        let null = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        let err_fd = log_file
+            .as_ref()
+            .map_or(null.as_raw_fd(), |f| f.as_raw_fd());
+        // SAFETY: both descriptors are open; dup2 only replaces descriptor 2.
+        if unsafe { libc::dup2(err_fd, 2) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = std::io::stdout().lock();
+        let reported = writeln!(out, "{READY}").and_then(|()| out.flush());
+        // SAFETY: as above, for descriptor 1 (the pipe to the parent closes).
+        if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        reported
+    }
+
+    /// SIGTERM, SIGINT and SIGHUP.
+    struct Signals {
+        term: Signal,
+        int: Signal,
+        hup: Signal,
+    }
+
+    impl Signals {
+        fn new() -> std::io::Result<Signals> {
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+
+        async fn next(&mut self) -> &'static str {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = self.hup.recv() => "SIGHUP",
+            }
+        }
+    }
+
+    /// First signal: make everything durable, then unmount (the session then ends and
+    /// the store is closed). If files are open the mount is detached and the store
+    /// closes once they are closed; a second signal stops at once after a flush.
+    async fn unmount_on_signal(
+        mut signals: Signals,
+        unmounter: Arc<Unmounter>,
+        shutdown: ShutdownHandle,
+        mountpoint: PathBuf,
+    ) {
+        let name = signals.next().await;
+        log::warn!("{name}: flushing and unmounting {}", mountpoint.display());
+        if let Err(e) = shutdown.sync_all().await {
+            log::error!("flush before unmounting failed: {e}");
+        }
+        let u = unmounter.clone();
+        match tokio::task::spawn_blocking(move || u.unmount()).await {
+            Ok(Ok(Unmounted::Clean)) => return,
+            Ok(Ok(Unmounted::Detached)) => log::warn!(
+                "files are still open under {}: detached it; the store closes when they \
+                 are closed (signal again to stop now)",
+                mountpoint.display()
+            ),
+            Ok(Err(e)) => log::error!(
+                "cannot unmount {}: {e} (signal again to stop now)",
+                mountpoint.display()
+            ),
+            Err(e) => log::error!("unmount task failed: {e}"),
+        }
+        let name = signals.next().await;
+        log::warn!("{name}: closing the store and stopping now");
+        let code = match shutdown.shutdown().await {
+            Ok(()) => 0,
+            Err(FsError::Db(e)) => fail(e),
+            Err(e) => fail(e),
+        };
+        std::process::exit(code);
+    }
 }

@@ -73,6 +73,38 @@ enum Command {
     Stats { store: String },
     /// Read and verify every object; exit 1 on any problem.
     Fsck { store: String },
+    /// Mount a store as a file system in which every key is a file. Returns once the
+    /// mount is ready and keeps serving it in the background, unless --foreground.
+    /// Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT` (or SIGTERM to
+    /// the daemon, Ctrl-C in the foreground): everything is flushed to the store first.
+    Mount(MountArgs),
+}
+
+/// Arguments of `kvfs mount`.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// s3://bucket/prefix, a local directory path, or file:///path.
+    store: String,
+    /// An existing directory.
+    mountpoint: std::path::PathBuf,
+    /// Stay in the foreground, logging to stderr.
+    #[arg(long)]
+    foreground: bool,
+    /// Mount read-only: no writer lease is taken, so a writer may hold the store.
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users access the mount (non-root users need user_allow_other in
+    /// /etc/fuse.conf).
+    #[arg(long)]
+    allow_other: bool,
+    /// In the background, append the log to this file (default: discard it).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<std::path::PathBuf>,
+    /// Internal: this process is the background server started by `kvfs mount`.
+    #[arg(long, hide = true)]
+    daemon_child: bool,
+    #[command(flatten)]
+    tuning: Tuning,
 }
 
 /// Engine settings for commands that write.
@@ -108,8 +140,10 @@ impl Tuning {
 }
 
 fn init_logging(verbose: u8) {
+    // fuser warns when its own unmount after a session finds the file system already
+    // unmounted (the normal case after `umount`): keep that out of the default log.
     let level = match verbose {
-        0 => "warn",
+        0 => "warn,fuser=error",
         1 => "info",
         _ => "debug",
     };
@@ -122,6 +156,14 @@ fn init_logging(verbose: u8) {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if let Command::Mount(m) = &cli.command {
+        if m.daemon_child {
+            commands::enter_daemon_session();
+        } else if !m.foreground {
+            // Re-run in the background and wait until its mount is ready.
+            return commands::spawn_mount_daemon();
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1027,12 +1027,19 @@ impl Namespace {
                 value: Vec::new(),
             });
         } else {
-            let content = st.content.clone().unwrap_or_default();
-            ops.push(BatchOp::PutMeta {
-                key: path,
-                meta: st.attr.encode(),
-                value: content,
-            });
+            match &st.content {
+                Some(content) => ops.push(BatchOp::PutMeta {
+                    key: path,
+                    meta: st.attr.encode(),
+                    value: content.clone(),
+                }),
+                // Content never loaded, so unchanged: only the attributes changed.
+                None => ops.push(BatchOp::Link {
+                    key: path.clone(),
+                    source: path,
+                    meta: Some(st.attr.encode()),
+                }),
+            }
         }
         self.db.write_batch(&ops).await?;
         st.dirty = false;

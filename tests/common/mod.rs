@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::sync::Arc;
 use std::time::Duration;
 

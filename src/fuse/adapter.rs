@@ -1,0 +1,910 @@
+//! [`KvfsFuse`]: the `fuser::Filesystem` implementation over a [`Namespace`].
+//!
+//! Every handler that may touch the engine spawns its namespace call onto the Tokio
+//! runtime whose [`Handle`] the adapter holds, and replies from that task; only calls
+//! that are pure memory bookkeeping (`forget`, `statfs`, `link`, `opendir`,
+//! `releasedir`, `access`) and the refusals of unsupported operations (extended
+//! attributes, `copy_file_range`, `lseek`, `fallocate`, `ioctl`, `poll`, special
+//! files) reply on the FUSE thread.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::fs::{self, Attr, DirEntry, FsError, FsResult, Kind, Namespace, SetAttr};
+
+/// How long the kernel may cache entries and attributes.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// Block size reported by `stat` and `statfs`.
+const BLOCK_SIZE: u32 = 4096;
+/// Capacity reported by `statfs` (the store has no fixed size): 1 PiB.
+const REPORTED_BYTES: u64 = 1 << 50;
+/// Free inodes reported by `statfs`.
+const REPORTED_FREE_FILES: u64 = 1 << 40;
+/// Longest file name.
+const NAME_MAX: u32 = 255;
+
+/// Directory entry offsets: `.` is 0, `..` is 1, the namespace's entries follow.
+const DOT_ENTRIES: usize = 2;
+
+/// The `fuser::FileAttr` of namespace attributes.
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: 1,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+/// The errno for a namespace error; engine and corruption errors are logged, since
+/// the caller only sees `EIO`.
+fn errno(op: &str, e: &FsError) -> Errno {
+    match e {
+        FsError::Db(_) | FsError::CorruptAttr { .. } => log::error!("{op}: {e}"),
+        _ => log::debug!("{op}: {e}"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+/// Runs the namespace shutdown once; see the module documentation of `crate::fuse`.
+struct Shutdown {
+    ns: Arc<Namespace>,
+    rt: Handle,
+    result: tokio::sync::Mutex<Option<FsResult<()>>>,
+}
+
+impl Shutdown {
+    async fn run(&self) -> FsResult<()> {
+        let mut result = self.result.lock().await;
+        if let Some(r) = result.as_ref() {
+            return r.clone();
+        }
+        let r = self.ns.shutdown().await;
+        match &r {
+            Ok(()) => log::info!("store flushed and closed"),
+            Err(e) => log::error!("could not flush the store: {e}"),
+        }
+        *result = Some(r.clone());
+        r
+    }
+}
+
+/// Runs or awaits the adapter's shutdown (commit everything, sync, close the engine).
+/// Cloneable; every caller gets the result of the one shutdown.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shutdown>);
+
+impl ShutdownHandle {
+    /// Shut down (or wait for the shutdown under way) and return its result.
+    pub async fn shutdown(&self) -> FsResult<()> {
+        self.0.run().await
+    }
+
+    /// Commit every open file and make everything durable, without closing.
+    pub async fn sync_all(&self) -> FsResult<()> {
+        self.0.ns.sync_all().await
+    }
+
+    /// [`shutdown`](Self::shutdown) from a thread outside the runtime; `None` if the
+    /// runtime stopped before the shutdown finished.
+    pub fn shutdown_blocking(&self) -> Option<FsResult<()>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = self.clone();
+        self.0.rt.spawn(async move {
+            let _ = tx.send(me.shutdown().await);
+        });
+        rx.recv().ok()
+    }
+}
+
+impl std::fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShutdownHandle")
+    }
+}
+
+/// Open directory handles: the entry snapshot of each, once read.
+#[derive(Default)]
+struct DirHandles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
+}
+
+impl DirHandles {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Arc<Vec<DirEntry>>>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map().insert(fh, None);
+        fh
+    }
+
+    fn release(&self, fh: u64) {
+        self.map().remove(&fh);
+    }
+
+    /// The snapshot of handle `fh`: a fresh one at offset 0 (as after `rewinddir`),
+    /// the stored one otherwise.
+    async fn entries(
+        &self,
+        ns: &Namespace,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> FsResult<Arc<Vec<DirEntry>>> {
+        if offset != 0 {
+            if let Some(Some(entries)) = self.map().get(&fh) {
+                return Ok(entries.clone());
+            }
+        }
+        let entries = Arc::new(ns.readdir(ino).await?);
+        if let Some(slot) = self.map().get_mut(&fh) {
+            *slot = Some(entries.clone());
+        }
+        Ok(entries)
+    }
+}
+
+/// The FUSE file system: see the module documentation of `crate::fuse`.
+pub struct KvfsFuse {
+    ns: Arc<Namespace>,
+    rt: Handle,
+    shutdown: ShutdownHandle,
+    dirs: Arc<DirHandles>,
+}
+
+impl std::fmt::Debug for KvfsFuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvfsFuse").finish_non_exhaustive()
+    }
+}
+
+impl KvfsFuse {
+    /// An adapter over `ns` whose handlers run on the runtime `rt`.
+    pub fn new(ns: Arc<Namespace>, rt: Handle) -> KvfsFuse {
+        let shutdown = ShutdownHandle(Arc::new(Shutdown {
+            ns: ns.clone(),
+            rt: rt.clone(),
+            result: tokio::sync::Mutex::new(None),
+        }));
+        KvfsFuse {
+            ns,
+            rt,
+            shutdown,
+            dirs: Arc::new(DirHandles::default()),
+        }
+    }
+
+    /// The handle that runs (or awaits) this adapter's shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Run `f(namespace)` on the runtime.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Namespace>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.ns.clone()));
+    }
+
+    /// Run a namespace call that yields attributes and answer with an entry.
+    fn spawn_entry<Fut>(
+        &self,
+        op: &'static str,
+        reply: ReplyEntry,
+        call: impl FnOnce(Arc<Namespace>) -> Fut,
+    ) where
+        Fut: Future<Output = FsResult<Attr>> + Send + 'static,
+    {
+        let fut = call(self.ns.clone());
+        self.rt.spawn(async move {
+            match fut.await {
+                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(op, &e)),
+            }
+        });
+    }
+
+    /// Run a namespace call without a result value and answer with an empty reply.
+    fn spawn_empty<Fut>(
+        &self,
+        op: &'static str,
+        reply: ReplyEmpty,
+        call: impl FnOnce(Arc<Namespace>) -> Fut,
+    ) where
+        Fut: Future<Output = FsResult<()>> + Send + 'static,
+    {
+        let fut = call(self.ns.clone());
+        self.rt.spawn(async move {
+            match fut.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(op, &e)),
+            }
+        });
+    }
+
+    /// Run a namespace call that yields attributes and answer with them.
+    fn spawn_attr<Fut>(&self, op: &'static str, reply: ReplyAttr, fut: Fut)
+    where
+        Fut: Future<Output = FsResult<Attr>> + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            match fut.await {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(e) => reply.error(errno(op, &e)),
+            }
+        });
+    }
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+fn mode_bits(mode: u32, umask: u32) -> u16 {
+    (mode & !umask & 0o7777) as u16
+}
+
+fn time_of(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+impl Filesystem for KvfsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // O_TRUNC arrives with open (one request instead of open + setattr);
+        // lookups and readdir in one directory may run in parallel (the namespace
+        // has its own locking); readdirplus saves a lookup per entry for `ls -l`.
+        // No write-back cache: see the module documentation.
+        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
+        let available = wanted & config.capabilities();
+        if let Err(missing) = config.add_capabilities(available) {
+            log::debug!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        match self.shutdown.shutdown_blocking() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => log::error!("flush at unmount failed: {e}"),
+            None => log::error!("flush at unmount did not finish: the runtime stopped"),
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_bytes(name);
+        self.spawn_entry("lookup", reply, move |ns| async move {
+            ns.lookup(parent.0, &name).await
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ns.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ns = self.ns.clone();
+        self.spawn_attr("getattr", reply, async move { ns.getattr(ino.0).await });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(time_of),
+        };
+        let ns = self.ns.clone();
+        let nothing = set.perm.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && set.mtime.is_none();
+        // Access times are not kept: a change of atime alone just reports.
+        self.spawn_attr("setattr", reply, async move {
+            if nothing {
+                ns.getattr(ino.0).await
+            } else {
+                ns.setattr(ino.0, set).await
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |ns| async move {
+            match ns.readlink(ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno("readlink", &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Devices, fifos and sockets cannot be stored.
+            reply.error(Errno::EPERM);
+            return;
+        }
+        let name = name_bytes(name);
+        let owner = (req.uid(), req.gid());
+        self.spawn_entry("mknod", reply, move |ns| async move {
+            ns.create(parent.0, &name, mode_bits(mode, umask), owner)
+                .await
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name_bytes(name);
+        let owner = (req.uid(), req.gid());
+        self.spawn_entry("mkdir", reply, move |ns| async move {
+            ns.mkdir(parent.0, &name, mode_bits(mode, umask), owner)
+                .await
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn_empty("unlink", reply, move |ns| async move {
+            ns.unlink(parent.0, &name).await
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn_empty("rmdir", reply, move |ns| async move {
+            ns.rmdir(parent.0, &name).await
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let name = name_bytes(link_name);
+        let target = target.as_os_str().as_bytes().to_vec();
+        let owner = (req.uid(), req.gid());
+        self.spawn_entry("symlink", reply, move |ns| async move {
+            ns.symlink(parent.0, &name, &target, owner).await
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        if !known.contains(flags) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let flags = fs::RenameFlags {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        let name = name_bytes(name);
+        let newname = name_bytes(newname);
+        self.spawn_empty("rename", reply, move |ns| async move {
+            ns.rename(parent.0, &name, newparent.0, &newname, flags)
+                .await
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.ns.link() {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno("link", &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        self.spawn(move |ns| async move {
+            match ns.open(ino.0, truncate).await {
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno("open", &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(move |ns| async move {
+            match ns.read(ino.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno("read", &e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(move |ns| async move {
+            match ns.write(ino.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", &e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn_empty(
+            "flush",
+            reply,
+            move |ns| async move { ns.commit(ino.0).await },
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn_empty("release", reply, move |ns| async move {
+            ns.release(ino.0).await
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn_empty(
+            "fsync",
+            reply,
+            move |ns| async move { ns.fsync(ino.0).await },
+        );
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = self.dirs.clone();
+        self.spawn(move |ns| async move {
+            let entries = match dirs.entries(&ns, ino.0, fh.0, offset).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno("readdir", &e)),
+            };
+            let total = entries.len() + DOT_ENTRIES;
+            for i in (offset as usize).min(total)..total {
+                let next = (i + 1) as u64;
+                let full = match i {
+                    // The kernel does not use the inode number of `..`.
+                    0 | 1 => reply.add(
+                        ino,
+                        next,
+                        FileType::Directory,
+                        if i == 0 { "." } else { ".." },
+                    ),
+                    _ => {
+                        let e = &entries[i - DOT_ENTRIES];
+                        reply.add(
+                            INodeNo(e.attr.ino),
+                            next,
+                            file_type(e.attr.kind),
+                            OsStr::from_bytes(&e.name),
+                        )
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dirs = self.dirs.clone();
+        self.spawn(move |ns| async move {
+            let entries = match dirs.entries(&ns, ino.0, fh.0, offset).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno("readdirplus", &e)),
+            };
+            let total = entries.len() + DOT_ENTRIES;
+            let mut dir_attr = None;
+            for i in (offset as usize).min(total)..total {
+                let next = (i + 1) as u64;
+                if i < DOT_ENTRIES {
+                    // `.` and `..` do not count as lookups; the kernel ignores their
+                    // attributes.
+                    let attr = match dir_attr {
+                        Some(a) => a,
+                        None => match ns.getattr(ino.0).await {
+                            Ok(a) => *dir_attr.insert(file_attr(&a)),
+                            Err(e) => return reply.error(errno("readdirplus", &e)),
+                        },
+                    };
+                    let name = if i == 0 { "." } else { ".." };
+                    if reply.add(ino, next, name, &TTL, &attr, Generation(0)) {
+                        break;
+                    }
+                    continue;
+                }
+                let e = &entries[i - DOT_ENTRIES];
+                // Every entry returned here counts as a kernel lookup, so take it
+                // through the namespace's lookup (which also records the node).
+                let attr = match ns.lookup(ino.0, &e.name).await {
+                    Ok(a) => a,
+                    // Gone since the snapshot: leave it out.
+                    Err(FsError::NotFound) => continue,
+                    Err(err) => return reply.error(errno("readdirplus", &err)),
+                };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(
+                    INodeNo(attr.ino),
+                    next,
+                    name,
+                    &TTL,
+                    &file_attr(&attr),
+                    Generation(0),
+                ) {
+                    // Did not fit: the kernel will not count this lookup.
+                    ns.forget(attr.ino, 1);
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // A directory's changes are engine writes already; syncing the engine makes
+        // them durable, along with every open file.
+        self.spawn_empty(
+            "fsyncdir",
+            reply,
+            move |ns| async move { ns.sync_all().await },
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let stats = self.ns.statfs();
+        let blocks = REPORTED_BYTES / BLOCK_SIZE as u64;
+        let used = stats.live_bytes.div_ceil(BLOCK_SIZE as u64).min(blocks);
+        let free = blocks - used;
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            stats.files.saturating_add(REPORTED_FREE_FILES),
+            REPORTED_FREE_FILES,
+            BLOCK_SIZE,
+            NAME_MAX,
+            BLOCK_SIZE,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    // Operations left to the kernel's fallbacks. `ENOSYS` makes the kernel stop asking
+    // for the rest of the mount (and fall back to reads and writes, or to its own
+    // SEEK_DATA/SEEK_HOLE); answering here keeps `fuser`'s "not implemented" warnings
+    // out of the log.
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name_bytes(name);
+        let owner = (req.uid(), req.gid());
+        self.spawn(move |ns| async move {
+            let created = async {
+                let attr = ns
+                    .create(parent.0, &name, mode_bits(mode, umask), owner)
+                    .await?;
+                ns.open(attr.ino, false).await
+            };
+            match created.await {
+                Ok(attr) => reply.created(
+                    &TTL,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno("create", &e)),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn attributes_for_the_kernel() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut a = Attr::default_file(42, 513, (1000, 100), t);
+        a.ctime = t + Duration::from_secs(5);
+        let f = file_attr(&a);
+        assert_eq!(f.ino, INodeNo(42));
+        assert_eq!((f.size, f.blocks, f.blksize, f.nlink), (513, 2, 4096, 1));
+        assert_eq!((f.atime, f.mtime, f.crtime), (t, t, a.ctime));
+        assert_eq!(
+            (f.uid, f.gid, f.perm, f.kind),
+            (1000, 100, 0o644, FileType::RegularFile)
+        );
+        let d = file_attr(&Attr::implicit_dir(7, (0, 0), t));
+        assert_eq!((d.kind, d.nlink, d.blocks), (FileType::Directory, 1, 0));
+        assert_eq!(mode_bits(0o100777, 0o022), 0o755);
+        assert_eq!(mode_bits(0o4755, 0), 0o4755);
+    }
+}

@@ -1,0 +1,38 @@
+//! The FUSE adapter: a thin translation from kernel requests (through the `fuser`
+//! crate) to the [`Namespace`](crate::fs::Namespace), which has no FUSE types in it.
+//!
+//! Vocabulary:
+//! - **adapter**: [`KvfsFuse`], the `fuser::Filesystem` implementation. Each handler
+//!   copies its arguments, spawns the namespace call onto a Tokio runtime and replies
+//!   from that task, so a FUSE thread never waits for S3. Namespace errors become an
+//!   errno in one place ([`FsError::errno`](crate::fs::FsError::errno)).
+//! - **session**: one mount, from the `mount` system call to the end of the kernel
+//!   connection ([`Mounted`]). The session ends when the file system is unmounted
+//!   (`umount`, `fusermount3 -u`, or [`Unmounter`]).
+//! - **shutdown**: committing every open file, making everything durable and closing
+//!   the engine ([`Namespace::shutdown`](crate::fs::Namespace::shutdown)). It runs
+//!   exactly once per adapter, when the session ends (the `destroy` callback) or
+//!   earlier if its [`ShutdownHandle`] is used; later calls return the first result.
+//! - **directory handle**: the state of one `opendir`: a snapshot of the directory's
+//!   entries taken by the first `readdir` at offset 0, so that the offsets the kernel
+//!   hands back stay meaningful while the directory changes.
+//!
+//! Choices the kernel sees:
+//! - Every entry and attribute is cached for [`TTL`]; `nlink` is 1 for everything,
+//!   directories included, so `find` does not use its leaf optimization; `atime` is
+//!   `mtime` and `crtime` is `ctime`; `blksize` is 4096 and `blocks` is `size / 512`
+//!   rounded up.
+//! - No write-back cache: every `write` reaches the namespace before it returns, each
+//!   `close` commits the file (`flush`), `fsync` makes it durable in the store.
+//! - Extended attributes are not supported: the handlers answer `ENOSYS`, which the
+//!   kernel remembers for the rest of the mount and turns into `EOPNOTSUPP` for the
+//!   caller, so `ls -l`, `cp -a` and `tar` stay quiet and no request is spent on them
+//!   (in particular not the `security.capability` lookup the kernel makes before each
+//!   write).
+//! - Permissions are checked by the kernel (`default_permissions`); `access` allows.
+
+mod adapter;
+mod mount;
+
+pub use adapter::{file_attr, KvfsFuse, ShutdownHandle, TTL};
+pub use mount::{mount, MountError, MountOptions, Mounted, Unmounted, Unmounter};
