@@ -417,7 +417,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
     }
     let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
     let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(work.join("s3"))?;
     let server = TestS3Server::start(&work.join("s3"), ServerOptions::default()).await?;
     server.create_bucket("bench")?;
     server.faults().set(FaultConfig {

@@ -5,6 +5,7 @@ mod alloc;
 mod engine;
 mod fs;
 mod report;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,9 @@ enum Command {
     /// one S3 endpoint with injected latency: files/s, latency, requests and cost per
     /// file, `ls -l` time, daemon memory.
     Fs(fs::FsArgs),
+    /// A local S3 endpoint (s3s + s3s-fs) with injected latency and faults, and
+    /// request counters printed while it runs and at exit.
+    S3Server(server::ServerArgs),
 }
 
 fn main() {
@@ -45,6 +49,7 @@ fn main() {
     let result = match cli.command {
         Command::Engine(args) => rt.block_on(engine::run(args)),
         Command::Fs(args) => rt.block_on(fs::run(args)),
+        Command::S3Server(args) => rt.block_on(server::run(args)),
     };
     if let Err(e) = result {
         eprintln!("kvfs-bench: {e}");

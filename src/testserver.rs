@@ -237,6 +237,35 @@ pub struct ServerOptions {
     pub seed: Option<u64>,
 }
 
+/// Directory marker objects (keys ending in `/`, which s3fs and rclone write) are kept
+/// as a file of this name inside that directory: s3s-fs would otherwise store them as
+/// real directories, and a HEAD of the same name without `/` would then fail.
+const DIR_OBJECT: &str = ".s3-directory-object";
+
+fn to_disk_key(key: &str) -> String {
+    if key.ends_with('/') {
+        format!("{key}{DIR_OBJECT}")
+    } else {
+        key.to_string()
+    }
+}
+
+fn unmap_listing(contents: &mut Option<Vec<Object>>) {
+    for o in contents.iter_mut().flatten() {
+        if let Some(k) = o.key.as_mut() {
+            if let Some(stripped) = k.strip_suffix(DIR_OBJECT) {
+                if stripped.ends_with('/') {
+                    *k = stripped.to_string();
+                }
+            }
+        }
+    }
+}
+
+fn no_such_key(key: &str) -> S3Error {
+    S3Error::with_message(S3ErrorCode::NoSuchKey, format!("no object {key}"))
+}
+
 /// The `s3s::S3` implementation the server runs: `s3s-fs` plus serialization of
 /// conditional PUTs, bucket checks, fault injection and request counting.
 pub struct TestBackend {
@@ -269,6 +298,11 @@ impl TestBackend {
         }
     }
 
+    /// Whether `key` names a directory on disk (a prefix, not an object).
+    fn is_disk_dir(&self, bucket: &str, key: &str) -> bool {
+        !key.ends_with('/') && self.root.join(bucket).join(key).is_dir()
+    }
+
     fn require_bucket(&self, bucket: &str) -> S3Result<()> {
         // s3s validates bucket names (no `/`, no `..`) before calling us.
         if self.root.join(bucket).is_dir() {
@@ -290,6 +324,8 @@ impl S3 for TestBackend {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.enter(&self.counters.put, OpClass::Write).await?;
         self.require_bucket(&req.input.bucket)?;
+        let mut req = req;
+        req.input.key = to_disk_key(&req.input.key);
         if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
             // s3s-fs checks the condition and then writes; hold one lock across both so
             // that racing conditional writers see each other (exactly one wins).
@@ -306,6 +342,11 @@ impl S3 for TestBackend {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.enter(&self.counters.get, OpClass::Read).await?;
         self.require_bucket(&req.input.bucket)?;
+        if self.is_disk_dir(&req.input.bucket, &req.input.key) {
+            return Err(no_such_key(&req.input.key));
+        }
+        let mut req = req;
+        req.input.key = to_disk_key(&req.input.key);
         self.fs.get_object(req).await
     }
 
@@ -314,6 +355,11 @@ impl S3 for TestBackend {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.enter(&self.counters.head, OpClass::Read).await?;
+        if self.is_disk_dir(&req.input.bucket, &req.input.key) {
+            return Err(no_such_key(&req.input.key));
+        }
+        let mut req = req;
+        req.input.key = to_disk_key(&req.input.key);
         self.fs.head_object(req).await
     }
 
@@ -322,7 +368,9 @@ impl S3 for TestBackend {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.enter(&self.counters.list, OpClass::Read).await?;
-        self.fs.list_objects_v2(req).await
+        let mut resp = self.fs.list_objects_v2(req).await?;
+        unmap_listing(&mut resp.output.contents);
+        Ok(resp)
     }
 
     async fn delete_object(
@@ -330,6 +378,8 @@ impl S3 for TestBackend {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.enter(&self.counters.delete, OpClass::Write).await?;
+        let mut req = req;
+        req.input.key = to_disk_key(&req.input.key);
         self.fs.delete_object(req).await
     }
 
@@ -364,6 +414,95 @@ impl S3 for TestBackend {
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         self.enter(&self.counters.other, OpClass::Other).await?;
         self.fs.list_buckets(req).await
+    }
+
+    // The remaining operations s3s-fs offers, for other S3 clients (s3fs, rclone).
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.enter(&self.counters.list, OpClass::Read).await?;
+        let mut resp = self.fs.list_objects(req).await?;
+        unmap_listing(&mut resp.output.contents);
+        Ok(resp)
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.enter(&self.counters.put, OpClass::Write).await?;
+        let mut req = req;
+        req.input.key = to_disk_key(&req.input.key);
+        if let CopySource::Bucket { key, .. } = &mut req.input.copy_source {
+            *key = to_disk_key(key).into();
+        }
+        self.fs.copy_object(req).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.enter(&self.counters.other, OpClass::Other).await?;
+        self.fs.get_bucket_location(req).await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.enter(&self.counters.other, OpClass::Other).await?;
+        self.fs.delete_bucket(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.enter(&self.counters.put, OpClass::Write).await?;
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.enter(&self.counters.put, OpClass::Write).await?;
+        self.fs.upload_part(req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.enter(&self.counters.put, OpClass::Write).await?;
+        self.fs.upload_part_copy(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.enter(&self.counters.list, OpClass::Read).await?;
+        self.fs.list_parts(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.enter(&self.counters.put, OpClass::Write).await?;
+        self.fs.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.enter(&self.counters.delete, OpClass::Write).await?;
+        self.fs.abort_multipart_upload(req).await
     }
 }
 
