@@ -41,6 +41,9 @@ pub struct FsArgs {
     /// Files in the directory listed by `ls -l`.
     #[arg(long, default_value_t = 10_000)]
     ls_files: usize,
+    /// MiB written (as 1 MiB files, 4 writers) in the sustained-write run.
+    #[arg(long, default_value_t = 1024)]
+    sustained_mib: u64,
     /// At most this many files per workload for s3fs (about 10 files/s).
     #[arg(long, default_value_t = 150)]
     s3fs_files: usize,
@@ -167,7 +170,12 @@ fn kvfs_binary() -> PathBuf {
     me.with_file_name("kvfs")
 }
 
-fn mount_kvfs(server: &TestS3Server, store: &str, point: &Path) -> BenchResult<Mounted> {
+fn mount_kvfs(
+    server: &TestS3Server,
+    store: &str,
+    point: &Path,
+    extra: &[&str],
+) -> BenchResult<Mounted> {
     std::fs::create_dir_all(point)?;
     let log = std::fs::File::create(point.with_extension("log"))?;
     let mut child = Some(
@@ -175,6 +183,7 @@ fn mount_kvfs(server: &TestS3Server, store: &str, point: &Path) -> BenchResult<M
             .args(["mount", store])
             .arg(point)
             .arg("--foreground")
+            .args(extra)
             .env("AWS_ENDPOINT_URL", server.endpoint())
             .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
@@ -414,7 +423,9 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
         a.files = (a.files / 5).max(50);
         a.ls_files = (a.ls_files / 5).max(100);
         a.s3fs_files = (a.s3fs_files / 3).max(20);
+        a.sustained_mib = (a.sustained_mib / 8).max(16);
     }
+    let mut sustained_rss: Option<f64> = None;
     let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
     let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));
     std::fs::create_dir_all(work.join("s3"))?;
@@ -447,16 +458,39 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                     let point = work.join("mnt-kvfs");
                     let pid;
                     {
-                        let m = mount_kvfs(&server, &store, &point)?;
+                        let m = mount_kvfs(&server, &store, &point, &[])?;
                         pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
                         runner.creation("kvfs", &point, a.files, &a)?;
                         create_files(&point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
                         notes.push(format!("kvfs daemon peak RSS {:.1} MiB", peak_rss_mib(pid)));
                     }
                     // Cold: remount, so nothing is cached in the kernel or the daemon.
-                    let m = mount_kvfs(&server, &store, &point)?;
+                    let m = mount_kvfs(&server, &store, &point, &[])?;
                     runner.measure("kvfs", "ls_l_after_remount", || time_ls(&point.join("ls")))?;
                     runner.measure("kvfs", "ls_l_warm", || time_ls(&point.join("ls")))?;
+                    drop(m);
+                    // Sustained writes with a small memory bound: the daemon waits on
+                    // S3 instead of growing.
+                    let bound = 32u64 << 20;
+                    let bound_arg = bound.to_string();
+                    let m = mount_kvfs(
+                        &server,
+                        &format!("{store}-sustained"),
+                        &work.join("mnt-kvfs-sustained"),
+                        &["--max-unflushed-bytes", &bound_arg],
+                    )?;
+                    let pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                    let total = a.sustained_mib << 20;
+                    runner.measure("kvfs", "sustained_1mib_files", || {
+                        create_files(&m.point.join("big"), (total >> 20) as usize, 1 << 20, 4, false)
+                    })?;
+                    let rss = peak_rss_mib(pid);
+                    notes.push(format!(
+                        "kvfs daemon peak RSS {rss:.1} MiB after writing {} MiB with a {} MiB bound on unflushed data",
+                        a.sustained_mib,
+                        bound >> 20
+                    ));
+                    sustained_rss = Some(rss);
                     drop(m);
                     Ok(())
                 }
@@ -558,6 +592,13 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
             format!("kvfs_ls_l_{}_files_seconds", r.files),
             format!("{:.3}", r.seconds),
             "< 0.3".into(),
+        ]);
+    }
+    if let Some(rss) = sustained_rss {
+        ratios.row(vec![
+            "kvfs_daemon_peak_rss_mib_sustained".into(),
+            format!("{rss:.1}"),
+            "bounded (32 MiB unflushed + index + cache)".into(),
         ]);
     }
     print!("{}", ratios.render());

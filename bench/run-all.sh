@@ -24,3 +24,14 @@ echo "== machine"
 
 echo "== engine: throughput, sync latency, recovery, index memory"
 "$bench" engine "${quick[@]}" --out "$out"
+
+echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs)"
+for tool in bindfs s3fs fusermount3; do
+    command -v "$tool" >/dev/null 2>&1 || missing="${missing:-} $tool"
+done
+if [ -n "${missing:-}" ]; then
+    echo "installing:${missing} (apt-get install -y bindfs s3fs fuse3)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs s3fs fuse3
+fi
+cargo build --release --locked --bin kvfs
+"$bench" fs "${quick[@]}" --out "$out"

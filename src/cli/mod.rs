@@ -119,6 +119,9 @@ pub struct Tuning {
     /// Read cache size.
     #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
     cache_bytes: usize,
+    /// Most data written but not yet uploaded; writers wait beyond it.
+    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+    max_unflushed_bytes: usize,
     /// Give up on an unreachable object store after this long.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     retry_timeout_secs: u64,
@@ -130,6 +133,7 @@ impl Tuning {
             segment_bytes: self.segment_bytes.max(4096),
             flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
             cache_bytes: self.cache_bytes,
+            max_unflushed_bytes: self.max_unflushed_bytes.max(1 << 20),
             retry: RetryPolicy {
                 max_elapsed: Duration::from_secs(self.retry_timeout_secs),
                 ..RetryPolicy::default()
@@ -153,10 +157,22 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// A long-running daemon with many threads: glibc's default of up to 8 malloc arenas
+/// per core keeps freed memory in each of them. Two arenas keep the daemon's resident
+/// memory close to what it actually uses.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Command::Mount(m) = &cli.command {
+        limit_malloc_arenas();
         if m.daemon_child {
             commands::enter_daemon_session();
         } else if !m.foreground {
