@@ -482,7 +482,13 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                     let pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
                     let total = a.sustained_mib << 20;
                     runner.measure("kvfs", "sustained_1mib_files", || {
-                        create_files(&m.point.join("big"), (total >> 20) as usize, 1 << 20, 4, false)
+                        create_files(
+                            &m.point.join("big"),
+                            (total >> 20) as usize,
+                            1 << 20,
+                            4,
+                            false,
+                        )
                     })?;
                     let rss = peak_rss_mib(pid);
                     notes.push(format!(

@@ -1,8 +1,9 @@
 //! [`KvfsFuse`]: the `fuser::Filesystem` implementation over a [`Namespace`].
 //!
-//! Every handler that may touch the engine spawns its namespace call onto the Tokio
-//! runtime whose [`Handle`] the adapter holds, and replies from that task; only calls
-//! that are pure memory bookkeeping (`forget`, `statfs`, `link`, `opendir`,
+//! Every handler that may touch the engine runs its namespace call through
+//! `KvfsFuse::run`: polled once on the FUSE thread (inside the context of the Tokio
+//! runtime whose [`Handle`] the adapter holds), and if it has to wait, handed to that
+//! runtime, which finishes it and replies. Only calls that are pure memory bookkeeping (`forget`, `statfs`, `link`, `opendir`,
 //! `releasedir`, `access`) and the refusals of unsupported operations (extended
 //! attributes, `copy_file_range`, `lseek`, `fallocate`, `ioctl`, `poll`, special
 //! files) reply on the FUSE thread.
@@ -217,13 +218,30 @@ impl KvfsFuse {
         self.shutdown.clone()
     }
 
-    /// Run `f(namespace)` on the runtime.
+    /// Run `f(namespace)`: see [`KvfsFuse::run`].
     fn spawn<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Namespace>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.ns.clone()));
+        self.run(f(self.ns.clone()));
+    }
+
+    /// Drive a handler without ever blocking the FUSE thread: poll it once here,
+    /// inside the runtime's context. Most requests (lookups, attributes, writes into
+    /// memory) complete in that first poll and reply at once, without two thread
+    /// hops. One that has to wait (an S3 read, a full write buffer, a busy lock) is
+    /// handed, already started, to the runtime, which finishes it and replies.
+    fn run<Fut>(&self, fut: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let _context = self.rt.enter();
+        let mut fut = Box::pin(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(fut);
+        }
     }
 
     /// Run a namespace call that yields attributes and answer with an entry.
@@ -236,7 +254,7 @@ impl KvfsFuse {
         Fut: Future<Output = FsResult<Attr>> + Send + 'static,
     {
         let fut = call(self.ns.clone());
-        self.rt.spawn(async move {
+        self.run(async move {
             match fut.await {
                 Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(op, &e)),
@@ -254,7 +272,7 @@ impl KvfsFuse {
         Fut: Future<Output = FsResult<()>> + Send + 'static,
     {
         let fut = call(self.ns.clone());
-        self.rt.spawn(async move {
+        self.run(async move {
             match fut.await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(op, &e)),
@@ -267,7 +285,7 @@ impl KvfsFuse {
     where
         Fut: Future<Output = FsResult<Attr>> + Send + 'static,
     {
-        self.rt.spawn(async move {
+        self.run(async move {
             match fut.await {
                 Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
                 Err(e) => reply.error(errno(op, &e)),

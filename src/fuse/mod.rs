@@ -3,8 +3,10 @@
 //!
 //! Vocabulary:
 //! - **adapter**: [`KvfsFuse`], the `fuser::Filesystem` implementation. Each handler
-//!   copies its arguments, spawns the namespace call onto a Tokio runtime and replies
-//!   from that task, so a FUSE thread never waits for S3. Namespace errors become an
+//!   copies its arguments and polls the namespace call once on the FUSE thread; a call
+//!   that completes (memory-only work) replies at once, and one that has to wait (S3,
+//!   backpressure, a busy lock) moves to a Tokio runtime and replies from there, so a
+//!   FUSE thread never waits for S3. Namespace errors become an
 //!   errno in one place ([`FsError::errno`](crate::fs::FsError::errno)).
 //! - **session**: one mount, from the `mount` system call to the end of the kernel
 //!   connection ([`Mounted`]). The session ends when the file system is unmounted
