@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::mount::{force_unmount, is_mounted};
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,40 +24,11 @@ const KVFS: &str = env!("CARGO_BIN_EXE_kvfs");
 /// How long a mount or unmount may take before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Whether `point` (an absolute, canonical path) is a mount point now.
-fn is_mounted(point: &Path) -> bool {
-    let target = point.to_string_lossy();
-    fs::read_to_string("/proc/self/mountinfo")
-        .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(&*target)))
-        .unwrap_or(false)
-}
-
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Unmount whatever is at `point`, however it can be done.
-fn force_unmount(point: &Path) {
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        if !is_mounted(point) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(args)
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_mounted(point) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

@@ -20,7 +20,8 @@ fn mountinfo_has(target: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn force_unmount(point: &Path) {
+/// Unmount whatever is at `point`, however it can be done.
+pub fn force_unmount(point: &Path) {
     for args in [vec!["-u"], vec!["-u", "-z"]] {
         if !is_mounted(point) {
             return;
