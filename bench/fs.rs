@@ -367,25 +367,11 @@ impl Runner<'_> {
         workload: &'static str,
         f: impl FnOnce() -> BenchResult<(Vec<f64>, f64)>,
     ) -> BenchResult<()> {
-        let before = self.server.request_counts();
-        let (lat, wall) = f()?;
-        let requests = counts_since(self.server.request_counts(), before);
-        let files = lat.len();
-        eprintln!(
-            "  {system:<7} {workload:<16} {files:>6} files in {wall:7.2} s = {:9.1} files/s",
-            files as f64 / wall
-        );
-        self.rows.push(Row {
-            system: system.to_string(),
-            workload,
-            files,
-            seconds: wall,
-            files_per_s: files as f64 / wall,
-            p50_ms: quantile(&lat, 0.5),
-            p99_ms: quantile(&lat, 0.99),
-            requests,
-        });
-        Ok(())
+        let mut f = Some(f);
+        self.measure_median(system, workload, 1, |_| match f.take() {
+            Some(f) => f(),
+            None => Err("a workload ran twice".into()),
+        })
     }
 
     /// Run a workload `rounds` times and record the round with the median rate.
@@ -414,11 +400,18 @@ impl Runner<'_> {
             .collect();
         let (lat, wall, requests) = runs.swap_remove(rounds / 2);
         let files = lat.len();
-        eprintln!(
-            "  {system:<7} {workload:<16} {files:>6} files, median of {rounds} rounds: {:9.1} files/s (rounds: {})",
-            files as f64 / wall,
-            rates.join(", ")
-        );
+        if rounds == 1 {
+            eprintln!(
+                "  {system:<7} {workload:<16} {files:>6} files in {wall:7.2} s = {:9.1} files/s",
+                files as f64 / wall
+            );
+        } else {
+            eprintln!(
+                "  {system:<7} {workload:<16} {files:>6} files, median of {rounds} rounds: {:9.1} files/s (rounds: {})",
+                files as f64 / wall,
+                rates.join(", ")
+            );
+        }
         self.rows.push(Row {
             system: system.to_string(),
             workload,
