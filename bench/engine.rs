@@ -60,7 +60,7 @@ pub struct EngineArgs {
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn key(i: u64, n: u64) -> Vec<u8> {
+pub(crate) fn key(i: u64, n: u64) -> Vec<u8> {
     // Visit keys in a scrambled order (a bijection on 0..n when gcd(step, n) = 1).
     let step = 2_654_435_761u64 % n.max(1);
     let step = if step == 0 || gcd(step, n) != 1 {
@@ -348,7 +348,7 @@ pub async fn run(mut a: EngineArgs) -> BenchResult<()> {
 }
 
 /// Live heap bytes once they stop changing by more than 1 MiB per 100 ms (at most 5 s).
-async fn settled_heap() -> usize {
+pub(crate) async fn settled_heap() -> usize {
     let mut last = live_bytes();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -4,7 +4,10 @@
 mod alloc;
 mod engine;
 mod fs;
+mod kv;
+mod recovery;
 mod report;
+mod s3put;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,15 @@ enum Command {
     /// A local S3 endpoint (s3s + s3s-fs) with injected latency and faults, and
     /// request counters printed while it runs and at exit.
     S3Server(server::ServerArgs),
+    /// The baseline: every pair (32 B - 1 KiB) as one S3 object, PUT then GET, at
+    /// several concurrencies: latency, pairs/s, requests and cost per pair.
+    S3Put(s3put::S3PutArgs),
+    /// The same pairs through the kvfs engine, durable (put + sync) and not, against
+    /// the one-object-per-pair baseline measured in the same run.
+    Kv(kv::KvArgs),
+    /// Open time against the number of keys (10^3 to 10^7) and against the log
+    /// written since the last checkpoint; index memory per key.
+    Recovery(recovery::RecoveryArgs),
 }
 
 fn main() {
@@ -50,6 +62,9 @@ fn main() {
         Command::Engine(args) => rt.block_on(engine::run(args)),
         Command::Fs(args) => rt.block_on(fs::run(args)),
         Command::S3Server(args) => rt.block_on(server::run(args)),
+        Command::S3Put(args) => rt.block_on(s3put::run(args)),
+        Command::Kv(args) => rt.block_on(kv::run(args)),
+        Command::Recovery(args) => rt.block_on(recovery::run(args)),
     };
     if let Err(e) = result {
         eprintln!("kvfs-bench: {e}");

@@ -25,6 +25,15 @@ echo "== machine"
 echo "== engine: throughput, sync latency, recovery, index memory"
 "$bench" engine "${quick[@]}" --out "$out"
 
+echo "== s3-put: the baseline, one S3 object per pair"
+"$bench" s3-put "${quick[@]}" --out "$out"
+
+echo "== kv: the same pairs through the engine, against the baseline"
+"$bench" kv "${quick[@]}" --out "$out"
+
+echo "== recovery: open time against keys and log length; index memory per key"
+"$bench" recovery "${quick[@]}" --out "$out"
+
 echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs)"
 for tool in bindfs s3fs fusermount3; do
     command -v "$tool" >/dev/null 2>&1 || missing="${missing:-} $tool"

@@ -44,3 +44,106 @@ fn engine_benchmark_runs_and_writes_csv() {
     assert!(csv.starts_with("metric,backend,value,unit,target,met\n"));
     assert!(csv.lines().count() > 10);
 }
+
+/// Run `kvfs-bench ARGS --out DIR`; assert success; return stdout and the CSV `name`.
+fn run_bench(args: &[&str], csv: &str) -> (String, String) {
+    let out = tempfile::tempdir().unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_kvfs-bench"))
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        result.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let csv = std::fs::read_to_string(out.path().join(format!("{csv}.csv"))).unwrap();
+    (stdout, csv)
+}
+
+#[test]
+fn s3_put_benchmark_runs_and_writes_csv() {
+    let (stdout, csv) = run_bench(
+        &[
+            "s3-put",
+            "--pairs",
+            "5",
+            "--sizes",
+            "32",
+            "--concurrency",
+            "1,2",
+            "--put-latency-ms",
+            "1",
+            "--get-latency-ms",
+            "1",
+        ],
+        "s3_put",
+    );
+    assert!(stdout.contains("S3 baseline"), "{stdout}");
+    assert!(stdout.contains("requests_per_pair"), "{stdout}");
+    assert!(csv.starts_with(
+        "op,size_bytes,concurrency,pairs,seconds,pairs_per_s,p50_ms,p90_ms,p99_ms,requests_per_pair,usd_per_million\n"
+    ));
+    // put and get at two concurrencies, one object per pair.
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    for line in csv.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells[9], "1.000", "{line}");
+    }
+}
+
+#[test]
+fn kv_benchmark_runs_and_writes_csv() {
+    let (stdout, csv) = run_bench(
+        &[
+            "kv",
+            "--pairs",
+            "5",
+            "--sizes",
+            "32",
+            "--concurrency",
+            "1,2",
+            "--segment-bytes",
+            "262144",
+            "--flush-interval-ms",
+            "100",
+            "--put-latency-ms",
+            "1",
+            "--get-latency-ms",
+            "1",
+        ],
+        "kv",
+    );
+    assert!(stdout.contains("ratio_to_s3_put"), "{stdout}");
+    assert!(stdout.contains("nondurable"), "{stdout}");
+    assert!(stdout.contains("durable"), "{stdout}");
+    assert!(csv.starts_with(
+        "mode,size_bytes,segment_bytes,flush_interval_ms,concurrency,pairs,seconds,pairs_per_s,p50_ms,p99_ms,puts_per_pair,requests_per_pair,usd_per_million,s3_put_pairs_per_s,ratio_to_s3_put\n"
+    ));
+    // One non-durable row and two durable rows.
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+}
+
+#[test]
+fn recovery_benchmark_runs_and_writes_csv() {
+    let (stdout, csv) = run_bench(
+        &[
+            "recovery",
+            "--keys",
+            "100,1000",
+            "--tail-puts",
+            "0,200",
+            "--tail-base-keys",
+            "100",
+        ],
+        "recovery",
+    );
+    assert!(stdout.contains("open_read_only_s"), "{stdout}");
+    assert!(
+        csv.starts_with("keys,tail_puts,open_read_only_s,open_writer_s,index_heap_bytes_per_key\n")
+    );
+    assert_eq!(csv.lines().count(), 5);
+}
