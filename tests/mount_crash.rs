@@ -49,7 +49,16 @@ fn fsynced_files_survive_a_killed_daemon() {
                 }
             })
         };
-        std::thread::sleep(Duration::from_millis(200 + rng.below(1200)));
+        // Let the writer get going, then kill the daemon at a random moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while acked.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer made no progress"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(1200)));
         mount.kill();
         stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
