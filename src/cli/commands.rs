@@ -22,7 +22,7 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                 None => {
                     let mut buf = Vec::new();
                     std::io::stdin().read_to_end(&mut buf).map_err(|e| {
-                        Error::InvalidKey(format!("cannot read the value from stdin: {e}"))
+                        Error::Input(format!("standard input: {e}"))
                     })?;
                     buf
                 }

@@ -10,6 +10,10 @@ pub enum Error {
     InvalidKey(String),
     #[error("no such key: {0}")]
     NotFound(String),
+    #[error("invalid metadata: {0}")]
+    InvalidMeta(String),
+    #[error("cannot read the input: {0}")]
+    Input(String),
     #[error("value too large: {size} bytes (the maximum is {max} bytes)")]
     ValueTooLarge { size: usize, max: usize },
     #[error(transparent)]
@@ -57,6 +61,7 @@ impl Error {
         match self {
             Error::InvalidKey(_) => libc::EINVAL,
             Error::NotFound(_) => libc::ENOENT,
+            Error::InvalidMeta(_) => libc::EINVAL,
             Error::ValueTooLarge { .. } => libc::EFBIG,
             Error::ReadOnly => libc::EROFS,
             Error::Store(StoreError::NotFound(_)) => libc::EIO,

@@ -233,7 +233,7 @@ pub fn validate_key(key: &[u8]) -> Result<()> {
 
 fn validate_meta(meta: &[u8]) -> Result<()> {
     if meta.len() > MAX_META_LEN {
-        return Err(Error::InvalidKey(format!(
+        return Err(Error::InvalidMeta(format!(
             "metadata is {} bytes; the maximum is {MAX_META_LEN}",
             meta.len()
         )));
