@@ -21,9 +21,9 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                 Some(v) => v.into_bytes(),
                 None => {
                     let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf).map_err(|e| {
-                        Error::Input(format!("standard input: {e}"))
-                    })?;
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| Error::Input(format!("standard input: {e}")))?;
                     buf
                 }
             };
