@@ -328,21 +328,6 @@ fn create_files(
     Ok((l, wall))
 }
 
-fn counts_since(now: RequestCounts, before: RequestCounts) -> RequestCounts {
-    RequestCounts {
-        put: now.put - before.put,
-        get: now.get - before.get,
-        head: now.head - before.head,
-        list: now.list - before.list,
-        delete: now.delete - before.delete,
-        other: now.other - before.other,
-    }
-}
-
-fn usd(c: &RequestCounts) -> f64 {
-    (c.put + c.list + c.other) as f64 * 0.005 / 1000.0 + (c.get + c.head) as f64 * 0.0004 / 1000.0
-}
-
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -386,7 +371,7 @@ impl Runner<'_> {
         for round in 0..rounds {
             let before = self.server.request_counts();
             let (lat, wall) = f(round)?;
-            let requests = counts_since(self.server.request_counts(), before);
+            let requests = self.server.request_counts().since(&before);
             runs.push((lat, wall, requests));
         }
         runs.sort_by(|x, y| {
@@ -599,7 +584,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
             format!("{:.2}", r.p99_ms),
             format!("{:.4}", r.requests.put as f64 / n),
             format!("{:.4}", total / n),
-            format!("{:.2}", usd(&r.requests) / n * 1e6),
+            format!("{:.2}", r.requests.cost_usd() / n * 1e6),
         ]);
     }
     print!("{}", table.render());

@@ -188,6 +188,26 @@ impl RequestCounts {
     pub fn total(&self) -> u64 {
         self.put + self.get + self.head + self.list + self.delete + self.other
     }
+
+    /// Requests counted since `earlier`.
+    pub fn since(&self, earlier: &RequestCounts) -> RequestCounts {
+        RequestCounts {
+            put: self.put - earlier.put,
+            get: self.get - earlier.get,
+            head: self.head - earlier.head,
+            list: self.list - earlier.list,
+            delete: self.delete - earlier.delete,
+            other: self.other - earlier.other,
+        }
+    }
+
+    /// Estimated cost at S3 Standard request prices (PUT, LIST and bucket operations
+    /// at the PUT price; GET and HEAD at the GET price; DELETE free).
+    pub fn cost_usd(&self) -> f64 {
+        use crate::store::metered::{USD_PER_GET, USD_PER_PUT};
+        (self.put + self.list + self.other) as f64 * USD_PER_PUT
+            + (self.get + self.head) as f64 * USD_PER_GET
+    }
 }
 
 #[derive(Debug, Default)]
