@@ -78,6 +78,39 @@ struct Row {
     usd: f64,
 }
 
+/// Where a measured cell stands in the sweep.
+struct Cell {
+    mode: &'static str,
+    size: usize,
+    segment_bytes: usize,
+    flush_interval_ms: u64,
+    concurrency: usize,
+}
+
+impl Row {
+    fn measured(
+        cell: Cell,
+        pairs: usize,
+        seconds: f64,
+        latencies_ms: Vec<f64>,
+        m: &kvfs::store::metered::Metrics,
+    ) -> Row {
+        Row {
+            mode: cell.mode,
+            size: cell.size,
+            segment_bytes: cell.segment_bytes,
+            flush_interval_ms: cell.flush_interval_ms,
+            concurrency: cell.concurrency,
+            pairs,
+            seconds,
+            latencies_ms,
+            puts: m.puts,
+            requests: m.requests(),
+            usd: m.cost_usd(),
+        }
+    }
+}
+
 fn key(size: usize, i: usize) -> Vec<u8> {
     format!("pairs/{size}/{i:010}").into_bytes()
 }
@@ -163,19 +196,14 @@ pub async fn run(a: KvArgs) -> BenchResult<()> {
                 db.close().await?;
                 drop(db);
                 let _ = std::fs::remove_dir_all(bucket_dir.join(&prefix));
-                let row = Row {
+                let cell = Cell {
                     mode: "nondurable",
                     size,
                     segment_bytes: seg,
                     flush_interval_ms: flush,
                     concurrency: 1,
-                    pairs: nondurable_pairs,
-                    seconds,
-                    latencies_ms: lat,
-                    puts: m.puts,
-                    requests: m.puts + m.gets + m.lists + m.deletes,
-                    usd: m.cost_usd(),
                 };
+                let row = Row::measured(cell, nondurable_pairs, seconds, lat, &m);
                 eprintln!(
                     "  {:.0} pairs/s, {:.5} PUTs/pair",
                     row.pairs as f64 / row.seconds,
@@ -209,19 +237,14 @@ pub async fn run(a: KvArgs) -> BenchResult<()> {
             db.close().await?;
             drop(db);
             let _ = std::fs::remove_dir_all(bucket_dir.join(&prefix));
-            let row = Row {
+            let cell = Cell {
                 mode: "durable",
                 size,
                 segment_bytes: seg,
                 flush_interval_ms: flush,
                 concurrency: c,
-                pairs,
-                seconds,
-                latencies_ms: lat,
-                puts: m.puts,
-                requests: m.puts + m.gets + m.lists + m.deletes,
-                usd: m.cost_usd(),
             };
+            let row = Row::measured(cell, pairs, seconds, lat, &m);
             eprintln!(
                 "  {:.0} pairs/s, {:.3} PUTs/pair",
                 row.pairs as f64 / row.seconds,

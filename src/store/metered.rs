@@ -48,6 +48,11 @@ impl Metrics {
         (self.puts + self.lists) as f64 * USD_PER_PUT + self.gets as f64 * USD_PER_GET
     }
 
+    /// Number of requests of every kind.
+    pub fn requests(&self) -> u64 {
+        self.puts + self.gets + self.lists + self.deletes
+    }
+
     /// Counters accumulated since `earlier`.
     pub fn since(&self, earlier: &Metrics) -> Metrics {
         Metrics {
