@@ -1,4 +1,4 @@
-//! The commands behind `kvfs put|get|delete|scan|stats|fsck|mount`.
+//! The commands behind `kvfs put|get|delete|scan|stats|fsck|gc|compact|mount`.
 
 use std::io::{Read, Write};
 use std::ops::Bound;
@@ -28,14 +28,14 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                 }
             };
             kvfs::db::validate_key(key.as_bytes())?;
-            let db = Db::open(&store, tuning.options()).await?;
+            let db = Db::open(&store, one_shot(tuning.options())).await?;
             let result = db.put(key.as_bytes(), &value).await;
             finish_write(&db, result).await?;
             Ok(0)
         }
         Command::Delete { store, key, tuning } => {
             kvfs::db::validate_key(key.as_bytes())?;
-            let db = Db::open(&store, tuning.options()).await?;
+            let db = Db::open(&store, one_shot(tuning.options())).await?;
             let existed = db.get(key.as_bytes()).await?.is_some();
             let result = db.delete(key.as_bytes()).await;
             finish_write(&db, result).await?;
@@ -120,6 +120,12 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             println!("{stats}");
             Ok(0)
         }
+        Command::Gc { store, gc, tuning } => {
+            gc_command(&store, gc.apply(tuning.options()), false).await
+        }
+        Command::Compact { store, gc, tuning } => {
+            gc_command(&store, gc.apply(tuning.options()), true).await
+        }
         Command::Fsck { store } => {
             let db = Db::open(&store, Options::read_only()).await?;
             let mut last = std::time::Instant::now();
@@ -132,10 +138,11 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                 })
                 .await?;
             println!(
-                "checked {} objects ({} bytes): {} segments, {} checkpoints, {} manifests, {} entries; {} live keys verified",
+                "checked {} objects ({} bytes): {} segments, {} runs, {} checkpoints, {} manifests, {} entries; {} live keys verified",
                 report.objects,
                 report.bytes,
                 report.segments,
+                report.runs,
                 report.checkpoints,
                 report.manifests,
                 report.entries,
@@ -153,6 +160,42 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             }
         }
     }
+}
+
+/// Options of a command that writes once and exits: no background GC.
+fn one_shot(mut opts: Options) -> Options {
+    opts.gc.background = false;
+    opts
+}
+
+/// `kvfs gc` and `kvfs compact`, with progress on stderr and a summary on stdout.
+async fn gc_command(store: &str, opts: Options, compact: bool) -> Result<i32, Error> {
+    let db = Db::open(store, opts).await?;
+    let before = db.stats().await?;
+    let what = if compact { "compact" } else { "gc" };
+    let mut progress = |msg: &str| eprintln!("{what}: {msg}");
+    let result = if compact {
+        db.compact(&mut progress).await
+    } else {
+        db.gc(&mut progress).await
+    };
+    let closed = db.close().await;
+    let done = result?;
+    closed?;
+    let db = Db::open(store, Options::read_only()).await?;
+    let after = db.stats().await?;
+    println!("{done}");
+    println!(
+        "stored {} -> {} bytes in {} -> {} objects; live {} bytes; space amplification {:.2} -> {:.2}",
+        before.stored_bytes,
+        after.stored_bytes,
+        before.objects,
+        after.objects,
+        after.live_bytes,
+        before.space_amplification(),
+        after.space_amplification()
+    );
+    Ok(0)
 }
 
 /// Make a CLI write durable and give the store back; report the first failure.

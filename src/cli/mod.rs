@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use kvfs::db::Options;
+use kvfs::db::{GcOptions, Options};
 use kvfs::store::retry::RetryPolicy;
 
 #[derive(Parser, Debug)]
@@ -73,6 +73,25 @@ enum Command {
     Stats { store: String },
     /// Read and verify every object; exit 1 on any problem.
     Fsck { store: String },
+    /// Reclaim space: rewrite mostly dead objects, then delete every object, old
+    /// manifest and checkpoint that nothing needs. Needs the writer lease (the store
+    /// must not be mounted; a mounted writer does this in the background).
+    Gc {
+        store: String,
+        #[command(flatten)]
+        gc: GcArgs,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Rewrite all live data in key order into sorted runs (so a directory is read
+    /// back with a few large GETs), then delete what nothing needs, as `gc` does.
+    Compact {
+        store: String,
+        #[command(flatten)]
+        gc: GcArgs,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
     /// Mount a store as a file system in which every key is a file. Returns once the
     /// mount is ready and keeps serving it in the background, unless --foreground.
     /// Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT` (or SIGTERM to
@@ -125,6 +144,30 @@ pub struct Tuning {
     /// Give up on an unreachable object store after this long.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     retry_timeout_secs: u64,
+    /// Delete an object no longer needed only this long after it stopped being needed
+    /// (readers that opened the store earlier may still read it). 0 is safe only when
+    /// no read-only mount or reader of this store is running.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    gc_grace_secs: u64,
+    /// Turn off garbage collection and compaction in the background of a mount.
+    #[arg(long)]
+    no_background_gc: bool,
+}
+
+/// Settings of `kvfs gc` and `kvfs compact`.
+#[derive(Args, Debug, Clone)]
+pub struct GcArgs {
+    /// Bytes of objects read (and rewritten) per round; bounds memory use.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    round_bytes: u64,
+}
+
+impl GcArgs {
+    pub fn apply(&self, mut opts: Options) -> Options {
+        opts.gc.max_round_bytes = self.round_bytes.max(1 << 20);
+        opts.gc.background = false;
+        opts
+    }
 }
 
 impl Tuning {
@@ -137,6 +180,11 @@ impl Tuning {
             retry: RetryPolicy {
                 max_elapsed: Duration::from_secs(self.retry_timeout_secs),
                 ..RetryPolicy::default()
+            },
+            gc: GcOptions {
+                grace: Duration::from_secs(self.gc_grace_secs),
+                background: !self.no_background_gc,
+                ..GcOptions::default()
             },
             ..Options::default()
         }

@@ -1,7 +1,8 @@
 //! A least-recently-used cache of object bytes, bounded by total size.
 //!
 //! It holds whole segments (kept after their upload, so recently written data is
-//! read from memory) and single entries fetched by ranged GETs.
+//! read from memory), single entries fetched by ranged GETs, and readahead windows of
+//! sorted runs.
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -12,6 +13,8 @@ pub enum CacheKey {
     Segment(u32),
     /// One entry's bytes: slot and offset.
     Entry(u32, u32),
+    /// A readahead window of a run: slot and window number.
+    Window(u32, u64),
 }
 
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! `kvfs fsck`: read every object of a store and verify it.
 //!
-//! Checks: every segment, checkpoint and manifest decodes and its checksums match
-//! (segments: the whole-object checksum and every entry's own); the lease parses; no
+//! Checks: every segment, run, checkpoint and manifest decodes and its checksums match
+//! (segments and runs: the whole-object checksum and every entry's own); the lease parses; no
 //! foreign objects sit in the prefix; the current manifest's checkpoint and closed log
 //! ranges exist; and every key of the recovered index points at an entry for that key.
 
@@ -11,6 +11,7 @@ use super::error::Result;
 use super::lease::LeaseInfo;
 use super::Shared;
 use crate::format::names::{manifest_name, parse_name, segment_name, ObjectKind, SegmentId};
+use crate::format::run::RunView;
 use crate::format::segment::{EntryKind, SegmentView};
 use crate::format::{checkpoint, manifest};
 
@@ -26,6 +27,7 @@ pub struct FsckReport {
     pub objects: u64,
     pub bytes: u64,
     pub segments: u64,
+    pub runs: u64,
     pub checkpoints: u64,
     pub manifests: u64,
     pub entries: u64,
@@ -90,7 +92,13 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
         match kind {
             ObjectKind::Segment(id) => {
                 report.segments += 1;
-                check_segment(&mut report, id, &obj.key, &data, expected.remove(&id));
+                let values = segment_values(&mut report, id, &obj.key, &data);
+                check_values(&mut report, &obj.key, values, expected.remove(&id));
+            }
+            ObjectKind::Run(id) => {
+                report.runs += 1;
+                let values = run_values(&mut report, id, &obj.key, &data);
+                check_values(&mut report, &obj.key, values, expected.remove(&id));
             }
             ObjectKind::Checkpoint(_) => {
                 report.checkpoints += 1;
@@ -144,26 +152,25 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
     Ok(report)
 }
 
-fn check_segment(
+/// Offsets and lengths of the values stored in a segment, or `None` (with an issue
+/// reported) if it does not decode. Entry and value checksums are verified.
+fn segment_values(
     report: &mut FsckReport,
     id: SegmentId,
     name: &str,
     data: &[u8],
-    expected: Option<Vec<(u32, Vec<u8>, u32)>>,
-) {
+) -> Option<HashMap<u32, u32>> {
     let view = match SegmentView::decode(data) {
         Ok(v) => v,
         Err(e) => {
             report.issue(name, e.to_string());
-            return;
+            return None;
         }
     };
     if view.id != id {
         report.issue(name, format!("holds segment {} instead", view.id));
-        return;
+        return None;
     }
-    // Offsets and lengths of the values stored in this segment. Entry and value
-    // checksums are verified while iterating.
     let mut values = HashMap::new();
     for e in view.entries() {
         match e {
@@ -175,10 +182,50 @@ fn check_segment(
             }
             Err(err) => {
                 report.issue(name, err.to_string());
-                return;
+                return None;
             }
         }
     }
+    Some(values)
+}
+
+/// Like [`segment_values`], for a sorted run (which also checks key order and the
+/// block index).
+fn run_values(
+    report: &mut FsckReport,
+    id: SegmentId,
+    name: &str,
+    data: &[u8],
+) -> Option<HashMap<u32, u32>> {
+    let entries = RunView::decode(data).and_then(|v| {
+        if v.id != id {
+            return Err(crate::format::FormatError::Invalid {
+                what: "run",
+                reason: format!("holds {} instead", v.id),
+            });
+        }
+        v.entries()
+    });
+    match entries {
+        Ok(es) => {
+            report.entries += es.len() as u64;
+            Some(es.iter().map(|e| (e.value_offset, e.value_len)).collect())
+        }
+        Err(e) => {
+            report.issue(name, e.to_string());
+            None
+        }
+    }
+}
+
+/// Check that every live key pointing into an object finds a value of its length.
+fn check_values(
+    report: &mut FsckReport,
+    name: &str,
+    values: Option<HashMap<u32, u32>>,
+    expected: Option<Vec<(u32, Vec<u8>, u32)>>,
+) {
+    let Some(values) = values else { return };
     for (off, key, vlen) in expected.unwrap_or_default() {
         match values.get(&off) {
             Some(l) if *l == vlen => report.keys_verified += 1,

@@ -3,7 +3,11 @@
 //! Vocabulary:
 //! - **slot**: a small integer naming a segment in the index's segment table; a
 //!   [`crate::format::checkpoint::Location`] stores a slot rather than a full [`SegmentId`] to keep entries small.
-//! - **live bytes**: the sum of key and value lengths of every live key.
+//! - **live bytes**: the sum of key and value lengths of every live key. The index
+//!   also keeps the live bytes of each data object (segment or run): the key and value
+//!   lengths of every key whose value lies in it. That per-object count is what the
+//!   cleaner's policy reads; it is derived from the index alone, so it is exact after
+//!   any recovery.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -16,16 +20,27 @@ pub struct Index {
     map: BTreeMap<Box<[u8]>, IndexEntry>,
     segments: Vec<SegmentId>,
     slots: HashMap<SegmentId, u32>,
+    /// Live bytes per slot.
+    slot_live: Vec<u64>,
     live_bytes: u64,
+}
+
+fn entry_bytes(key: &[u8], e: &IndexEntry) -> u64 {
+    (key.len() + e.loc.value_len as usize) as u64
 }
 
 impl Index {
     pub fn from_checkpoint(c: Checkpoint) -> Index {
-        let live_bytes = c
-            .entries
-            .iter()
-            .map(|(k, e)| (k.len() + e.loc.value_len as usize) as u64)
-            .sum();
+        let mut slot_live = vec![0u64; c.segments.len()];
+        let mut live_bytes = 0;
+        for (k, e) in &c.entries {
+            let n = entry_bytes(k, e);
+            live_bytes += n;
+            // The checkpoint decoder guarantees every slot is in the table.
+            if let Some(l) = slot_live.get_mut(e.loc.segment as usize) {
+                *l += n;
+            }
+        }
         let slots = c
             .segments
             .iter()
@@ -36,6 +51,7 @@ impl Index {
             map: c.entries.into_iter().collect(),
             segments: c.segments,
             slots,
+            slot_live,
             live_bytes,
         }
     }
@@ -47,8 +63,46 @@ impl Index {
         }
         let s = self.segments.len() as u32;
         self.segments.push(id);
+        self.slot_live.push(0);
         self.slots.insert(id, s);
         s
+    }
+
+    /// The slot of a data object, if the index has ever seen it.
+    pub fn slot_of(&self, id: SegmentId) -> Option<u32> {
+        self.slots.get(&id).copied()
+    }
+
+    /// Live bytes of the data object in `slot`.
+    pub fn slot_live(&self, slot: u32) -> u64 {
+        self.slot_live.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// Live bytes of every data object the index refers to (objects without live
+    /// keys are left out).
+    pub fn live_by_object(&self) -> HashMap<SegmentId, u64> {
+        self.segments
+            .iter()
+            .zip(&self.slot_live)
+            .filter(|(_, l)| **l > 0)
+            .map(|(id, l)| (*id, *l))
+            .collect()
+    }
+
+    fn add_live(&mut self, key: &[u8], e: &IndexEntry) {
+        let n = entry_bytes(key, e);
+        self.live_bytes += n;
+        if let Some(l) = self.slot_live.get_mut(e.loc.segment as usize) {
+            *l += n;
+        }
+    }
+
+    fn sub_live(&mut self, key: &[u8], e: &IndexEntry) {
+        let n = entry_bytes(key, e);
+        self.live_bytes -= n;
+        if let Some(l) = self.slot_live.get_mut(e.loc.segment as usize) {
+            *l -= n;
+        }
     }
 
     pub fn segment(&self, slot: u32) -> Option<SegmentId> {
@@ -64,17 +118,16 @@ impl Index {
     }
 
     pub fn insert(&mut self, key: &[u8], entry: IndexEntry) {
-        let add = (key.len() + entry.loc.value_len as usize) as u64;
+        self.add_live(key, &entry);
         // One traversal; the boxed key is dropped again when the key exists.
         if let Some(old) = self.map.insert(key.into(), entry) {
-            self.live_bytes -= (key.len() + old.loc.value_len as usize) as u64;
+            self.sub_live(key, &old);
         }
-        self.live_bytes += add;
     }
 
     pub fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.map.remove(key) {
-            self.live_bytes -= (key.len() + old.loc.value_len as usize) as u64;
+            self.sub_live(key, &old);
         }
     }
 

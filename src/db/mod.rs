@@ -20,6 +20,7 @@ mod cache;
 mod checkpointer;
 pub mod error;
 mod fsck;
+pub mod gc;
 mod index;
 pub mod lease;
 mod options;
@@ -28,6 +29,7 @@ mod state;
 mod stats;
 mod uploader;
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -38,17 +40,18 @@ use tokio::task::JoinHandle;
 
 pub use error::{Error, Result};
 pub use fsck::{FsckIssue, FsckReport};
-pub use options::{Options, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use gc::GcCounters;
+pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use stats::Stats;
 
 use crate::format::checkpoint::{IndexEntry, Location};
-use crate::format::names::segment_name;
+use crate::format::names::{segment_name, SegmentId};
 use crate::format::segment::{
     decode_value, delete_len, link_len, put_len, stored_value_len, MAX_META_LEN,
 };
 use crate::store::metered::{Meter, MeteredStore};
 use crate::store::retry::RetryStore;
-use crate::store::{open_store, DynStore, StoreUrl};
+use crate::store::{open_store, DynStore, StoreError, StoreUrl};
 use cache::CacheKey;
 use lease::Lease;
 use state::State;
@@ -85,7 +88,7 @@ pub struct KeyInfo {
 
 /// A borrowed operation, as the write path handles it.
 #[derive(Clone, Copy, Debug)]
-enum Op<'a> {
+pub(crate) enum Op<'a> {
     Put {
         key: &'a [u8],
         meta: &'a [u8],
@@ -99,12 +102,23 @@ enum Op<'a> {
         source: &'a [u8],
         meta: Option<&'a [u8]>,
     },
+    /// GC: move `key` to the value at `offset` of data object `target`, keeping its
+    /// metadata, if it still points at `expect` (otherwise nothing is written).
+    Relocate {
+        key: &'a [u8],
+        expect: Location,
+        target: SegmentId,
+        offset: u32,
+    },
 }
 
 impl Op<'_> {
     fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } | Op::Link { key, .. } => key,
+            Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Link { key, .. }
+            | Op::Relocate { key, .. } => key,
         }
     }
 
@@ -114,7 +128,7 @@ impl Op<'_> {
         match self {
             Op::Put { key, meta, value } => put_len(key.len(), meta.len(), value.len()),
             Op::Delete { key } => delete_len(key.len()),
-            Op::Link { key, .. } => link_len(key.len(), MAX_META_LEN),
+            Op::Link { key, .. } | Op::Relocate { key, .. } => link_len(key.len(), MAX_META_LEN),
         }
     }
 }
@@ -141,6 +155,11 @@ pub(crate) struct Shared {
     pub lease: tokio::sync::Mutex<Option<Lease>>,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     pub opened_in: std::time::Duration,
+    /// Held by whoever runs GC or compaction, so only one runs at a time.
+    pub gc_lock: tokio::sync::Mutex<()>,
+    /// Readahead windows being fetched from runs, so concurrent readers of one
+    /// window share one GET.
+    pub windows: Mutex<HashMap<(u32, u64), Arc<tokio::sync::OnceCell<Bytes>>>>,
 }
 
 impl Shared {
@@ -166,6 +185,201 @@ impl Shared {
         for t in tasks {
             t.abort();
         }
+    }
+
+    /// Append `ops` as one batch (waiting for memory if needed). Returns how many
+    /// relocations took effect.
+    pub(crate) async fn write(&self, ops: &[Op<'_>]) -> Result<usize> {
+        let mut size = 0usize;
+        for op in ops {
+            validate_key(op.key())?;
+            match op {
+                Op::Put { meta, value, .. } => {
+                    validate_meta(meta)?;
+                    validate_value(value)?;
+                }
+                Op::Link {
+                    source, meta: m, ..
+                } => {
+                    validate_key(source)?;
+                    if let Some(m) = m {
+                        validate_meta(m)?;
+                    }
+                }
+                Op::Delete { .. } | Op::Relocate { .. } => {}
+            }
+            size += op.encoded_len();
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let sh = self;
+        if !sh.writable {
+            return Err(Error::ReadOnly);
+        }
+        // Fast path: no waiting needed.
+        if let Some(n) = self.try_append(ops, size)? {
+            return Ok(n);
+        }
+        loop {
+            // Register for a wake-up before checking again, so none is missed.
+            let notified = sh.space_freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(n) = self.try_append(ops, size)? {
+                return Ok(n);
+            }
+            log::debug!("write waits: unflushed data is at its memory limit");
+            sh.wake_uploader.notify_one();
+            notified.await;
+        }
+    }
+
+    /// Append if the unflushed-memory bound allows (returning the relocations that
+    /// took effect); `None` if the writer must wait.
+    fn try_append(&self, ops: &[Op<'_>], size: usize) -> Result<Option<usize>> {
+        let sh = self;
+        let mut st = sh.lock();
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        if st.closing || st.closed {
+            return Err(Error::Closed);
+        }
+        let log = &st.log;
+        let fits =
+            log.unflushed_bytes == 0 || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
+        if !fits {
+            return Ok(None);
+        }
+        check_link_sources(&st.index, ops)?;
+        Ok(Some(self.append_locked(&mut st, ops)))
+    }
+
+    fn append_locked(&self, st: &mut State, ops: &[Op<'_>]) -> usize {
+        let sh = self;
+        let State { index, log, .. } = st;
+        let size: usize = ops.iter().map(Op::encoded_len).sum();
+        // A batch never straddles two segments.
+        if !log.open.is_empty() && log.open.len() + size > sh.opts.segment_bytes {
+            log.seal_open();
+            sh.wake_uploader.notify_one();
+        }
+        let slot = match log.open_slot {
+            Some(s) => s,
+            None => {
+                let s = index.slot_for(log.open.id());
+                log.open_slot = Some(s);
+                s
+            }
+        };
+        let before = log.open.len();
+        let mut relocated = 0;
+        for op in ops {
+            match *op {
+                Op::Put { key, meta, value } => {
+                    let offset = log.open.put(key, meta, value);
+                    index.insert(
+                        key,
+                        IndexEntry {
+                            loc: Location {
+                                segment: slot,
+                                offset,
+                                value_len: value.len() as u32,
+                            },
+                            meta: (!meta.is_empty()).then(|| Box::from(meta)),
+                        },
+                    );
+                }
+                Op::Delete { key } => {
+                    log.open.delete(key);
+                    index.remove(key);
+                }
+                Op::Link { key, source, meta } => {
+                    // Checked by `check_link_sources` under this same lock.
+                    let Some(src) = index.get(source).cloned() else {
+                        continue;
+                    };
+                    let Some(target) = index.segment(src.loc.segment) else {
+                        continue;
+                    };
+                    let meta: Option<Box<[u8]>> = match meta {
+                        Some(m) => (!m.is_empty()).then(|| Box::from(m)),
+                        None => src.meta.clone(),
+                    };
+                    log.open.link(
+                        key,
+                        meta.as_deref().unwrap_or(&[]),
+                        src.loc.value_len,
+                        target,
+                        src.loc.offset,
+                    );
+                    index.insert(key, IndexEntry { loc: src.loc, meta });
+                }
+                Op::Relocate {
+                    key,
+                    expect,
+                    target,
+                    offset,
+                } => {
+                    let Some(cur) = index.get(key) else { continue };
+                    if cur.loc != expect {
+                        continue;
+                    }
+                    let meta = cur.meta.clone();
+                    let loc = Location {
+                        segment: index.slot_for(target),
+                        offset,
+                        value_len: expect.value_len,
+                    };
+                    log.open.link(
+                        key,
+                        meta.as_deref().unwrap_or(&[]),
+                        loc.value_len,
+                        target,
+                        offset,
+                    );
+                    index.insert(key, IndexEntry { loc, meta });
+                    relocated += 1;
+                }
+            }
+        }
+        let appended = log.open.len() - before;
+        log.unflushed_bytes += appended;
+        if log.open_since.is_none() {
+            log.open_since = Some(Instant::now());
+            sh.wake_uploader.notify_one();
+        }
+        if log.open.len() >= sh.opts.segment_bytes {
+            log.seal_open();
+            sh.wake_uploader.notify_one();
+        }
+        st.log_bytes_since_checkpoint += appended as u64;
+        relocated
+    }
+
+    /// Wait until every write that returned before this call is durable.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let sh = self;
+        if !sh.writable {
+            return Ok(());
+        }
+        let target = {
+            let mut st = sh.lock();
+            if let Some(e) = &st.poisoned {
+                return Err(e.clone());
+            }
+            let log = &mut st.log;
+            if log.open.is_empty() {
+                log.last_sealed_seq
+            } else {
+                let seq = log.open.id().seq;
+                log.sync_target = log.sync_target.max(seq);
+                seq
+            }
+        };
+        sh.wake_uploader.notify_one();
+        sh.wait_durable(target).await
     }
 
     /// Wait until the durable point reaches `seq` of this writer's epoch.
@@ -256,6 +470,7 @@ fn check_link_sources(index: &index::Index, ops: &[Op<'_>]) -> Result<()> {
             Op::Delete { key } => {
                 overlay.insert(key, false);
             }
+            Op::Relocate { .. } => {}
             Op::Link { key, source, .. } => {
                 let exists = overlay
                     .get(source)
@@ -317,6 +532,8 @@ impl Db {
                 poisoned: None,
                 closing: false,
                 closed: false,
+                objects: gc::objects::ObjectTable::new(started),
+                gc: gc::GcBook::default(),
             }),
             opts,
             durable,
@@ -326,6 +543,8 @@ impl Db {
             lease: tokio::sync::Mutex::new(opened.lease),
             tasks: Mutex::new(Vec::new()),
             opened_in: started.elapsed(),
+            gc_lock: tokio::sync::Mutex::new(()),
+            windows: Mutex::new(HashMap::new()),
         });
         if writable {
             let up = tokio::spawn(uploader::run(shared.clone()));
@@ -333,6 +552,9 @@ impl Db {
             let mut tasks = shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
             tasks.push(up);
             tasks.push(renew);
+            if shared.opts.gc.background {
+                tasks.push(tokio::spawn(gc::worker::run_background(shared.clone())));
+            }
         }
         Ok(Db {
             handle: Arc::new(Handle { shared }),
@@ -407,178 +629,35 @@ impl Db {
     }
 
     async fn write(&self, ops: &[Op<'_>]) -> Result<()> {
-        let mut size = 0usize;
-        for op in ops {
-            validate_key(op.key())?;
-            match op {
-                Op::Put { meta, value, .. } => {
-                    validate_meta(meta)?;
-                    validate_value(value)?;
-                }
-                Op::Link {
-                    source, meta: m, ..
-                } => {
-                    validate_key(source)?;
-                    if let Some(m) = m {
-                        validate_meta(m)?;
-                    }
-                }
-                Op::Delete { .. } => {}
-            }
-            size += op.encoded_len();
-        }
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let sh = &self.handle.shared;
-        if !sh.writable {
-            return Err(Error::ReadOnly);
-        }
-        // Fast path: no waiting needed.
-        if self.try_append(ops, size)? {
-            return Ok(());
-        }
-        loop {
-            // Register for a wake-up before checking again, so none is missed.
-            let notified = sh.space_freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.try_append(ops, size)? {
-                return Ok(());
-            }
-            log::debug!("write waits: unflushed data is at its memory limit");
-            sh.wake_uploader.notify_one();
-            notified.await;
-        }
-    }
-
-    /// Append if the unflushed-memory bound allows; false if the writer must wait.
-    fn try_append(&self, ops: &[Op<'_>], size: usize) -> Result<bool> {
-        let sh = &self.handle.shared;
-        let mut st = sh.lock();
-        if let Some(e) = &st.poisoned {
-            return Err(e.clone());
-        }
-        if st.closing || st.closed {
-            return Err(Error::Closed);
-        }
-        let log = &st.log;
-        let fits =
-            log.unflushed_bytes == 0 || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
-        if !fits {
-            return Ok(false);
-        }
-        check_link_sources(&st.index, ops)?;
-        self.append_locked(&mut st, ops);
-        Ok(true)
-    }
-
-    fn append_locked(&self, st: &mut State, ops: &[Op<'_>]) {
-        let sh = &self.handle.shared;
-        let State { index, log, .. } = st;
-        let size: usize = ops.iter().map(Op::encoded_len).sum();
-        // A batch never straddles two segments.
-        if !log.open.is_empty() && log.open.len() + size > sh.opts.segment_bytes {
-            log.seal_open();
-            sh.wake_uploader.notify_one();
-        }
-        let slot = match log.open_slot {
-            Some(s) => s,
-            None => {
-                let s = index.slot_for(log.open.id());
-                log.open_slot = Some(s);
-                s
-            }
-        };
-        let before = log.open.len();
-        for op in ops {
-            match *op {
-                Op::Put { key, meta, value } => {
-                    let offset = log.open.put(key, meta, value);
-                    index.insert(
-                        key,
-                        IndexEntry {
-                            loc: Location {
-                                segment: slot,
-                                offset,
-                                value_len: value.len() as u32,
-                            },
-                            meta: (!meta.is_empty()).then(|| Box::from(meta)),
-                        },
-                    );
-                }
-                Op::Delete { key } => {
-                    log.open.delete(key);
-                    index.remove(key);
-                }
-                Op::Link { key, source, meta } => {
-                    // Checked by `check_link_sources` under this same lock.
-                    let Some(src) = index.get(source).cloned() else {
-                        continue;
-                    };
-                    let Some(target) = index.segment(src.loc.segment) else {
-                        continue;
-                    };
-                    let meta: Option<Box<[u8]>> = match meta {
-                        Some(m) => (!m.is_empty()).then(|| Box::from(m)),
-                        None => src.meta.clone(),
-                    };
-                    log.open.link(
-                        key,
-                        meta.as_deref().unwrap_or(&[]),
-                        src.loc.value_len,
-                        target,
-                        src.loc.offset,
-                    );
-                    index.insert(key, IndexEntry { loc: src.loc, meta });
-                }
-            }
-        }
-        let appended = log.open.len() - before;
-        log.unflushed_bytes += appended;
-        if log.open_since.is_none() {
-            log.open_since = Some(Instant::now());
-            sh.wake_uploader.notify_one();
-        }
-        if log.open.len() >= sh.opts.segment_bytes {
-            log.seal_open();
-            sh.wake_uploader.notify_one();
-        }
-        st.log_bytes_since_checkpoint += appended as u64;
+        self.handle.shared.write(ops).await.map(|_| ())
     }
 
     /// Wait until every write that returned before this call is durable.
     pub async fn sync(&self) -> Result<()> {
-        let sh = &self.handle.shared;
-        if !sh.writable {
-            return Ok(());
-        }
-        let target = {
-            let mut st = sh.lock();
-            if let Some(e) = &st.poisoned {
-                return Err(e.clone());
-            }
-            let log = &mut st.log;
-            if log.open.is_empty() {
-                log.last_sealed_seq
-            } else {
-                let seq = log.open.id().seq;
-                log.sync_target = log.sync_target.max(seq);
-                seq
-            }
-        };
-        sh.wake_uploader.notify_one();
-        sh.wait_durable(target).await
+        self.handle.shared.sync().await
     }
 
     /// The value of `key`, or `None`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         validate_key(key)?;
-        let loc = match self.handle.shared.lock().index.get(key) {
+        let mut loc = match self.handle.shared.lock().index.get(key) {
             Some(e) => e.loc,
             None => return Ok(None),
         };
-        self.read_value(loc).await.map(Some)
+        loop {
+            match self.read_value(loc).await {
+                // The object was deleted by GC after the key moved: read it again
+                // from its new place.
+                Err(Error::Store(StoreError::NotFound(n))) => {
+                    match self.handle.shared.lock().index.get(key) {
+                        Some(e) if e.loc != loc => loc = e.loc,
+                        Some(_) => return Err(Error::Store(StoreError::NotFound(n))),
+                        None => return Ok(None),
+                    }
+                }
+                r => return r.map(Some),
+            }
+        }
     }
 
     /// Value length and metadata of `key`, from memory (no request).
@@ -614,11 +693,12 @@ impl Db {
     }
 
     /// Fetch the value at `loc`: memory, cache, then a ranged GET of exactly the
-    /// stored value (checksum and bytes).
+    /// stored value (checksum and bytes), or of a whole readahead window of a run.
     async fn read_value(&self, loc: Location) -> Result<Bytes> {
         let sh = &self.handle.shared;
         let len = stored_value_len(loc.value_len) as usize;
         let off = loc.offset as usize;
+        let window = sh.opts.gc.readahead_bytes as u64;
         let id = {
             let mut st = sh.lock();
             let id = st.index.segment(loc.segment).ok_or_else(|| {
@@ -636,8 +716,23 @@ impl Db {
                         .map_err(|e| Error::corrupt(segment_name(id), e));
                 }
             }
+            if id.is_run() && window > len as u64 {
+                let w = off as u64 / window;
+                if let Some(b) = st.cache.get(&CacheKey::Window(loc.segment, w)) {
+                    let at = off - (w * window) as usize;
+                    if at + len <= b.len() {
+                        return decode_value(&b.slice(at..at + len))
+                            .map_err(|e| Error::corrupt(segment_name(id), e));
+                    }
+                }
+            }
             id
         };
+        if id.is_run() && window > len as u64 {
+            if let Some(v) = self.read_from_window(loc, id).await? {
+                return Ok(v);
+            }
+        }
         let name = segment_name(id);
         let raw = sh
             .store
@@ -648,6 +743,53 @@ impl Db {
             .cache
             .insert(CacheKey::Entry(loc.segment, loc.offset), value.clone());
         Ok(value)
+    }
+
+    /// Read a value of a run through its readahead window: one ranged GET fetches the
+    /// aligned window holding the value (and the rest of the value if it runs past
+    /// the window), and the window stays in the cache for the neighbouring keys.
+    /// `None` if the run's size is unknown (then only the value itself is fetched).
+    async fn read_from_window(&self, loc: Location, id: SegmentId) -> Result<Option<Bytes>> {
+        let sh = &self.handle.shared;
+        let window = sh.opts.gc.readahead_bytes as u64;
+        let len = stored_value_len(loc.value_len);
+        let off = loc.offset as u64;
+        let mut size = sh.lock().objects.size(id);
+        if size.is_none() {
+            gc::worker::ensure_runs_listed(sh).await?;
+            size = sh.lock().objects.size(id);
+        }
+        let Some(size) = size else { return Ok(None) };
+        let w = off / window;
+        let start = w * window;
+        let end = ((w + 1) * window).max(off + len).min(size);
+        if off + len > end {
+            return Ok(None);
+        }
+        let cell = {
+            let mut fetches = sh.windows.lock().unwrap_or_else(|e| e.into_inner());
+            fetches.entry((loc.segment, w)).or_default().clone()
+        };
+        let name = segment_name(id);
+        let fetched = cell
+            .get_or_try_init(|| async {
+                let b = sh.store.get_range(&name, start..end).await?;
+                sh.lock()
+                    .cache
+                    .insert(CacheKey::Window(loc.segment, w), b.clone());
+                Ok::<Bytes, Error>(b)
+            })
+            .await;
+        sh.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(loc.segment, w));
+        let bytes = fetched?;
+        let at = (off - start) as usize;
+        let stored = bytes.slice(at..at + len as usize);
+        decode_value(&stored)
+            .map(Some)
+            .map_err(|e| Error::corrupt(name, e))
     }
 
     /// Keys (with values unless `keys_only`) in `[start, end)` order, at most `limit`.
@@ -812,6 +954,25 @@ impl Db {
     /// Counters and positions for `kvfs stats`.
     pub async fn stats(&self) -> Result<Stats> {
         stats::collect(&self.handle.shared).await
+    }
+
+    /// Clean now: rewrite mostly dead objects, then delete every object (and old
+    /// manifest and checkpoint) nothing needs, waiting out the grace period
+    /// ([`GcOptions::grace`]). Returns what was done.
+    pub async fn gc(&self, progress: &mut (dyn FnMut(&str) + Send)) -> Result<GcCounters> {
+        gc::worker::run_on_demand(&self.handle.shared, gc::worker::Mode::Clean, progress).await
+    }
+
+    /// Compact now: rewrite all live data in key order into sorted runs, then delete
+    /// what nothing needs, as [`Db::gc`] does.
+    pub async fn compact(&self, progress: &mut (dyn FnMut(&str) + Send)) -> Result<GcCounters> {
+        gc::worker::run_on_demand(&self.handle.shared, gc::worker::Mode::Compact, progress)
+            .await
+    }
+
+    /// What GC and compaction did through this handle so far.
+    pub fn gc_counters(&self) -> GcCounters {
+        self.handle.shared.lock().gc.counters
     }
 
     /// Read and verify every object of the store.

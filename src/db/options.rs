@@ -35,6 +35,54 @@ pub struct Options {
     pub recovery_parallelism: usize,
     /// Open without taking the writer lease; writes fail with `ReadOnly`.
     pub read_only: bool,
+    /// Garbage collection and compaction.
+    pub gc: GcOptions,
+}
+
+/// Settings of the cleaner and of compaction (see `db::gc`).
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Run the cleaner and compaction in the background of a writer.
+    pub background: bool,
+    /// How often the background worker considers doing something.
+    pub interval: Duration,
+    /// An object no longer needed is deleted only this long after it stopped being
+    /// needed, so in-flight reads and recently opened readers can still fetch it.
+    pub grace: Duration,
+    /// Clean objects whose live bytes are below this fraction of their size.
+    pub clean_below_fill: f64,
+    /// Objects younger than this are left alone (their data may still die young).
+    pub min_age: Duration,
+    /// Most bytes of objects read (and so rewritten at most) by one round.
+    pub max_round_bytes: u64,
+    /// Compact old log segments once their live data reaches this many bytes.
+    pub compact_min_bytes: u64,
+    /// Merge the smallest runs once there are more runs than this.
+    pub max_runs: usize,
+    /// Target size of a sorted run.
+    pub run_bytes: usize,
+    /// Bytes fetched by one ranged GET when reading from a run (readahead).
+    pub readahead_bytes: usize,
+    /// Background rewriting is throttled to about this many bytes per second.
+    pub max_bytes_per_sec: u64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            background: true,
+            interval: Duration::from_secs(5),
+            grace: Duration::from_secs(60),
+            clean_below_fill: 0.5,
+            min_age: Duration::from_secs(30),
+            max_round_bytes: 64 << 20,
+            compact_min_bytes: 16 << 20,
+            max_runs: 16,
+            run_bytes: 64 << 20,
+            readahead_bytes: 1 << 20,
+            max_bytes_per_sec: 32 << 20,
+        }
+    }
 }
 
 impl Default for Options {
@@ -52,6 +100,7 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             recovery_parallelism: 8,
             read_only: false,
+            gc: GcOptions::default(),
         }
     }
 }

@@ -413,8 +413,9 @@ fn apply_segment(
             EntryKind::Delete => index.remove(e.key),
             EntryKind::Link => {
                 let target = e.target.unwrap_or(id);
-                // A link can only refer to a value written before it.
-                if target > id {
+                // A link can only refer to a value written before it: an earlier
+                // segment, or a run (written before the links that move keys to it).
+                if !target.is_run() && target > id {
                     return Err(Error::Inconsistent(format!(
                         "{name}: entry at offset {} links to later segment {target}",
                         e.offset

@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 use super::cache::ByteCache;
 use super::error::Error;
+use super::gc::objects::ObjectTable;
+use super::gc::GcBook;
 use super::index::Index;
 use crate::format::manifest::Manifest;
 use crate::format::names::SegmentId;
@@ -140,4 +142,7 @@ pub struct State {
     pub closing: bool,
     /// `close` has finished (or the handle was abandoned).
     pub closed: bool,
+    /// Known data objects and their sizes (for GC, stats and readahead).
+    pub objects: ObjectTable,
+    pub gc: GcBook,
 }

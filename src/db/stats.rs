@@ -8,6 +8,7 @@ use super::lease::{peek, LeaseInfo};
 use super::Shared;
 use crate::format::manifest::LogRange;
 use crate::format::names::{parse_name, ObjectKind};
+use super::gc::{in_log_window, GcCounters, EMPTY_SEGMENT_LEN};
 use crate::store::metered::Metrics;
 
 #[derive(Clone, Debug)]
@@ -20,6 +21,14 @@ pub struct Stats {
     pub stored_bytes: u64,
     pub segments: u64,
     pub segment_bytes: u64,
+    pub runs: u64,
+    pub run_bytes: u64,
+    /// Data objects (segments and runs) by fill (live / size): empty, under 25 %,
+    /// 25–50 %, 50–75 %, 75 % and over. Fence segments are left out.
+    pub fill_histogram: [u64; 5],
+    /// Data objects with no live data out of the log window: GC deletes them.
+    pub unneeded_objects: u64,
+    pub unneeded_bytes: u64,
     pub checkpoints: u64,
     pub checkpoint_bytes: u64,
     pub manifests: u64,
@@ -33,20 +42,44 @@ pub struct Stats {
     /// Bytes held by the read cache of this handle.
     pub cache_bytes: u64,
     pub requests: Metrics,
+    /// What GC and compaction did through this handle.
+    pub gc: GcCounters,
+}
+
+impl Stats {
+    /// Bytes of data objects (segments and runs) per live byte.
+    pub fn space_amplification(&self) -> f64 {
+        if self.live_bytes == 0 {
+            return 0.0;
+        }
+        (self.segment_bytes + self.run_bytes) as f64 / self.live_bytes as f64
+    }
+}
+
+/// Bucket of the fill histogram.
+fn fill_bucket(live: u64, size: u64) -> usize {
+    if live == 0 || size == 0 {
+        return 0;
+    }
+    let fill = live as f64 / size as f64;
+    1 + ((fill * 4.0) as usize).min(3)
 }
 
 pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
     let listed = sh.store.list("").await?;
     let lease = peek(&sh.store).await.unwrap_or(None);
-    let (keys, live_bytes, manifest, cache_bytes) = {
+    let (keys, live_bytes, manifest, cache_bytes, live_by_object, gc) = {
         let st = sh.lock();
         (
             st.index.len() as u64,
             st.index.live_bytes(),
             st.manifest.clone(),
             st.cache.bytes() as u64,
+            st.index.live_by_object(),
+            st.gc.counters,
         )
     };
+    let s_manifest = manifest.clone();
     let mut s = Stats {
         store: sh.store.describe(),
         keys,
@@ -55,6 +88,11 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
         stored_bytes: listed.iter().map(|o| o.size).sum(),
         segments: 0,
         segment_bytes: 0,
+        runs: 0,
+        run_bytes: 0,
+        fill_histogram: [0; 5],
+        unneeded_objects: 0,
+        unneeded_bytes: 0,
         checkpoints: 0,
         checkpoint_bytes: 0,
         manifests: 0,
@@ -67,12 +105,27 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
         open_time: sh.opened_in,
         cache_bytes,
         requests: Metrics::default(),
+        gc,
     };
     for o in &listed {
         match parse_name(&o.key) {
-            ObjectKind::Segment(_) => {
-                s.segments += 1;
-                s.segment_bytes += o.size;
+            ObjectKind::Segment(id) | ObjectKind::Run(id) => {
+                if id.is_run() {
+                    s.runs += 1;
+                    s.run_bytes += o.size;
+                } else {
+                    s.segments += 1;
+                    s.segment_bytes += o.size;
+                }
+                if !id.is_run() && o.size == EMPTY_SEGMENT_LEN {
+                    continue; // a fence
+                }
+                let live = live_by_object.get(&id).copied().unwrap_or(0);
+                s.fill_histogram[fill_bucket(live, o.size)] += 1;
+                if live == 0 && !in_log_window(&s_manifest, id) {
+                    s.unneeded_objects += 1;
+                    s.unneeded_bytes += o.size;
+                }
             }
             ObjectKind::Checkpoint(_) => {
                 s.checkpoints += 1;
@@ -101,6 +154,23 @@ impl fmt::Display for Stats {
             f,
             "segments         {} ({} bytes)",
             self.segments, self.segment_bytes
+        )?;
+        writeln!(f, "runs             {} ({} bytes)", self.runs, self.run_bytes)?;
+        writeln!(
+            f,
+            "space amp.       {:.2} (segment and run bytes per live byte)",
+            self.space_amplification()
+        )?;
+        let h = &self.fill_histogram;
+        writeln!(
+            f,
+            "object fill      {} empty, {} <25%, {} 25-50%, {} 50-75%, {} >=75%",
+            h[0], h[1], h[2], h[3], h[4]
+        )?;
+        writeln!(
+            f,
+            "reclaimable      {} objects ({} bytes) that GC deletes",
+            self.unneeded_objects, self.unneeded_bytes
         )?;
         writeln!(
             f,
@@ -145,6 +215,7 @@ impl fmt::Display for Stats {
             None => writeln!(f, "lease            none")?,
         }
         writeln!(f, "open time        {:.3} s", self.open_time.as_secs_f64())?;
+        writeln!(f, "gc (this run)    {}", self.gc)?;
         write!(
             f,
             "requests         {} PUT, {} GET, {} LIST (est. ${:.6})",

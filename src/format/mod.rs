@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod manifest;
 pub mod names;
+pub mod run;
 pub mod segment;
 
 /// Why an object could not be decoded.

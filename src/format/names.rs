@@ -3,6 +3,7 @@
 //! | name                          | object                                      |
 //! |-------------------------------|---------------------------------------------|
 //! | `seg/EEEEEEEEEEEEEEEEEEEE-SSSSSSSSSSSSSSSSSSSS` | log segment `SSS…` of writer epoch `EEE…` |
+//! | `run/EEEEEEEEEEEEEEEEEEEE-NNNNNNNNNNNNNNNNNNNN` | sorted run `NNN…` written by writer epoch `EEE…` |
 //! | `ckpt/NNNNNNNNNNNNNNNNNNNN`   | checkpoint published by manifest `NNN…`     |
 //! | `manifest/NNNNNNNNNNNNNNNNNNNN` | manifest number `NNN…`                    |
 //! | `lease`                       | the writer lease (JSON)                     |
@@ -12,26 +13,63 @@
 use std::fmt;
 
 pub const SEGMENT_DIR: &str = "seg/";
+pub const RUN_DIR: &str = "run/";
 pub const CHECKPOINT_DIR: &str = "ckpt/";
 pub const MANIFEST_DIR: &str = "manifest/";
 pub const LEASE: &str = "lease";
 
-/// Identifies one log segment: the writer epoch that wrote it and its sequence
-/// number within that epoch (starting at 1).
+/// Bit 63 of [`SegmentId::epoch`] marks the id of a sorted run rather than a log
+/// segment. Writer epochs never come near it.
+pub const RUN_BIT: u64 = 1 << 63;
+
+/// Identifies one *data object*: a log segment (the writer epoch that wrote it and its
+/// sequence number within that epoch, starting at 1) or, with [`RUN_BIT`] set in
+/// `epoch`, a sorted run (the epoch that wrote it and its number within that epoch).
+/// Index locations, checkpoint segment tables and link entries all name data objects
+/// this way, so a value can move from a segment to a run without a format change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentId {
     pub epoch: u64,
     pub seq: u64,
 }
 
-impl fmt::Display for SegmentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.epoch, self.seq)
+impl SegmentId {
+    /// The id of run `seq` written by writer epoch `epoch`.
+    pub fn run(epoch: u64, seq: u64) -> SegmentId {
+        SegmentId {
+            epoch: epoch | RUN_BIT,
+            seq,
+        }
+    }
+
+    /// Whether this names a sorted run (not a log segment).
+    pub fn is_run(&self) -> bool {
+        self.epoch & RUN_BIT != 0
+    }
+
+    /// The writer epoch that wrote the object.
+    pub fn writer_epoch(&self) -> u64 {
+        self.epoch & !RUN_BIT
     }
 }
 
+impl fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_run() {
+            write!(f, "run {}.{}", self.writer_epoch(), self.seq)
+        } else {
+            write!(f, "{}.{}", self.epoch, self.seq)
+        }
+    }
+}
+
+/// The object name of a data object: `seg/…` for a segment, `run/…` for a run.
 pub fn segment_name(id: SegmentId) -> String {
-    format!("{SEGMENT_DIR}{:020}-{:020}", id.epoch, id.seq)
+    if id.is_run() {
+        format!("{RUN_DIR}{:020}-{:020}", id.writer_epoch(), id.seq)
+    } else {
+        format!("{SEGMENT_DIR}{:020}-{:020}", id.epoch, id.seq)
+    }
 }
 
 /// Prefix under which all segments of one epoch are listed.
@@ -51,6 +89,8 @@ pub fn manifest_name(n: u64) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
     Segment(SegmentId),
+    /// A sorted run (its id has [`RUN_BIT`] set).
+    Run(SegmentId),
     Checkpoint(u64),
     Manifest(u64),
     Lease,
@@ -74,7 +114,19 @@ pub fn parse_name(name: &str) -> ObjectKind {
     if let Some(rest) = name.strip_prefix(SEGMENT_DIR) {
         if let Some((e, s)) = rest.split_once('-') {
             if let (Some(epoch), Some(seq)) = (parse_num(e), parse_num(s)) {
-                return ObjectKind::Segment(SegmentId { epoch, seq });
+                if epoch & RUN_BIT == 0 {
+                    return ObjectKind::Segment(SegmentId { epoch, seq });
+                }
+            }
+        }
+        return ObjectKind::Unknown;
+    }
+    if let Some(rest) = name.strip_prefix(RUN_DIR) {
+        if let Some((e, s)) = rest.split_once('-') {
+            if let (Some(epoch), Some(seq)) = (parse_num(e), parse_num(s)) {
+                if epoch & RUN_BIT == 0 {
+                    return ObjectKind::Run(SegmentId::run(epoch, seq));
+                }
             }
         }
         return ObjectKind::Unknown;
@@ -99,6 +151,14 @@ mod tests {
         assert_eq!(parse_name(&checkpoint_name(9)), ObjectKind::Checkpoint(9));
         assert_eq!(parse_name(&manifest_name(12)), ObjectKind::Manifest(12));
         assert_eq!(parse_name("lease"), ObjectKind::Lease);
+        let run = SegmentId::run(4, 2);
+        assert!(run.is_run() && run.writer_epoch() == 4);
+        assert_eq!(
+            segment_name(run),
+            "run/00000000000000000004-00000000000000000002"
+        );
+        assert_eq!(parse_name(&segment_name(run)), ObjectKind::Run(run));
+        assert_eq!(parse_name("run/1-2"), ObjectKind::Unknown);
         assert_eq!(parse_name("seg/x"), ObjectKind::Unknown);
         assert_eq!(parse_name("manifest/12"), ObjectKind::Unknown);
         assert_eq!(parse_name("notes.txt"), ObjectKind::Unknown);

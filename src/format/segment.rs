@@ -127,16 +127,7 @@ impl SegmentBuilder {
     }
 
     fn head(&mut self, kind: EntryKind, key: &[u8], meta: &[u8], value_len: u32) {
-        let mut head = [0u8; ENTRY_HEADER_LEN - 4];
-        head[0] = kind as u8;
-        head[1..3].copy_from_slice(&(key.len() as u16).to_le_bytes());
-        head[3] = meta.len() as u8;
-        head[4..8].copy_from_slice(&value_len.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&head), key), meta);
-        self.buf.put_u32(crc);
-        self.buf.extend_from_slice(&head);
-        self.buf.extend_from_slice(key);
-        self.buf.extend_from_slice(meta);
+        write_entry_head(&mut self.buf, kind, key, meta, value_len);
         self.count += 1;
     }
 
@@ -144,13 +135,8 @@ impl SegmentBuilder {
     /// keeps keys at most `u16::MAX` bytes, meta at most 255 bytes and the segment
     /// under 4 GiB.
     pub fn put(&mut self, key: &[u8], meta: &[u8], value: &[u8]) -> u32 {
-        self.buf
-            .reserve(put_len(key.len(), meta.len(), value.len()));
-        self.head(EntryKind::Put, key, meta, value.len() as u32);
-        let value_at = self.buf.len() as u32;
-        self.buf.put_u32(crc32c::crc32c(value));
-        self.buf.extend_from_slice(value);
-        value_at
+        self.count += 1;
+        write_put(&mut self.buf, key, meta, value)
     }
 
     /// Append a delete.
@@ -184,6 +170,31 @@ impl SegmentBuilder {
         write_trailer(&mut self.buf, END_MAGIC);
         Bytes::from(self.buf)
     }
+}
+
+/// Append an entry's fixed part, key and metadata (the body follows).
+fn write_entry_head(buf: &mut Vec<u8>, kind: EntryKind, key: &[u8], meta: &[u8], value_len: u32) {
+    let mut head = [0u8; ENTRY_HEADER_LEN - 4];
+    head[0] = kind as u8;
+    head[1..3].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    head[3] = meta.len() as u8;
+    head[4..8].copy_from_slice(&value_len.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&head), key), meta);
+    buf.put_u32(crc);
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(meta);
+}
+
+/// Append a whole put entry (segments and runs share this encoding); returns the
+/// offset of the stored value (its checksum).
+pub(crate) fn write_put(buf: &mut Vec<u8>, key: &[u8], meta: &[u8], value: &[u8]) -> u32 {
+    buf.reserve(put_len(key.len(), meta.len(), value.len()));
+    write_entry_head(buf, EntryKind::Put, key, meta, value.len() as u32);
+    let value_at = buf.len() as u32;
+    buf.put_u32(crc32c::crc32c(value));
+    buf.extend_from_slice(value);
+    value_at
 }
 
 /// One entry located inside a segment buffer.
@@ -291,7 +302,7 @@ impl<'a> Iterator for EntryIter<'a> {
 }
 
 /// Parse the entry at `pos`. With `verify`, check the entry and value checksums.
-fn parse_entry(buf: &[u8], pos: usize, verify: bool) -> FormatResult<(EntryRef<'_>, usize)> {
+pub(crate) fn parse_entry(buf: &[u8], pos: usize, verify: bool) -> FormatResult<(EntryRef<'_>, usize)> {
     let mut r = Reader::at(buf, pos, WHAT);
     let crc = r.u32()?;
     let kind_byte = r.u8()?;

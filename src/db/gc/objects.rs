@@ -1,0 +1,148 @@
+//! The data objects a writer knows of, with their sizes, and the ones waiting to be
+//! deleted.
+//!
+//! The table starts empty. The first GC round lists `seg/` and `run/` (objects found
+//! that way count as born when this process opened the store); the uploader adds each
+//! segment it stores and the worker each run it writes. Sizes of runs are also needed
+//! by readers (readahead never asks for bytes past an object's end), so a reader
+//! lists `run/` once on its first read from a run it does not know.
+//!
+//! **Retired**: an object that has no live data and is out of the log window, noted
+//! with the time it was first seen so and the log position whose durability makes
+//! that final. It is deleted once both the grace period has passed and that position
+//! is durable.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::format::names::SegmentId;
+
+/// Why an unneeded object is not deleted yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retired {
+    pub since: Instant,
+    /// The log sequence number (this epoch) that must be durable first.
+    pub after_seq: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DataObject {
+    pub size: u64,
+    pub born: Instant,
+    pub retired: Option<Retired>,
+}
+
+#[derive(Debug)]
+pub struct ObjectTable {
+    objects: BTreeMap<SegmentId, DataObject>,
+    /// Birth time given to objects found by listing.
+    opened: Instant,
+    /// `seg/` and `run/` have been listed.
+    pub listed: bool,
+    /// `run/` has been listed (readers list only runs).
+    pub runs_listed: bool,
+    /// Number of the next run this epoch writes.
+    next_run: u64,
+}
+
+impl ObjectTable {
+    pub fn new(opened: Instant) -> Self {
+        ObjectTable {
+            objects: BTreeMap::new(),
+            opened,
+            listed: false,
+            runs_listed: false,
+            next_run: 1,
+        }
+    }
+
+    /// Record an object this process wrote.
+    pub fn insert_new(&mut self, id: SegmentId, size: u64) {
+        self.objects.insert(
+            id,
+            DataObject {
+                size,
+                born: Instant::now(),
+                retired: None,
+            },
+        );
+    }
+
+    /// Record an object found by listing (kept as is when already known).
+    pub fn insert_listed(&mut self, id: SegmentId, size: u64) {
+        let opened = self.opened;
+        self.objects.entry(id).or_insert(DataObject {
+            size,
+            born: opened,
+            retired: None,
+        });
+    }
+
+    pub fn size(&self, id: SegmentId) -> Option<u64> {
+        self.objects.get(&id).map(|o| o.size)
+    }
+
+    pub fn remove(&mut self, id: SegmentId) {
+        self.objects.remove(&id);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&SegmentId, &DataObject)> {
+        self.objects.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Mark `id` retired (once; the first time counts).
+    pub fn retire(&mut self, id: SegmentId, now: Instant, after_seq: u64) {
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.retired.get_or_insert(Retired {
+                since: now,
+                after_seq,
+            });
+        }
+    }
+
+    /// Retired objects whose grace period has passed and whose retirement is durable.
+    pub fn deletable(&self, now: Instant, grace: Duration, durable_seq: u64) -> Vec<(SegmentId, u64)> {
+        self.objects
+            .iter()
+            .filter_map(|(id, o)| {
+                let r = o.retired?;
+                (now.saturating_duration_since(r.since) >= grace && durable_seq >= r.after_seq)
+                    .then_some((*id, o.size))
+            })
+            .collect()
+    }
+
+    /// A fresh run id for writer epoch `epoch`.
+    pub fn next_run_id(&mut self, epoch: u64) -> SegmentId {
+        let id = SegmentId::run(epoch, self.next_run);
+        self.next_run += 1;
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletable_only_after_grace_and_durability() {
+        let t0 = Instant::now();
+        let mut t = ObjectTable::new(t0);
+        let a = SegmentId { epoch: 1, seq: 1 };
+        let b = SegmentId { epoch: 1, seq: 2 };
+        t.insert_listed(a, 100);
+        t.insert_new(b, 200);
+        t.retire(a, t0, 5);
+        t.retire(a, t0 + Duration::from_secs(100), 9); // the first retirement counts
+        let g = Duration::from_secs(10);
+        assert!(t.deletable(t0 + Duration::from_secs(5), g, 10).is_empty());
+        assert!(t.deletable(t0 + Duration::from_secs(20), g, 4).is_empty());
+        assert_eq!(t.deletable(t0 + Duration::from_secs(20), g, 5), vec![(a, 100)]);
+        assert_eq!(t.next_run_id(3), SegmentId::run(3, 1));
+        assert_eq!(t.next_run_id(3), SegmentId::run(3, 2));
+    }
+}

@@ -1,0 +1,529 @@
+//! Carrying out GC and compaction: listing, rewriting into runs, retiring and
+//! deleting. The decisions come from `policy`; the vocabulary is in `gc`'s module doc.
+//!
+//! Order of a rewrite (each step durable before the next):
+//! 1. note the keys whose values lie in the source objects (in key order);
+//! 2. read each source object whole and verify its checksum;
+//! 3. PUT the new runs, create-if-absent;
+//! 4. append link entries moving each key that still points at its old place, and
+//!    sync them;
+//! 5. later rounds find the sources unneeded, retire them, and delete them after the
+//!    grace period.
+//!
+//! A crash after 3 leaves runs nothing refers to; after 4, sources nothing refers to.
+//! Both are unneeded objects that a later round deletes. Nothing is deleted before the
+//! state that stopped needing it is durable, and only while this writer still owns
+//! the store.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::policy::{self, Choice, ObjectStat, PolicyConfig, Reason};
+use super::{in_log_window, GcCounters, EMPTY_SEGMENT_LEN};
+use crate::db::error::{Error, Result};
+use crate::db::recovery::latest_manifest;
+use crate::db::state::State;
+use crate::db::{Op, Shared};
+use crate::format::checkpoint::{IndexEntry, Location};
+use crate::format::names::{
+    checkpoint_name, manifest_name, parse_name, segment_name, ObjectKind, SegmentId,
+    CHECKPOINT_DIR, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
+};
+use crate::format::run::{RunBuilder, RunView, DEFAULT_BLOCK_BYTES};
+use crate::format::segment::{decode_value, link_len, put_len, SegmentView, MAX_META_LEN};
+use crate::store::PutMode;
+
+/// Progress messages of on-demand runs.
+pub type Progress<'a> = &'a mut (dyn FnMut(&str) + Send);
+
+/// List `seg/` and `run/` once, so the table knows every data object. Objects of
+/// later writer epochs (a newer writer's) are never taken in.
+pub(crate) async fn ensure_listed(sh: &Shared) -> Result<()> {
+    if sh.lock().objects.listed {
+        return Ok(());
+    }
+    let mut found = sh.store.list(SEGMENT_DIR).await?;
+    found.extend(sh.store.list(RUN_DIR).await?);
+    let mut st = sh.lock();
+    for o in &found {
+        if let ObjectKind::Segment(id) | ObjectKind::Run(id) = parse_name(&o.key) {
+            if id.writer_epoch() <= sh.epoch {
+                st.objects.insert_listed(id, o.size);
+            }
+        }
+    }
+    st.objects.listed = true;
+    st.objects.runs_listed = true;
+    Ok(())
+}
+
+/// List `run/` once (readers need run sizes for readahead).
+pub(crate) async fn ensure_runs_listed(sh: &Shared) -> Result<()> {
+    if sh.lock().objects.runs_listed {
+        return Ok(());
+    }
+    let found = sh.store.list(RUN_DIR).await?;
+    let mut st = sh.lock();
+    for o in &found {
+        if let ObjectKind::Run(id) = parse_name(&o.key) {
+            st.objects.insert_listed(id, o.size);
+        }
+    }
+    st.objects.runs_listed = true;
+    Ok(())
+}
+
+/// The policy's view of every known data object (fences left out).
+pub(crate) fn object_stats(st: &State, now: Instant) -> Vec<ObjectStat> {
+    st.objects
+        .iter()
+        .filter(|(id, o)| id.is_run() || o.size != EMPTY_SEGMENT_LEN)
+        .map(|(id, o)| ObjectStat {
+            id: *id,
+            size: o.size,
+            live: st
+                .index
+                .slot_of(*id)
+                .map(|s| st.index.slot_live(s))
+                .unwrap_or(0),
+            age: now.saturating_duration_since(o.born),
+            in_log: in_log_window(&st.manifest, *id),
+        })
+        .collect()
+}
+
+fn check_writer(sh: &Shared) -> Result<()> {
+    if !sh.writable {
+        return Err(Error::ReadOnly);
+    }
+    let st = sh.lock();
+    if let Some(e) = &st.poisoned {
+        return Err(e.clone());
+    }
+    if st.closing || st.closed {
+        return Err(Error::Closed);
+    }
+    Ok(())
+}
+
+/// Keys in the index whose values lie in `slots`, in key order. The index is scanned
+/// in chunks so writers are not held up.
+async fn keys_in(sh: &Shared, slots: &HashSet<u32>) -> Vec<(Box<[u8]>, IndexEntry)> {
+    const CHUNK: usize = 8192;
+    let mut out = Vec::new();
+    let mut cursor: Option<Box<[u8]>> = None;
+    loop {
+        let done = {
+            let st = sh.lock();
+            let start = match &cursor {
+                Some(c) => Bound::Excluded(&**c),
+                None => Bound::Unbounded,
+            };
+            let mut n = 0;
+            let mut last = None;
+            for (k, e) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
+                if slots.contains(&e.loc.segment) {
+                    out.push((Box::from(k), e.clone()));
+                }
+                last = Some(k);
+                n += 1;
+            }
+            cursor = last.map(Box::from);
+            n < CHUNK
+        };
+        if done {
+            return out;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Read a whole data object and verify its checksum.
+async fn fetch_verified(sh: &Shared, id: SegmentId) -> Result<Bytes> {
+    let name = segment_name(id);
+    let data = sh.store.get(&name).await?.data;
+    if id.is_run() {
+        RunView::decode(&data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    } else {
+        SegmentView::decode(&data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    }
+    Ok(data)
+}
+
+/// Rewrite the live values of `sources` into sorted runs and move their keys there.
+async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>) -> Result<()> {
+    check_writer(sh)?;
+    let slots: HashMap<u32, SegmentId> = {
+        let st = sh.lock();
+        sources
+            .iter()
+            .filter_map(|id| st.index.slot_of(*id).map(|s| (s, *id)))
+            .collect()
+    };
+    let slot_set: HashSet<u32> = slots.keys().copied().collect();
+    let moving = keys_in(sh, &slot_set).await;
+    let mut data: HashMap<u32, Bytes> = HashMap::new();
+    let mut bytes_read = 0u64;
+    for (slot, id) in &slots {
+        let d = fetch_verified(sh, *id).await?;
+        bytes_read += d.len() as u64;
+        data.insert(*slot, d);
+    }
+    progress(&format!(
+        "read {} objects ({bytes_read} bytes) holding {} live keys",
+        slots.len(),
+        moving.len()
+    ));
+
+    // Build the runs in key order.
+    let run_bytes = sh.opts.gc.run_bytes.max(64 << 10);
+    let mut runs: Vec<(SegmentId, Bytes)> = Vec::new();
+    let mut moves: Vec<(Box<[u8]>, Location, SegmentId, u32)> = Vec::with_capacity(moving.len());
+    let mut builder: Option<RunBuilder> = None;
+    for (key, e) in moving {
+        let Some(obj) = data.get(&e.loc.segment) else {
+            continue;
+        };
+        let name = || segment_name(slots.get(&e.loc.segment).copied().unwrap_or_default());
+        let off = e.loc.offset as usize;
+        let end = off + 4 + e.loc.value_len as usize;
+        if end > obj.len() {
+            return Err(Error::Inconsistent(format!(
+                "{}: key {:?} points past the end of the object",
+                name(),
+                String::from_utf8_lossy(&key)
+            )));
+        }
+        let value = decode_value(&obj.slice(off..end)).map_err(|err| Error::corrupt(name(), err))?;
+        let meta = e.meta.as_deref().unwrap_or(&[]);
+        let need = put_len(key.len(), meta.len(), value.len());
+        if let Some(b) = builder.take_if(|b| !b.is_empty() && b.len() + need > run_bytes) {
+            runs.push((b.id(), b.finish()));
+        }
+        let b = match &mut builder {
+            Some(b) => b,
+            None => {
+                let id = sh.lock().objects.next_run_id(sh.epoch);
+                builder.insert(RunBuilder::new(id, DEFAULT_BLOCK_BYTES))
+            }
+        };
+        let at = b.put(&key, meta, &value);
+        moves.push((key, e.loc, b.id(), at));
+    }
+    if let Some(b) = builder.take() {
+        runs.push((b.id(), b.finish()));
+    }
+    drop(data);
+
+    // Store the runs, then move the keys.
+    let mut run_bytes_written = 0u64;
+    for (id, bytes) in &runs {
+        check_writer(sh)?;
+        let size = bytes.len() as u64;
+        sh.store
+            .put(&segment_name(*id), bytes.clone(), PutMode::CreateNew)
+            .await?;
+        sh.lock().objects.insert_new(*id, size);
+        run_bytes_written += size;
+    }
+    drop(runs);
+    let chunk_bytes = (sh.opts.segment_bytes / 2).max(64 << 10);
+    let mut moved = 0u64;
+    let mut i = 0;
+    while i < moves.len() {
+        let mut ops = Vec::new();
+        let mut size = 0;
+        while i < moves.len() && (ops.is_empty() || size < chunk_bytes) {
+            let (key, expect, target, offset) = &moves[i];
+            size += link_len(key.len(), MAX_META_LEN);
+            ops.push(Op::Relocate {
+                key,
+                expect: *expect,
+                target: *target,
+                offset: *offset,
+            });
+            i += 1;
+        }
+        moved += sh.write(&ops).await? as u64;
+    }
+    sh.sync().await?;
+    progress(&format!(
+        "wrote {} runs ({run_bytes_written} bytes); moved {moved} keys",
+        runs_count(&moves)
+    ));
+    let mut st = sh.lock();
+    let c = &mut st.gc.counters;
+    c.rewrites += 1;
+    c.objects_rewritten += slots.len() as u64;
+    c.bytes_read += bytes_read;
+    c.runs_written += runs_count(&moves) as u64;
+    c.run_bytes_written += run_bytes_written;
+    c.keys_moved += moved;
+    Ok(())
+}
+
+fn runs_count(moves: &[(Box<[u8]>, Location, SegmentId, u32)]) -> usize {
+    moves.iter().map(|m| m.2).collect::<HashSet<_>>().len()
+}
+
+/// Mark every unneeded object (and old manifest and checkpoint) retired. Returns how
+/// many objects are retired in all.
+fn retire_unneeded(sh: &Shared) -> usize {
+    let now = Instant::now();
+    let mut st = sh.lock();
+    let stats = object_stats(&st, now);
+    // Every change so far lies in segments up to this one.
+    let after_seq = if st.log.open.is_empty() {
+        st.log.last_sealed_seq
+    } else {
+        st.log.open.id().seq
+    };
+    for id in policy::unneeded(&stats) {
+        st.objects.retire(id, now, after_seq);
+    }
+    st.objects
+        .iter()
+        .filter(|(_, o)| o.retired.is_some())
+        .count()
+}
+
+/// Retire manifests and checkpoints older than the current ones.
+async fn retire_old_metadata(sh: &Shared) -> Result<()> {
+    let current = {
+        let st = sh.lock();
+        if st.gc.metadata_checked_at == Some(st.manifest.seq) {
+            return Ok(());
+        }
+        st.manifest.clone()
+    };
+    let mut listed = sh.store.list(MANIFEST_DIR).await?;
+    listed.extend(sh.store.list(CHECKPOINT_DIR).await?);
+    let now = Instant::now();
+    let mut st = sh.lock();
+    for o in listed {
+        let old = match parse_name(&o.key) {
+            ObjectKind::Manifest(n) => n < current.seq,
+            ObjectKind::Checkpoint(n) => n < current.seq && Some(n) != current.checkpoint,
+            _ => false,
+        };
+        if old {
+            st.gc.metadata_retired.entry(o.key).or_insert(now);
+        }
+    }
+    st.gc.metadata_checked_at = Some(current.seq);
+    Ok(())
+}
+
+/// How long until the last retired object or metadata may be deleted.
+fn longest_wait(sh: &Shared) -> Duration {
+    let grace = sh.opts.gc.grace;
+    let now = Instant::now();
+    let st = sh.lock();
+    let objects = st.objects.iter().filter_map(|(_, o)| o.retired.map(|r| r.since));
+    let metadata = st.gc.metadata_retired.values().copied();
+    objects
+        .chain(metadata)
+        .map(|since| (since + grace).saturating_duration_since(now))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Delete what is retired, past its grace period and durably unneeded, if this writer
+/// still owns the store. Returns the number of objects deleted.
+async fn delete_due(sh: &Shared) -> Result<u64> {
+    check_writer(sh)?;
+    let grace = sh.opts.gc.grace;
+    let now = Instant::now();
+    let (objects, metadata, seq, ckpt) = {
+        let st = sh.lock();
+        let objects = st.objects.deletable(now, grace, st.log.durable_seq);
+        let metadata: Vec<String> = st
+            .gc
+            .metadata_retired
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        (objects, metadata, st.manifest.seq, st.manifest.checkpoint)
+    };
+    if objects.is_empty() && metadata.is_empty() {
+        return Ok(0);
+    }
+    // A newer manifest means another writer (or our own checkpoint in progress):
+    // delete nothing this time.
+    if latest_manifest(&sh.store).await? != Some(seq) {
+        log::info!("not deleting: the store's manifest moved on; will look again");
+        return Ok(0);
+    }
+    let mut deleted = 0u64;
+    for (id, size) in objects {
+        check_writer(sh)?;
+        sh.store.delete(&segment_name(id)).await?;
+        let mut st = sh.lock();
+        st.objects.remove(id);
+        st.gc.counters.objects_deleted += 1;
+        st.gc.counters.bytes_deleted += size;
+        deleted += 1;
+    }
+    for key in metadata {
+        let keep = matches!(parse_name(&key), ObjectKind::Checkpoint(n) if Some(n) == ckpt)
+            || key == manifest_name(seq)
+            || ckpt.is_some_and(|c| key == checkpoint_name(c));
+        if keep {
+            continue;
+        }
+        check_writer(sh)?;
+        sh.store.delete(&key).await?;
+        let mut st = sh.lock();
+        st.gc.metadata_retired.remove(&key);
+        st.gc.counters.metadata_deleted += 1;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+fn background_config(sh: &Shared) -> PolicyConfig {
+    PolicyConfig::from(&sh.opts.gc)
+}
+
+/// One background round: the policy's choice, then retirement and deletion. Returns
+/// the bytes read by a rewrite (for throttling).
+async fn background_round(sh: &Arc<Shared>) -> Result<u64> {
+    let _one_at_a_time = sh.gc_lock.lock().await;
+    ensure_listed(sh).await?;
+    let choice = {
+        let st = sh.lock();
+        policy::choose(&object_stats(&st, Instant::now()), &background_config(sh))
+    };
+    let mut read = 0;
+    if let Choice::Rewrite { reason, sources } = choice {
+        let before = sh.lock().gc.counters;
+        log::info!("gc: {reason:?} of {} objects", sources.len());
+        rewrite(sh, &sources, &mut |m| log::info!("gc: {m}")).await?;
+        read = sh.lock().gc.counters.since(&before).bytes_read;
+    }
+    retire_unneeded(sh);
+    retire_old_metadata(sh).await?;
+    delete_due(sh).await?;
+    Ok(read)
+}
+
+/// The background worker of a writer.
+pub(crate) async fn run_background(sh: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(sh.opts.gc.interval).await;
+        {
+            let st = sh.lock();
+            if st.poisoned.is_some() || st.closing || st.closed {
+                return;
+            }
+            // Foreground writes come first.
+            if st.log.unflushed_bytes > sh.opts.max_unflushed_bytes / 4 {
+                continue;
+            }
+        }
+        match background_round(&sh).await {
+            Ok(read) if read > 0 => {
+                let rate = sh.opts.gc.max_bytes_per_sec.max(1);
+                tokio::time::sleep(Duration::from_secs_f64(read as f64 / rate as f64)).await;
+            }
+            Ok(_) => {}
+            Err(Error::Closed) => return,
+            Err(e) => log::warn!("gc round failed (will try again): {e}"),
+        }
+    }
+}
+
+/// What an on-demand run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Clean mostly dead objects, then delete everything unneeded.
+    Clean,
+    /// Rewrite all live data into sorted runs, then delete everything unneeded.
+    Compact,
+}
+
+/// `kvfs gc` / `kvfs compact`: run to completion, waiting out the grace period.
+pub(crate) async fn run_on_demand(
+    sh: &Arc<Shared>,
+    mode: Mode,
+    progress: Progress<'_>,
+) -> Result<GcCounters> {
+    check_writer(sh)?;
+    let _one_at_a_time = sh.gc_lock.lock().await;
+    let before = sh.lock().gc.counters;
+    ensure_listed(sh).await?;
+    // A checkpoint first: the log window shrinks to what follows it.
+    progress("writing a checkpoint");
+    crate::db::checkpointer::run_exclusive(sh).await?;
+    match mode {
+        Mode::Compact => {
+            let rounds = {
+                let st = sh.lock();
+                policy::compact_all(
+                    &object_stats(&st, Instant::now()),
+                    sh.opts.gc.max_round_bytes,
+                )
+            };
+            let n = rounds.len();
+            for (i, sources) in rounds.iter().enumerate() {
+                progress(&format!(
+                    "compaction round {} of {n}: {} objects",
+                    i + 1,
+                    sources.len()
+                ));
+                rewrite(sh, sources, progress).await?;
+            }
+        }
+        Mode::Clean => {
+            let cfg = PolicyConfig {
+                min_age: Duration::ZERO,
+                compact_min_bytes: u64::MAX,
+                max_runs: usize::MAX,
+                ..background_config(sh)
+            };
+            let mut done: HashSet<SegmentId> = HashSet::new();
+            for round in 1.. {
+                let choice = {
+                    let st = sh.lock();
+                    let stats: Vec<ObjectStat> = object_stats(&st, Instant::now())
+                        .into_iter()
+                        .filter(|o| !done.contains(&o.id))
+                        .collect();
+                    policy::choose(&stats, &cfg)
+                };
+                let Choice::Rewrite { sources, reason } = choice else {
+                    break;
+                };
+                debug_assert_eq!(reason, Reason::Clean);
+                progress(&format!("cleaning round {round}: {} objects", sources.len()));
+                rewrite(sh, &sources, progress).await?;
+                done.extend(sources);
+            }
+        }
+    }
+    if sh.lock().gc.counters.since(&before).keys_moved > 0 {
+        progress("writing a checkpoint");
+        crate::db::checkpointer::run_exclusive(sh).await?;
+    }
+    let retired = retire_unneeded(sh);
+    retire_old_metadata(sh).await?;
+    let metadata = sh.lock().gc.metadata_retired.len();
+    let wait = longest_wait(sh);
+    if !wait.is_zero() {
+        progress(&format!(
+            "waiting {:.0} s (grace period) before deleting {retired} data objects and \
+             {metadata} old manifests/checkpoints",
+            wait.as_secs_f64()
+        ));
+        tokio::time::sleep(wait).await;
+    }
+    sh.sync().await?;
+    let deleted = delete_due(sh).await?;
+    progress(&format!("deleted {deleted} objects"));
+    Ok(sh.lock().gc.counters.since(&before))
+}
