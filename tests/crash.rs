@@ -65,6 +65,8 @@ struct ChildSpec {
     checkpoint_bytes: u64,
     /// Also run `checkpoint()` in a loop.
     checkpoint_loop: bool,
+    /// Also run compaction and GC (no grace period) in a loop.
+    gc_loop: bool,
 }
 
 // ---------------------------------------------------------------------------------
@@ -175,6 +177,11 @@ async fn child_main(spec: ChildSpec) {
         max_inflight_uploads: spec.max_inflight_uploads,
         max_unflushed_bytes: spec.max_unflushed_bytes,
         checkpoint_bytes: spec.checkpoint_bytes,
+        gc: if spec.gc_loop {
+            gc_options()
+        } else {
+            writer_options().gc
+        },
         ..writer_options()
     };
     let db = Db::open(&spec.url, opts)
@@ -213,6 +220,21 @@ async fn child_main(spec: ChildSpec) {
             }
         });
     }
+    if spec.gc_loop {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for round in 0u64.. {
+                let r = if round % 2 == 0 {
+                    db.compact(&mut |_| {}).await
+                } else {
+                    db.gc(&mut |_| {}).await
+                };
+                if let Err(e) = r {
+                    die(format!("gc round {round}: {e}"));
+                }
+            }
+        });
+    }
     let mut b = start;
     loop {
         b += 1;
@@ -232,6 +254,16 @@ fn writer_options() -> Options {
     Options {
         lease_ttl: Duration::from_secs(3600),
         ..Options::default()
+    }
+}
+
+/// GC settings of a writer that compacts and cleans all the time: no grace period,
+/// so kills also land between a rewrite and the deletion of what it replaced.
+fn gc_options() -> kvfs::db::GcOptions {
+    kvfs::db::GcOptions {
+        background: false,
+        grace: Duration::ZERO,
+        ..kvfs::db::GcOptions::default()
     }
 }
 
@@ -454,6 +486,7 @@ struct Plan {
     /// Checkpoint after this many log bytes (tiny: constantly).
     checkpoint_bytes: u64,
     checkpoint_loop: bool,
+    gc_loop: bool,
 }
 
 fn base_seed() -> u64 {
@@ -568,6 +601,7 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
             max_unflushed_bytes: 128 << 10,
             checkpoint_bytes: plan.checkpoint_bytes,
             checkpoint_loop: plan.checkpoint_loop,
+            gc_loop: plan.gc_loop,
         };
         let kill = match trial {
             // Usually while the first writer is still creating the store.
@@ -613,7 +647,9 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
                         }
                     }
                 }
-                if !eof && trial % 3 == 0 {
+                // A reader of a store whose writer deletes with no grace period
+                // could find its objects gone: no live reader in GC trials.
+                if !eof && trial % 3 == 0 && !plan.gc_loop {
                     live = check_live(&target, &mut model, acked, child.pid, &what).await;
                 }
                 if !eof {
@@ -689,6 +725,41 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
     );
     assert!(recovered > 0, "{ctx}: nothing was ever recovered");
 
+    // Nothing leaked: one more GC leaves no unneeded object behind.
+    if plan.gc_loop {
+        let w = target
+            .open(Options {
+                gc: gc_options(),
+                ..writer_options()
+            })
+            .await;
+        check_store(
+            &w,
+            &mut model,
+            recovered,
+            true,
+            &format!("{ctx}, before final gc"),
+        )
+        .await;
+        w.gc(&mut |_| {}).await.expect("final gc");
+        let stats = w.stats().await.expect("stats");
+        assert_eq!(stats.unneeded_objects, 0, "{ctx}: leaked objects: {stats}");
+        assert_eq!(stats.manifests, 1, "{ctx}: old manifests left: {stats}");
+        assert!(
+            stats.runs > 0,
+            "{ctx}: the writers never compacted: {stats}"
+        );
+        check_store(
+            &w,
+            &mut model,
+            recovered,
+            true,
+            &format!("{ctx}, after final gc"),
+        )
+        .await;
+        w.close().await.expect("close");
+    }
+
     // A final writer sees everything, can write, and leaves a clean store.
     let w = target.open(writer_options()).await;
     check_store(&w, &mut model, recovered, false, &format!("{ctx}, final")).await;
@@ -721,6 +792,7 @@ fn normal(trials: usize) -> Plan {
         trials,
         checkpoint_bytes: 256 << 10,
         checkpoint_loop: false,
+        gc_loop: false,
     }
 }
 
@@ -730,6 +802,18 @@ fn checkpointing(trials: usize) -> Plan {
         trials,
         checkpoint_bytes: 1,
         checkpoint_loop: true,
+        gc_loop: false,
+    }
+}
+
+/// Compaction and GC all the time, so kills land while rewriting, relinking and
+/// deleting.
+fn collecting(trials: usize) -> Plan {
+    Plan {
+        trials,
+        checkpoint_bytes: 64 << 10,
+        checkpoint_loop: false,
+        gc_loop: true,
     }
 }
 
@@ -738,6 +822,13 @@ async fn crash_local_store() {
     let dir = tempfile::tempdir().unwrap();
     let target = Target::local(&dir.path().join("store"));
     crash_trials(target, normal(16), dir.path(), "local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_local_store_during_gc_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::local(&dir.path().join("store"));
+    crash_trials(target, collecting(14), dir.path(), "local, gc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -802,6 +893,14 @@ async fn crash_s3_store_during_checkpoints() {
         "s3, checkpointing",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_s3_store_during_gc_and_compaction() {
+    let s3 = s3_fixture().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let target = Target::s3(&s3.server, BUCKET, "crash/gc");
+    crash_trials(target, collecting(10), scratch.path(), "s3, gc").await;
 }
 
 /// The workload really is a pure function of `(seed, b)`, and it exercises both puts

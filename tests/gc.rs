@@ -96,7 +96,10 @@ async fn deleted_and_overwritten_data_is_gone_after_gc() {
     assert_eq!(after.unneeded_objects, 0);
     let bytes = store_bytes(dir.path());
     for i in 0..200u32 {
-        assert!(!contains(&bytes, format!("SECRET-{i:04}-v1").as_bytes()), "{i} v1 still stored");
+        assert!(
+            !contains(&bytes, format!("SECRET-{i:04}-v1").as_bytes()),
+            "{i} v1 still stored"
+        );
         let v2 = contains(&bytes, format!("SECRET-{i:04}-v2").as_bytes());
         assert_eq!(v2, i % 2 == 1, "key {i}");
     }
@@ -237,7 +240,9 @@ async fn compacted_directory_is_read_with_few_gets() {
     let files = 2000u32;
     let value = |i: u32| format!("{i:06}{}", "f".repeat(1018)).into_bytes();
     for i in 0..files {
-        db.put(format!("dir/file{i:05}").as_bytes(), &value(i)).await.unwrap();
+        db.put(format!("dir/file{i:05}").as_bytes(), &value(i))
+            .await
+            .unwrap();
         db.put(format!("other{}/x{i}", i % 7).as_bytes(), &value(i))
             .await
             .unwrap();
@@ -262,7 +267,10 @@ async fn compacted_directory_is_read_with_few_gets() {
         }
     };
     let scattered = cold_scan_gets(opts.clone()).await;
-    assert!(scattered >= files as u64, "{scattered} GETs before compaction");
+    assert!(
+        scattered >= files as u64,
+        "{scattered} GETs before compaction"
+    );
 
     let db = Db::open_store(store.clone(), opts.clone()).await.unwrap();
     let done = db.compact(&mut |_| {}).await.unwrap();

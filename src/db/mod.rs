@@ -966,8 +966,7 @@ impl Db {
     /// Compact now: rewrite all live data in key order into sorted runs, then delete
     /// what nothing needs, as [`Db::gc`] does.
     pub async fn compact(&self, progress: &mut (dyn FnMut(&str) + Send)) -> Result<GcCounters> {
-        gc::worker::run_on_demand(&self.handle.shared, gc::worker::Mode::Compact, progress)
-            .await
+        gc::worker::run_on_demand(&self.handle.shared, gc::worker::Mode::Compact, progress).await
     }
 
     /// What GC and compaction did through this handle so far.

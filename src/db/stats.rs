@@ -4,11 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use super::error::Result;
+use super::gc::{in_log_window, GcCounters, EMPTY_SEGMENT_LEN};
 use super::lease::{peek, LeaseInfo};
 use super::Shared;
 use crate::format::manifest::LogRange;
 use crate::format::names::{parse_name, ObjectKind};
-use super::gc::{in_log_window, GcCounters, EMPTY_SEGMENT_LEN};
 use crate::store::metered::Metrics;
 
 #[derive(Clone, Debug)]
@@ -155,7 +155,11 @@ impl fmt::Display for Stats {
             "segments         {} ({} bytes)",
             self.segments, self.segment_bytes
         )?;
-        writeln!(f, "runs             {} ({} bytes)", self.runs, self.run_bytes)?;
+        writeln!(
+            f,
+            "runs             {} ({} bytes)",
+            self.runs, self.run_bytes
+        )?;
         writeln!(
             f,
             "space amp.       {:.2} (segment and run bytes per live byte)",

@@ -302,7 +302,11 @@ impl<'a> Iterator for EntryIter<'a> {
 }
 
 /// Parse the entry at `pos`. With `verify`, check the entry and value checksums.
-pub(crate) fn parse_entry(buf: &[u8], pos: usize, verify: bool) -> FormatResult<(EntryRef<'_>, usize)> {
+pub(crate) fn parse_entry(
+    buf: &[u8],
+    pos: usize,
+    verify: bool,
+) -> FormatResult<(EntryRef<'_>, usize)> {
     let mut r = Reader::at(buf, pos, WHAT);
     let crc = r.u32()?;
     let kind_byte = r.u8()?;

@@ -98,9 +98,9 @@ pub const EMPTY_SEGMENT_LEN: u64 = (HEADER_LEN + FOOTER_LEN) as u64;
 /// Whether recovery from manifest `m` reads segment `id` as log.
 pub fn in_log_window(m: &Manifest, id: SegmentId) -> bool {
     !id.is_run()
-        && m.ranges.iter().any(|r| {
-            r.epoch == id.epoch && id.seq >= r.first && (r.is_open() || id.seq <= r.last)
-        })
+        && m.ranges
+            .iter()
+            .any(|r| r.epoch == id.epoch && id.seq >= r.first && (r.is_open() || id.seq <= r.last))
 }
 
 /// What the engine's state keeps for GC between rounds.

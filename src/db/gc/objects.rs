@@ -105,7 +105,12 @@ impl ObjectTable {
     }
 
     /// Retired objects whose grace period has passed and whose retirement is durable.
-    pub fn deletable(&self, now: Instant, grace: Duration, durable_seq: u64) -> Vec<(SegmentId, u64)> {
+    pub fn deletable(
+        &self,
+        now: Instant,
+        grace: Duration,
+        durable_seq: u64,
+    ) -> Vec<(SegmentId, u64)> {
         self.objects
             .iter()
             .filter_map(|(id, o)| {
@@ -141,7 +146,10 @@ mod tests {
         let g = Duration::from_secs(10);
         assert!(t.deletable(t0 + Duration::from_secs(5), g, 10).is_empty());
         assert!(t.deletable(t0 + Duration::from_secs(20), g, 4).is_empty());
-        assert_eq!(t.deletable(t0 + Duration::from_secs(20), g, 5), vec![(a, 100)]);
+        assert_eq!(
+            t.deletable(t0 + Duration::from_secs(20), g, 5),
+            vec![(a, 100)]
+        );
         assert_eq!(t.next_run_id(3), SegmentId::run(3, 1));
         assert_eq!(t.next_run_id(3), SegmentId::run(3, 2));
     }

@@ -139,7 +139,11 @@ pub fn choose(objects: &[ObjectStat], cfg: &PolicyConfig) -> Choice {
         .filter(|o| movable(o) && o.age >= cfg.min_age && o.fill() < cfg.clean_below_fill)
         .collect();
     if !victims.is_empty() {
-        victims.sort_by(|a, b| cost_benefit(b).total_cmp(&cost_benefit(a)).then(a.id.cmp(&b.id)));
+        victims.sort_by(|a, b| {
+            cost_benefit(b)
+                .total_cmp(&cost_benefit(a))
+                .then(a.id.cmp(&b.id))
+        });
         return Choice::Rewrite {
             reason: Reason::Clean,
             sources: take_budget(victims.into_iter(), cfg.max_round_bytes),

@@ -198,7 +198,8 @@ async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>
                 String::from_utf8_lossy(&key)
             )));
         }
-        let value = decode_value(&obj.slice(off..end)).map_err(|err| Error::corrupt(name(), err))?;
+        let value =
+            decode_value(&obj.slice(off..end)).map_err(|err| Error::corrupt(name(), err))?;
         let meta = e.meta.as_deref().unwrap_or(&[]);
         let need = put_len(key.len(), meta.len(), value.len());
         if let Some(b) = builder.take_if(|b| !b.is_empty() && b.len() + need > run_bytes) {
@@ -323,7 +324,10 @@ fn longest_wait(sh: &Shared) -> Duration {
     let grace = sh.opts.gc.grace;
     let now = Instant::now();
     let st = sh.lock();
-    let objects = st.objects.iter().filter_map(|(_, o)| o.retired.map(|r| r.since));
+    let objects = st
+        .objects
+        .iter()
+        .filter_map(|(_, o)| o.retired.map(|r| r.since));
     let metadata = st.gc.metadata_retired.values().copied();
     objects
         .chain(metadata)
@@ -500,7 +504,10 @@ pub(crate) async fn run_on_demand(
                     break;
                 };
                 debug_assert_eq!(reason, Reason::Clean);
-                progress(&format!("cleaning round {round}: {} objects", sources.len()));
+                progress(&format!(
+                    "cleaning round {round}: {} objects",
+                    sources.len()
+                ));
                 rewrite(sh, &sources, progress).await?;
                 done.extend(sources);
             }
