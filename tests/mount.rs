@@ -824,3 +824,49 @@ fn mount_of_an_s3_store() {
     drop(s3);
     drop(rt);
 }
+
+#[test]
+fn gc_and_compaction_keep_every_file_and_reclaim_space() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    let m = fx.mount();
+    // Small files, a large one, overwrites, renames and deletes.
+    m.sh(
+        "mkdir -p src/a src/b && \
+         for i in $(seq 1 150); do echo \"file $i $(seq 1 $i | tr '\\n' ' ')\" > src/a/f$i; done && \
+         for i in $(seq 1 150); do echo \"other $i\" > src/b/g$i; done && \
+         head -c 300000 /dev/urandom > src/big && \
+         for i in $(seq 1 100); do echo \"new $i\" > src/a/f$i; done && \
+         for i in $(seq 1 50); do rm src/b/g$i; done && \
+         mv src/b src/c",
+    );
+    let before = m.sh("tar cf - src | md5sum");
+    m.finish();
+
+    for cmd in ["compact", "gc"] {
+        let out = fx.kvfs(&[cmd, &store, "--gc-grace-secs", "0"]);
+        assert!(out.status.success(), "kvfs {cmd}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{cmd}: deleted")), "no progress output: {err}");
+        let out = fx.kvfs(&["fsck", &store]);
+        assert!(out.status.success(), "fsck after {cmd}: {out:?}");
+    }
+    let stats = String::from_utf8(fx.kvfs(&["stats", &store]).stdout).unwrap();
+    assert!(stats.contains("reclaimable      0 objects"), "{stats}");
+    assert!(!stats.contains("runs             0 "), "{stats}");
+
+    let m = fx.mount();
+    assert_eq!(m.sh("tar cf - src | md5sum"), before);
+    assert_eq!(m.sh("cat src/a/f7"), "new 7\n");
+    assert_eq!(m.sh("grep -rl 'other 77' src"), "src/c/g77\n");
+    assert_eq!(m.sh("ls src/c | wc -l").trim(), "100");
+    // Still writable, and the writes survive another compaction.
+    m.sh("echo after > src/after && rm src/a/f1");
+    m.finish();
+    let out = fx.kvfs(&["compact", &store, "--gc-grace-secs", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    let m = fx.mount();
+    assert_eq!(m.sh("cat src/after"), "after\n");
+    assert_eq!(m.sh("ls src/a | wc -l").trim(), "149");
+    m.finish();
+}

@@ -216,9 +216,21 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`kvfs scan … | head`) would
+/// fail with an error; like other command-line tools, just stop instead.
+fn restore_default_sigpipe() {
+    // SAFETY: resetting a signal disposition to its default is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if !matches!(cli.command, Command::Mount(_)) {
+        restore_default_sigpipe();
+    }
     if let Command::Mount(m) = &cli.command {
         limit_malloc_arenas();
         if m.daemon_child {

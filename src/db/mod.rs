@@ -133,6 +133,9 @@ impl Op<'_> {
     }
 }
 
+/// A readahead window of a run: index slot and window number.
+pub(crate) type WindowKey = (u32, u64);
+
 /// What the durable-point channel carries.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Durable {
@@ -159,7 +162,7 @@ pub(crate) struct Shared {
     pub gc_lock: tokio::sync::Mutex<()>,
     /// Readahead windows being fetched from runs, so concurrent readers of one
     /// window share one GET.
-    pub windows: Mutex<HashMap<(u32, u64), Arc<tokio::sync::OnceCell<Bytes>>>>,
+    pub windows: Mutex<HashMap<WindowKey, Arc<tokio::sync::OnceCell<Bytes>>>>,
 }
 
 impl Shared {

@@ -90,10 +90,6 @@ impl ObjectTable {
         self.objects.iter()
     }
 
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-
     /// Mark `id` retired (once; the first time counts).
     pub fn retire(&mut self, id: SegmentId, now: Instant, after_seq: u64) {
         if let Some(o) = self.objects.get_mut(&id) {
