@@ -4,6 +4,7 @@
 mod alloc;
 mod engine;
 mod fs;
+mod gc;
 mod kv;
 mod recovery;
 mod report;
@@ -43,6 +44,9 @@ enum Command {
     /// Open time against the number of keys (10^3 to 10^7) and against the log
     /// written since the last checkpoint; index memory per key.
     Recovery(recovery::RecoveryArgs),
+    /// Garbage collection and compaction: space amplification over time under
+    /// overwrites, and GETs of a cold directory scan before and after compaction.
+    Gc(gc::GcArgs),
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn main() {
         Command::S3Put(args) => rt.block_on(s3put::run(args)),
         Command::Kv(args) => rt.block_on(kv::run(args)),
         Command::Recovery(args) => rt.block_on(recovery::run(args)),
+        Command::Gc(args) => rt.block_on(gc::run(args)),
     };
     if let Err(e) = result {
         eprintln!("kvfs-bench: {e}");
