@@ -3,8 +3,11 @@
 //! 1. **Space amplification over time.** `--keys` keys of `--value-bytes` are loaded,
 //!    then overwritten uniformly at random at `--overwrites-per-sec` for `--seconds`,
 //!    with the background worker running (its intervals scaled down so that the run
-//!    reaches a steady state in a minute or two: 250 ms rounds, 2 s minimum age, 2 s
-//!    grace, a checkpoint every 4 MiB of log).
+//!    reaches a steady state in a minute or two: 250 ms rounds, 2 s minimum age,
+//!    `--grace-ms` (1 s), rounds of `--round-bytes` (4 MiB), a checkpoint every 4 MiB
+//!    of log). The dead data waiting at any moment is about one round's sources plus
+//!    what the workload overwrites during the grace period and the log window, so
+//!    those set the steady state together with the cleaning threshold.
 //!    Once a second the stored bytes of segments and runs are divided by the live
 //!    bytes. Repeated for each `--clean-below-fill` threshold: a higher threshold keeps
 //!    less dead data at the price of more copying. Reported: the median space
@@ -47,6 +50,12 @@ pub struct GcArgs {
     /// Cleaning thresholds to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.7")]
     clean_below_fill: Vec<f64>,
+    /// Bytes of objects one background round reads (and the log compaction trigger).
+    #[arg(long, default_value_t = 4 << 20)]
+    round_bytes: u64,
+    /// Grace period before an unneeded object is deleted.
+    #[arg(long, default_value_t = 1000)]
+    grace_ms: u64,
     /// Files in the directory of the cold-scan experiment.
     #[arg(long, default_value_t = 10_000)]
     scan_files: u32,
@@ -75,18 +84,18 @@ struct SpaceResult {
     gc: kvfs::db::GcCounters,
 }
 
-fn space_options(fill: f64) -> Options {
+fn space_options(a: &GcArgs, fill: f64) -> Options {
     Options {
         segment_bytes: 1 << 20,
         checkpoint_bytes: 4 << 20,
         gc: GcOptions {
             background: true,
             interval: Duration::from_millis(250),
-            grace: Duration::from_secs(2),
+            grace: Duration::from_millis(a.grace_ms),
             min_age: Duration::from_secs(2),
             clean_below_fill: fill,
-            compact_min_bytes: 4 << 20,
-            max_round_bytes: 16 << 20,
+            compact_min_bytes: a.round_bytes,
+            max_round_bytes: a.round_bytes,
             max_bytes_per_sec: 64 << 20,
             ..GcOptions::default()
         },
@@ -96,7 +105,7 @@ fn space_options(fill: f64) -> Options {
 
 async fn space_run(ep: &LocalEndpoint, a: &GcArgs, fill: f64) -> BenchResult<SpaceResult> {
     let store = ep.store(&format!("space-{fill}"));
-    let db = Db::open_store(store, space_options(fill)).await?;
+    let db = Db::open_store(store, space_options(a, fill)).await?;
     let key = |i: u64| format!("k{i:08}").into_bytes();
     let mut value = vec![b'v'; a.value_bytes];
     for i in 0..a.keys {
@@ -131,10 +140,20 @@ async fn space_run(ep: &LocalEndpoint, a: &GcArgs, fill: f64) -> BenchResult<Spa
                 stored: s.segment_bytes + s.run_bytes,
             });
             if samples.len() % 10 == 0 {
+                let h = s.fill_histogram;
                 eprintln!(
-                    "  threshold {fill}: {:.0} s, space amplification {:.2}",
+                    "  threshold {fill}: {:.0} s, space amplification {:.2}; {} segments, {} runs; \
+                     fill empty/<25/<50/<75/>=75%: {}/{}/{}/{}/{}; reclaimable {} MB",
                     start.elapsed().as_secs_f64(),
-                    s.space_amplification()
+                    s.space_amplification(),
+                    s.segments,
+                    s.runs,
+                    h[0],
+                    h[1],
+                    h[2],
+                    h[3],
+                    h[4],
+                    s.unneeded_bytes >> 20
                 );
             }
             next_sample += Duration::from_secs(1);

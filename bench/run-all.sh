@@ -44,3 +44,6 @@ if [ -n "${missing:-}" ]; then
 fi
 cargo build --release --locked --bin kvfs
 "$bench" fs "${quick[@]}" --out "$out"
+
+echo "== gc: space amplification under overwrites; cold directory scan before and after compaction"
+"$bench" gc "${quick[@]}" --out "$out"

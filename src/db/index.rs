@@ -153,3 +153,40 @@ impl Index {
             .map(|(k, e)| (&**k, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::checkpoint::Location;
+
+    fn entry(slot: u32, len: u32) -> IndexEntry {
+        IndexEntry {
+            loc: Location {
+                segment: slot,
+                offset: 32,
+                value_len: len,
+            },
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn live_bytes_per_object_follow_inserts_and_removes() {
+        let mut ix = Index::default();
+        let a = ix.slot_for(SegmentId { epoch: 1, seq: 1 });
+        let b = ix.slot_for(SegmentId::run(1, 1));
+        ix.insert(b"k1", entry(a, 10));
+        ix.insert(b"k2", entry(a, 20));
+        assert_eq!(ix.slot_live(a), 2 + 10 + 2 + 20);
+        // Overwrite moves the key's bytes to the other object.
+        ix.insert(b"k1", entry(b, 5));
+        assert_eq!(ix.slot_live(a), 22);
+        assert_eq!(ix.slot_live(b), 7);
+        ix.remove(b"k2");
+        assert_eq!(ix.slot_live(a), 0);
+        assert_eq!(ix.live_bytes(), 7);
+        let by = ix.live_by_object();
+        assert_eq!(by.len(), 1);
+        assert_eq!(by[&SegmentId::run(1, 1)], 7);
+    }
+}

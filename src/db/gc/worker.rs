@@ -416,10 +416,14 @@ async fn background_round(sh: &Arc<Shared>) -> Result<u64> {
     Ok(read)
 }
 
-/// The background worker of a writer.
+/// The background worker of a writer. It waits `interval` between rounds while
+/// there is nothing to rewrite; after a rewrite it goes on as soon as the throttle
+/// allows (bytes read / `max_bytes_per_sec`), so cleaning keeps up with the writers.
 pub(crate) async fn run_background(sh: Arc<Shared>) {
+    let mut pause = sh.opts.gc.interval;
     loop {
-        tokio::time::sleep(sh.opts.gc.interval).await;
+        tokio::time::sleep(pause).await;
+        pause = sh.opts.gc.interval;
         {
             let st = sh.lock();
             if st.poisoned.is_some() || st.closing || st.closed {
@@ -433,7 +437,7 @@ pub(crate) async fn run_background(sh: Arc<Shared>) {
         match background_round(&sh).await {
             Ok(read) if read > 0 => {
                 let rate = sh.opts.gc.max_bytes_per_sec.max(1);
-                tokio::time::sleep(Duration::from_secs_f64(read as f64 / rate as f64)).await;
+                pause = Duration::from_secs_f64(read as f64 / rate as f64);
             }
             Ok(_) => {}
             Err(Error::Closed) => return,
