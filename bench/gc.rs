@@ -335,7 +335,10 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
         summary.write_csv(out, "gc_space")?;
         over_time.write_csv(out, "gc_space_over_time")?;
         scan_table.write_csv(out, "gc_scan")?;
-        eprintln!("wrote gc_space.csv, gc_space_over_time.csv, gc_scan.csv in {}", out.display());
+        eprintln!(
+            "wrote gc_space.csv, gc_space_over_time.csv, gc_scan.csv in {}",
+            out.display()
+        );
     }
     ep.server.shutdown().await;
     let _ = std::fs::remove_dir_all(&ep.root);

@@ -847,7 +847,10 @@ fn gc_and_compaction_keep_every_file_and_reclaim_space() {
         let out = fx.kvfs(&[cmd, &store, "--gc-grace-secs", "0"]);
         assert!(out.status.success(), "kvfs {cmd}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{cmd}: deleted")), "no progress output: {err}");
+        assert!(
+            err.contains(&format!("{cmd}: deleted")),
+            "no progress output: {err}"
+        );
         let out = fx.kvfs(&["fsck", &store]);
         assert!(out.status.success(), "fsck after {cmd}: {out:?}");
     }

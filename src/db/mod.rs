@@ -133,6 +133,10 @@ impl Op<'_> {
     }
 }
 
+/// Bytes a readahead window reaches past its aligned end (a file-system block or
+/// inline file crossing the boundary is still read with one GET).
+const WINDOW_OVERLAP: u64 = 68 << 10;
+
 /// A readahead window of a run: index slot and window number.
 pub(crate) type WindowKey = (u32, u64);
 
@@ -765,7 +769,9 @@ impl Db {
         let Some(size) = size else { return Ok(None) };
         let w = off / window;
         let start = w * window;
-        let end = ((w + 1) * window).max(off + len).min(size);
+        // Windows overlap a little, so a small value that crosses into the next
+        // window is read from this one rather than fetching it again.
+        let end = ((w + 1) * window + WINDOW_OVERLAP).max(off + len).min(size);
         if off + len > end {
             return Ok(None);
         }
@@ -776,6 +782,12 @@ impl Db {
         let name = segment_name(id);
         let fetched = cell
             .get_or_try_init(|| async {
+                // Another reader may have fetched it between our cache miss and now.
+                if let Some(b) = sh.lock().cache.get(&CacheKey::Window(loc.segment, w)) {
+                    if b.len() as u64 >= end - start {
+                        return Ok(b);
+                    }
+                }
                 let b = sh.store.get_range(&name, start..end).await?;
                 sh.lock()
                     .cache
