@@ -17,15 +17,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use kvfs::testserver::{FaultConfig, RequestCounts, ServerOptions, TestS3Server};
-use kvfs::testserver::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use kvfs::testserver::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
+use crate::mount::{mount_kvfs, require, unmount, wait_mounted, BenchResult, Mounted};
 use crate::report::{quantile, Table};
 
 #[derive(Args, Debug)]
@@ -65,8 +66,6 @@ pub struct FsArgs {
     out: Option<PathBuf>,
 }
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
-
 struct Row {
     system: String,
     workload: &'static str,
@@ -76,130 +75,6 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     requests: RequestCounts,
-}
-
-/// A mounted file system that is unmounted (and its process stopped) on drop.
-struct Mounted {
-    point: PathBuf,
-    child: Option<Child>,
-    extra_unmount: Option<PathBuf>,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        unmount(&self.point);
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(p) = &self.extra_unmount {
-            unmount(p);
-        }
-    }
-}
-
-fn unmount(point: &Path) {
-    if is_mounted(point) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_mounted(point) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn is_mounted(point: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(point) else {
-        return false;
-    };
-    let target = canon.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
-        })
-        .unwrap_or(false)
-}
-
-fn wait_mounted(point: &Path, child: &mut Option<Child>) -> BenchResult<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if is_mounted(point) {
-            return Ok(());
-        }
-        if let Some(c) = child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Err(format!("mount of {} exited early: {status}", point.display()).into());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("{} was not mounted within 60 s", point.display()).into())
-}
-
-fn require(tool: &str, package: &str) -> BenchResult<()> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if found {
-        Ok(())
-    } else {
-        Err(format!("{tool} not found: apt-get install -y {package}").into())
-    }
-}
-
-fn kvfs_binary() -> PathBuf {
-    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kvfs-bench"));
-    me.with_file_name("kvfs")
-}
-
-fn mount_kvfs(
-    server: &TestS3Server,
-    store: &str,
-    point: &Path,
-    extra: &[&str],
-) -> BenchResult<Mounted> {
-    std::fs::create_dir_all(point)?;
-    let log = std::fs::File::create(point.with_extension("log"))?;
-    let mut child = Some(
-        Command::new(kvfs_binary())
-            .args(["mount", store])
-            .arg(point)
-            .arg("--foreground")
-            .args(extra)
-            .env("AWS_ENDPOINT_URL", server.endpoint())
-            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
-            .env("AWS_REGION", TEST_REGION)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    );
-    wait_mounted(point, &mut child)?;
-    Ok(Mounted {
-        point: point.to_path_buf(),
-        child,
-        extra_unmount: None,
-    })
 }
 
 fn mount_bindfs(work: &Path) -> BenchResult<Mounted> {
@@ -490,7 +365,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                     let pid;
                     {
                         let m = mount_kvfs(&server, &store, &point, &[])?;
-                        pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                        pid = m.pid();
                         runner.creation("kvfs", &point, a.files, &a)?;
                         create_files(&point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
                         notes.push(format!("kvfs daemon peak RSS {:.1} MiB", peak_rss_mib(pid)));
@@ -510,7 +385,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                         &work.join("mnt-kvfs-sustained"),
                         &["--max-unflushed-bytes", &bound_arg],
                     )?;
-                    let pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                    let pid = m.pid();
                     let total = a.sustained_mib << 20;
                     runner.measure("kvfs", "sustained_1mib_files", || {
                         create_files(

@@ -2,9 +2,16 @@
 //! `--out DIR`, writes its figures as CSV there.
 
 mod alloc;
+mod crash;
+mod crash_child;
+mod crash_engine;
+mod crash_mount;
+mod crash_workload;
 mod engine;
 mod fs;
 mod kv;
+mod mount;
+mod plot;
 mod recovery;
 mod report;
 mod s3put;
@@ -43,6 +50,13 @@ enum Command {
     /// Open time against the number of keys (10^3 to 10^7) and against the log
     /// written since the last checkpoint; index memory per key.
     Recovery(recovery::RecoveryArgs),
+    /// SIGKILL of a writer process and of the mount daemon during writes, then
+    /// recovery checked against a model: acknowledged writes lost (must be 0),
+    /// recovery time.
+    Crash(crash::CrashArgs),
+    /// The writer process the crash benchmark kills.
+    #[command(hide = true)]
+    CrashChild(crash_child::ChildArgs),
 }
 
 fn main() {
@@ -65,6 +79,8 @@ fn main() {
         Command::S3Put(args) => rt.block_on(s3put::run(args)),
         Command::Kv(args) => rt.block_on(kv::run(args)),
         Command::Recovery(args) => rt.block_on(recovery::run(args)),
+        Command::Crash(args) => rt.block_on(crash::run(args)),
+        Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {
         eprintln!("kvfs-bench: {e}");
