@@ -8,6 +8,7 @@ mod crash_engine;
 mod crash_mount;
 mod crash_workload;
 mod engine;
+mod faults;
 mod fs;
 mod kv;
 mod mount;
@@ -54,6 +55,9 @@ enum Command {
     /// recovery checked against a model: acknowledged writes lost (must be 0),
     /// recovery time.
     Crash(crash::CrashArgs),
+    /// Durable writes through the engine under injected S3 faults (errors, stalls,
+    /// outages): throughput, retries, bounded memory, clean failure, nothing lost.
+    Faults(faults::FaultsArgs),
     /// The writer process the crash benchmark kills.
     #[command(hide = true)]
     CrashChild(crash_child::ChildArgs),
@@ -80,6 +84,7 @@ fn main() {
         Command::Kv(args) => rt.block_on(kv::run(args)),
         Command::Recovery(args) => rt.block_on(recovery::run(args)),
         Command::Crash(args) => rt.block_on(crash::run(args)),
+        Command::Faults(args) => rt.block_on(faults::run(args)),
         Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {

@@ -98,13 +98,14 @@ fn tick(v: f64, log: bool) -> String {
         format!("{:.0}k", x / 1e3)
     } else if a >= 100.0 {
         format!("{x:.0}")
-    } else if a >= 1.0 {
-        format!("{x:.1}")
+    } else if a >= 0.01 {
+        let digits = if a >= 1.0 { 1 } else { 2 };
+        format!("{x:.digits$}")
             .trim_end_matches('0')
             .trim_end_matches('.')
             .to_string()
     } else {
-        format!("{x:.2e}")
+        format!("{x:.1e}")
     }
 }
 
