@@ -4,7 +4,12 @@
 //! Systems:
 //! - `kvfs`: `kvfs mount s3://bench/kvfs-…`;
 //! - `bindfs`: bindfs over tmpfs, no S3 at all (the ceiling FUSE itself allows);
-//! - `s3fs`: s3fs-fuse, one object per file.
+//! - `s3fs`: s3fs-fuse, one object per file;
+//! - `rclone`: `rclone mount` (Debian package `rclone`), one object per file, with
+//!   rclone's documented settings for small-file writes: `--vfs-cache-mode writes`
+//!   (files are written to a local cache and uploaded after close, `--vfs-write-back`
+//!   5 s later), path-style requests, configured by an rclone config file in a
+//!   temporary directory. Without rclone installed, its column is skipped with a note.
 //!
 //! Workloads (each in a fresh directory of the mount):
 //! - `create_close`: create, write `--file-bytes`, close; one writer; five rounds,
@@ -55,8 +60,11 @@ pub struct FsArgs {
     /// Latency injected at the server for every GET, HEAD and LIST.
     #[arg(long, default_value_t = 15)]
     get_latency_ms: u64,
-    /// Systems to run, comma-separated: kvfs, bindfs, s3fs.
-    #[arg(long, default_value = "kvfs,bindfs,s3fs")]
+    /// At most this many files per workload for rclone.
+    #[arg(long, default_value_t = 1000)]
+    rclone_files: usize,
+    /// Systems to run, comma-separated: kvfs, bindfs, s3fs, rclone.
+    #[arg(long, default_value = "kvfs,bindfs,s3fs,rclone")]
     systems: String,
     /// About a minute: 5x fewer files.
     #[arg(long)]
@@ -146,6 +154,70 @@ fn mount_s3fs(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
         child: None,
         extra_unmount: None,
     })
+}
+
+/// Wait (at most three minutes, or ten seconds without progress) until the server has
+/// received `n` PUTs since `before`; the number it received.
+fn wait_for_puts(server: &TestS3Server, before: &RequestCounts, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last = (0, Instant::now());
+    loop {
+        let puts = server.request_counts().since(before).put;
+        if puts >= n || Instant::now() > deadline || last.1.elapsed() > Duration::from_secs(10) {
+            return puts.min(n);
+        }
+        if puts != last.0 {
+            last = (puts, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn mount_rclone(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
+    require("rclone", "rclone")?;
+    let point = work.join("mnt-rclone");
+    let conf_dir = work.join("rclone");
+    std::fs::create_dir_all(&point)?;
+    std::fs::create_dir_all(conf_dir.join("cache"))?;
+    let conf = conf_dir.join("rclone.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[bench]\ntype = s3\nprovider = Other\nendpoint = {}\naccess_key_id = {TEST_ACCESS_KEY}\nsecret_access_key = {TEST_SECRET_KEY}\nregion = us-east-1\nforce_path_style = true\n",
+            server.endpoint()
+        ),
+    )?;
+    let log = std::fs::File::create(conf_dir.join("rclone.log"))?;
+    // Foreground: the child is the daemon, stopped by unmounting. Only the config file
+    // configures it: no AWS_* variables (an AWS_CA_BUNDLE, say, makes rclone fail on a
+    // plain-HTTP endpoint) and no RCLONE_* ones.
+    let mut cmd = Command::new("rclone");
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("AWS_") || name.starts_with("RCLONE_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let child = cmd
+        .arg("mount")
+        .arg("bench:bench/rclone")
+        .arg(&point)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--cache-dir")
+        .arg(conf_dir.join("cache"))
+        .args(["--vfs-cache-mode", "writes"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let mut m = Mounted {
+        point: point.clone(),
+        child: Some(child),
+        extra_unmount: None,
+    };
+    wait_mounted(&point, &mut m.child)?;
+    Ok(m)
 }
 
 /// Create `count` files of `bytes` bytes under `dir`, split over `writers` threads.
@@ -308,6 +380,50 @@ impl Runner<'_> {
     }
 }
 
+/// `fs.png`: files/s of each system in each file-creation workload.
+fn plot_rates(out: &Path, rows: &[Row], systems: &[String], a: &FsArgs) {
+    let workloads = ["create_close", "create_fsync_1", "create_fsync_16"];
+    let labels = [
+        "create, write, close".to_string(),
+        "+ fsync, 1 writer".to_string(),
+        format!("+ fsync, {} writers", a.writers),
+    ];
+    let bars: Vec<crate::plot::Bars> = systems
+        .iter()
+        .filter(|sys| rows.iter().any(|r| &r.system == *sys))
+        .map(|sys| crate::plot::Bars {
+            name: match sys.as_str() {
+                "bindfs" => "bindfs over tmpfs (no S3)".to_string(),
+                "rclone" => "rclone mount (fsync local only)".to_string(),
+                other => other.to_string(),
+            },
+            values: workloads
+                .iter()
+                .map(|w| {
+                    rows.iter()
+                        .find(|r| &r.system == sys && r.workload == *w)
+                        .map_or(f64::NAN, |r| r.files_per_s)
+                })
+                .collect(),
+        })
+        .collect();
+    crate::plot::bars(
+        &out.join("fs.png"),
+        &crate::plot::Chart {
+            title: &format!(
+                "Small files through FUSE ({} B files; S3 at {} ms PUT / {} ms GET)",
+                a.file_bytes, a.put_latency_ms, a.get_latency_ms
+            ),
+            x_label: "workload",
+            y_label: "files/s (log scale)",
+            log_x: false,
+            log_y: true,
+        },
+        &labels,
+        &bars,
+    );
+}
+
 fn time_ls(dir: &Path) -> BenchResult<(Vec<f64>, f64)> {
     let t = Instant::now();
     let out = Command::new("ls").arg("-l").arg(dir).output()?;
@@ -419,6 +535,30 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                     runner.measure("s3fs", "ls_l_warm", || time_ls(&m.point.join("close0")))?;
                     Ok(())
                 }
+                "rclone" => {
+                    let before = server.request_counts();
+                    let m = mount_rclone(&server, &work)?;
+                    let files = a.rclone_files.min(a.files);
+                    let t = Instant::now();
+                    runner.creation("rclone", &m.point, files, &a)?;
+                    runner.measure("rclone", "ls_l_warm", || time_ls(&m.point.join("close0")))?;
+                    // rclone uploads after close (the write-back delay): wait until
+                    // every file reached S3 before unmounting, and count the whole
+                    // session's requests.
+                    let n = 5 * files + files / 4 + files;
+                    let uploaded = wait_for_puts(&server, &before, n as u64);
+                    let all = server.request_counts().since(&before);
+                    drop(m);
+                    notes.push(format!(
+                        "rclone: {uploaded} of {n} files in S3 {:.1} s after the first was created; the session made {} requests ({} PUTs): {:.2} requests and {:.2} PUTs per file",
+                        t.elapsed().as_secs_f64(),
+                        all.total(),
+                        all.put,
+                        all.total() as f64 / n as f64,
+                        all.put as f64 / n as f64
+                    ));
+                    Ok(())
+                }
                 other => Err(format!("unknown system {other}").into()),
             }
         });
@@ -485,6 +625,13 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
             ">= 100".into(),
         ]);
     }
+    if let (Some(k), Some(r)) = (rate("kvfs", "create_close"), rate("rclone", "create_close")) {
+        ratios.row(vec![
+            "kvfs_over_rclone_create_close".into(),
+            format!("{:.1}", k / r),
+            "-".into(),
+        ]);
+    }
     if let (Some(one), Some(many)) = (
         rate("kvfs", "create_fsync_1"),
         rate("kvfs", "create_fsync_16"),
@@ -521,6 +668,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
         table.write_csv(out, "fs")?;
         ratios.write_csv(out, "fs_ratios")?;
         eprintln!("wrote {} and fs_ratios.csv", out.join("fs.csv").display());
+        plot_rates(out, &runner.rows, &systems, &a);
     }
     drop(runner);
     server.shutdown().await;

@@ -83,9 +83,13 @@ fn scale(v: f64, log: bool) -> Option<f64> {
     }
 }
 
-/// An axis label: the value itself, or `10^v` on a log axis, to 2-3 significant digits.
+/// An axis label: the value itself, or `10^v` on a log axis (whole powers of ten
+/// only), to 2-3 significant digits.
 fn tick(v: f64, log: bool) -> String {
-    let x = if log { 10f64.powf(v) } else { v };
+    if log && (v - v.round()).abs() > 1e-6 {
+        return String::new();
+    }
+    let x = if log { 10f64.powf(v.round()) } else { v };
     let a = x.abs();
     if a == 0.0 {
         "0".into()
@@ -122,6 +126,16 @@ fn span(values: impl Iterator<Item = f64>, pad_low: bool) -> Option<(f64, f64)> 
     Some((if pad_low { lo - pad } else { lo }, hi + pad))
 }
 
+/// The range of an axis and its number of labels: whole decades on a log axis.
+fn axis(lo: f64, hi: f64, log: bool) -> (f64, f64, usize) {
+    if log {
+        let (a, b) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
+        (a, b, (b - a) as usize + 1)
+    } else {
+        (lo, hi, 10)
+    }
+}
+
 fn report(path: &Path, r: Result<(), String>) {
     match r {
         Ok(()) => eprintln!("wrote {}", path.display()),
@@ -150,6 +164,8 @@ fn draw_lines(path: &Path, c: &Chart, series: &[Series]) -> Result<(), String> {
     let (x0, x1) = span(all().map(|p| p.0), true).ok_or("no data")?;
     let (y0, y1) = span(all().map(|p| p.1), true).ok_or("no data")?;
     let y0 = if c.log_y { y0 } else { y0.min(0.0) };
+    let (x0, x1, nx) = axis(x0, x1, c.log_x);
+    let (y0, y1, ny) = axis(y0, y1, c.log_y);
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
@@ -165,6 +181,8 @@ fn draw_lines(path: &Path, c: &Chart, series: &[Series]) -> Result<(), String> {
     let fy = move |v: &f64| tick(*v, ly);
     chart
         .configure_mesh()
+        .x_labels(nx)
+        .y_labels(ny)
         .x_desc(c.x_label)
         .y_desc(c.y_label)
         .x_label_formatter(&fx)
@@ -213,8 +231,11 @@ fn draw_bars(path: &Path, c: &Chart, groups: &[String], series: &[Bars]) -> Resu
             .filter_map(|&v| scale(v, c.log_y))
     };
     let (lo, hi) = span(values(), false).ok_or("no data")?;
-    let y0 = if c.log_y { lo.floor() } else { 0.0 };
-    let y1 = hi + (hi - y0) * 0.08;
+    let (y0, y1, ny) = if c.log_y {
+        axis(lo, hi + 0.15, true)
+    } else {
+        (0.0, hi + hi * 0.08, 10)
+    };
     let n = groups.len();
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
@@ -240,6 +261,7 @@ fn draw_bars(path: &Path, c: &Chart, groups: &[String], series: &[Bars]) -> Resu
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n + 1)
+        .y_labels(ny)
         .x_label_formatter(&fx)
         .y_label_formatter(&fy)
         .x_desc(c.x_label)
