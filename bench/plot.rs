@@ -94,10 +94,8 @@ fn tick(v: f64, log: bool) -> String {
     if a == 0.0 {
         "0".into()
     } else if a >= 1e6 {
-        format!("{:.3}M", x / 1e6)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .replace(".M", "M")
+        let m = format!("{:.3}", x / 1e6);
+        format!("{}M", m.trim_end_matches('0').trim_end_matches('.'))
     } else if a >= 1e4 {
         format!("{:.0}k", x / 1e3)
     } else if a >= 100.0 {
@@ -122,8 +120,38 @@ fn span(values: impl Iterator<Item = f64>, pad_low: bool) -> Option<(f64, f64)> 
     if !lo.is_finite() {
         return None;
     }
+    if !pad_low {
+        return Some((lo, hi));
+    }
     let pad = ((hi - lo) * 0.08).max(0.05 * hi.abs().max(1e-9));
-    Some((if pad_low { lo - pad } else { lo }, hi + pad))
+    Some((lo - pad, hi + pad))
+}
+
+/// The corner of the plot with the fewest points near it, for the legend.
+fn emptiest_corner(
+    data: &[Vec<(f64, f64)>],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> SeriesLabelPosition {
+    let near = |left: bool, top: bool| {
+        data.iter()
+            .flatten()
+            .filter(|(x, y)| {
+                let fx = (x - x0) / (x1 - x0);
+                let fy = (y - y0) / (y1 - y0);
+                (if left { fx < 0.45 } else { fx > 0.55 }) && (if top { fy > 0.6 } else { fy < 0.4 })
+            })
+            .count()
+    };
+    [
+        (near(true, true), SeriesLabelPosition::UpperLeft),
+        (near(false, true), SeriesLabelPosition::UpperRight),
+        (near(false, false), SeriesLabelPosition::LowerRight),
+        (near(true, false), SeriesLabelPosition::LowerLeft),
+    ]
+    .into_iter()
+    .min_by_key(|(n, _)| *n)
+    .map_or(SeriesLabelPosition::UpperLeft, |(_, p)| p)
 }
 
 /// The range of an axis and its number of labels: whole decades on a log axis.
@@ -161,8 +189,8 @@ fn draw_lines(path: &Path, c: &Chart, series: &[Series]) -> Result<(), String> {
         })
         .collect();
     let all = || data.iter().flatten();
-    let (x0, x1) = span(all().map(|p| p.0), true).ok_or("no data")?;
-    let (y0, y1) = span(all().map(|p| p.1), true).ok_or("no data")?;
+    let (x0, x1) = span(all().map(|p| p.0), !c.log_x).ok_or("no data")?;
+    let (y0, y1) = span(all().map(|p| p.1), !c.log_y).ok_or("no data")?;
     let y0 = if c.log_y { y0 } else { y0.min(0.0) };
     let (x0, x1, nx) = axis(x0, x1, c.log_x);
     let (y0, y1, ny) = axis(y0, y1, c.log_y);
@@ -205,9 +233,10 @@ fn draw_lines(path: &Path, c: &Chart, series: &[Series]) -> Result<(), String> {
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(e)?;
     }
+    let corner = emptiest_corner(&data, (x0, x1), (y0, y1));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(corner)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT, 15))
