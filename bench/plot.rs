@@ -139,7 +139,8 @@ fn emptiest_corner(
             .filter(|(x, y)| {
                 let fx = (x - x0) / (x1 - x0);
                 let fy = (y - y0) / (y1 - y0);
-                (if left { fx < 0.45 } else { fx > 0.55 }) && (if top { fy > 0.6 } else { fy < 0.4 })
+                (if left { fx < 0.45 } else { fx > 0.55 })
+                    && (if top { fy > 0.6 } else { fy < 0.4 })
             })
             .count()
     };
@@ -261,9 +262,10 @@ fn draw_bars(path: &Path, c: &Chart, groups: &[String], series: &[Bars]) -> Resu
     };
     let (lo, hi) = span(values(), false).ok_or("no data")?;
     let (y0, y1, ny) = if c.log_y {
-        axis(lo, hi + 0.15, true)
+        // Room above the tallest bar for the legend.
+        axis(lo, hi + 0.9, true)
     } else {
-        (0.0, hi + hi * 0.08, 10)
+        (0.0, hi * 1.25, 10)
     };
     let n = groups.len();
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
