@@ -173,7 +173,7 @@ pub async fn run(
         || -> DynStore { Arc::new(S3Store::from_client(client.clone(), BUCKET, PREFIX)) };
     let seed: u64 = rng.random();
     let mut model = Model::new(seed);
-    let mut result = ModeResult::new("engine", "S3 (in-process server, 1-9 ms per PUT)");
+    let mut result = ModeResult::new("engine", "S3 (in-process server; 1-9 ms per PUT)");
     let mut verified = 0u64;
     for trial in 0..trials {
         let kill = match trial {
