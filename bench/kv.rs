@@ -116,6 +116,9 @@ fn key(size: usize, i: usize) -> Vec<u8> {
     format!("pairs/{size}/{i:010}").into_bytes()
 }
 
+/// Which rows a bar of the ratio chart stands for.
+type RowFilter = Box<dyn Fn(&Row) -> bool>;
+
 /// `kv.png` (S3 PUTs per pair against segment size, non-durable, at the smallest and
 /// largest value size and every flush interval) and `kv_ratio.png` (pairs/s over the
 /// one-object-per-pair baseline, per value size and mode).
@@ -166,7 +169,7 @@ fn plot_rows(out: &std::path::Path, rows: &[Row], base_rate: &dyn Fn(usize, usiz
         &series,
     );
     // One bar per mode: the best non-durable configuration, then durable per writer count.
-    let mut modes: Vec<(String, Box<dyn Fn(&Row) -> bool>)> = vec![(
+    let mut modes: Vec<(String, RowFilter)> = vec![(
         "writes without sync (best segment size / flush interval)".into(),
         Box::new(|r: &Row| r.mode == "nondurable"),
     )];

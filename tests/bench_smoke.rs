@@ -173,7 +173,11 @@ fn crash_benchmark_runs_and_loses_nothing() {
     assert!(csv.starts_with(
         "mode,store,trials,acked_writes_checked,writes_lost,not_prefix_trials,recovery_p50_ms,recovery_max_ms\n"
     ));
-    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     assert_eq!(rows.len(), if mount_trials == "0" { 1 } else { 2 }, "{csv}");
     for row in &rows {
         assert_eq!(row[4], "0", "writes lost: {csv}");
@@ -224,7 +228,10 @@ fn faults_benchmark_runs_and_fails_cleanly_in_a_long_outage() {
         assert!(peak <= bound + 4096, "{row}");
     }
     let last = rows.last().unwrap();
-    assert!(last.contains("gave up"), "the sync in a long outage failed: {last}");
+    assert!(
+        last.contains("gave up"),
+        "the sync in a long outage failed: {last}"
+    );
     let errors: Vec<&str> = rows[1].split(',').collect();
     assert_ne!(errors[col("retries")], "0", "errors were retried: {csv}");
 }
