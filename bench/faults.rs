@@ -626,7 +626,7 @@ fn report(a: &FaultsArgs, outcomes: &[Outcome]) -> BenchResult<()> {
                     a.outage_secs
                 ),
                 x_label: "seconds",
-                y_label: "MiB",
+                y_label: "MiB; acknowledged puts x 10,000",
                 log_x: false,
                 log_y: false,
             },
