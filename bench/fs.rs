@@ -4,7 +4,12 @@
 //! Systems:
 //! - `kvfs`: `kvfs mount s3://bench/kvfs-…`;
 //! - `bindfs`: bindfs over tmpfs, no S3 at all (the ceiling FUSE itself allows);
-//! - `s3fs`: s3fs-fuse, one object per file.
+//! - `s3fs`: s3fs-fuse, one object per file;
+//! - `rclone`: `rclone mount` (Debian package `rclone`), one object per file, with
+//!   rclone's documented settings for small-file writes: `--vfs-cache-mode writes`
+//!   (files are written to a local cache and uploaded after close, `--vfs-write-back`
+//!   5 s later), path-style requests, configured by an rclone config file in a
+//!   temporary directory. Without rclone installed, its column is skipped with a note.
 //!
 //! Workloads (each in a fresh directory of the mount):
 //! - `create_close`: create, write `--file-bytes`, close; one writer; five rounds,
@@ -17,15 +22,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use kvfs::testserver::{FaultConfig, RequestCounts, ServerOptions, TestS3Server};
-use kvfs::testserver::{TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use kvfs::testserver::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
+use crate::mount::{mount_kvfs, require, unmount, wait_mounted, BenchResult, Mounted};
 use crate::report::{quantile, Table};
 
 #[derive(Args, Debug)]
@@ -54,8 +60,11 @@ pub struct FsArgs {
     /// Latency injected at the server for every GET, HEAD and LIST.
     #[arg(long, default_value_t = 15)]
     get_latency_ms: u64,
-    /// Systems to run, comma-separated: kvfs, bindfs, s3fs.
-    #[arg(long, default_value = "kvfs,bindfs,s3fs")]
+    /// At most this many files per workload for rclone.
+    #[arg(long, default_value_t = 1000)]
+    rclone_files: usize,
+    /// Systems to run, comma-separated: kvfs, bindfs, s3fs, rclone.
+    #[arg(long, default_value = "kvfs,bindfs,s3fs,rclone")]
     systems: String,
     /// About a minute: 5x fewer files.
     #[arg(long)]
@@ -64,8 +73,6 @@ pub struct FsArgs {
     #[arg(long)]
     out: Option<PathBuf>,
 }
-
-type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Row {
     system: String,
@@ -76,130 +83,6 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     requests: RequestCounts,
-}
-
-/// A mounted file system that is unmounted (and its process stopped) on drop.
-struct Mounted {
-    point: PathBuf,
-    child: Option<Child>,
-    extra_unmount: Option<PathBuf>,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        unmount(&self.point);
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(p) = &self.extra_unmount {
-            unmount(p);
-        }
-    }
-}
-
-fn unmount(point: &Path) {
-    if is_mounted(point) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_mounted(point) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn is_mounted(point: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(point) else {
-        return false;
-    };
-    let target = canon.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
-        })
-        .unwrap_or(false)
-}
-
-fn wait_mounted(point: &Path, child: &mut Option<Child>) -> BenchResult<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if is_mounted(point) {
-            return Ok(());
-        }
-        if let Some(c) = child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Err(format!("mount of {} exited early: {status}", point.display()).into());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("{} was not mounted within 60 s", point.display()).into())
-}
-
-fn require(tool: &str, package: &str) -> BenchResult<()> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if found {
-        Ok(())
-    } else {
-        Err(format!("{tool} not found: apt-get install -y {package}").into())
-    }
-}
-
-fn kvfs_binary() -> PathBuf {
-    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kvfs-bench"));
-    me.with_file_name("kvfs")
-}
-
-fn mount_kvfs(
-    server: &TestS3Server,
-    store: &str,
-    point: &Path,
-    extra: &[&str],
-) -> BenchResult<Mounted> {
-    std::fs::create_dir_all(point)?;
-    let log = std::fs::File::create(point.with_extension("log"))?;
-    let mut child = Some(
-        Command::new(kvfs_binary())
-            .args(["mount", store])
-            .arg(point)
-            .arg("--foreground")
-            .args(extra)
-            .env("AWS_ENDPOINT_URL", server.endpoint())
-            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
-            .env("AWS_REGION", TEST_REGION)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    );
-    wait_mounted(point, &mut child)?;
-    Ok(Mounted {
-        point: point.to_path_buf(),
-        child,
-        extra_unmount: None,
-    })
 }
 
 fn mount_bindfs(work: &Path) -> BenchResult<Mounted> {
@@ -271,6 +154,70 @@ fn mount_s3fs(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
         child: None,
         extra_unmount: None,
     })
+}
+
+/// Wait (at most three minutes, or ten seconds without progress) until the server has
+/// received `n` PUTs since `before`; the number it received.
+fn wait_for_puts(server: &TestS3Server, before: &RequestCounts, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last = (0, Instant::now());
+    loop {
+        let puts = server.request_counts().since(before).put;
+        if puts >= n || Instant::now() > deadline || last.1.elapsed() > Duration::from_secs(10) {
+            return puts.min(n);
+        }
+        if puts != last.0 {
+            last = (puts, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn mount_rclone(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
+    require("rclone", "rclone")?;
+    let point = work.join("mnt-rclone");
+    let conf_dir = work.join("rclone");
+    std::fs::create_dir_all(&point)?;
+    std::fs::create_dir_all(conf_dir.join("cache"))?;
+    let conf = conf_dir.join("rclone.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[bench]\ntype = s3\nprovider = Other\nendpoint = {}\naccess_key_id = {TEST_ACCESS_KEY}\nsecret_access_key = {TEST_SECRET_KEY}\nregion = us-east-1\nforce_path_style = true\n",
+            server.endpoint()
+        ),
+    )?;
+    let log = std::fs::File::create(conf_dir.join("rclone.log"))?;
+    // Foreground: the child is the daemon, stopped by unmounting. Only the config file
+    // configures it: no AWS_* variables (an AWS_CA_BUNDLE, say, makes rclone fail on a
+    // plain-HTTP endpoint) and no RCLONE_* ones.
+    let mut cmd = Command::new("rclone");
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("AWS_") || name.starts_with("RCLONE_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let child = cmd
+        .arg("mount")
+        .arg("bench:bench/rclone")
+        .arg(&point)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--cache-dir")
+        .arg(conf_dir.join("cache"))
+        .args(["--vfs-cache-mode", "writes"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let mut m = Mounted {
+        point: point.clone(),
+        child: Some(child),
+        extra_unmount: None,
+    };
+    wait_mounted(&point, &mut m.child)?;
+    Ok(m)
 }
 
 /// Create `count` files of `bytes` bytes under `dir`, split over `writers` threads.
@@ -433,6 +380,50 @@ impl Runner<'_> {
     }
 }
 
+/// `fs.png`: files/s of each system in each file-creation workload.
+fn plot_rates(out: &Path, rows: &[Row], systems: &[String], a: &FsArgs) {
+    let workloads = ["create_close", "create_fsync_1", "create_fsync_16"];
+    let labels = [
+        "create, write, close".to_string(),
+        "+ fsync, 1 writer".to_string(),
+        format!("+ fsync, {} writers", a.writers),
+    ];
+    let bars: Vec<crate::plot::Bars> = systems
+        .iter()
+        .filter(|sys| rows.iter().any(|r| &r.system == *sys))
+        .map(|sys| crate::plot::Bars {
+            name: match sys.as_str() {
+                "bindfs" => "bindfs over tmpfs (no S3)".to_string(),
+                "rclone" => "rclone mount (fsync local only)".to_string(),
+                other => other.to_string(),
+            },
+            values: workloads
+                .iter()
+                .map(|w| {
+                    rows.iter()
+                        .find(|r| &r.system == sys && r.workload == *w)
+                        .map_or(f64::NAN, |r| r.files_per_s)
+                })
+                .collect(),
+        })
+        .collect();
+    crate::plot::bars(
+        &out.join("fs.png"),
+        &crate::plot::Chart {
+            title: &format!(
+                "Small files through FUSE ({} B files; S3 at {} ms PUT / {} ms GET)",
+                a.file_bytes, a.put_latency_ms, a.get_latency_ms
+            ),
+            x_label: "workload",
+            y_label: "files/s (log scale)",
+            log_x: false,
+            log_y: true,
+        },
+        &labels,
+        &bars,
+    );
+}
+
 fn time_ls(dir: &Path) -> BenchResult<(Vec<f64>, f64)> {
     let t = Instant::now();
     let out = Command::new("ls").arg("-l").arg(dir).output()?;
@@ -490,7 +481,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                     let pid;
                     {
                         let m = mount_kvfs(&server, &store, &point, &[])?;
-                        pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                        pid = m.pid();
                         runner.creation("kvfs", &point, a.files, &a)?;
                         create_files(&point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
                         notes.push(format!("kvfs daemon peak RSS {:.1} MiB", peak_rss_mib(pid)));
@@ -510,7 +501,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                         &work.join("mnt-kvfs-sustained"),
                         &["--max-unflushed-bytes", &bound_arg],
                     )?;
-                    let pid = m.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                    let pid = m.pid();
                     let total = a.sustained_mib << 20;
                     runner.measure("kvfs", "sustained_1mib_files", || {
                         create_files(
@@ -542,6 +533,30 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
                     let m = mount_s3fs(&server, &work)?;
                     runner.creation("s3fs", &m.point, a.s3fs_files, &a)?;
                     runner.measure("s3fs", "ls_l_warm", || time_ls(&m.point.join("close0")))?;
+                    Ok(())
+                }
+                "rclone" => {
+                    let before = server.request_counts();
+                    let m = mount_rclone(&server, &work)?;
+                    let files = a.rclone_files.min(a.files);
+                    let t = Instant::now();
+                    runner.creation("rclone", &m.point, files, &a)?;
+                    runner.measure("rclone", "ls_l_warm", || time_ls(&m.point.join("close0")))?;
+                    // rclone uploads after close (the write-back delay): wait until
+                    // every file reached S3 before unmounting, and count the whole
+                    // session's requests.
+                    let n = 5 * files + files / 4 + files;
+                    let uploaded = wait_for_puts(&server, &before, n as u64);
+                    let all = server.request_counts().since(&before);
+                    drop(m);
+                    notes.push(format!(
+                        "rclone: {uploaded} of {n} files in S3 {:.1} s after the first was created; the session made {} requests ({} PUTs): {:.2} requests and {:.2} PUTs per file",
+                        t.elapsed().as_secs_f64(),
+                        all.total(),
+                        all.put,
+                        all.total() as f64 / n as f64,
+                        all.put as f64 / n as f64
+                    ));
                     Ok(())
                 }
                 other => Err(format!("unknown system {other}").into()),
@@ -610,6 +625,13 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
             ">= 100".into(),
         ]);
     }
+    if let (Some(k), Some(r)) = (rate("kvfs", "create_close"), rate("rclone", "create_close")) {
+        ratios.row(vec![
+            "kvfs_over_rclone_create_close".into(),
+            format!("{:.1}", k / r),
+            "-".into(),
+        ]);
+    }
     if let (Some(one), Some(many)) = (
         rate("kvfs", "create_fsync_1"),
         rate("kvfs", "create_fsync_16"),
@@ -646,6 +668,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
         table.write_csv(out, "fs")?;
         ratios.write_csv(out, "fs_ratios")?;
         eprintln!("wrote {} and fs_ratios.csv", out.join("fs.csv").display());
+        plot_rates(out, &runner.rows, &systems, &a);
     }
     drop(runner);
     server.shutdown().await;

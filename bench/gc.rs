@@ -30,6 +30,7 @@ use rand::Rng;
 
 use kvfs::db::{Db, GcOptions, Options};
 
+use crate::plot;
 use crate::report::{quantile, Table};
 use crate::s3put::{BenchResult, LocalEndpoint};
 
@@ -239,6 +240,52 @@ async fn scan_experiment(ep: &LocalEndpoint, files: u32) -> BenchResult<Vec<Scan
     Ok(rows)
 }
 
+/// `gc_space.png` (space amplification over time, per threshold) and `gc_scan.png`
+/// (GETs of the cold scan before and after compaction).
+fn plot_results(out: &std::path::Path, results: &[SpaceResult], scan: &[ScanRow]) {
+    let series: Vec<plot::Series> = results
+        .iter()
+        .map(|r| plot::Series {
+            name: format!("clean below {:.0} % fill", r.fill * 100.0),
+            points: r
+                .samples
+                .iter()
+                .map(|s| (s.t_s, s.stored as f64 / s.live.max(1) as f64))
+                .collect(),
+        })
+        .collect();
+    plot::lines(
+        &out.join("gc_space.png"),
+        &plot::Chart {
+            title: "Space amplification under uniform overwrites (background GC)",
+            x_label: "seconds of overwriting",
+            y_label: "segment and run bytes / live bytes",
+            log_x: false,
+            log_y: false,
+        },
+        &series,
+    );
+    let groups: Vec<String> = scan.iter().map(|r| r.phase.replace('_', " ")).collect();
+    plot::bars(
+        &out.join("gc_scan.png"),
+        &plot::Chart {
+            title: &format!(
+                "Cold scan of a directory of {} files of 1 KiB",
+                scan.first().map_or(0, |r| r.files)
+            ),
+            x_label: "",
+            y_label: "GET requests",
+            log_x: false,
+            log_y: true,
+        },
+        &groups,
+        &[plot::Bars {
+            name: "GETs".into(),
+            values: scan.iter().map(|r| r.gets as f64).collect(),
+        }],
+    );
+}
+
 pub async fn run(mut a: GcArgs) -> BenchResult<()> {
     if a.quick {
         a.keys = a.keys.min(10_000);
@@ -335,8 +382,9 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
         summary.write_csv(out, "gc_space")?;
         over_time.write_csv(out, "gc_space_over_time")?;
         scan_table.write_csv(out, "gc_scan")?;
+        plot_results(out, &results, &scan);
         eprintln!(
-            "wrote gc_space.csv, gc_space_over_time.csv, gc_scan.csv in {}",
+            "wrote gc_space.csv, gc_space_over_time.csv, gc_scan.csv and charts in {}",
             out.display()
         );
     }

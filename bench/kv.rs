@@ -30,6 +30,7 @@ use clap::Args;
 
 use kvfs::db::{Db, Options};
 
+use crate::plot;
 use crate::report::{quantile, Table};
 use crate::s3put::{self, BenchResult, LocalEndpoint, Op};
 
@@ -113,6 +114,106 @@ impl Row {
 
 fn key(size: usize, i: usize) -> Vec<u8> {
     format!("pairs/{size}/{i:010}").into_bytes()
+}
+
+/// Which rows a bar of the ratio chart stands for.
+type RowFilter = Box<dyn Fn(&Row) -> bool>;
+
+/// `kv.png` (S3 PUTs per pair against segment size, non-durable, at the smallest and
+/// largest value size and every flush interval) and `kv_ratio.png` (pairs/s over the
+/// one-object-per-pair baseline, per value size and mode).
+fn plot_rows(out: &std::path::Path, rows: &[Row], base_rate: &dyn Fn(usize, usize) -> f64) {
+    let mut sizes: Vec<usize> = rows.iter().map(|r| r.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut flushes: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.mode == "nondurable")
+        .map(|r| r.flush_interval_ms)
+        .collect();
+    flushes.sort_unstable();
+    flushes.dedup();
+    let ends: Vec<usize> = match (sizes.first(), sizes.last()) {
+        (Some(&a), Some(&b)) if a != b => vec![a, b],
+        (Some(&a), _) => vec![a],
+        _ => Vec::new(),
+    };
+    let mut series = Vec::new();
+    for &size in &ends {
+        for &flush in &flushes {
+            series.push(plot::Series {
+                name: format!("{size} B values, flush every {flush} ms"),
+                points: rows
+                    .iter()
+                    .filter(|r| r.mode == "nondurable" && r.size == size)
+                    .filter(|r| r.flush_interval_ms == flush)
+                    .map(|r| {
+                        (
+                            r.segment_bytes as f64 / 1024.0,
+                            r.puts as f64 / r.pairs as f64,
+                        )
+                    })
+                    .collect(),
+            });
+        }
+    }
+    plot::lines(
+        &out.join("kv.png"),
+        &plot::Chart {
+            title: "S3 PUTs per pair, writes without sync (one object per pair: 1)",
+            x_label: "segment size (KiB)",
+            y_label: "PUTs per pair",
+            log_x: true,
+            log_y: true,
+        },
+        &series,
+    );
+    // One bar per mode: the best non-durable configuration, then durable per writer count.
+    let mut modes: Vec<(String, RowFilter)> = vec![(
+        "writes without sync (best segment size / flush interval)".into(),
+        Box::new(|r: &Row| r.mode == "nondurable"),
+    )];
+    let mut concs: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.mode == "durable")
+        .map(|r| r.concurrency)
+        .collect();
+    concs.sort_unstable();
+    concs.dedup();
+    for c in concs {
+        modes.push((
+            format!("put + sync, {c} writer{}", if c == 1 { "" } else { "s" }),
+            Box::new(move |r: &Row| r.mode == "durable" && r.concurrency == c),
+        ));
+    }
+    let bars: Vec<plot::Bars> = modes
+        .iter()
+        .map(|(name, pick)| plot::Bars {
+            name: name.clone(),
+            values: sizes
+                .iter()
+                .map(|&size| {
+                    rows.iter()
+                        .filter(|r| r.size == size && pick(r))
+                        .map(|r| r.pairs as f64 / r.seconds / base_rate(r.size, r.concurrency))
+                        .fold(f64::NAN, f64::max)
+                })
+                .collect(),
+        })
+        .collect();
+    let groups: Vec<String> = sizes.iter().map(|s| format!("{s} B")).collect();
+    plot::bars(
+        &out.join("kv_ratio.png"),
+        &plot::Chart {
+            title: "kvfs engine pairs/s over one S3 object per pair (same run)",
+            x_label: "value size",
+            y_label: "x baseline (log scale)",
+            log_x: false,
+            log_y: true,
+        },
+        &groups,
+        &bars,
+    );
 }
 
 pub async fn run(a: KvArgs) -> BenchResult<()> {
@@ -302,6 +403,7 @@ pub async fn run(a: KvArgs) -> BenchResult<()> {
     if let Some(out) = &a.out {
         table.write_csv(out, "kv")?;
         eprintln!("wrote {}", out.join("kv.csv").display());
+        plot_rows(out, &rows, &base_rate);
     }
     local.shutdown().await;
     Ok(())

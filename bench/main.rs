@@ -2,10 +2,18 @@
 //! `--out DIR`, writes its figures as CSV there.
 
 mod alloc;
+mod crash;
+mod crash_child;
+mod crash_engine;
+mod crash_mount;
+mod crash_workload;
 mod engine;
+mod faults;
 mod fs;
 mod gc;
 mod kv;
+mod mount;
+mod plot;
 mod recovery;
 mod report;
 mod s3put;
@@ -47,6 +55,16 @@ enum Command {
     /// Garbage collection and compaction: space amplification over time under
     /// overwrites, and GETs of a cold directory scan before and after compaction.
     Gc(gc::GcArgs),
+    /// SIGKILL of a writer process and of the mount daemon during writes, then
+    /// recovery checked against a model: acknowledged writes lost (must be 0),
+    /// recovery time.
+    Crash(crash::CrashArgs),
+    /// Durable writes through the engine under injected S3 faults (errors, stalls,
+    /// outages): throughput, retries, bounded memory, clean failure, nothing lost.
+    Faults(faults::FaultsArgs),
+    /// The writer process the crash benchmark kills.
+    #[command(hide = true)]
+    CrashChild(crash_child::ChildArgs),
 }
 
 fn main() {
@@ -70,6 +88,9 @@ fn main() {
         Command::Kv(args) => rt.block_on(kv::run(args)),
         Command::Recovery(args) => rt.block_on(recovery::run(args)),
         Command::Gc(args) => rt.block_on(gc::run(args)),
+        Command::Crash(args) => rt.block_on(crash::run(args)),
+        Command::Faults(args) => rt.block_on(faults::run(args)),
+        Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {
         eprintln!("kvfs-bench: {e}");

@@ -18,6 +18,7 @@ use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
 
 use crate::alloc::peak_rss_bytes;
 use crate::engine::{key, settled_heap};
+use crate::plot;
 use crate::report::Table;
 
 #[derive(Args, Debug)]
@@ -126,6 +127,45 @@ async fn measure(store: DynStore, keys: u64, tail: u64, key_bytes: u64) -> Bench
     })
 }
 
+/// `recovery.png` (open time against keys) and `recovery_tail.png` (against the log
+/// written since the last checkpoint).
+fn plot_open_times(out: &std::path::Path, by_keys: &[Sample], by_tail: &[Sample], base: u64) {
+    let series = |samples: &[Sample], x: fn(&Sample) -> f64| {
+        vec![
+            plot::Series {
+                name: "open, read-only".into(),
+                points: samples.iter().map(|s| (x(s), s.open_read_only_s)).collect(),
+            },
+            plot::Series {
+                name: "open as writer (takes the lease, writes a manifest)".into(),
+                points: samples.iter().map(|s| (x(s), s.open_writer_s)).collect(),
+            },
+        ]
+    };
+    plot::lines(
+        &out.join("recovery.png"),
+        &plot::Chart {
+            title: "Open time against the number of keys (checkpointed store)",
+            x_label: "keys",
+            y_label: "seconds",
+            log_x: true,
+            log_y: true,
+        },
+        &series(by_keys, |s| s.keys as f64),
+    );
+    plot::lines(
+        &out.join("recovery_tail.png"),
+        &plot::Chart {
+            title: &format!("Open time against log since the checkpoint ({base} keys)"),
+            x_label: "puts since the last checkpoint",
+            y_label: "seconds",
+            log_x: false,
+            log_y: false,
+        },
+        &series(by_tail, |s| s.tail_puts as f64),
+    );
+}
+
 pub async fn run(mut a: RecoveryArgs) -> BenchResult<()> {
     if a.quick {
         a.keys.retain(|k| *k <= 100_000);
@@ -199,6 +239,8 @@ pub async fn run(mut a: RecoveryArgs) -> BenchResult<()> {
     if let Some(out) = &a.out {
         table.write_csv(out, "recovery")?;
         eprintln!("wrote {}", out.join("recovery.csv").display());
+        let (by_keys, by_tail) = samples.split_at(a.keys.len().min(samples.len()));
+        plot_open_times(out, by_keys, by_tail, a.tail_base_keys);
     }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&work);

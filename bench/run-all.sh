@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the figures in docs/EXPERIMENTS.md. Usage: bench/run-all.sh [--quick]
-# Results go to docs/results/ (CSV) and are printed as tables.
+# Results go to docs/results/ (CSV, and PNG charts) and are printed as tables.
+# A full run takes about half an hour; --quick a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=()
@@ -8,8 +9,19 @@ if [ "${1:-}" = "--quick" ]; then quick=(--quick); fi
 out=docs/results
 mkdir -p "$out"
 
-echo "== building kvfs-bench (release)"
-cargo build --release --locked --bin kvfs-bench
+echo "== tools: FUSE, the file systems compared, the chart font"
+missing=()
+for pair in bindfs:bindfs s3fs:s3fs fusermount3:fuse3 rclone:rclone; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]} (apt-get install -y ${missing[*]})"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+echo "== building kvfs-bench and kvfs (release)"
+cargo build --release --locked --bin kvfs-bench --bin kvfs
 bench=./target/release/kvfs-bench
 
 echo "== machine"
@@ -34,15 +46,13 @@ echo "== kv: the same pairs through the engine, against the baseline"
 echo "== recovery: open time against keys and log length; index memory per key"
 "$bench" recovery "${quick[@]}" --out "$out"
 
-echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs)"
-for tool in bindfs s3fs fusermount3; do
-    command -v "$tool" >/dev/null 2>&1 || missing="${missing:-} $tool"
-done
-if [ -n "${missing:-}" ]; then
-    echo "installing:${missing} (apt-get install -y bindfs s3fs fuse3)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs s3fs fuse3
-fi
-cargo build --release --locked --bin kvfs
+echo "== crash: SIGKILL of a writer process and of the mount daemon, then recovery"
+"$bench" crash "${quick[@]}" --out "$out"
+
+echo "== faults: durable writes under S3 errors, stalls and outages"
+"$bench" faults "${quick[@]}" --out "$out"
+
+echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs, rclone)"
 "$bench" fs "${quick[@]}" --out "$out"
 
 echo "== gc: space amplification under overwrites; cold directory scan before and after compaction"

@@ -30,6 +30,7 @@ use kvfs::store::s3::S3Store;
 use kvfs::store::{DynStore, ObjectStore, PutMode};
 use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
 
+use crate::plot;
 use crate::report::{quantile, Table};
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -296,6 +297,72 @@ impl LocalEndpoint {
     }
 }
 
+/// `s3_put.png` (pairs/s against concurrency, at the smallest and largest size) and
+/// `s3_put_latency.png` (p50 latency against size, at the lowest and highest
+/// concurrency).
+fn plot_cells(out: &std::path::Path, cells: &[Cell], endpoint: &str) {
+    let extremes = |mut v: Vec<usize>| {
+        v.sort_unstable();
+        v.dedup();
+        match (v.first(), v.last()) {
+            (Some(&a), Some(&b)) if a != b => vec![a, b],
+            (Some(&a), _) => vec![a],
+            _ => Vec::new(),
+        }
+    };
+    let sizes = extremes(cells.iter().map(|c| c.size).collect());
+    let concs = extremes(cells.iter().map(|c| c.concurrency).collect());
+    let mut rate = Vec::new();
+    let mut latency = Vec::new();
+    for op in [Op::Put, Op::Get] {
+        let of = |c: &&Cell| c.op == op;
+        for &size in &sizes {
+            rate.push(plot::Series {
+                name: format!("{} of {size} B", op.name().to_uppercase()),
+                points: cells
+                    .iter()
+                    .filter(of)
+                    .filter(|c| c.size == size)
+                    .map(|c| (c.concurrency as f64, c.pairs_per_s()))
+                    .collect(),
+            });
+        }
+        for &conc in &concs {
+            latency.push(plot::Series {
+                name: format!("{}, concurrency {conc}", op.name().to_uppercase()),
+                points: cells
+                    .iter()
+                    .filter(of)
+                    .filter(|c| c.concurrency == conc)
+                    .map(|c| (c.size as f64, quantile(&c.latencies_ms, 0.5)))
+                    .collect(),
+            });
+        }
+    }
+    plot::lines(
+        &out.join("s3_put.png"),
+        &plot::Chart {
+            title: &format!("One object per pair: pairs/s ({endpoint})"),
+            x_label: "concurrent clients",
+            y_label: "pairs/s",
+            log_x: true,
+            log_y: true,
+        },
+        &rate,
+    );
+    plot::lines(
+        &out.join("s3_put_latency.png"),
+        &plot::Chart {
+            title: "One object per pair: median latency against value size",
+            x_label: "value size (bytes)",
+            y_label: "p50 latency (ms)",
+            log_x: true,
+            log_y: false,
+        },
+        &latency,
+    );
+}
+
 pub async fn run(a: S3PutArgs) -> BenchResult<()> {
     let sizes: Vec<usize> = match &a.sizes {
         Some(s) => s.clone(),
@@ -386,6 +453,7 @@ pub async fn run(a: S3PutArgs) -> BenchResult<()> {
     if let Some(out) = &a.out {
         table.write_csv(out, "s3_put")?;
         eprintln!("wrote {}", out.join("s3_put.csv").display());
+        plot_cells(out, &cells, &endpoint);
     }
     if let Some(local) = local {
         local.shutdown().await;

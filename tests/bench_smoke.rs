@@ -147,3 +147,116 @@ fn recovery_benchmark_runs_and_writes_csv() {
     );
     assert_eq!(csv.lines().count(), 5);
 }
+
+#[test]
+fn crash_benchmark_runs_and_loses_nothing() {
+    // The mount mode needs FUSE; CI installs fuse3. Skipped only without /dev/fuse.
+    let mount_trials = if std::path::Path::new("/dev/fuse").exists() {
+        "2"
+    } else {
+        eprintln!("/dev/fuse missing: crash benchmark without its mount mode");
+        "0"
+    };
+    let (stdout, csv) = run_bench(
+        &[
+            "crash",
+            "--engine-trials",
+            "4",
+            "--mount-trials",
+            mount_trials,
+            "--max-kill-delay-ms",
+            "300",
+        ],
+        "crash",
+    );
+    assert!(stdout.contains("writes_lost"), "{stdout}");
+    assert!(csv.starts_with(
+        "mode,store,trials,acked_writes_checked,writes_lost,not_prefix_trials,recovery_p50_ms,recovery_max_ms\n"
+    ));
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), if mount_trials == "0" { 1 } else { 2 }, "{csv}");
+    for row in &rows {
+        assert_eq!(row[4], "0", "writes lost: {csv}");
+        assert_eq!(row[5], "0", "not a prefix: {csv}");
+    }
+}
+
+#[test]
+fn faults_benchmark_runs_and_fails_cleanly_in_a_long_outage() {
+    let (stdout, csv) = run_bench(
+        &[
+            "faults",
+            "--seconds",
+            "1.5",
+            "--outage-secs",
+            "0.8",
+            "--short-retry-secs",
+            "1",
+            "--put-latency-ms",
+            "2",
+            "--get-latency-ms",
+            "1",
+            "--stall-ms",
+            "200",
+        ],
+        "faults",
+    );
+    assert!(stdout.contains("lost_after_reopen"), "{stdout}");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    let scenarios: Vec<&str> = rows
+        .iter()
+        .map(|l| l.split(',').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        scenarios,
+        ["none", "errors", "stalls", "outage", "outage_beyond_retry"],
+        "{csv}"
+    );
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for row in &rows {
+        // Only the error message (the last column) may be quoted and hold commas.
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells[col("lost_after_reopen")], "0", "{row}");
+        let peak: u64 = cells[col("peak_unflushed_bytes")].parse().unwrap();
+        let bound: u64 = cells[col("unflushed_bound_bytes")].parse().unwrap();
+        // One entry may go past the bound when the buffer is otherwise empty.
+        assert!(peak <= bound + 4096, "{row}");
+    }
+    let last = rows.last().unwrap();
+    assert!(
+        last.contains("gave up"),
+        "the sync in a long outage failed: {last}"
+    );
+    let errors: Vec<&str> = rows[1].split(',').collect();
+    assert_ne!(errors[col("retries")], "0", "errors were retried: {csv}");
+}
+
+#[test]
+fn gc_benchmark_runs_and_writes_csv() {
+    let (stdout, csv) = run_bench(
+        &[
+            "gc",
+            "--keys",
+            "500",
+            "--seconds",
+            "3",
+            "--overwrites-per-sec",
+            "500",
+            "--scan-files",
+            "300",
+            "--put-latency-ms",
+            "1",
+            "--get-latency-ms",
+            "1",
+        ],
+        "gc_scan",
+    );
+    assert!(stdout.contains("steady_space_amp_median"), "{stdout}");
+    assert!(csv.starts_with("phase,files,gets,get_bytes,seconds,files_per_get\n"), "{csv}");
+    assert!(csv.contains("after_compaction"), "{csv}");
+}
