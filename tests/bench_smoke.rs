@@ -257,6 +257,9 @@ fn gc_benchmark_runs_and_writes_csv() {
         "gc_scan",
     );
     assert!(stdout.contains("steady_space_amp_median"), "{stdout}");
-    assert!(csv.starts_with("phase,files,gets,get_bytes,seconds,files_per_get\n"), "{csv}");
+    assert!(
+        csv.starts_with("phase,files,gets,get_bytes,seconds,files_per_get\n"),
+        "{csv}"
+    );
     assert!(csv.contains("after_compaction"), "{csv}");
 }
