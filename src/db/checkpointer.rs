@@ -14,7 +14,6 @@
 //!    the exact state: each log entry sets or removes one key, and the last one wins. If it already exists, another writer has taken over:
 //!    this writer is fenced.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use super::error::{Error, Result};
@@ -75,9 +74,6 @@ pub(crate) fn holder_description(epoch: u64) -> String {
     format!("{} pid {} epoch {}", this_host(), std::process::id(), epoch)
 }
 
-/// Entries encoded per hold of the state lock.
-const CHUNK: usize = 8192;
-
 async fn write(sh: &Shared) -> Result<()> {
     // The log position the checkpoint starts from: everything up to `start_seq`.
     let (start_seq, accounted, n) = {
@@ -95,30 +91,11 @@ async fn write(sh: &Shared) -> Result<()> {
     // Encode the index in chunks, releasing the lock in between so writers go on.
     let mut entries = Vec::new();
     let mut count = 0u64;
-    let mut cursor: Option<Box<[u8]>> = None;
-    loop {
-        let done = {
-            let st = sh.lock();
-            let start = match &cursor {
-                Some(c) => Bound::Excluded(&**c),
-                None => Bound::Unbounded,
-            };
-            let mut last = None;
-            let mut n = 0;
-            for (key, entry) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
-                checkpoint::encode_entry(&mut entries, key, entry);
-                last = Some(key);
-                n += 1;
-            }
-            count += n as u64;
-            cursor = last.map(Box::from);
-            n < CHUNK
-        };
-        if done {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    sh.for_each_key_chunked(|key, entry| {
+        checkpoint::encode_entry(&mut entries, key, entry);
+        count += 1;
+    })
+    .await;
     // Every change the chunks may have seen lies in segments up to `end_seq`; they
     // must all be durable before the checkpoint is published (a change the checkpoint
     // shows, such as a delete, could otherwise outlive a crash that loses it).

@@ -389,6 +389,36 @@ impl Shared {
         sh.wait_durable(target).await
     }
 
+    /// Visit every key of the index in order, holding the state lock for 8,192 keys
+    /// at a time only, so writers go on meanwhile. Keys changed during the walk are
+    /// seen as of some moment during it (a *fuzzy* walk).
+    pub(crate) async fn for_each_key_chunked(&self, mut f: impl FnMut(&[u8], &IndexEntry)) {
+        const CHUNK: usize = 8192;
+        let mut cursor: Option<Box<[u8]>> = None;
+        loop {
+            let done = {
+                let st = self.lock();
+                let start = match &cursor {
+                    Some(c) => Bound::Excluded(&**c),
+                    None => Bound::Unbounded,
+                };
+                let mut n = 0;
+                let mut last = None;
+                for (k, e) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
+                    f(k, e);
+                    last = Some(k);
+                    n += 1;
+                }
+                cursor = last.map(Box::from);
+                n < CHUNK
+            };
+            if done {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Wait until the durable point reaches `seq` of this writer's epoch.
     pub async fn wait_durable(&self, seq: u64) -> Result<()> {
         let mut rx = self.durable.subscribe();

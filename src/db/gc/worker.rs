@@ -16,7 +16,6 @@
 //! the store.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,36 +109,16 @@ fn check_writer(sh: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// Keys in the index whose values lie in `slots`, in key order. The index is scanned
-/// in chunks so writers are not held up.
+/// Keys in the index whose values lie in `slots`, in key order.
 async fn keys_in(sh: &Shared, slots: &HashSet<u32>) -> Vec<(Box<[u8]>, IndexEntry)> {
-    const CHUNK: usize = 8192;
     let mut out = Vec::new();
-    let mut cursor: Option<Box<[u8]>> = None;
-    loop {
-        let done = {
-            let st = sh.lock();
-            let start = match &cursor {
-                Some(c) => Bound::Excluded(&**c),
-                None => Bound::Unbounded,
-            };
-            let mut n = 0;
-            let mut last = None;
-            for (k, e) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
-                if slots.contains(&e.loc.segment) {
-                    out.push((Box::from(k), e.clone()));
-                }
-                last = Some(k);
-                n += 1;
-            }
-            cursor = last.map(Box::from);
-            n < CHUNK
-        };
-        if done {
-            return out;
+    sh.for_each_key_chunked(|k, e| {
+        if slots.contains(&e.loc.segment) {
+            out.push((Box::from(k), e.clone()));
         }
-        tokio::task::yield_now().await;
-    }
+    })
+    .await;
+    out
 }
 
 /// Read a whole data object and verify its checksum.
