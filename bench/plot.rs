@@ -221,17 +221,25 @@ fn draw_lines(path: &Path, c: &Chart, series: &[Series]) -> Result<(), String> {
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(e)?;
+    // Earlier series are drawn wider, so that a line hidden under a later one with the
+    // same values still shows as its outline.
+    let n = series.len();
     for (i, (s, pts)) in series.iter().zip(&data).enumerate() {
         let color = COLORS[i % COLORS.len()];
+        let wider = (n - 1 - i).min(3) as u32;
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts.clone(),
+                color.stroke_width(2 + 2 * wider),
+            ))
             .map_err(e)?
             .label(s.name.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
             });
+        let radius = 4 + 2 * wider;
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .draw_series(pts.iter().map(|&p| Circle::new(p, radius, color.filled())))
             .map_err(e)?;
     }
     let corner = emptiest_corner(&data, (x0, x1), (y0, y1));
