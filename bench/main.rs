@@ -1,5 +1,5 @@
 //! `kvfs-bench`: benchmarks of kvfs. Every command prints a table and, with
-//! `--out DIR`, writes its figures as CSV there.
+//! `--out DIR`, writes its figures there as CSV, and most also as PNG charts.
 
 mod alloc;
 mod crash;
@@ -36,7 +36,7 @@ enum Command {
     /// Engine targets: non-durable put throughput, PUTs per pair, sync latency
     /// against one segment PUT, recovery time and index memory per key.
     Engine(engine::EngineArgs),
-    /// Small-file workloads through mounted kvfs, bindfs over tmpfs and s3fs, against
+    /// Small-file workloads through mounted kvfs, bindfs over tmpfs, s3fs and rclone, against
     /// one S3 endpoint with injected latency: files/s, latency, requests and cost per
     /// file, `ls -l` time, daemon memory.
     Fs(fs::FsArgs),
