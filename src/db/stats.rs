@@ -79,7 +79,6 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
             st.gc.counters,
         )
     };
-    let s_manifest = manifest.clone();
     let mut s = Stats {
         store: sh.store.describe(),
         keys,
@@ -122,7 +121,7 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
                 }
                 let live = live_by_object.get(&id).copied().unwrap_or(0);
                 s.fill_histogram[fill_bucket(live, o.size)] += 1;
-                if live == 0 && !in_log_window(&s_manifest, id) {
+                if live == 0 && !in_log_window(&s.log_ranges, id) {
                     s.unneeded_objects += 1;
                     s.unneeded_bytes += o.size;
                 }

@@ -31,7 +31,7 @@ pub(crate) mod worker;
 
 use std::fmt;
 
-use crate::format::manifest::Manifest;
+use crate::format::manifest::LogRange;
 use crate::format::names::SegmentId;
 use crate::format::segment::{FOOTER_LEN, HEADER_LEN};
 
@@ -95,10 +95,10 @@ impl fmt::Display for GcCounters {
 /// can never append behind a newer one's back) and nothing else.
 pub const EMPTY_SEGMENT_LEN: u64 = (HEADER_LEN + FOOTER_LEN) as u64;
 
-/// Whether recovery from manifest `m` reads segment `id` as log.
-pub fn in_log_window(m: &Manifest, id: SegmentId) -> bool {
+/// Whether recovery from a manifest with log ranges `ranges` reads segment `id`.
+pub fn in_log_window(ranges: &[LogRange], id: SegmentId) -> bool {
     !id.is_run()
-        && m.ranges
+        && ranges
             .iter()
             .any(|r| r.epoch == id.epoch && id.seq >= r.first && (r.is_open() || id.seq <= r.last))
 }

@@ -90,7 +90,7 @@ pub(crate) fn object_stats(st: &State, now: Instant) -> Vec<ObjectStat> {
                 .map(|s| st.index.slot_live(s))
                 .unwrap_or(0),
             age: now.saturating_duration_since(o.born),
-            in_log: in_log_window(&st.manifest, *id),
+            in_log: in_log_window(&st.manifest.ranges, *id),
         })
         .collect()
 }
@@ -231,23 +231,19 @@ async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>
         moved += sh.write(&ops).await? as u64;
     }
     sh.sync().await?;
+    let runs_written = moves.iter().map(|m| m.2).collect::<HashSet<_>>().len() as u64;
     progress(&format!(
-        "wrote {} runs ({run_bytes_written} bytes); moved {moved} keys",
-        runs_count(&moves)
+        "wrote {runs_written} runs ({run_bytes_written} bytes); moved {moved} keys"
     ));
     let mut st = sh.lock();
     let c = &mut st.gc.counters;
     c.rewrites += 1;
     c.objects_rewritten += slots.len() as u64;
     c.bytes_read += bytes_read;
-    c.runs_written += runs_count(&moves) as u64;
+    c.runs_written += runs_written;
     c.run_bytes_written += run_bytes_written;
     c.keys_moved += moved;
     Ok(())
-}
-
-fn runs_count(moves: &[(Box<[u8]>, Location, SegmentId, u32)]) -> usize {
-    moves.iter().map(|m| m.2).collect::<HashSet<_>>().len()
 }
 
 /// Mark every unneeded object (and old manifest and checkpoint) retired. Returns how
@@ -353,9 +349,9 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         deleted += 1;
     }
     for key in metadata {
-        let keep = matches!(parse_name(&key), ObjectKind::Checkpoint(n) if Some(n) == ckpt)
-            || key == manifest_name(seq)
-            || ckpt.is_some_and(|c| key == checkpoint_name(c));
+        // The current manifest and its checkpoint are never retired; checked again
+        // here in case the manifest moved since.
+        let keep = key == manifest_name(seq) || ckpt.is_some_and(|c| key == checkpoint_name(c));
         if keep {
             continue;
         }
