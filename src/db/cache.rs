@@ -7,14 +7,18 @@
 use bytes::Bytes;
 use lru::LruCache;
 
+use crate::format::names::SegmentId;
+
+/// Cached bytes are named by object id, never by index slot (a slot is reused once
+/// its object holds no live key, while the object's bytes may still be cached).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheKey {
-    /// A whole segment object, by index slot.
-    Segment(u32),
-    /// One entry's bytes: slot and offset.
-    Entry(u32, u32),
-    /// A readahead window of a run: slot and window number.
-    Window(u32, u64),
+    /// A whole segment object.
+    Segment(SegmentId),
+    /// One entry's bytes: object and offset.
+    Entry(SegmentId, u32),
+    /// A readahead window of a run: object and window number.
+    Window(SegmentId, u64),
 }
 
 #[derive(Debug)]
@@ -68,12 +72,20 @@ mod tests {
     fn evicts_to_capacity() {
         let mut c = ByteCache::new(100);
         for i in 0..10 {
-            c.insert(CacheKey::Entry(0, i), Bytes::from(vec![0u8; 20]));
+            c.insert(
+                CacheKey::Entry(SegmentId::default(), i),
+                Bytes::from(vec![0u8; 20]),
+            );
         }
         assert!(c.bytes() <= 100);
-        assert!(c.get(&CacheKey::Entry(0, 9)).is_some());
-        assert!(c.get(&CacheKey::Entry(0, 0)).is_none());
-        c.insert(CacheKey::Segment(1), Bytes::from(vec![0u8; 60]));
-        assert!(c.get(&CacheKey::Segment(1)).is_none());
+        assert!(c.get(&CacheKey::Entry(SegmentId::default(), 9)).is_some());
+        assert!(c.get(&CacheKey::Entry(SegmentId::default(), 0)).is_none());
+        c.insert(
+            CacheKey::Segment(SegmentId { epoch: 1, seq: 1 }),
+            Bytes::from(vec![0u8; 60]),
+        );
+        assert!(c
+            .get(&CacheKey::Segment(SegmentId { epoch: 1, seq: 1 }))
+            .is_none());
     }
 }

@@ -14,6 +14,7 @@
 //!    the exact state: each log entry sets or removes one key, and the last one wins. If it already exists, another writer has taken over:
 //!    this writer is fenced.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::error::{Error, Result};
@@ -89,20 +90,28 @@ async fn write(sh: &Shared) -> Result<()> {
         )
     };
     // Encode the index in chunks, releasing the lock in between so writers go on.
+    // The checkpoint's segment table holds only the objects its entries name, in
+    // order of first use: its size follows the live data, not the store's history.
     let mut entries = Vec::new();
     let mut count = 0u64;
-    sh.for_each_key_chunked(|key, entry| {
-        checkpoint::encode_entry(&mut entries, key, entry);
+    let mut segments: Vec<SegmentId> = Vec::new();
+    let mut dense: HashMap<SegmentId, u32> = HashMap::new();
+    sh.for_each_key_chunked(|key, entry, id| {
+        let slot = *dense.entry(id).or_insert_with(|| {
+            segments.push(id);
+            (segments.len() - 1) as u32
+        });
+        checkpoint::encode_entry_at(&mut entries, key, entry, slot);
         count += 1;
     })
     .await;
     // Every change the chunks may have seen lies in segments up to `end_seq`; they
     // must all be durable before the checkpoint is published (a change the checkpoint
     // shows, such as a delete, could otherwise outlive a crash that loses it).
-    let (segments, end_seq) = {
+    let end_seq = {
         let mut st = sh.lock();
         st.log.seal_open();
-        (st.index.segments().to_vec(), st.log.last_sealed_seq)
+        st.log.last_sealed_seq
     };
     sh.wake_uploader.notify_one();
     sh.wait_durable(end_seq).await?;
@@ -163,5 +172,13 @@ async fn write(sh: &Shared) -> Result<()> {
     let mut st = sh.lock();
     st.manifest = m;
     st.log_bytes_since_checkpoint = st.log_bytes_since_checkpoint.saturating_sub(accounted);
+    // Objects no key refers to give their slots back (the open segment's is kept:
+    // writers append to it without looking its slot up).
+    let keep = st.log.open_slot;
+    let freed = st.index.release_unused(keep);
+    log::debug!(
+        "{freed} index slots released; {} in the table",
+        st.index.slot_table_len()
+    );
     Ok(())
 }

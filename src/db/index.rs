@@ -1,27 +1,62 @@
 //! The index: an ordered map from key to the location of its latest value.
 //!
 //! Vocabulary:
-//! - **slot**: a small integer naming a segment in the index's segment table; a
-//!   [`crate::format::checkpoint::Location`] stores a slot rather than a full [`SegmentId`] to keep entries small.
+//! - **slot**: a small integer naming a data object (segment or run) in the index's
+//!   **slot table**; a [`Location`] stores a slot rather than a full [`SegmentId`] to
+//!   keep entries small. A slot means one object only while the lock that read it is
+//!   held: callers that keep a location across an `await` resolve its slot to the
+//!   object id first ([`Index::locate`]).
 //! - **live bytes**: the sum of key and value lengths of every live key. The index
-//!   also keeps the live bytes of each data object (segment or run): the key and value
-//!   lengths of every key whose value lies in it. That per-object count is what the
-//!   cleaner's policy reads; it is derived from the index alone, so it is exact after
-//!   any recovery.
+//!   also keeps, per data object, the live bytes, the **stored bytes** (the encoded
+//!   size of the put entries of its live keys: what rewriting them into a run copies)
+//!   and the number of live keys. Those per-object counts are what the cleaner's
+//!   policy reads; they are derived from the index alone, so they are exact after any
+//!   recovery.
+//! - **released** slot: one no key refers to any more. [`Index::release_unused`]
+//!   (called after each checkpoint, under the state lock) frees such slots for reuse,
+//!   so the slot table is bounded by the objects that hold live data, not by every
+//!   object the store ever wrote.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::ops::Bound;
 
-use crate::format::checkpoint::{Checkpoint, IndexEntry};
+use crate::format::checkpoint::{Checkpoint, IndexEntry, Location};
 use crate::format::names::SegmentId;
+use crate::format::segment::put_len;
+
+/// What the index counts for one data object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectLive {
+    /// Key and value bytes of the live keys whose value lies in the object.
+    pub bytes: u64,
+    /// Encoded put-entry bytes of those keys (what a rewrite copies).
+    pub stored: u64,
+    /// Number of those keys, and the sum of their lengths.
+    pub keys: u64,
+    pub key_bytes: u64,
+}
+
+/// Where a value lies, with its object named in full (valid across `await`s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ValueAt {
+    pub object: SegmentId,
+    pub offset: u32,
+    pub value_len: u32,
+}
+
+/// A free slot's table entry (never a real object id: epoch 0 is never written).
+const FREE: SegmentId = SegmentId { epoch: 0, seq: 0 };
 
 #[derive(Debug, Default)]
 pub struct Index {
     map: BTreeMap<Box<[u8]>, IndexEntry>,
     segments: Vec<SegmentId>,
     slots: HashMap<SegmentId, u32>,
-    /// Live bytes per slot.
-    slot_live: Vec<u64>,
+    /// Live counts per slot.
+    slot_live: Vec<ObjectLive>,
+    /// Released slots, lowest first.
+    free: BinaryHeap<Reverse<u32>>,
     live_bytes: u64,
 }
 
@@ -29,53 +64,62 @@ fn entry_bytes(key: &[u8], e: &IndexEntry) -> u64 {
     (key.len() + e.loc.value_len as usize) as u64
 }
 
+fn entry_stored(key: &[u8], e: &IndexEntry) -> u64 {
+    let meta = e.meta.as_deref().map_or(0, <[u8]>::len);
+    put_len(key.len(), meta, e.loc.value_len as usize) as u64
+}
+
 impl Index {
     pub fn from_checkpoint(c: Checkpoint) -> Index {
-        let mut slot_live = vec![0u64; c.segments.len()];
-        let mut live_bytes = 0;
-        for (k, e) in &c.entries {
-            let n = entry_bytes(k, e);
-            live_bytes += n;
-            // The checkpoint decoder guarantees every slot is in the table.
-            if let Some(l) = slot_live.get_mut(e.loc.segment as usize) {
-                *l += n;
-            }
-        }
-        let slots = c
-            .segments
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, i as u32))
-            .collect();
-        Index {
-            map: c.entries.into_iter().collect(),
+        let mut ix = Index {
+            slot_live: vec![ObjectLive::default(); c.segments.len()],
+            slots: c
+                .segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (*s, i as u32))
+                .collect(),
             segments: c.segments,
-            slots,
-            slot_live,
-            live_bytes,
+            ..Index::default()
+        };
+        for (k, e) in c.entries {
+            // The checkpoint decoder guarantees every slot is in the table.
+            ix.add_live(&k, &e);
+            ix.map.insert(k, e);
         }
+        ix
     }
 
-    /// The slot of a segment, allocating one on first use.
+    /// The slot of a data object, allocating one on first use.
     pub fn slot_for(&mut self, id: SegmentId) -> u32 {
         if let Some(s) = self.slots.get(&id) {
             return *s;
         }
-        let s = self.segments.len() as u32;
-        self.segments.push(id);
-        self.slot_live.push(0);
+        let s = match self.free.pop() {
+            Some(Reverse(s)) => s,
+            None => {
+                self.segments.push(FREE);
+                self.slot_live.push(ObjectLive::default());
+                (self.segments.len() - 1) as u32
+            }
+        };
+        self.segments[s as usize] = id;
+        self.slot_live[s as usize] = ObjectLive::default();
         self.slots.insert(id, s);
         s
     }
 
-    /// The slot of a data object, if the index has ever seen it.
+    /// The slot of a data object, if some key refers to it (or did since the last
+    /// release).
     pub fn slot_of(&self, id: SegmentId) -> Option<u32> {
         self.slots.get(&id).copied()
     }
 
-    /// Live bytes of the data object in `slot`.
-    pub fn slot_live(&self, slot: u32) -> u64 {
-        self.slot_live.get(slot as usize).copied().unwrap_or(0)
+    /// Live counts of data object `id` (zero when no key refers to it).
+    pub fn object_live(&self, id: SegmentId) -> ObjectLive {
+        self.slot_of(id)
+            .and_then(|s| self.slot_live.get(s as usize).copied())
+            .unwrap_or_default()
     }
 
     /// Live bytes of every data object the index refers to (objects without live
@@ -84,8 +128,8 @@ impl Index {
         self.segments
             .iter()
             .zip(&self.slot_live)
-            .filter(|(_, l)| **l > 0)
-            .map(|(id, l)| (*id, *l))
+            .filter(|(_, l)| l.bytes > 0 || l.keys > 0)
+            .map(|(id, l)| (*id, l.bytes))
             .collect()
     }
 
@@ -93,7 +137,10 @@ impl Index {
         let n = entry_bytes(key, e);
         self.live_bytes += n;
         if let Some(l) = self.slot_live.get_mut(e.loc.segment as usize) {
-            *l += n;
+            l.bytes += n;
+            l.stored += entry_stored(key, e);
+            l.keys += 1;
+            l.key_bytes += key.len() as u64;
         }
     }
 
@@ -101,20 +148,68 @@ impl Index {
         let n = entry_bytes(key, e);
         self.live_bytes -= n;
         if let Some(l) = self.slot_live.get_mut(e.loc.segment as usize) {
-            *l -= n;
+            l.bytes -= n;
+            l.stored -= entry_stored(key, e);
+            l.keys -= 1;
+            l.key_bytes -= key.len() as u64;
         }
     }
 
+    /// The object in `slot`.
     pub fn segment(&self, slot: u32) -> Option<SegmentId> {
-        self.segments.get(slot as usize).copied()
+        self.segments
+            .get(slot as usize)
+            .copied()
+            .filter(|id| *id != FREE)
     }
 
-    pub fn segments(&self) -> &[SegmentId] {
-        &self.segments
+    /// Where the value of an entry lies, with its object resolved.
+    pub fn locate(&self, loc: &Location) -> Option<ValueAt> {
+        Some(ValueAt {
+            object: self.segment(loc.segment)?,
+            offset: loc.offset,
+            value_len: loc.value_len,
+        })
+    }
+
+    /// Number of slots in the table (in use or free).
+    pub fn slot_table_len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Free every slot no key refers to, except `keep` (the open segment's, which
+    /// writers use without looking it up). Returns how many were freed.
+    pub fn release_unused(&mut self, keep: Option<u32>) -> usize {
+        let mut freed = 0;
+        for s in 0..self.segments.len() {
+            let id = self.segments[s];
+            if id == FREE || self.slot_live[s].keys > 0 || keep == Some(s as u32) {
+                continue;
+            }
+            self.slots.remove(&id);
+            self.segments[s] = FREE;
+            self.slot_live[s] = ObjectLive::default();
+            self.free.push(Reverse(s as u32));
+            freed += 1;
+        }
+        // Give back the free end of the table.
+        while self.segments.last() == Some(&FREE) {
+            self.segments.pop();
+            self.slot_live.pop();
+        }
+        let len = self.segments.len();
+        self.free.retain(|Reverse(s)| (*s as usize) < len);
+        freed
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
         self.map.get(key)
+    }
+
+    /// The entry of `key` with its object resolved.
+    pub fn get_at(&self, key: &[u8]) -> Option<(&IndexEntry, ValueAt)> {
+        let e = self.map.get(key)?;
+        Some((e, self.locate(&e.loc)?))
     }
 
     pub fn insert(&mut self, key: &[u8], entry: IndexEntry) {
@@ -171,22 +266,56 @@ mod tests {
     }
 
     #[test]
-    fn live_bytes_per_object_follow_inserts_and_removes() {
+    fn live_counts_per_object_follow_inserts_and_removes() {
         let mut ix = Index::default();
         let a = ix.slot_for(SegmentId { epoch: 1, seq: 1 });
         let b = ix.slot_for(SegmentId::run(1, 1));
         ix.insert(b"k1", entry(a, 10));
         ix.insert(b"k2", entry(a, 20));
-        assert_eq!(ix.slot_live(a), 2 + 10 + 2 + 20);
+        let la = ix.object_live(SegmentId { epoch: 1, seq: 1 });
+        assert_eq!(la.bytes, 2 + 10 + 2 + 20);
+        assert_eq!(la.keys, 2);
+        assert_eq!(la.stored, (put_len(2, 0, 10) + put_len(2, 0, 20)) as u64);
         // Overwrite moves the key's bytes to the other object.
         ix.insert(b"k1", entry(b, 5));
-        assert_eq!(ix.slot_live(a), 22);
-        assert_eq!(ix.slot_live(b), 7);
+        assert_eq!(ix.object_live(SegmentId { epoch: 1, seq: 1 }).bytes, 22);
+        assert_eq!(ix.object_live(SegmentId::run(1, 1)).bytes, 7);
         ix.remove(b"k2");
-        assert_eq!(ix.slot_live(a), 0);
+        assert_eq!(
+            ix.object_live(SegmentId { epoch: 1, seq: 1 }),
+            ObjectLive::default()
+        );
         assert_eq!(ix.live_bytes(), 7);
         let by = ix.live_by_object();
         assert_eq!(by.len(), 1);
         assert_eq!(by[&SegmentId::run(1, 1)], 7);
+    }
+
+    #[test]
+    fn released_slots_are_reused_and_the_table_shrinks() {
+        let mut ix = Index::default();
+        let ids: Vec<SegmentId> = (1..=5).map(|seq| SegmentId { epoch: 1, seq }).collect();
+        let slots: Vec<u32> = ids.iter().map(|id| ix.slot_for(*id)).collect();
+        ix.insert(b"a", entry(slots[1], 1));
+        ix.insert(b"b", entry(slots[3], 1));
+        // Slot 4 is kept (the open segment); 0 and 2 are freed.
+        assert_eq!(ix.release_unused(Some(slots[4])), 2);
+        assert_eq!(ix.segment(slots[0]), None);
+        assert_eq!(ix.slot_of(ids[0]), None);
+        assert_eq!(ix.slot_table_len(), 5);
+        // Reuse, lowest first; a resolved location never names the old object.
+        let n = ix.slot_for(SegmentId { epoch: 2, seq: 1 });
+        assert_eq!(n, 0);
+        assert_eq!(
+            ix.locate(&entry(0, 1).loc).unwrap().object,
+            SegmentId { epoch: 2, seq: 1 }
+        );
+        // Once everything is unreferenced the table is empty again.
+        ix.remove(b"a");
+        ix.remove(b"b");
+        ix.release_unused(None);
+        assert_eq!(ix.slot_table_len(), 0);
+        assert_eq!(ix.slot_for(ids[2]), 0);
+        assert_eq!(ix.slot_for(ids[3]), 1);
     }
 }

@@ -53,6 +53,7 @@ use crate::store::metered::{Meter, MeteredStore};
 use crate::store::retry::RetryStore;
 use crate::store::{open_store, DynStore, StoreError, StoreUrl};
 use cache::CacheKey;
+use index::ValueAt;
 use lease::Lease;
 use state::State;
 
@@ -106,7 +107,7 @@ pub(crate) enum Op<'a> {
     /// metadata, if it still points at `expect` (otherwise nothing is written).
     Relocate {
         key: &'a [u8],
-        expect: Location,
+        expect: ValueAt,
         target: SegmentId,
         offset: u32,
     },
@@ -137,8 +138,8 @@ impl Op<'_> {
 /// inline file crossing the boundary is still read with one GET).
 const WINDOW_OVERLAP: u64 = 68 << 10;
 
-/// A readahead window of a run: index slot and window number.
-pub(crate) type WindowKey = (u32, u64);
+/// A readahead window of a run: object and window number.
+pub(crate) type WindowKey = (SegmentId, u64);
 
 /// What the durable-point channel carries.
 #[derive(Clone, Debug, Default)]
@@ -329,8 +330,10 @@ impl Shared {
                     target,
                     offset,
                 } => {
-                    let Some(cur) = index.get(key) else { continue };
-                    if cur.loc != expect {
+                    let Some((cur, at)) = index.get_at(key) else {
+                        continue;
+                    };
+                    if at != expect {
                         continue;
                     }
                     let meta = cur.meta.clone();
@@ -392,7 +395,10 @@ impl Shared {
     /// Visit every key of the index in order, holding the state lock for 8,192 keys
     /// at a time only, so writers go on meanwhile. Keys changed during the walk are
     /// seen as of some moment during it (a *fuzzy* walk).
-    pub(crate) async fn for_each_key_chunked(&self, mut f: impl FnMut(&[u8], &IndexEntry)) {
+    pub(crate) async fn for_each_key_chunked(
+        &self,
+        mut f: impl FnMut(&[u8], &IndexEntry, SegmentId),
+    ) {
         const CHUNK: usize = 8192;
         let mut cursor: Option<Box<[u8]>> = None;
         loop {
@@ -405,7 +411,11 @@ impl Shared {
                 let mut n = 0;
                 let mut last = None;
                 for (k, e) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
-                    f(k, e);
+                    // Resolved under the same lock: a slot may name another object
+                    // once released.
+                    if let Some(id) = st.index.segment(e.loc.segment) {
+                        f(k, e, id);
+                    }
                     last = Some(k);
                     n += 1;
                 }
@@ -677,24 +687,35 @@ impl Db {
     /// The value of `key`, or `None`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         validate_key(key)?;
-        let mut loc = match self.handle.shared.lock().index.get(key) {
-            Some(e) => e.loc,
-            None => return Ok(None),
+        let Some(mut at) = self.value_at(key)? else {
+            return Ok(None);
         };
         loop {
-            match self.read_value(loc).await {
+            match self.read_value(at).await {
                 // The object was deleted by GC after the key moved: read it again
                 // from its new place.
-                Err(Error::Store(StoreError::NotFound(n))) => {
-                    match self.handle.shared.lock().index.get(key) {
-                        Some(e) if e.loc != loc => loc = e.loc,
-                        Some(_) => return Err(Error::Store(StoreError::NotFound(n))),
-                        None => return Ok(None),
-                    }
-                }
+                Err(Error::Store(StoreError::NotFound(n))) => match self.value_at(key)? {
+                    Some(now) if now != at => at = now,
+                    Some(_) => return Err(Error::Store(StoreError::NotFound(n))),
+                    None => return Ok(None),
+                },
                 r => return r.map(Some),
             }
         }
+    }
+
+    /// Where the value of `key` lies now, if it exists.
+    fn value_at(&self, key: &[u8]) -> Result<Option<ValueAt>> {
+        let st = self.handle.shared.lock();
+        let Some(e) = st.index.get(key) else {
+            return Ok(None);
+        };
+        st.index.locate(&e.loc).map(Some).ok_or_else(|| {
+            Error::Inconsistent(format!(
+                "index names unknown segment slot {}",
+                e.loc.segment
+            ))
+        })
     }
 
     /// Value length and metadata of `key`, from memory (no request).
@@ -731,23 +752,21 @@ impl Db {
 
     /// Fetch the value at `loc`: memory, cache, then a ranged GET of exactly the
     /// stored value (checksum and bytes), or of a whole readahead window of a run.
-    async fn read_value(&self, loc: Location) -> Result<Bytes> {
+    async fn read_value(&self, loc: ValueAt) -> Result<Bytes> {
         let sh = &self.handle.shared;
         let len = stored_value_len(loc.value_len) as usize;
         let off = loc.offset as usize;
         let window = sh.opts.gc.readahead_bytes as u64;
-        let id = {
+        let id = loc.object;
+        {
             let mut st = sh.lock();
-            let id = st.index.segment(loc.segment).ok_or_else(|| {
-                Error::Inconsistent(format!("index names unknown segment slot {}", loc.segment))
-            })?;
             if let Some(b) = st.log.memory_slice(id, off, len) {
                 return Ok(b.slice(4..));
             }
-            if let Some(b) = st.cache.get(&CacheKey::Entry(loc.segment, loc.offset)) {
+            if let Some(b) = st.cache.get(&CacheKey::Entry(id, loc.offset)) {
                 return Ok(b);
             }
-            if let Some(seg) = st.cache.get(&CacheKey::Segment(loc.segment)) {
+            if let Some(seg) = st.cache.get(&CacheKey::Segment(id)) {
                 if off + len <= seg.len() {
                     return decode_value(&seg.slice(off..off + len))
                         .map_err(|e| Error::corrupt(segment_name(id), e));
@@ -755,7 +774,7 @@ impl Db {
             }
             if id.is_run() && window > len as u64 {
                 let w = off as u64 / window;
-                if let Some(b) = st.cache.get(&CacheKey::Window(loc.segment, w)) {
+                if let Some(b) = st.cache.get(&CacheKey::Window(id, w)) {
                     let at = off - (w * window) as usize;
                     if at + len <= b.len() {
                         return decode_value(&b.slice(at..at + len))
@@ -763,8 +782,7 @@ impl Db {
                     }
                 }
             }
-            id
-        };
+        }
         if id.is_run() && window > len as u64 {
             if let Some(v) = self.read_from_window(loc, id).await? {
                 return Ok(v);
@@ -778,7 +796,7 @@ impl Db {
         let value = decode_value(&raw).map_err(|e| Error::corrupt(name.clone(), e))?;
         sh.lock()
             .cache
-            .insert(CacheKey::Entry(loc.segment, loc.offset), value.clone());
+            .insert(CacheKey::Entry(id, loc.offset), value.clone());
         Ok(value)
     }
 
@@ -786,7 +804,7 @@ impl Db {
     /// aligned window holding the value (and the rest of the value if it runs past
     /// the window), and the window stays in the cache for the neighbouring keys.
     /// `None` if the run's size is unknown (then only the value itself is fetched).
-    async fn read_from_window(&self, loc: Location, id: SegmentId) -> Result<Option<Bytes>> {
+    async fn read_from_window(&self, loc: ValueAt, id: SegmentId) -> Result<Option<Bytes>> {
         let sh = &self.handle.shared;
         let window = sh.opts.gc.readahead_bytes as u64;
         let len = stored_value_len(loc.value_len);
@@ -807,31 +825,34 @@ impl Db {
         }
         let cell = {
             let mut fetches = sh.windows.lock().unwrap_or_else(|e| e.into_inner());
-            fetches.entry((loc.segment, w)).or_default().clone()
+            fetches.entry((id, w)).or_default().clone()
         };
         let name = segment_name(id);
         let fetched = cell
             .get_or_try_init(|| async {
                 // Another reader may have fetched it between our cache miss and now.
-                if let Some(b) = sh.lock().cache.get(&CacheKey::Window(loc.segment, w)) {
+                if let Some(b) = sh.lock().cache.get(&CacheKey::Window(id, w)) {
                     if b.len() as u64 >= end - start {
                         return Ok(b);
                     }
                 }
                 let b = sh.store.get_range(&name, start..end).await?;
-                sh.lock()
-                    .cache
-                    .insert(CacheKey::Window(loc.segment, w), b.clone());
+                sh.lock().cache.insert(CacheKey::Window(id, w), b.clone());
                 Ok::<Bytes, Error>(b)
             })
             .await;
         sh.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(loc.segment, w));
+            .remove(&(id, w));
         let bytes = fetched?;
+        // The window may have been fetched for another reader, who asked for a
+        // shorter end: a value past it is fetched on its own.
         let at = (off - start) as usize;
-        let stored = bytes.slice(at..at + len as usize);
+        let Some(stored) = bytes.get(at..at + len as usize) else {
+            return Ok(None);
+        };
+        let stored = bytes.slice_ref(stored);
         decode_value(&stored)
             .map(Some)
             .map_err(|e| Error::corrupt(name, e))
@@ -845,12 +866,12 @@ impl Db {
         limit: usize,
         keys_only: bool,
     ) -> Result<Vec<(Vec<u8>, Option<Bytes>)>> {
-        let found: Vec<(Vec<u8>, Location)> = {
+        let found: Vec<(Vec<u8>, Option<ValueAt>)> = {
             let st = self.handle.shared.lock();
             st.index
                 .range(start, end)
                 .take(limit)
-                .map(|(k, e)| (k.to_vec(), e.loc))
+                .map(|(k, e)| (k.to_vec(), st.index.locate(&e.loc)))
                 .collect()
         };
         if keys_only {
@@ -865,7 +886,13 @@ impl Db {
                 let Some((k, loc)) = iter.next() else { break };
                 let db = self.clone();
                 pending.push_back(tokio::spawn(async move {
-                    let v = db.read_value(loc).await;
+                    let v = match loc {
+                        Some(at) => db.read_value(at).await,
+                        None => Err(Error::Inconsistent(format!(
+                            "index of {:?} names an unknown segment slot",
+                            String::from_utf8_lossy(&k)
+                        ))),
+                    };
                     (k, v)
                 }));
             }

@@ -28,7 +28,6 @@ use crate::format::segment::{SegmentBuilder, FOOTER_LEN, HEADER_LEN};
 #[derive(Clone, Debug)]
 pub struct SealedSegment {
     pub id: SegmentId,
-    pub slot: u32,
     pub data: Bytes,
 }
 
@@ -84,12 +83,11 @@ impl LogState {
             capacity,
         );
         let old = std::mem::replace(&mut self.open, next);
-        let slot = self.open_slot.take().unwrap_or(0);
+        self.open_slot = None;
         self.open_since = None;
         self.last_sealed_seq = id.seq;
         self.sealed.push_back(SealedSegment {
             id,
-            slot,
             data: old.finish(),
         });
     }

@@ -81,7 +81,7 @@ async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
         Ok(_) => {
             if let Some(done) = st.log.complete(seg.id.seq) {
                 st.objects.insert_new(done.id, done.data.len() as u64);
-                st.cache.insert(CacheKey::Segment(done.slot), done.data);
+                st.cache.insert(CacheKey::Segment(done.id), done.data);
             }
             let durable = st.log.durable_seq;
             sh.durable.send_modify(|d| d.seq = durable);

@@ -56,9 +56,15 @@ pub struct Checkpoint {
 
 /// Append one entry in checkpoint layout (for [`assemble`]).
 pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], entry: &IndexEntry) {
+    encode_entry_at(out, key, entry, entry.loc.segment);
+}
+
+/// Like [`encode_entry`], with the entry's object at `slot` of the checkpoint's
+/// segment table (which need not be the in-memory slot).
+pub fn encode_entry_at(out: &mut Vec<u8>, key: &[u8], entry: &IndexEntry, slot: u32) {
     out.put_u16(key.len() as u16);
     out.extend_from_slice(key);
-    out.put_u32(entry.loc.segment);
+    out.put_u32(slot);
     out.put_u32(entry.loc.offset);
     out.put_u32(entry.loc.value_len);
     let meta = entry.meta.as_deref().unwrap_or(&[]);

@@ -111,4 +111,7 @@ pub struct GcBook {
     pub metadata_retired: std::collections::HashMap<String, std::time::Instant>,
     /// Manifest number at the last listing of old manifests and checkpoints.
     pub metadata_checked_at: Option<u64>,
+    /// Objects a round found not worth rewriting (the runs would not have been
+    /// smaller), with their stored live bytes then: left alone until those change.
+    pub not_worth: std::collections::HashMap<SegmentId, u64>,
 }

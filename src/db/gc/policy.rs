@@ -1,18 +1,35 @@
 //! What to clean or compact next: a pure function of the store's state.
 //!
-//! [`choose`] looks at every data object (size, live bytes, age, whether recovery
+//! [`choose`] looks at every data object (size, live data, age, whether recovery
 //! still reads it as log) and returns one [`Choice`]. It does no I/O and reads no
 //! clock, so it is tested on its own; `gc::worker` carries the choice out.
+//!
+//! Vocabulary:
+//! - **rewritten size** of a set of objects ([`rewritten_size`]): the bytes the runs
+//!   holding their live keys would take, counting what every run and block costs
+//!   besides the entries (header, block index, footer, trailer).
+//! - **fill** of an object: its rewritten size alone over its size, the share of the
+//!   object a rewrite would keep. A run just written by a rewrite has fill 1 (up to
+//!   the estimate of its block index), however small it is, so it is never chosen
+//!   alone again: rewriting it would give back the same object.
 //!
 //! Rules, in order:
 //! 1. **Compact the log**: once old log segments (at least `min_age`, out of the
 //!    replay window) hold `compact_min_bytes` of live data, rewrite them, oldest first,
-//!    into sorted runs. This is what makes a directory contiguous.
-//! 2. **Clean**: objects whose fill (live / size) is below `clean_below_fill`, ranked
-//!    by the LFS cost-benefit score `(1 - u) * age / (1 + u)`: free space gained,
-//!    weighted by how long the data has stayed live, per byte copied.
+//!    into sorted runs. This is what makes a directory contiguous. Segments only ever
+//!    turn into runs, never back, so this rule runs out of work.
+//! 2. **Clean**: objects whose fill is below `clean_below_fill`, ranked by the LFS
+//!    cost-benefit score `(1 - u) * age / (1 + u)`: free space gained, weighted by how
+//!    long the data has stayed live, per byte copied.
 //! 3. **Merge runs**: with more than `max_runs` runs, merge the smallest ones (by
 //!    live bytes) into one, so a key range is spread over few runs.
+//!
+//! A clean or merge is chosen only when its sources' rewritten size is smaller than
+//! their size, so each one lowers the bytes stored (the worker checks the exact
+//! figure before it writes anything and drops a round that would not). That is why
+//! repeated rounds reach a fixed point: with no new writes, the stored bytes of
+//! objects holding live data fall with every clean and merge, and the number of log
+//! segments holding live data with every log compaction.
 //!
 //! Each choice reads at most `max_round_bytes` of objects. An object that is in the
 //! replay window, or has no live data (it only waits for deletion), is never chosen.
@@ -20,6 +37,11 @@
 use std::time::Duration;
 
 use crate::format::names::SegmentId;
+use crate::format::run::{DEFAULT_BLOCK_BYTES, HEADER_LEN as RUN_HEADER_LEN, TAIL_LEN};
+
+/// Bytes of one block-index record besides its first key (offset, length, entry
+/// count, key length).
+const BLOCK_RECORD_LEN: u64 = 14;
 
 /// What the policy knows about one data object.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +51,11 @@ pub struct ObjectStat {
     pub size: u64,
     /// Key and value bytes of live keys whose value lies in the object.
     pub live: u64,
+    /// Encoded put-entry bytes of those keys (what a rewrite copies).
+    pub stored: u64,
+    /// Number of those keys, and the sum of their lengths.
+    pub keys: u64,
+    pub key_bytes: u64,
     /// Time since the object was written (or since this process first saw it).
     pub age: Duration,
     /// Recovery still replays it as part of the log (current manifest's ranges).
@@ -36,13 +63,35 @@ pub struct ObjectStat {
 }
 
 impl ObjectStat {
-    /// Live fraction, 0..=1.
-    pub fn fill(&self) -> f64 {
+    /// The share of the object a rewrite would keep, 0..=1 (see the module docs).
+    pub fn fill(&self, run_bytes: u64) -> f64 {
         if self.size == 0 {
             return 0.0;
         }
-        (self.live as f64 / self.size as f64).min(1.0)
+        (rewritten_size([self], run_bytes) as f64 / self.size as f64).min(1.0)
     }
+}
+
+/// Estimated bytes of the runs that the live keys of `objects` would be rewritten
+/// into, with runs of about `run_bytes`: entries, plus header and tail per run, plus
+/// one block-index record per block (its first key taken at the average key length).
+pub fn rewritten_size<'a>(
+    objects: impl IntoIterator<Item = &'a ObjectStat>,
+    run_bytes: u64,
+) -> u64 {
+    let (mut stored, mut keys, mut key_bytes) = (0u64, 0u64, 0u64);
+    for o in objects {
+        stored += o.stored;
+        keys += o.keys;
+        key_bytes += o.key_bytes;
+    }
+    if keys == 0 {
+        return 0;
+    }
+    let runs = stored.div_ceil(run_bytes.max(1)).max(1);
+    let blocks = stored.div_ceil(DEFAULT_BLOCK_BYTES as u64).max(1) + (runs - 1);
+    let first_key = key_bytes.div_ceil(keys);
+    stored + runs * (RUN_HEADER_LEN + TAIL_LEN) as u64 + blocks * (BLOCK_RECORD_LEN + first_key)
 }
 
 /// Thresholds of the policy (from [`crate::db::GcOptions`]).
@@ -53,6 +102,8 @@ pub struct PolicyConfig {
     pub max_round_bytes: u64,
     pub compact_min_bytes: u64,
     pub max_runs: usize,
+    /// Target size of a run.
+    pub run_bytes: u64,
 }
 
 impl From<&crate::db::GcOptions> for PolicyConfig {
@@ -63,6 +114,7 @@ impl From<&crate::db::GcOptions> for PolicyConfig {
             max_round_bytes: o.max_round_bytes,
             compact_min_bytes: o.compact_min_bytes,
             max_runs: o.max_runs,
+            run_bytes: o.run_bytes as u64,
         }
     }
 }
@@ -112,9 +164,9 @@ fn take_budget<'a>(objs: impl Iterator<Item = &'a ObjectStat>, budget: u64) -> V
     out
 }
 
-/// LFS cost-benefit: `(1 - u) * age / (1 + u)`.
-pub fn cost_benefit(o: &ObjectStat) -> f64 {
-    let u = o.fill();
+/// LFS cost-benefit: `(1 - u) * age / (1 + u)`, with `u` the fill.
+pub fn cost_benefit(o: &ObjectStat, run_bytes: u64) -> f64 {
+    let u = o.fill(run_bytes);
     (1.0 - u) * o.age.as_secs_f64() / (1.0 + u)
 }
 
@@ -125,7 +177,7 @@ pub fn choose(objects: &[ObjectStat], cfg: &PolicyConfig) -> Choice {
         .iter()
         .filter(|o| !o.id.is_run() && movable(o) && o.age >= cfg.min_age)
         .collect();
-    let log_live: u64 = old_segments.iter().map(|o| o.live).sum();
+    let log_live: u64 = old_segments.iter().map(|o| o.stored).sum();
     if log_live >= cfg.compact_min_bytes && !old_segments.is_empty() {
         old_segments.sort_by_key(|o| o.id);
         return Choice::Rewrite {
@@ -134,20 +186,24 @@ pub fn choose(objects: &[ObjectStat], cfg: &PolicyConfig) -> Choice {
         };
     }
     // 2. Mostly dead objects, best cost-benefit first.
+    let run_bytes = cfg.run_bytes;
     let mut victims: Vec<&ObjectStat> = objects
         .iter()
-        .filter(|o| movable(o) && o.age >= cfg.min_age && o.fill() < cfg.clean_below_fill)
+        .filter(|o| movable(o) && o.age >= cfg.min_age && o.fill(run_bytes) < cfg.clean_below_fill)
         .collect();
     if !victims.is_empty() {
         victims.sort_by(|a, b| {
-            cost_benefit(b)
-                .total_cmp(&cost_benefit(a))
+            cost_benefit(b, run_bytes)
+                .total_cmp(&cost_benefit(a, run_bytes))
                 .then(a.id.cmp(&b.id))
         });
-        return Choice::Rewrite {
-            reason: Reason::Clean,
-            sources: take_budget(victims.into_iter(), cfg.max_round_bytes),
-        };
+        let sources = take_budget(victims.into_iter(), cfg.max_round_bytes);
+        if shrinks(objects, &sources, run_bytes) {
+            return Choice::Rewrite {
+                reason: Reason::Clean,
+                sources,
+            };
+        }
     }
     // 3. Too many runs: merge the smallest.
     let mut runs: Vec<&ObjectStat> = objects
@@ -158,7 +214,7 @@ pub fn choose(objects: &[ObjectStat], cfg: &PolicyConfig) -> Choice {
         runs.sort_by_key(|o| (o.live, o.id));
         let excess = runs.len() - cfg.max_runs.max(1) + 1;
         let sources = take_budget(runs.into_iter().take(excess.max(2)), cfg.max_round_bytes);
-        if sources.len() >= 2 {
+        if sources.len() >= 2 && shrinks(objects, &sources, run_bytes) {
             return Choice::Rewrite {
                 reason: Reason::MergeRuns,
                 sources,
@@ -166,6 +222,14 @@ pub fn choose(objects: &[ObjectStat], cfg: &PolicyConfig) -> Choice {
         }
     }
     Choice::Idle
+}
+
+/// Whether rewriting `sources` would store fewer bytes than they take now.
+pub fn shrinks(objects: &[ObjectStat], sources: &[SegmentId], run_bytes: u64) -> bool {
+    let wanted: std::collections::HashSet<&SegmentId> = sources.iter().collect();
+    let chosen: Vec<&ObjectStat> = objects.iter().filter(|o| wanted.contains(&o.id)).collect();
+    let size: u64 = chosen.iter().map(|o| o.size).sum();
+    rewritten_size(chosen.iter().copied(), run_bytes) < size
 }
 
 /// On demand: every object with live data out of the log window, in rounds of at
@@ -197,6 +261,7 @@ pub fn unneeded(objects: &[ObjectStat]) -> Vec<SegmentId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn cfg() -> PolicyConfig {
         PolicyConfig {
@@ -205,14 +270,19 @@ mod tests {
             max_round_bytes: 10_000,
             compact_min_bytes: 5_000,
             max_runs: 3,
+            run_bytes: 1 << 20,
         }
     }
 
+    /// A segment whose live keys (one, with an 8-byte key) take `live` bytes.
     fn seg(seq: u64, size: u64, live: u64, age: u64) -> ObjectStat {
         ObjectStat {
             id: SegmentId { epoch: 1, seq },
             size,
             live,
+            stored: live,
+            keys: u64::from(live > 0),
+            key_bytes: if live > 0 { 8 } else { 0 },
             age: Duration::from_secs(age),
             in_log: false,
         }
@@ -225,12 +295,19 @@ mod tests {
         }
     }
 
+    /// A run exactly as a rewrite writes it: nothing in it has died since.
+    fn full_run(seq: u64, stored: u64) -> ObjectStat {
+        let mut o = run(seq, 0, stored, 100);
+        o.size = rewritten_size([&o], 1 << 20);
+        o
+    }
+
     #[test]
     fn idle_when_nothing_to_do() {
         assert_eq!(choose(&[], &cfg()), Choice::Idle);
         // Full, young, or in the log: left alone.
         let objs = [
-            seg(1, 1000, 950, 100),
+            seg(1, 1000, 900, 100),
             seg(2, 1000, 10, 5),
             ObjectStat {
                 in_log: true,
@@ -238,6 +315,30 @@ mod tests {
             },
         ];
         assert_eq!(choose(&objs, &cfg()), Choice::Idle);
+    }
+
+    #[test]
+    fn a_lone_run_as_written_is_never_rewritten() {
+        // However small: its overhead is part of what a rewrite would write again.
+        for stored in [20, 104, 5000, 900_000] {
+            let o = full_run(1, stored);
+            assert!((o.fill(1 << 20) - 1.0).abs() < 1e-9, "{o:?}");
+            let c = PolicyConfig {
+                min_age: Duration::ZERO,
+                ..cfg()
+            };
+            assert_eq!(choose(&[o], &c), Choice::Idle);
+        }
+    }
+
+    #[test]
+    fn fill_counts_the_fixed_overhead_of_a_run() {
+        // 10 live bytes in a 200-byte segment: a rewrite keeps 92 bytes.
+        let o = seg(1, 200, 10, 100);
+        assert_eq!(rewritten_size([&o], 1 << 20), 10 + 60 + 22);
+        assert!((o.fill(1 << 20) - 0.46).abs() < 1e-9);
+        // Nothing live: nothing to keep.
+        assert_eq!(rewritten_size([&seg(2, 200, 0, 1)], 1 << 20), 0);
     }
 
     #[test]
@@ -278,17 +379,18 @@ mod tests {
             }
             c => panic!("{c:?}"),
         }
-        assert!(cost_benefit(&objs[1]) > cost_benefit(&objs[0]));
-        assert!(cost_benefit(&objs[1]) > cost_benefit(&objs[2]));
+        let rb = 1 << 20;
+        assert!(cost_benefit(&objs[1], rb) > cost_benefit(&objs[0], rb));
+        assert!(cost_benefit(&objs[1], rb) > cost_benefit(&objs[2], rb));
     }
 
     #[test]
     fn merges_the_smallest_runs_when_there_are_too_many() {
         let objs = [
-            run(1, 900, 800, 10),
-            run(2, 300, 290, 10),
-            run(3, 200, 190, 10),
-            run(4, 5000, 4900, 10),
+            full_run(1, 800),
+            full_run(2, 290),
+            full_run(3, 190),
+            full_run(4, 4900),
         ];
         match choose(&objs, &cfg()) {
             Choice::Rewrite { reason, sources } => {
@@ -330,5 +432,131 @@ mod tests {
             vec![SegmentId { epoch: 1, seq: 26 }],
             "only dead objects out of the log"
         );
+    }
+
+    /// Carry out a rewrite of `sources` as the worker does when nothing else writes:
+    /// the sources lose their live data (and are deleted); their keys land in new runs
+    /// whose sizes add up to the estimate (the worker writes nothing when the real
+    /// runs would not be smaller).
+    fn apply(
+        objs: &mut Vec<ObjectStat>,
+        sources: &[SegmentId],
+        next_run: &mut u64,
+        run_bytes: u64,
+    ) {
+        let moved: Vec<ObjectStat> = objs
+            .iter()
+            .filter(|o| sources.contains(&o.id))
+            .cloned()
+            .collect();
+        objs.retain(|o| !sources.contains(&o.id));
+        let stored: u64 = moved.iter().map(|o| o.stored).sum();
+        let keys: u64 = moved.iter().map(|o| o.keys).sum();
+        if keys == 0 {
+            return;
+        }
+        let key_bytes: u64 = moved.iter().map(|o| o.key_bytes).sum();
+        let live: u64 = moved.iter().map(|o| o.live).sum();
+        let total = rewritten_size(moved.iter(), run_bytes);
+        let n = stored.div_ceil(run_bytes).max(1).min(keys);
+        for i in 0..n {
+            let share = |x: u64| x / n + u64::from(i < x % n);
+            let mut o = ObjectStat {
+                id: SegmentId::run(9, *next_run),
+                size: 0,
+                live: share(live),
+                stored: share(stored),
+                keys: share(keys),
+                key_bytes: share(key_bytes),
+                age: Duration::ZERO,
+                in_log: false,
+            };
+            o.size = share(total);
+            *next_run += 1;
+            objs.push(o);
+        }
+    }
+
+    fn any_object() -> impl Strategy<Value = ObjectStat> {
+        (
+            any::<bool>(),
+            1u64..1000,
+            0u64..200,
+            1u64..50,
+            0u64..5000,
+            0u64..100,
+            any::<bool>(),
+        )
+            .prop_map(|(is_run, seq, keys, key_len, dead, age, in_log)| {
+                let stored = keys * (16 + key_len + 40);
+                let id = if is_run {
+                    SegmentId::run(1, seq)
+                } else {
+                    SegmentId { epoch: 1, seq }
+                };
+                let mut o = ObjectStat {
+                    id,
+                    size: 0,
+                    live: keys * (key_len + 40),
+                    stored,
+                    keys,
+                    key_bytes: keys * key_len,
+                    age: Duration::from_secs(age),
+                    in_log: in_log && !is_run,
+                };
+                // As written, plus whatever died since.
+                o.size = rewritten_size([&o], 1 << 20).max(48) + dead;
+                o
+            })
+    }
+
+    proptest! {
+        /// Repeated rounds on any state reach a fixed point, and every clean or merge
+        /// lowers the bytes stored.
+        #[test]
+        fn repeated_rounds_reach_a_fixed_point(
+            objs in proptest::collection::vec(any_object(), 0..60),
+            fill in 0.1f64..0.95,
+            budget in 1_000u64..200_000,
+            compact_min in prop_oneof![Just(u64::MAX), 1_000u64..100_000],
+            max_runs in 1usize..20,
+            run_bytes in prop_oneof![Just(1u64 << 20), 2_000u64..50_000],
+        ) {
+            let mut objs: Vec<ObjectStat> = objs;
+            objs.sort_by_key(|o| o.id);
+            objs.dedup_by_key(|o| o.id);
+            let cfg = PolicyConfig {
+                clean_below_fill: fill,
+                min_age: Duration::ZERO,
+                max_round_bytes: budget,
+                compact_min_bytes: compact_min,
+                max_runs,
+                run_bytes,
+            };
+            let movable_bytes = |objs: &[ObjectStat]| -> u64 {
+                objs.iter().filter(|o| movable(o)).map(|o| o.size).sum()
+            };
+            let mut next_run = 1;
+            let mut rounds = 0;
+            loop {
+                let Choice::Rewrite { reason, sources } = choose(&objs, &cfg) else {
+                    break;
+                };
+                prop_assert!(!sources.is_empty());
+                let before = movable_bytes(&objs);
+                let segments_before = objs.iter().filter(|o| movable(o) && !o.id.is_run()).count();
+                apply(&mut objs, &sources, &mut next_run, run_bytes);
+                let after = movable_bytes(&objs);
+                let segments_after = objs.iter().filter(|o| movable(o) && !o.id.is_run()).count();
+                match reason {
+                    Reason::CompactLog => prop_assert!(segments_after < segments_before),
+                    _ => prop_assert!(after < before, "{reason:?}: {before} -> {after}"),
+                }
+                rounds += 1;
+                prop_assert!(rounds < 10_000, "no fixed point after {rounds} rounds");
+            }
+            // At the fixed point, no run is chosen alone or with others.
+            prop_assert_eq!(choose(&objs, &cfg), Choice::Idle);
+        }
     }
 }

@@ -24,10 +24,10 @@ use bytes::Bytes;
 use super::policy::{self, Choice, ObjectStat, PolicyConfig, Reason};
 use super::{in_log_window, GcCounters, EMPTY_SEGMENT_LEN};
 use crate::db::error::{Error, Result};
+use crate::db::index::ValueAt;
 use crate::db::recovery::latest_manifest;
 use crate::db::state::State;
 use crate::db::{Op, Shared};
-use crate::format::checkpoint::{IndexEntry, Location};
 use crate::format::names::{
     checkpoint_name, manifest_name, parse_name, segment_name, ObjectKind, SegmentId,
     CHECKPOINT_DIR, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
@@ -81,17 +81,28 @@ pub(crate) fn object_stats(st: &State, now: Instant) -> Vec<ObjectStat> {
     st.objects
         .iter()
         .filter(|(id, o)| id.is_run() || o.size != EMPTY_SEGMENT_LEN)
-        .map(|(id, o)| ObjectStat {
-            id: *id,
-            size: o.size,
-            live: st
-                .index
-                .slot_of(*id)
-                .map(|s| st.index.slot_live(s))
-                .unwrap_or(0),
-            age: now.saturating_duration_since(o.born),
-            in_log: in_log_window(&st.manifest.ranges, *id),
+        .map(|(id, o)| {
+            let live = st.index.object_live(*id);
+            ObjectStat {
+                id: *id,
+                size: o.size,
+                live: live.bytes,
+                stored: live.stored,
+                keys: live.keys,
+                key_bytes: live.key_bytes,
+                age: now.saturating_duration_since(o.born),
+                in_log: in_log_window(&st.manifest.ranges, *id),
+            }
         })
+        .collect()
+}
+
+/// The objects the policy may choose from: all but those a round found not worth
+/// rewriting, as long as their live data has not changed since.
+fn choosable(st: &State, now: Instant) -> Vec<ObjectStat> {
+    object_stats(st, now)
+        .into_iter()
+        .filter(|o| st.gc.not_worth.get(&o.id) != Some(&o.stored))
         .collect()
 }
 
@@ -109,12 +120,27 @@ fn check_writer(sh: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// Keys in the index whose values lie in `slots`, in key order.
-async fn keys_in(sh: &Shared, slots: &HashSet<u32>) -> Vec<(Box<[u8]>, IndexEntry)> {
+/// A key to move: its entry and where its value lies now.
+struct Moving {
+    key: Box<[u8]>,
+    meta: Option<Box<[u8]>>,
+    at: ValueAt,
+}
+
+/// Keys in the index whose values lie in `sources`, in key order.
+async fn keys_in(sh: &Shared, sources: &HashSet<SegmentId>) -> Vec<Moving> {
     let mut out = Vec::new();
-    sh.for_each_key_chunked(|k, e| {
-        if slots.contains(&e.loc.segment) {
-            out.push((Box::from(k), e.clone()));
+    sh.for_each_key_chunked(|k, e, id| {
+        if sources.contains(&id) {
+            out.push(Moving {
+                key: Box::from(k),
+                meta: e.meta.clone(),
+                at: ValueAt {
+                    object: id,
+                    offset: e.loc.offset,
+                    value_len: e.loc.value_len,
+                },
+            });
         }
     })
     .await;
@@ -133,43 +159,52 @@ async fn fetch_verified(sh: &Shared, id: SegmentId) -> Result<Bytes> {
     Ok(data)
 }
 
+/// What a rewrite came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rewritten {
+    /// The runs are stored and the keys moved.
+    Done,
+    /// The runs would not have been smaller than their sources: nothing was written.
+    NotWorth,
+}
+
 /// Rewrite the live values of `sources` into sorted runs and move their keys there.
-async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>) -> Result<()> {
+/// With `must_shrink`, nothing is written unless the runs are smaller than the
+/// sources (then the sources are noted as not worth rewriting until they change).
+async fn rewrite(
+    sh: &Arc<Shared>,
+    sources: &[SegmentId],
+    must_shrink: bool,
+    progress: Progress<'_>,
+) -> Result<Rewritten> {
     check_writer(sh)?;
-    let slots: HashMap<u32, SegmentId> = {
-        let st = sh.lock();
-        sources
-            .iter()
-            .filter_map(|id| st.index.slot_of(*id).map(|s| (s, *id)))
-            .collect()
-    };
-    let slot_set: HashSet<u32> = slots.keys().copied().collect();
-    let moving = keys_in(sh, &slot_set).await;
-    let mut data: HashMap<u32, Bytes> = HashMap::new();
+    let source_set: HashSet<SegmentId> = sources.iter().copied().collect();
+    let moving = keys_in(sh, &source_set).await;
+    let mut data: HashMap<SegmentId, Bytes> = HashMap::new();
     let mut bytes_read = 0u64;
-    for (slot, id) in &slots {
+    for id in sources {
         let d = fetch_verified(sh, *id).await?;
         bytes_read += d.len() as u64;
-        data.insert(*slot, d);
+        data.insert(*id, d);
     }
     progress(&format!(
         "read {} objects ({bytes_read} bytes) holding {} live keys",
-        slots.len(),
+        sources.len(),
         moving.len()
     ));
 
     // Build the runs in key order.
     let run_bytes = sh.opts.gc.run_bytes.max(64 << 10);
     let mut runs: Vec<(SegmentId, Bytes)> = Vec::new();
-    let mut moves: Vec<(Box<[u8]>, Location, SegmentId, u32)> = Vec::with_capacity(moving.len());
+    let mut moves: Vec<(Box<[u8]>, ValueAt, SegmentId, u32)> = Vec::with_capacity(moving.len());
     let mut builder: Option<RunBuilder> = None;
-    for (key, e) in moving {
-        let Some(obj) = data.get(&e.loc.segment) else {
+    for Moving { key, meta, at } in moving {
+        let Some(obj) = data.get(&at.object) else {
             continue;
         };
-        let name = || segment_name(slots.get(&e.loc.segment).copied().unwrap_or_default());
-        let off = e.loc.offset as usize;
-        let end = off + 4 + e.loc.value_len as usize;
+        let name = || segment_name(at.object);
+        let off = at.offset as usize;
+        let end = off + 4 + at.value_len as usize;
         if end > obj.len() {
             return Err(Error::Inconsistent(format!(
                 "{}: key {:?} points past the end of the object",
@@ -179,7 +214,7 @@ async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>
         }
         let value =
             decode_value(&obj.slice(off..end)).map_err(|err| Error::corrupt(name(), err))?;
-        let meta = e.meta.as_deref().unwrap_or(&[]);
+        let meta = meta.as_deref().unwrap_or(&[]);
         let need = put_len(key.len(), meta.len(), value.len());
         if let Some(b) = builder.take_if(|b| !b.is_empty() && b.len() + need > run_bytes) {
             runs.push((b.id(), b.finish()));
@@ -191,13 +226,27 @@ async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>
                 builder.insert(RunBuilder::new(id, DEFAULT_BLOCK_BYTES))
             }
         };
-        let at = b.put(&key, meta, &value);
-        moves.push((key, e.loc, b.id(), at));
+        let offset = b.put(&key, meta, &value);
+        moves.push((key, at, b.id(), offset));
     }
     if let Some(b) = builder.take() {
         runs.push((b.id(), b.finish()));
     }
     drop(data);
+    let out_bytes: u64 = runs.iter().map(|(_, b)| b.len() as u64).sum();
+    if must_shrink && out_bytes >= bytes_read {
+        progress(&format!(
+            "not rewritten: the runs ({out_bytes} bytes) would not be smaller than the \
+             {} objects ({bytes_read} bytes)",
+            sources.len()
+        ));
+        let mut st = sh.lock();
+        for id in sources {
+            let stored = st.index.object_live(*id).stored;
+            st.gc.not_worth.insert(*id, stored);
+        }
+        return Ok(Rewritten::NotWorth);
+    }
 
     // Store the runs, then move the keys.
     let mut run_bytes_written = 0u64;
@@ -238,12 +287,12 @@ async fn rewrite(sh: &Arc<Shared>, sources: &[SegmentId], progress: Progress<'_>
     let mut st = sh.lock();
     let c = &mut st.gc.counters;
     c.rewrites += 1;
-    c.objects_rewritten += slots.len() as u64;
+    c.objects_rewritten += sources.len() as u64;
     c.bytes_read += bytes_read;
     c.runs_written += runs_written;
     c.run_bytes_written += run_bytes_written;
     c.keys_moved += moved;
-    Ok(())
+    Ok(Rewritten::Done)
 }
 
 /// Mark every unneeded object (and old manifest and checkpoint) retired. Returns how
@@ -376,13 +425,14 @@ async fn background_round(sh: &Arc<Shared>) -> Result<u64> {
     ensure_listed(sh).await?;
     let choice = {
         let st = sh.lock();
-        policy::choose(&object_stats(&st, Instant::now()), &background_config(sh))
+        policy::choose(&choosable(&st, Instant::now()), &background_config(sh))
     };
     let mut read = 0;
     if let Choice::Rewrite { reason, sources } = choice {
         let before = sh.lock().gc.counters;
         log::info!("gc: {reason:?} of {} objects", sources.len());
-        rewrite(sh, &sources, &mut |m| log::info!("gc: {m}")).await?;
+        let must_shrink = reason != Reason::CompactLog;
+        rewrite(sh, &sources, must_shrink, &mut |m| log::info!("gc: {m}")).await?;
         read = sh.lock().gc.counters.since(&before).bytes_read;
     }
     retire_unneeded(sh);
@@ -440,9 +490,16 @@ pub(crate) async fn run_on_demand(
     let _one_at_a_time = sh.gc_lock.lock().await;
     let before = sh.lock().gc.counters;
     ensure_listed(sh).await?;
-    // A checkpoint first: the log window shrinks to what follows it.
-    progress("writing a checkpoint");
-    crate::db::checkpointer::run_exclusive(sh).await?;
+    // A checkpoint first, if the log holds anything since the last one: the log
+    // window shrinks to what follows it.
+    let log_since = {
+        let st = sh.lock();
+        st.log_bytes_since_checkpoint > 0 || st.manifest.ranges.len() > 2
+    };
+    if log_since {
+        progress("writing a checkpoint");
+        crate::db::checkpointer::run_exclusive(sh).await?;
+    }
     match mode {
         Mode::Compact => {
             let rounds = {
@@ -459,36 +516,31 @@ pub(crate) async fn run_on_demand(
                     i + 1,
                     sources.len()
                 ));
-                rewrite(sh, sources, progress).await?;
+                rewrite(sh, sources, false, progress).await?;
             }
         }
         Mode::Clean => {
+            // Cleaning and merging only: each round stores fewer bytes than the one
+            // before, so the loop ends (see `policy`).
             let cfg = PolicyConfig {
                 min_age: Duration::ZERO,
                 compact_min_bytes: u64::MAX,
-                max_runs: usize::MAX,
                 ..background_config(sh)
             };
-            let mut done: HashSet<SegmentId> = HashSet::new();
             for round in 1.. {
                 let choice = {
                     let st = sh.lock();
-                    let stats: Vec<ObjectStat> = object_stats(&st, Instant::now())
-                        .into_iter()
-                        .filter(|o| !done.contains(&o.id))
-                        .collect();
-                    policy::choose(&stats, &cfg)
+                    policy::choose(&choosable(&st, Instant::now()), &cfg)
                 };
                 let Choice::Rewrite { sources, reason } = choice else {
                     break;
                 };
-                debug_assert_eq!(reason, Reason::Clean);
-                progress(&format!(
-                    "cleaning round {round}: {} objects",
-                    sources.len()
-                ));
-                rewrite(sh, &sources, progress).await?;
-                done.extend(sources);
+                let what = match reason {
+                    Reason::MergeRuns => "merging runs",
+                    _ => "cleaning",
+                };
+                progress(&format!("{what}, round {round}: {} objects", sources.len()));
+                rewrite(sh, &sources, true, progress).await?;
             }
         }
     }
