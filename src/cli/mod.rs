@@ -126,45 +126,50 @@ pub struct MountArgs {
     tuning: Tuning,
 }
 
-/// Engine settings for commands that write.
+/// Engine settings for commands that write. Defaults come from
+/// [`Options::default()`]; values are checked by [`Options::validate`].
 #[derive(Args, Debug, Clone)]
 pub struct Tuning {
     /// Seal a log segment at this size.
-    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = Options::default().segment_bytes, value_name = "BYTES")]
     segment_bytes: usize,
     /// Upload buffered writes at least this often.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    #[arg(long, default_value_t = millis(Options::default().flush_interval), value_name = "MS")]
     flush_interval_ms: u64,
     /// Read cache size.
-    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = Options::default().cache_bytes, value_name = "BYTES")]
     cache_bytes: usize,
     /// Most data written but not yet uploaded; writers wait beyond it.
-    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = Options::default().max_unflushed_bytes, value_name = "BYTES")]
     max_unflushed_bytes: usize,
     /// Give up on an unreachable object store after this long.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, default_value_t = Options::default().retry.max_elapsed.as_secs(), value_name = "SECONDS")]
     retry_timeout_secs: u64,
     /// Delete an object no longer needed only this long after it stopped being needed
     /// (readers that opened the store earlier may still read it). 0 is safe only when
     /// no read-only mount or reader of this store is running.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, default_value_t = GcOptions::default().grace.as_secs(), value_name = "SECONDS")]
     gc_grace_secs: u64,
     /// Turn off garbage collection and compaction in the background of a mount.
     #[arg(long)]
     no_background_gc: bool,
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Settings of `kvfs gc` and `kvfs compact`.
 #[derive(Args, Debug, Clone)]
 pub struct GcArgs {
     /// Bytes of objects read (and rewritten) per round; bounds memory use.
-    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = GcOptions::default().max_round_bytes, value_name = "BYTES")]
     round_bytes: u64,
 }
 
 impl GcArgs {
     pub fn apply(&self, mut opts: Options) -> Options {
-        opts.gc.max_round_bytes = self.round_bytes.max(1 << 20);
+        opts.gc.max_round_bytes = self.round_bytes;
         opts.gc.background = false;
         opts
     }
@@ -172,23 +177,36 @@ impl GcArgs {
 
 impl Tuning {
     pub fn options(&self) -> Options {
+        let d = Options::default();
         Options {
-            segment_bytes: self.segment_bytes.max(4096),
-            flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            segment_bytes: self.segment_bytes,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
             cache_bytes: self.cache_bytes,
-            max_unflushed_bytes: self.max_unflushed_bytes.max(1 << 20),
+            max_unflushed_bytes: self.max_unflushed_bytes,
             retry: RetryPolicy {
                 max_elapsed: Duration::from_secs(self.retry_timeout_secs),
-                ..RetryPolicy::default()
+                ..d.retry
             },
             gc: GcOptions {
                 grace: Duration::from_secs(self.gc_grace_secs),
                 background: !self.no_background_gc,
-                ..GcOptions::default()
+                ..d.gc
             },
-            ..Options::default()
+            ..d
         }
     }
+}
+
+/// The command-line flag that sets an engine option, for error messages.
+pub fn flag_of(option: &str) -> Option<&'static str> {
+    Some(match option {
+        "segment_bytes" => "--segment-bytes",
+        "flush_interval" => "--flush-interval-ms",
+        "cache_bytes" => "--cache-bytes",
+        "max_unflushed_bytes" => "--max-unflushed-bytes",
+        "gc.max_round_bytes" => "--round-bytes",
+        _ => return None,
+    })
 }
 
 fn init_logging(verbose: u8) {
@@ -225,9 +243,37 @@ fn restore_default_sigpipe() {
     }
 }
 
+/// The engine options a command would open its store with, if it writes.
+fn engine_options(cmd: &Command) -> Option<Options> {
+    match cmd {
+        Command::Put { tuning, .. } | Command::Delete { tuning, .. } => Some(tuning.options()),
+        Command::Gc { gc, tuning, .. } | Command::Compact { gc, tuning, .. } => {
+            Some(gc.apply(tuning.options()))
+        }
+        Command::Mount(m) => Some(m.tuning.options()),
+        _ => None,
+    }
+}
+
+/// Print an invalid-option error, naming the flag where there is one.
+fn report_invalid_option(option: &str, problem: &str) -> i32 {
+    match flag_of(option) {
+        Some(flag) => eprintln!("kvfs: invalid {flag}: {problem}"),
+        None => eprintln!("kvfs: invalid option {option}: {problem}"),
+    }
+    2
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // Bad settings are reported before anything starts (a mount would otherwise
+    // fail in its background process).
+    if let Some(Err(kvfs::db::Error::InvalidOption { option, problem })) =
+        engine_options(&cli.command).map(|o| o.validate())
+    {
+        return report_invalid_option(option, &problem);
+    }
     if !matches!(cli.command, Command::Mount(_)) {
         restore_default_sigpipe();
     }
@@ -252,6 +298,9 @@ pub fn main() -> i32 {
     };
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => code,
+        Err(kvfs::db::Error::InvalidOption { option, problem }) => {
+            report_invalid_option(option, &problem)
+        }
         Err(e) => {
             eprintln!("kvfs: {e}");
             1

@@ -38,6 +38,11 @@ pub enum Error {
     Closed,
     #[error("writes stopped after an earlier failure: {0}")]
     Poisoned(String),
+    #[error("invalid option {option}: {problem}")]
+    InvalidOption {
+        option: &'static str,
+        problem: String,
+    },
 }
 
 impl Error {
@@ -61,7 +66,7 @@ impl Error {
         match self {
             Error::InvalidKey(_) => libc::EINVAL,
             Error::NotFound(_) => libc::ENOENT,
-            Error::InvalidMeta(_) => libc::EINVAL,
+            Error::InvalidMeta(_) | Error::InvalidOption { .. } => libc::EINVAL,
             Error::ValueTooLarge { .. } => libc::EFBIG,
             Error::ReadOnly => libc::EROFS,
             Error::Store(StoreError::NotFound(_)) => libc::EIO,

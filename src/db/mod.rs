@@ -546,6 +546,7 @@ fn validate_value(value: &[u8]) -> Result<()> {
 impl Db {
     /// Open the store a URL names (`s3://bucket/prefix`, a path, `file:///path`).
     pub async fn open(url: &str, opts: Options) -> Result<Db> {
+        opts.validate()?;
         let url = StoreUrl::parse(url)?;
         let backend = open_store(&url).await?;
         Db::open_store(backend, opts).await
@@ -554,6 +555,7 @@ impl Db {
     /// Open a store on an already constructed backend. The engine adds its own retry
     /// and metering layers around it.
     pub async fn open_store(backend: DynStore, opts: Options) -> Result<Db> {
+        opts.validate()?;
         let started = Instant::now();
         let metered = MeteredStore::new(backend);
         let meter = metered.meter();
