@@ -27,6 +27,7 @@ mod options;
 mod recovery;
 mod state;
 mod stats;
+mod tasks;
 mod uploader;
 
 use std::collections::HashMap;
@@ -36,7 +37,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 pub use error::{Error, Result};
 pub use fsck::{FsckIssue, FsckReport};
@@ -161,7 +161,7 @@ pub(crate) struct Shared {
     pub space_freed: Notify,
     pub checkpoint_done: Notify,
     pub lease: tokio::sync::Mutex<Option<Lease>>,
-    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub tasks: Mutex<tasks::TaskSet>,
     pub opened_in: std::time::Duration,
     /// Held by whoever runs GC or compaction, so only one runs at a time.
     pub gc_lock: tokio::sync::Mutex<()>,
@@ -188,10 +188,39 @@ impl Shared {
         self.checkpoint_done.notify_waiters();
     }
 
+    /// Cancel every background task (a simulated crash, or the last handle gone).
     fn stop_tasks(&self) {
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in tasks {
-            t.abort();
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+    }
+
+    /// Start a background task of `kind` (see `tasks`).
+    pub(crate) fn spawn(
+        &self,
+        kind: tasks::Kind,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn(kind, fut);
+    }
+
+    /// Wait for the tasks of `kind` to end, cancelling them first with `abort`.
+    /// Tasks of that kind started meanwhile are waited for too.
+    async fn drain(&self, kind: tasks::Kind, abort: bool) {
+        loop {
+            let set = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(kind);
+            if set.is_empty() {
+                return;
+            }
+            tasks::drain(set, abort).await;
         }
     }
 
@@ -452,6 +481,18 @@ impl Shared {
 /// A handle on an open store. Cheap to clone; all clones share one engine. Dropping
 /// the last clone without [`Db::close`] stops background work at once, like a crash:
 /// writes that were not synced may be lost.
+/// The life of a handle: `Open` → `Closing` (close has begun: writes are refused,
+/// everything written is being flushed) → `Closed`. `Poisoned`: a write failed for
+/// good (or the writer was fenced); every later write fails with that error, and
+/// `close` only stops the tasks and releases the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Open,
+    Closing,
+    Closed,
+    Poisoned,
+}
+
 #[derive(Clone)]
 pub struct Db {
     handle: Arc<Handle>,
@@ -590,19 +631,16 @@ impl Db {
             space_freed: Notify::new(),
             checkpoint_done: Notify::new(),
             lease: tokio::sync::Mutex::new(opened.lease),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(tasks::TaskSet::default()),
             opened_in: started.elapsed(),
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
         });
         if writable {
-            let up = tokio::spawn(uploader::run(shared.clone()));
-            let renew = tokio::spawn(uploader::renew_lease(shared.clone()));
-            let mut tasks = shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            tasks.push(up);
-            tasks.push(renew);
+            shared.spawn(tasks::Kind::Loop, uploader::run(shared.clone()));
+            shared.spawn(tasks::Kind::Loop, uploader::renew_lease(shared.clone()));
             if shared.opts.gc.background {
-                tasks.push(tokio::spawn(gc::worker::run_background(shared.clone())));
+                shared.spawn(tasks::Kind::Gc, gc::worker::run_background(shared.clone()));
             }
         }
         Ok(Db {
@@ -948,21 +986,46 @@ impl Db {
     }
 
     /// Flush everything, checkpoint if worthwhile, release the writer lease.
+    ///
+    /// Returns once every background task has ended: the cleaner is stopped first
+    /// (it appends nothing after the final flush), then every upload and checkpoint
+    /// has finished, then the loops are stopped and the lease released. Nothing
+    /// reaches the store after `close` returns.
     pub async fn close(&self) -> Result<()> {
         let sh = &self.handle.shared;
         if sh.writable {
+            sh.lock().closing = true;
+            sh.drain(tasks::Kind::Gc, true).await;
             let result = self.close_writer().await;
             {
                 let mut st = sh.lock();
                 st.closing = true;
                 st.closed = true;
             }
-            self.stop_tasks();
+            sh.wake_uploader.notify_one();
+            // After a failure, uploads may still be retrying: cancel them.
+            sh.drain(tasks::Kind::Work, result.is_err()).await;
+            sh.drain(tasks::Kind::Loop, true).await;
+            sh.drain(tasks::Kind::Work, true).await;
             let released = self.release_lease(result.is_err()).await;
             return result.and(released);
         }
         sh.lock().closed = true;
         Ok(())
+    }
+
+    /// Where this handle is in its life.
+    pub fn lifecycle(&self) -> Lifecycle {
+        let st = self.handle.shared.lock();
+        if st.poisoned.is_some() && !st.closed {
+            Lifecycle::Poisoned
+        } else if st.closed {
+            Lifecycle::Closed
+        } else if st.closing {
+            Lifecycle::Closing
+        } else {
+            Lifecycle::Open
+        }
     }
 
     async fn close_writer(&self) -> Result<()> {

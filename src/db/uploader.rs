@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::cache::CacheKey;
 use super::error::Error;
 use super::state::SealedSegment;
+use super::tasks::Kind;
 use super::{checkpointer, Shared};
 use crate::format::names::segment_name;
 use crate::store::{PutMode, StoreError};
@@ -60,7 +61,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             (starts, pause.max(Duration::from_millis(1)))
         };
         for seg in starts {
-            tokio::spawn(upload(sh.clone(), seg));
+            sh.spawn(Kind::Work, upload(sh.clone(), seg));
         }
         tokio::select! {
             _ = &mut notified => {}
@@ -93,7 +94,7 @@ async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
             if want_checkpoint {
                 st.checkpoint_running = true;
                 drop(st);
-                tokio::spawn(checkpointer::run_background(sh.clone()));
+                sh.spawn(Kind::Work, checkpointer::run_background(sh.clone()));
             }
         }
         Err(StoreError::PreconditionFailed(_)) => {
