@@ -17,7 +17,9 @@
 //!   etag changes, the holder is live and we refuse. If it stays unchanged for `ttl`
 //!   (measured on our own clock), the holder is gone and we take over.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,7 @@
 //!   nothing after a hole in the log could ever become durable.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -45,6 +45,10 @@ pub struct LogState {
     pub last_sealed_seq: u64,
     /// Sync waiters need everything up to this sequence number sealed.
     pub sync_target: u64,
+    /// The last segment sealed because a sync waited for it. The next one is sealed
+    /// for syncs only once it is durable, so the syncs that arrive meanwhile share one
+    /// PUT (group commit) instead of each starting its own.
+    pub sync_sealed_seq: u64,
     /// Entry bytes appended but not yet durable.
     pub unflushed_bytes: usize,
 }
@@ -62,6 +66,7 @@ impl LogState {
             durable_seq: 0,
             last_sealed_seq: 0,
             sync_target: 0,
+            sync_sealed_seq: 0,
             unflushed_bytes: 0,
         }
     }

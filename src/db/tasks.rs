@@ -56,6 +56,7 @@ impl TaskSet {
     }
 
     /// Number of tasks of `kind` not yet reaped.
+    #[cfg(test)]
     pub fn len(&self, kind: Kind) -> usize {
         match kind {
             Kind::Loop => self.loops.len(),

@@ -2,9 +2,12 @@
 //! the durable point) and the lease renewer.
 //!
 //! **Group commit.** A sync does not upload by itself: it marks the open segment as
-//! wanted and wakes the uploader. The uploader seals it as soon as an upload slot is
-//! free. While all slots are busy, writes and syncs keep landing in the open segment,
-//! so every sync that arrives during one round trip shares the next PUT.
+//! wanted and wakes the uploader. The uploader seals it at once when no segment
+//! sealed for an earlier sync is still in flight (so a lone writer's sync costs one
+//! round trip); otherwise writes and syncs keep landing in the open segment, and it
+//! is sealed the moment the earlier one is durable. Every sync that arrives during
+//! one round trip so shares the next PUT. Full segments and the flush interval seal
+//! independently of syncs, and up to `max_inflight_uploads` segments upload at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,14 +41,23 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                     starts.push(seg);
                     continue;
                 }
+                let open_seq = log.open.id().seq;
+                // Syncs wait for the open segment: seal it now unless an earlier
+                // sync's segment is still on its way, in which case the syncs that
+                // keep arriving share the next PUT, started when that one lands.
+                let for_sync =
+                    log.sync_target >= open_seq && log.sync_sealed_seq <= log.durable_seq;
                 let due = !log.open.is_empty()
                     && (closing
-                        || log.sync_target >= log.open.id().seq
+                        || for_sync
                         || log
                             .open_since
                             .is_some_and(|t| t.elapsed() >= sh.opts.flush_interval));
                 if !due {
                     break;
+                }
+                if log.sync_target >= open_seq {
+                    log.sync_sealed_seq = open_seq;
                 }
                 log.seal_open();
             }

@@ -108,7 +108,7 @@ pub fn in_log_window(ranges: &[LogRange], id: SegmentId) -> bool {
 pub struct GcBook {
     pub counters: GcCounters,
     /// Old manifests and checkpoints by object name, with when they were retired.
-    pub metadata_retired: std::collections::HashMap<String, std::time::Instant>,
+    pub metadata_retired: std::collections::HashMap<String, tokio::time::Instant>,
     /// Manifest number at the last listing of old manifests and checkpoints.
     pub metadata_checked_at: Option<u64>,
     /// Objects a round found not worth rewriting (the runs would not have been

@@ -13,7 +13,9 @@
 //! is durable.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::format::names::SegmentId;
 
