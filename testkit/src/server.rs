@@ -6,9 +6,12 @@
 //! - **endpoint**: the `http://127.0.0.1:PORT` URL clients connect to, with path-style
 //!   addressing and the fixed test credentials [`TEST_ACCESS_KEY`] /
 //!   [`TEST_SECRET_KEY`] (region [`TEST_REGION`]).
-//! - **fault config** ([`FaultConfig`]): latency, jitter, error injection, outages and
-//!   stalls applied to requests; changeable while the server runs through the shared
-//!   [`FaultControl`].
+//! - **fault config** ([`FaultConfig`], shared with the store layer in
+//!   [`crate::faults`]): latency, jitter, error injection, stalls, lost answers and
+//!   outages applied to requests; changeable while the server runs through the shared
+//!   [`FaultControl`]. A stalled request is handled after its stall (a hung server,
+//!   for exercising client timeouts); an ambiguous PUT is applied and then answered
+//!   with `500 InternalError`.
 //! - **request counts** ([`RequestCounts`]): how many requests of each kind reached
 //!   the server (after authentication, including the ones that got an injected fault).
 //!
@@ -25,7 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -33,8 +36,6 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCa
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use s3s::auth::SimpleAuth;
 use s3s::dto::*;
 use s3s::service::S3ServiceBuilder;
@@ -42,6 +43,8 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::faults::{Fault, FaultConfig, FaultControl, OpClass};
 
 /// Access key the test server accepts.
 pub const TEST_ACCESS_KEY: &str = "kvfs-test-access-key";
@@ -52,119 +55,6 @@ pub const TEST_REGION: &str = "us-east-1";
 
 /// How long [`TestS3Server::shutdown`] waits for open connections to finish.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Faults and latency applied to requests. The default injects nothing.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FaultConfig {
-    /// Added to every PUT and DELETE.
-    pub put_latency: Duration,
-    /// Added to every GET, HEAD and LIST.
-    pub get_latency: Duration,
-    /// Each delayed request waits an extra uniform random time in `[0, jitter]`.
-    pub jitter: Duration,
-    /// Probability in `[0, 1]` that a request fails (before touching storage) with
-    /// `503 SlowDown` or `500 InternalError`, chosen at random.
-    pub error_rate: f64,
-    /// An outage: every request fails with `503 ServiceUnavailable`.
-    pub fail_all: bool,
-    /// Every request waits this long before being handled (a hung server; use it to
-    /// exercise client timeouts).
-    pub stall: Duration,
-}
-
-/// A runtime-adjustable [`FaultConfig`] with its seeded random source, shared between
-/// the server and tests.
-#[derive(Debug)]
-pub struct FaultControl {
-    config: Mutex<FaultConfig>,
-    rng: Mutex<StdRng>,
-}
-
-impl FaultControl {
-    fn new(config: FaultConfig, seed: Option<u64>) -> Self {
-        let rng = match seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
-        FaultControl {
-            config: Mutex::new(config),
-            rng: Mutex::new(rng),
-        }
-    }
-
-    /// The current configuration.
-    pub fn get(&self) -> FaultConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Replace the configuration; applies to requests that arrive afterwards.
-    pub fn set(&self, config: FaultConfig) {
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
-    }
-
-    /// Change the configuration in place.
-    pub fn update(&self, f: impl FnOnce(&mut FaultConfig)) {
-        f(&mut self.config.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-
-    /// Remove every fault.
-    pub fn clear(&self) {
-        self.set(FaultConfig::default());
-    }
-
-    /// Reseed the random source (for reproducible experiments).
-    pub fn reseed(&self, seed: u64) {
-        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = StdRng::seed_from_u64(seed);
-    }
-
-    /// Decide what happens to one request of class `class`: the delay to apply, then
-    /// the error to answer with (if any).
-    fn plan(&self, class: OpClass) -> (Duration, Option<S3Error>) {
-        let config = self.get();
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let base = match class {
-            OpClass::Write => config.put_latency,
-            OpClass::Read => config.get_latency,
-            OpClass::Other => Duration::ZERO,
-        };
-        let mut delay = config.stall + base;
-        if !base.is_zero() && !config.jitter.is_zero() {
-            let max = u64::try_from(config.jitter.as_nanos()).unwrap_or(u64::MAX);
-            delay += Duration::from_nanos(rng.random_range(0..=max));
-        }
-        let error = if config.fail_all {
-            Some(S3Error::with_message(
-                S3ErrorCode::ServiceUnavailable,
-                "injected outage (fail_all)",
-            ))
-        } else if config.error_rate > 0.0 && rng.random_bool(config.error_rate.clamp(0.0, 1.0)) {
-            if rng.random_bool(0.5) {
-                Some(S3Error::with_message(
-                    S3ErrorCode::SlowDown,
-                    "injected throttling",
-                ))
-            } else {
-                Some(S3Error::with_message(
-                    S3ErrorCode::InternalError,
-                    "injected server error",
-                ))
-            }
-        } else {
-            None
-        };
-        (delay, error)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum OpClass {
-    Write,
-    Read,
-    Other,
-}
 
 /// Number of requests of each kind the server received.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,7 +94,7 @@ impl RequestCounts {
     /// Estimated cost at S3 Standard request prices (PUT, LIST and bucket operations
     /// at the PUT price; GET and HEAD at the GET price; DELETE free).
     pub fn cost_usd(&self) -> f64 {
-        use crate::store::metered::{USD_PER_GET, USD_PER_PUT};
+        use kvfs::store::metered::{USD_PER_GET, USD_PER_PUT};
         (self.put + self.list + self.other) as f64 * USD_PER_PUT
             + (self.get + self.head) as f64 * USD_PER_GET
     }
@@ -292,7 +182,7 @@ pub struct TestBackend {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
     conditional: tokio::sync::Mutex<()>,
-    faults: Arc<FaultControl>,
+    faults: FaultControl,
     counters: Arc<Counters>,
 }
 
@@ -305,16 +195,29 @@ impl std::fmt::Debug for TestBackend {
 }
 
 impl TestBackend {
-    /// Count the request, then apply the planned delay and fault.
-    async fn enter(&self, counter: &AtomicU64, class: OpClass) -> S3Result<()> {
+    /// Count the request, then apply the decided delay, stall and fault. `Ok(true)`:
+    /// handle the request, then lose its answer.
+    async fn enter(&self, counter: &AtomicU64, class: OpClass) -> S3Result<bool> {
         counter.fetch_add(1, Ordering::Relaxed);
-        let (delay, error) = self.faults.plan(class);
+        let d = self.faults.decide(class);
+        let delay = d.delay + d.stall.unwrap_or_default();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        match error {
-            Some(err) => Err(err),
-            None => Ok(()),
+        match d.fault {
+            Some(Fault::Outage) => Err(S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                "injected outage",
+            )),
+            Some(Fault::Throttled) => Err(S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "injected throttling",
+            )),
+            Some(Fault::ServerError) => Err(S3Error::with_message(
+                S3ErrorCode::InternalError,
+                "injected server error",
+            )),
+            None => Ok(d.ambiguous),
         }
     }
 
@@ -342,18 +245,26 @@ impl S3 for TestBackend {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        self.enter(&self.counters.put, OpClass::Write).await?;
+        let ambiguous = self.enter(&self.counters.put, OpClass::Write).await?;
         self.require_bucket(&req.input.bucket)?;
         let mut req = req;
         req.input.key = to_disk_key(&req.input.key);
-        if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
+        let key = req.input.key.clone();
+        let resp = if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
             // s3s-fs checks the condition and then writes; hold one lock across both so
             // that racing conditional writers see each other (exactly one wins).
             let _guard = self.conditional.lock().await;
             self.fs.put_object(req).await
         } else {
             self.fs.put_object(req).await
+        };
+        if ambiguous && resp.is_ok() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InternalError,
+                format!("PUT {key} applied, answer lost (injected)"),
+            ));
         }
+        resp
     }
 
     async fn get_object(
@@ -531,7 +442,7 @@ impl S3 for TestBackend {
 pub struct TestS3Server {
     addr: SocketAddr,
     root: PathBuf,
-    faults: Arc<FaultControl>,
+    faults: FaultControl,
     counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -545,7 +456,7 @@ impl TestS3Server {
         let root = root.canonicalize()?;
         let fs = s3s_fs::FileSystem::new(&root)
             .map_err(|e| io::Error::other(format!("s3s-fs on {}: {e:?}", root.display())))?;
-        let faults = Arc::new(FaultControl::new(opts.faults, opts.seed));
+        let faults = FaultControl::new(opts.faults, opts.seed);
         let counters = Arc::new(Counters::default());
         let backend = TestBackend {
             fs,
@@ -604,7 +515,7 @@ impl TestS3Server {
     }
 
     /// The shared fault configuration; changes apply to later requests.
-    pub fn faults(&self) -> Arc<FaultControl> {
+    pub fn faults(&self) -> FaultControl {
         self.faults.clone()
     }
 
@@ -630,7 +541,7 @@ impl TestS3Server {
             .credentials_provider(credentials)
             .force_path_style(true)
             .retry_config(RetryConfig::disabled())
-            .timeout_config(crate::store::s3::default_timeouts())
+            .timeout_config(kvfs::store::s3::default_timeouts())
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
     }
 
