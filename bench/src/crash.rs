@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

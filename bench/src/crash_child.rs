@@ -1,6 +1,6 @@
 //! `kvfs-bench crash-child` (hidden): the writer process that `kvfs-bench crash`
 //! kills. It opens the store as the writer, prints `READY m` (the batch it recovered),
-//! then writes batches of [`crate::crash_workload`] in a loop while a second task
+//! then writes batches of [`kvfs_testkit::crash_workload`] in a loop while a second task
 //! syncs in a loop and, after each sync that returned, prints `ACK b`: batch `b` was
 //! written before that sync began, so it is durable. It runs until it is killed.
 
@@ -11,7 +11,7 @@ use clap::Args;
 
 use kvfs::db::{Db, Options};
 
-use crate::crash_workload::{batch_ops, parse_batch, MARKER};
+use kvfs_testkit::crash_workload::{batch_ops, parse_batch, MARKER};
 
 #[derive(Args, Debug)]
 pub struct ChildArgs {

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use kvfs::db::Db;
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs::testserver::{TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use kvfs_testkit::server::{TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
 use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::crash::{ModeResult, Trial};
 use crate::crash_child::writer_options;
-use crate::crash_workload::{parse_batch, Model, MARKER};
 use crate::mount::BenchResult;
+use kvfs_testkit::crash_workload::{parse_batch, Model, MARKER};
 
 /// The longest the parent waits for one line of the child's output.
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);

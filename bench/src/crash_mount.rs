@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvfs::testserver::TestS3Server;
+use kvfs_testkit::server::TestS3Server;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::crash::{ModeResult, Trial};
-use crate::mount::{mount_kvfs, BenchResult, Mounted};
+use crate::mount::{mount_kvfs, BenchResult};
+use kvfs_testkit::mount::Mount;
 
 fn content(trial: usize, i: usize) -> Vec<u8> {
     format!("trial {trial} file {i} ")
@@ -76,7 +77,7 @@ fn check(dir: &Path, trial: usize, acked: usize) -> (u64, u64) {
     (lost, differences)
 }
 
-fn remount(server: &TestS3Server, store: &str, point: &Path) -> BenchResult<(Mounted, f64)> {
+fn remount(server: &TestS3Server, store: &str, point: &Path) -> BenchResult<(Mount, f64)> {
     let t = Instant::now();
     let m = mount_kvfs(server, store, point, &[])?;
     Ok((m, t.elapsed().as_secs_f64() * 1e3))

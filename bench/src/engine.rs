@@ -19,7 +19,7 @@ use kvfs::db::{Db, Options};
 use kvfs::store::local::LocalStore;
 use kvfs::store::s3::S3Store;
 use kvfs::store::{DynStore, PutMode};
-use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
 use crate::alloc::{live_bytes, peak_rss_bytes};
 use crate::report::{quantile, Table};

@@ -10,7 +10,7 @@
 //! - `errors`: the server answers a fraction `--error-rate` of requests with 503
 //!   SlowDown or 500 InternalError;
 //! - `stalls`: a fraction `--stall-rate` of requests hangs for `--stall-ms`, then
-//!   fails as a timeout (the engine's fault layer, `kvfs::store::faulty`, between
+//!   fails as a timeout (the fault layer `kvfs_testkit::faults::FaultyStore`, between
 //!   the engine and the S3 client);
 //! - `outage`: every request fails (503) for `--outage-secs` in the middle of the run,
 //!   shorter than the retry timeout: writes wait, with unflushed data bounded by
@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use kvfs::db::{Db, Options};
-use kvfs::store::faulty::{FaultConfig as StoreFaults, FaultHandle, FaultyStore};
 use kvfs::store::retry::RetryPolicy;
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
+use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
+use kvfs_testkit::server::{ServerOptions, TestS3Server};
 
 use crate::mount::BenchResult;
 use crate::plot;
@@ -277,8 +277,8 @@ async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchRe
     server.faults().set(latency.clone());
     let prefix = format!("faults/{}", s.name());
     let plain: DynStore = Arc::new(S3Store::from_client(server.client(), "bench", &prefix));
-    let handle = FaultHandle::default();
-    let store: DynStore = Arc::new(FaultyStore::new(plain.clone(), handle.clone(), 7));
+    let handle = FaultControl::seeded(FaultConfig::default(), 7);
+    let store: DynStore = Arc::new(FaultyStore::new(plain.clone(), handle.clone()));
     let retry_secs = if s == Scenario::OutageBeyondRetry {
         a.short_retry_secs
     } else {
@@ -300,10 +300,10 @@ async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchRe
     let metrics0 = db.metrics();
     match s {
         Scenario::Errors => server.faults().update(|c| c.error_rate = a.error_rate),
-        Scenario::Stalls => handle.set(StoreFaults {
+        Scenario::Stalls => handle.set(FaultConfig {
             stall_rate: a.stall_rate,
             stall: Duration::from_millis(a.stall_ms),
-            ..StoreFaults::default()
+            ..FaultConfig::default()
         }),
         _ => {}
     }
@@ -357,12 +357,12 @@ async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchRe
     while progress.running.load(Ordering::SeqCst) > 0 {
         let t = start.elapsed().as_secs_f64();
         if outage_from.is_some_and(|f| t >= f) && outage_started.is_none() {
-            server.faults().update(|c| c.fail_all = true);
+            server.faults().update(|c| c.outage = true);
             outage_started = Some(Instant::now());
         }
         if let (Some(from), Some(to)) = (outage_from, outage_to) {
             if t >= to && outage_window.is_none() {
-                server.faults().update(|c| c.fail_all = false);
+                server.faults().update(|c| c.outage = false);
                 outage_window = Some((from, t));
             }
         }
@@ -380,7 +380,7 @@ async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchRe
         t.await?;
     }
     let elapsed = start.elapsed().as_secs_f64().min(seconds);
-    handle.set(StoreFaults::default());
+    handle.set(FaultConfig::default());
     server.faults().set(FaultConfig::default());
     let retries = db.retries() - retries0;
     let requests = db.metrics().since(&metrics0).requests();

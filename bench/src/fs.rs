@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use kvfs::testserver::{FaultConfig, RequestCounts, ServerOptions, TestS3Server};
-use kvfs::testserver::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
+use kvfs_testkit::server::{FaultConfig, RequestCounts, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
-use crate::mount::{mount_kvfs, require, unmount, wait_mounted, BenchResult, Mounted};
+use crate::mount::{mount_kvfs, BenchResult};
 use crate::report::{quantile, Table};
+use kvfs_testkit::mount::{force_unmount, require, wait_mounted, Mount};
 
 #[derive(Args, Debug)]
 pub struct FsArgs {
@@ -85,7 +86,7 @@ struct Row {
     requests: RequestCounts,
 }
 
-fn mount_bindfs(work: &Path) -> BenchResult<Mounted> {
+fn mount_bindfs(work: &Path) -> BenchResult<Mount> {
     require("bindfs", "bindfs")?;
     let src = work.join("tmpfs");
     let point = work.join("mnt-bindfs");
@@ -105,19 +106,17 @@ fn mount_bindfs(work: &Path) -> BenchResult<Mounted> {
         .status()?
         .success();
     if !ok {
-        unmount(&src);
+        force_unmount(&src);
         return Err("bindfs failed".into());
     }
     let mut none = None;
     wait_mounted(&point, &mut none)?;
-    Ok(Mounted {
-        point,
-        child: None,
-        extra_unmount: Some(src),
-    })
+    let mut m = Mount::adopt(&point, None);
+    m.extra_unmount = Some(src);
+    Ok(m)
 }
 
-fn mount_s3fs(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
+fn mount_s3fs(server: &TestS3Server, work: &Path) -> BenchResult<Mount> {
     require("s3fs", "s3fs")?;
     let point = work.join("mnt-s3fs");
     std::fs::create_dir_all(&point)?;
@@ -149,11 +148,7 @@ fn mount_s3fs(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
     }
     let mut none = None;
     wait_mounted(&point, &mut none)?;
-    Ok(Mounted {
-        point,
-        child: None,
-        extra_unmount: None,
-    })
+    Ok(Mount::adopt(&point, None))
 }
 
 /// Wait (at most three minutes, or ten seconds without progress) until the server has
@@ -173,7 +168,7 @@ fn wait_for_puts(server: &TestS3Server, before: &RequestCounts, n: u64) -> u64 {
     }
 }
 
-fn mount_rclone(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
+fn mount_rclone(server: &TestS3Server, work: &Path) -> BenchResult<Mount> {
     require("rclone", "rclone")?;
     let point = work.join("mnt-rclone");
     let conf_dir = work.join("rclone");
@@ -211,11 +206,7 @@ fn mount_rclone(server: &TestS3Server, work: &Path) -> BenchResult<Mounted> {
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()?;
-    let mut m = Mounted {
-        point: point.clone(),
-        child: Some(child),
-        extra_unmount: None,
-    };
+    let mut m = Mount::adopt(&point, Some(child));
     wait_mounted(&point, &mut m.child)?;
     Ok(m)
 }

@@ -6,7 +6,6 @@ mod crash;
 mod crash_child;
 mod crash_engine;
 mod crash_mount;
-mod crash_workload;
 mod engine;
 mod faults;
 mod fs;

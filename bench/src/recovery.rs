@@ -14,7 +14,7 @@ use clap::Args;
 use kvfs::db::{Db, Options};
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
 use crate::alloc::peak_rss_bytes;
 use crate::engine::{key, settled_heap};

@@ -28,7 +28,7 @@ use clap::Args;
 use kvfs::store::metered::MeteredStore;
 use kvfs::store::s3::S3Store;
 use kvfs::store::{DynStore, ObjectStore, PutMode};
-use kvfs::testserver::{FaultConfig, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
 use crate::plot;
 use crate::report::{quantile, Table};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use kvfs::testserver::{
+use kvfs_testkit::server::{
     FaultConfig, ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_SECRET_KEY,
 };
 

@@ -103,30 +103,3 @@ impl Model {
         missing_or_wrong + extra
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The workload really is a pure function of `(seed, b)`, and it exercises both
-    /// puts and deletes.
-    #[test]
-    fn workload_is_deterministic() {
-        let mut deletes = 0;
-        for b in 1..200 {
-            let ops = batch_ops(42, b);
-            assert_eq!(ops, batch_ops(42, b));
-            assert_eq!(
-                ops.last(),
-                Some(&BatchOp::Put(MARKER.to_vec(), b.to_string().into_bytes()))
-            );
-            deletes += ops
-                .iter()
-                .filter(|o| matches!(o, BatchOp::Delete(_)))
-                .count();
-        }
-        assert!(deletes > 0);
-        assert_ne!(batch_ops(42, 1), batch_ops(43, 1));
-        assert_eq!(parse_batch(b"17"), Some(17));
-    }
-}

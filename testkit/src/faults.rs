@@ -254,12 +254,14 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.before(OpClass::Read, &format!("LIST {prefix}")).await?;
+        self.before(OpClass::Read, &format!("LIST {prefix}"))
+            .await?;
         self.inner.list(prefix).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.before(OpClass::Write, &format!("DELETE {key}")).await?;
+        self.before(OpClass::Write, &format!("DELETE {key}"))
+            .await?;
         self.inner.delete(key).await
     }
 

@@ -9,6 +9,7 @@ use kvfs::db::lease::LeaseInfo;
 use kvfs::db::Options;
 use kvfs::store::memory::MemoryStore;
 use kvfs::store::retry::RetryPolicy;
+use kvfs::store::s3::S3Store;
 use kvfs::store::{DynStore, ObjectStore, PutMode};
 
 use crate::server::{ServerOptions, TestS3Server};
@@ -101,11 +102,12 @@ impl S3Fixture {
     }
 
     /// A store at `prefix` in the test bucket, talking HTTP to the server.
+    pub fn s3_store(&self, prefix: &str) -> S3Store {
+        S3Store::from_client(self.server.client(), BUCKET, prefix)
+    }
+
+    /// [`S3Fixture::s3_store`] as a [`DynStore`].
     pub fn store(&self, prefix: &str) -> DynStore {
-        Arc::new(kvfs::store::s3::S3Store::from_client(
-            self.server.client(),
-            BUCKET,
-            prefix,
-        ))
+        Arc::new(self.s3_store(prefix))
     }
 }

@@ -57,7 +57,10 @@ pub fn wait_mounted(point: &Path, child: &mut Option<Child>) -> Result<(), Strin
         }
         if let Some(c) = child.as_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                return Err(format!("mount of {} exited early: {status}", point.display()));
+                return Err(format!(
+                    "mount of {} exited early: {status}",
+                    point.display()
+                ));
             }
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -151,10 +154,8 @@ impl Mount {
         let child = cmd
             .spawn()
             .map_err(|e| format!("{}: {e}", binary.display()))?;
-        let mut m = Mount {
-            log: Some(log),
-            ..Mount::adopt(&point, Some(child))
-        };
+        let mut m = Mount::adopt(&point, Some(child));
+        m.log = Some(log);
         if let Err(e) = wait_mounted(&point, &mut m.child) {
             return Err(format!("{e}; daemon log:\n{}", m.log_text()));
         }

@@ -44,7 +44,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::faults::{Fault, FaultConfig, FaultControl, OpClass};
+use crate::faults::{Fault, OpClass};
+/// The server's fault configuration and its control (see [`crate::faults`]).
+pub use crate::faults::{FaultConfig, FaultControl};
 
 /// Access key the test server accepts.
 pub const TEST_ACCESS_KEY: &str = "kvfs-test-access-key";

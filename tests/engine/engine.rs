@@ -1,11 +1,9 @@
 //! The engine's API on the memory and local directory backends.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use common::{memory, release_lease, small_opts};
+use crate::common::{memory, release_lease, small_opts};
 use kvfs::db::{BatchOp, Db, Error, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;
@@ -168,10 +166,10 @@ async fn unsynced_writes_may_vanish_but_synced_ones_stay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_syncs_share_uploads() {
-    use kvfs::store::faulty::{FaultConfig, FaultHandle, FaultyStore};
+    use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
     let (_, mem) = memory();
-    let faults = FaultHandle::default();
-    let store: DynStore = std::sync::Arc::new(FaultyStore::new(mem, faults.clone(), 1));
+    let faults = FaultControl::seeded(FaultConfig::default(), 1);
+    let store: DynStore = std::sync::Arc::new(FaultyStore::new(mem, faults.clone()));
     let opts = Options {
         max_inflight_uploads: 1,
         flush_interval: std::time::Duration::from_secs(3600),
@@ -206,14 +204,16 @@ async fn concurrent_syncs_share_uploads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_wait_when_unflushed_memory_is_full() {
-    use kvfs::store::faulty::{FaultConfig, FaultHandle, FaultyStore};
+    use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
     let (_, mem) = memory();
-    let faults = FaultHandle::default();
-    faults.set(FaultConfig {
-        put_latency: std::time::Duration::from_millis(30),
-        ..FaultConfig::default()
-    });
-    let store: DynStore = std::sync::Arc::new(FaultyStore::new(mem.clone(), faults, 1));
+    let faults = FaultControl::seeded(
+        FaultConfig {
+            put_latency: std::time::Duration::from_millis(30),
+            ..FaultConfig::default()
+        },
+        1,
+    );
+    let store: DynStore = std::sync::Arc::new(FaultyStore::new(mem.clone(), faults));
     let opts = Options {
         segment_bytes: 8 << 10,
         max_unflushed_bytes: 64 << 10,

@@ -1,22 +1,19 @@
 //! Injected object-store faults and corrupt objects: nothing acknowledged is lost,
 //! and bad data gives a clear error, never a panic.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{memory, small_opts};
 use bytes::Bytes;
-use common::{memory, small_opts};
 use kvfs::db::{Db, Error, Options};
-use kvfs::store::faulty::{FaultConfig, FaultHandle, FaultyStore};
 use kvfs::store::retry::RetryPolicy;
 use kvfs::store::{DynStore, PutMode};
+use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
 
-fn faulty(inner: DynStore, cfg: FaultConfig) -> (DynStore, FaultHandle) {
-    let h = FaultHandle::default();
-    h.set(cfg);
-    (Arc::new(FaultyStore::new(inner, h.clone(), 7)), h)
+fn faulty(inner: DynStore, cfg: FaultConfig) -> (DynStore, FaultControl) {
+    let h = FaultControl::seeded(cfg, 7);
+    (Arc::new(FaultyStore::new(inner, h.clone())), h)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +184,7 @@ async fn corrupt_manifest_checkpoint_or_log_fail_open_clearly() {
         db.sync().await.unwrap();
         db.abandon();
         drop(db);
-        common::release_lease(&*store).await;
+        crate::common::release_lease(&*store).await;
         let victim = names(&store, target).await.pop().unwrap();
         let data = store.get(&victim).await.unwrap().data;
         mem.tamper(&victim, data.slice(..data.len() - 3));

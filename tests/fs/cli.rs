@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kvfs::db::{Db, Options};
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs::testserver::{
+use kvfs_testkit::server::{
     ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY,
 };
 use rand::{Rng, SeedableRng};

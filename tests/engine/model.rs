@@ -1,13 +1,11 @@
 //! Model-based tests: random operation sequences applied to the engine and to a
 //! `BTreeMap`, compared after every step and across reopen (clean and abandoned).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use common::{memory, release_lease, small_opts, Rng};
+use crate::common::{memory, release_lease, small_opts, Rng};
 use kvfs::db::{BatchOp, Db};
 use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;
@@ -173,7 +171,7 @@ async fn model_local_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_s3_server() {
-    let s3 = common::S3Fixture::start().await;
+    let s3 = crate::common::S3Fixture::start().await;
     run_model(s3.store("model/a"), 5, 250).await;
     run_model(s3.store("model/b"), 11, 150).await;
 }

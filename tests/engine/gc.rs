@@ -1,15 +1,13 @@
 //! Garbage collection and compaction: space comes back, nothing acknowledged is lost,
 //! deleted data is really gone, and compacted directories are read with few GETs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{memory, release_lease, small_opts, Rng, S3Fixture};
+use crate::common::{memory, release_lease, small_opts, Rng, S3Fixture};
 use kvfs::db::{BatchOp, Db, GcOptions, Options};
 use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;

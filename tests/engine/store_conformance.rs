@@ -9,38 +9,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{S3Fixture, BUCKET};
 use bytes::Bytes;
 use kvfs::store::local::LocalStore;
 use kvfs::store::memory::MemoryStore;
 use kvfs::store::s3::S3Store;
 use kvfs::store::{ObjectStore, PutMode, StoreError};
-use kvfs::testserver::{
+use kvfs_testkit::server::{
     FaultConfig, ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_SECRET_KEY,
 };
-use tempfile::TempDir;
-
-const BUCKET: &str = "kvfs-test";
-
-/// A test server with one bucket, and its storage directory.
-struct S3Fixture {
-    server: TestS3Server,
-    _dir: TempDir,
-}
-
-impl S3Fixture {
-    async fn start() -> S3Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = TestS3Server::start(dir.path(), ServerOptions::default())
-            .await
-            .expect("start test server");
-        server.create_bucket(BUCKET).expect("create bucket");
-        S3Fixture { server, _dir: dir }
-    }
-
-    fn store(&self, prefix: &str) -> S3Store {
-        S3Store::from_client(self.server.client(), BUCKET, prefix)
-    }
-}
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -308,7 +285,7 @@ async fn local_conformance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_conformance_with_prefix() {
     let fx = S3Fixture::start().await;
-    let store = fx.store("tenant/db");
+    let store = fx.s3_store("tenant/db");
     assert_eq!(store.describe(), format!("s3://{BUCKET}/tenant/db"));
     conformance(&store).await;
     create_new_race(Arc::new(store.clone())).await;
@@ -326,7 +303,7 @@ async fn s3_conformance_with_prefix() {
         .contents()
         .iter()
         .any(|o| o.key() == Some("tenant/db/a/one")));
-    let neighbour = fx.store("tenant/db2");
+    let neighbour = fx.s3_store("tenant/db2");
     neighbour
         .put("a/one", b("other"), PutMode::Overwrite)
         .await
@@ -351,7 +328,7 @@ async fn s3_conformance_with_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_conformance_at_bucket_root() {
     let fx = S3Fixture::start().await;
-    let store = fx.store("/");
+    let store = fx.s3_store("/");
     assert_eq!(store.describe(), format!("s3://{BUCKET}"));
     conformance(&store).await;
 }
@@ -360,7 +337,7 @@ async fn s3_conformance_at_bucket_root() {
 async fn s3_list_paginates() {
     const N: usize = 1100;
     let fx = S3Fixture::start().await;
-    let store = Arc::new(fx.store("pages"));
+    let store = Arc::new(fx.s3_store("pages"));
     let mut tasks = tokio::task::JoinSet::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..16 {
@@ -530,7 +507,7 @@ async fn s3_injected_faults_are_retryable() {
     );
 
     faults.set(FaultConfig {
-        fail_all: true,
+        outage: true,
         ..FaultConfig::default()
     });
     let outage = store.get("k").await;
@@ -556,9 +533,10 @@ async fn s3_stalled_server_times_out_as_transient() {
                 .build(),
         );
     let store = S3Store::from_client(aws_sdk_s3::Client::from_conf(config.build()), BUCKET, "s");
-    fx.server
-        .faults()
-        .update(|f| f.stall = Duration::from_secs(2));
+    fx.server.faults().update(|f| {
+        f.stall = Duration::from_secs(2);
+        f.stall_rate = 1.0;
+    });
     let r = store.get("k").await;
     assert!(
         matches!(&r, Err(StoreError::Transient(m)) if m.contains("timed out")),
@@ -592,10 +570,13 @@ const CHILD_MODE: &str = "KVFS_CONFORMANCE_CHILD";
 /// environment plus `env`; returns (success, output).
 async fn run_child(name: &str, env: Vec<(&'static str, String)>) -> (bool, String) {
     let exe = std::env::current_exe().expect("current exe");
+    // Test names in this binary start with the module path, without the binary's name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::{name}");
     let mut cmd = std::process::Command::new(exe);
     cmd.args([
         "--exact",
-        name,
+        &name,
         "--ignored",
         "--nocapture",
         "--test-threads=1",

@@ -6,20 +6,16 @@
 //! Every mount is a [`MountGuard`]: it unmounts and stops its server even when the
 //! test panics.
 
-mod common;
-
-use common::mount::{force_unmount, is_mounted};
+use crate::common::mount::{force_unmount, is_mounted, Mount, KVFS};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kvfs::testserver::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
-
-const KVFS: &str = env!("CARGO_BIN_EXE_kvfs");
+use kvfs_testkit::server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
 /// How long a mount or unmount may take before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -32,58 +28,18 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A `kvfs mount --foreground` child; unmounts and reaps it on drop.
-struct MountGuard {
-    point: PathBuf,
-    child: Option<Child>,
-    log: PathBuf,
-}
+/// A `kvfs mount --foreground` child (the test kit's harness); unmounts and reaps it
+/// on drop.
+struct MountGuard(Mount);
 
 impl MountGuard {
     /// Mount `store` at `point` (created if missing) and wait until it is visible.
     fn start(store: &str, point: &Path, extra: &[&str], env: &[(&str, String)]) -> MountGuard {
-        fs::create_dir_all(point).unwrap();
-        let point = point.canonicalize().unwrap();
-        let log = point.with_extension("log");
-        let mut cmd = Command::new(KVFS);
-        cmd.arg("mount")
-            .arg(store)
-            .arg(&point)
-            .arg("--foreground")
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut guard = MountGuard {
-            point,
-            child: Some(cmd.spawn().expect("kvfs mount starts")),
-            log,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while !is_mounted(&guard.point) {
-            if let Some(Ok(Some(status))) = guard.child.as_mut().map(Child::try_wait) {
-                panic!("kvfs mount exited with {status}: {}", guard.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not mounted: {}",
-                guard.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        guard
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        MountGuard(Mount::start(store, point, extra, env))
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.point.join(rel)
+        self.0.point().join(rel)
     }
 
     /// `sh -c script` in the mount point; panics unless it succeeds.
@@ -102,81 +58,14 @@ impl MountGuard {
         Command::new("sh")
             .arg("-c")
             .arg(script)
-            .current_dir(&self.point)
+            .current_dir(self.0.point())
             .output()
             .unwrap()
     }
 
-    /// Unmount with `fusermount3 -u` and wait for the server to flush and exit.
-    ///
-    /// A child that another test forks while this one has a file open holds a copy
-    /// of that descriptor until it execs, which can make the unmount fail with EBUSY
-    /// for a moment: retry briefly.
-    fn unmount(mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.point)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                err.contains("busy") && Instant::now() < deadline,
-                "fusermount3 -u: {err}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let status = self.wait_exit();
-        assert!(!is_mounted(&self.point));
-        status
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// Unmount cleanly and require exit status 0.
     fn finish(self) {
-        let log = self.log.clone();
-        let status = self.unmount();
-        assert!(
-            status.success(),
-            "server exited with {status}: {}",
-            fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        force_unmount(&self.point);
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.finish();
     }
 }
 
@@ -220,7 +109,7 @@ fn errno(e: &std::io::Error) -> i32 {
 
 /// Deterministic pseudo-random bytes.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = common::Rng(seed | 1);
+    let mut rng = crate::common::Rng(seed | 1);
     (0..len).map(|_| rng.next() as u8).collect()
 }
 
@@ -787,7 +676,7 @@ fn mount_of_an_s3_store() {
         .enable_all()
         .build()
         .unwrap();
-    let s3 = rt.block_on(common::S3Fixture::start());
+    let s3 = rt.block_on(crate::common::S3Fixture::start());
     let env = [
         ("AWS_ENDPOINT_URL", s3.server.endpoint()),
         ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
@@ -805,7 +694,7 @@ fn mount_of_an_s3_store() {
     ];
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
-    let store = format!("s3://{}/mnt", common::BUCKET);
+    let store = format!("s3://{}/mnt", crate::common::BUCKET);
     let m = MountGuard::start(&store, &point, &[], &env);
     m.sh("echo hello > greeting && mkdir -p dir/sub && echo inner > dir/sub/file");
     assert_eq!(m.sh("cat greeting"), "hello\n");

@@ -27,25 +27,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{S3Fixture, BUCKET};
 use kvfs::db::{BatchOp, Db, Options};
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs::testserver::{
+use kvfs_testkit::crash_workload::{batch_ops, parse_batch, Model, KEY_SPACE, MARKER};
+use kvfs_testkit::server::{
     FaultConfig, ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tempfile::TempDir;
 use tokio::sync::mpsc;
 
 /// Set in the child's environment to the JSON of a [`ChildSpec`].
 const CHILD_ENV: &str = "KVFS_CRASH_CHILD";
 /// Optional base seed for the parent's choices (workload seeds and kill moments).
 const SEED_ENV: &str = "KVFS_CRASH_SEED";
-const MARKER: &[u8] = b"__batch";
-/// Number of distinct keys the workload touches.
-const KEY_SPACE: u64 = 150;
 /// Upper bound on how long the parent waits for any one line from a child; a guard
 /// against hangs, never reached in a passing run.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -70,71 +68,6 @@ struct ChildSpec {
 }
 
 // ---------------------------------------------------------------------------------
-// The workload and its model.
-
-/// The operations of batch `b` (for `b >= 1`): a pure function of `(seed, b)`.
-fn batch_ops(seed: u64, b: u64) -> Vec<BatchOp> {
-    let mix = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xd1b5_4a32_d192_ed03);
-    let mut rng = StdRng::seed_from_u64(mix);
-    let n = rng.random_range(1..=6);
-    let mut ops = Vec::with_capacity(n + 1);
-    for i in 0..n {
-        let key = format!("k{:03}", rng.random_range(0..KEY_SPACE)).into_bytes();
-        if rng.random_bool(0.25) {
-            ops.push(BatchOp::Delete(key));
-        } else {
-            let len = match rng.random_range(0..20) {
-                0 => rng.random_range(500..2000),
-                1 => 0,
-                _ => rng.random_range(1..120),
-            };
-            let mut value = format!("{b}.{i}:").into_bytes();
-            let start = value.len();
-            value.resize(start + len, 0);
-            rng.fill(&mut value[start..]);
-            ops.push(BatchOp::Put(key, value));
-        }
-    }
-    ops.push(BatchOp::Put(MARKER.to_vec(), b.to_string().into_bytes()));
-    ops
-}
-
-/// The expected store contents after batches `1..=applied`.
-struct Model {
-    seed: u64,
-    applied: u64,
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-impl Model {
-    fn new(seed: u64) -> Model {
-        Model {
-            seed,
-            applied: 0,
-            map: BTreeMap::new(),
-        }
-    }
-
-    fn advance_to(&mut self, m: u64) {
-        assert!(m >= self.applied, "the model cannot go back");
-        while self.applied < m {
-            self.applied += 1;
-            for op in batch_ops(self.seed, self.applied) {
-                match op {
-                    BatchOp::Put(k, v) => {
-                        self.map.insert(k, v);
-                    }
-                    BatchOp::Delete(k) => {
-                        self.map.remove(&k);
-                    }
-                    other => unreachable!("the workload makes no {other:?}"),
-                }
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // The child.
 
 fn say(line: &str) {
@@ -149,6 +82,13 @@ fn say(line: &str) {
 fn die(msg: String) -> ! {
     eprintln!("crash child: {msg}");
     std::process::exit(3);
+}
+
+/// The full name of [`crash_child`] in this test binary (its module path without the
+/// binary's name), the filter that runs only it.
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::crash_child")
 }
 
 /// The writer process. A no-op unless started by a crash test.
@@ -267,10 +207,6 @@ fn gc_options() -> kvfs::db::GcOptions {
     }
 }
 
-fn parse_batch(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
 // ---------------------------------------------------------------------------------
 // The parent.
 
@@ -287,11 +223,16 @@ impl ChildProc {
     fn spawn(spec: &ChildSpec, env: &[(String, String)], stderr_path: &Path) -> ChildProc {
         let stderr = std::fs::File::create(stderr_path).expect("child stderr file");
         let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-        cmd.args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, serde_json::to_string(spec).expect("spec json"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
+        cmd.args([
+            "--exact",
+            &child_test_name(),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, serde_json::to_string(spec).expect("spec json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -844,33 +785,18 @@ async fn crash_local_store_during_checkpoints() {
     .await;
 }
 
-struct S3Fixture {
-    server: TestS3Server,
-    _root: TempDir,
-}
-
-const BUCKET: &str = "kvfs-crash";
-
+/// A test S3 server with jittered PUT latency: uploads complete out of order, so the
+/// durable point often trails completed segments when the kill lands.
 async fn s3_fixture() -> S3Fixture {
-    let root = tempfile::tempdir().unwrap();
-    // Jittered PUT latency: uploads complete out of order, so the durable point
-    // often trails completed segments when the kill lands.
-    let opts = ServerOptions {
+    S3Fixture::with_options(ServerOptions {
         faults: FaultConfig {
             put_latency: Duration::from_millis(1),
             jitter: Duration::from_millis(8),
             ..FaultConfig::default()
         },
         ..ServerOptions::default()
-    };
-    let server = TestS3Server::start(root.path(), opts)
-        .await
-        .expect("start S3 test server");
-    server.create_bucket(BUCKET).expect("bucket");
-    S3Fixture {
-        server,
-        _root: root,
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,10 @@
 //! One writer per store: a live writer is not displaced, a stale one is fenced.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{memory, release_lease, small_opts};
 use bytes::Bytes;
-use common::{memory, release_lease, small_opts};
 use kvfs::db::lease::{now_unix_ms, LeaseInfo};
 use kvfs::db::{Db, Error, Options};
 use kvfs::store::PutMode;
@@ -202,7 +200,7 @@ async fn live_remote_writer_is_not_displaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_over_s3_conditional_writes() {
-    let s3 = common::S3Fixture::start().await;
+    let s3 = crate::common::S3Fixture::start().await;
     let store = s3.store("fence");
     let a = Db::open_store(store.clone(), small_opts()).await.unwrap();
     a.put(b"acked", b"1").await.unwrap();

@@ -1,11 +1,9 @@
 //! The namespace without FUSE: random file-system operations applied to kvfs and to a
 //! simple in-memory tree, compared after every step and across reopen.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{memory, small_opts, Rng};
+use crate::common::{memory, small_opts, Rng};
 use kvfs::db::{Db, Options};
 use kvfs::fs::keys::ROOT_INO;
 use kvfs::fs::{FsError, Kind, Namespace, RenameFlags, SetAttr};
