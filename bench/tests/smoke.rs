@@ -45,6 +45,18 @@ fn engine_benchmark_runs_and_writes_csv() {
     assert!(csv.lines().count() > 10);
 }
 
+/// The mount runs start the `kvfs` binary next to `kvfs-bench`. `cargo test
+/// --workspace` (as `.ci/run` runs it) builds both; `cargo test -p kvfs-bench` alone
+/// does not build `kvfs`.
+fn require_kvfs_binary() {
+    let kvfs = std::path::Path::new(env!("CARGO_BIN_EXE_kvfs-bench")).with_file_name("kvfs");
+    assert!(
+        kvfs.exists(),
+        "{} is missing: build it first (cargo build -p kvfs), or run cargo test --workspace",
+        kvfs.display()
+    );
+}
+
 /// Run `kvfs-bench ARGS --out DIR`; assert success; return stdout and the CSV `name`.
 fn run_bench(args: &[&str], csv: &str) -> (String, String) {
     let out = tempfile::tempdir().unwrap();
@@ -152,6 +164,7 @@ fn recovery_benchmark_runs_and_writes_csv() {
 fn crash_benchmark_runs_and_loses_nothing() {
     // The mount mode needs FUSE; CI installs fuse3. Skipped only without /dev/fuse.
     let mount_trials = if std::path::Path::new("/dev/fuse").exists() {
+        require_kvfs_binary();
         "2"
     } else {
         eprintln!("/dev/fuse missing: crash benchmark without its mount mode");
