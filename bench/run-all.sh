@@ -21,7 +21,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 echo "== building kvfs-bench and kvfs (release)"
-cargo build --release --locked --bin kvfs-bench --bin kvfs
+# Both land in target/release: kvfs-bench mounts the kvfs binary next to it.
+cargo build --release --locked -p kvfs-bench -p kvfs
 bench=./target/release/kvfs-bench
 
 echo "== machine"

@@ -1074,6 +1074,8 @@ impl Db {
     }
 
     /// Simulate a crash in tests: stop background work without flushing or releasing.
+    /// Only with the `test-hooks` feature; not part of the stable API.
+    #[cfg(feature = "test-hooks")]
     pub fn abandon(&self) {
         {
             let sh = &self.handle.shared;

@@ -7,7 +7,8 @@
 //! - **backend**: a type that talks to real storage ([`s3::S3Store`],
 //!   [`local::LocalStore`], [`memory::MemoryStore`]).
 //! - **layer**: a type that wraps any [`ObjectStore`] and adds behaviour
-//!   ([`retry::RetryStore`], [`metered::MeteredStore`], [`faulty::FaultyStore`]).
+//!   ([`retry::RetryStore`], [`metered::MeteredStore`]; the fault-injection layer of
+//!   the tests and experiments, `FaultyStore`, lives in the `kvfs-testkit` crate).
 //!
 //! Every backend offers the same conditional-write semantics:
 //! [`PutMode::CreateNew`] fails with [`StoreError::PreconditionFailed`] when the key
@@ -15,7 +16,6 @@
 //! current etag differs (S3 `If-Match`). kvfs builds its single-writer guarantee on
 //! these two operations.
 
-pub mod faulty;
 pub mod local;
 pub mod memory;
 pub mod metered;

@@ -1,99 +1,66 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the test kit's fixtures, and mounts of
+//! the `kvfs` binary built for these tests.
 #![allow(dead_code)]
 
-pub mod mount;
+pub use kvfs_testkit::fixtures::*;
 
-use std::sync::Arc;
-use std::time::Duration;
+pub mod mount {
+    use std::path::Path;
+    use std::process::ExitStatus;
 
-use bytes::Bytes;
-use kvfs::db::lease::LeaseInfo;
-use kvfs::db::Options;
-use kvfs::store::memory::MemoryStore;
-use kvfs::store::retry::RetryPolicy;
-use kvfs::store::{DynStore, ObjectStore, PutMode};
+    #[allow(unused_imports)]
+    pub use kvfs_testkit::mount::{force_unmount, is_mounted};
 
-/// Options that make many small segments, fast flushes and quick retries.
-pub fn small_opts() -> Options {
-    Options {
-        segment_bytes: 4096,
-        flush_interval: Duration::from_millis(20),
-        checkpoint_bytes: 64 << 10,
-        checkpoint_on_close_bytes: 1,
-        lease_ttl: Duration::from_secs(3),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(100),
-            max_elapsed: Duration::from_secs(20),
-        },
-        ..Options::default()
-    }
-}
+    /// The `kvfs` binary of this package.
+    pub const KVFS: &str = env!("CARGO_BIN_EXE_kvfs");
 
-pub fn memory() -> (Arc<MemoryStore>, DynStore) {
-    let m = Arc::new(MemoryStore::new());
-    let d: DynStore = m.clone();
-    (m, d)
-}
+    /// A running `kvfs mount --foreground` child, unmounted on drop.
+    pub struct Mount(kvfs_testkit::mount::Mount);
 
-/// Mark the lease released, as if its holder had stopped cleanly. Used to take over
-/// from a writer abandoned inside this same process (a real crash test kills a
-/// separate process instead).
-pub async fn release_lease(store: &dyn ObjectStore) {
-    let g = store.get("lease").await.expect("lease exists");
-    let mut info: LeaseInfo = serde_json::from_slice(&g.data).expect("lease parses");
-    info.released = true;
-    store
-        .put(
-            "lease",
-            Bytes::from(serde_json::to_vec(&info).unwrap()),
-            PutMode::IfMatch(g.etag),
-        )
-        .await
-        .expect("lease replaced");
-}
+    impl Mount {
+        /// Mount `store` at `point` (created if missing) with the extra arguments
+        /// `extra` and variables `env`; panics unless it mounts.
+        pub fn start(store: &str, point: &Path, extra: &[&str], env: &[(&str, String)]) -> Mount {
+            match kvfs_testkit::mount::Mount::start(Path::new(KVFS), store, point, extra, env) {
+                Ok(m) => Mount(m),
+                Err(e) => panic!("kvfs mount {store}: {e}"),
+            }
+        }
 
-/// A deterministic pseudo-random generator for workloads (xorshift64*).
-pub struct Rng(pub u64);
+        /// The canonical mount point.
+        pub fn point(&self) -> &Path {
+            &self.0.point
+        }
 
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+        pub fn log_text(&self) -> String {
+            self.0.log_text()
+        }
 
-/// An in-process S3 server (s3s-fs over HTTP on 127.0.0.1) with one bucket.
-pub struct S3Fixture {
-    pub server: kvfs::testserver::TestS3Server,
-    pub dir: tempfile::TempDir,
-}
+        pub fn pid(&self) -> u32 {
+            self.0.pid()
+        }
 
-pub const BUCKET: &str = "kvfs-test";
+        /// Unmount cleanly and wait for the daemon to flush and exit; panics if that
+        /// fails.
+        pub fn unmount(self) -> ExitStatus {
+            self.0.unmount().unwrap_or_else(|e| panic!("{e}"))
+        }
 
-impl S3Fixture {
-    pub async fn start() -> S3Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let server = kvfs::testserver::TestS3Server::start(dir.path(), Default::default())
-            .await
-            .expect("S3 server starts");
-        server.create_bucket(BUCKET).expect("bucket");
-        S3Fixture { server, dir }
-    }
+        /// Unmount cleanly and require exit status 0.
+        pub fn finish(self) {
+            let log = self.0.log.clone();
+            let status = self.unmount();
+            let log = log.and_then(|l| std::fs::read_to_string(l).ok());
+            assert!(
+                status.success(),
+                "daemon exited with {status}: {}",
+                log.unwrap_or_default()
+            );
+        }
 
-    /// A store at `prefix` in the test bucket, talking HTTP to the server.
-    pub fn store(&self, prefix: &str) -> DynStore {
-        Arc::new(kvfs::store::s3::S3Store::from_client(
-            self.server.client(),
-            BUCKET,
-            prefix,
-        ))
+        /// Kill the daemon with SIGKILL (a crash) and clean up the dead mount.
+        pub fn kill(self) {
+            self.0.kill()
+        }
     }
 }

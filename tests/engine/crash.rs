@@ -1,0 +1,857 @@
+//! Crash tests with real processes and SIGKILL.
+//!
+//! The test binary re-runs itself as the writer process: [`crash_child`] does nothing
+//! unless the environment variable [`CHILD_ENV`] is set, in which case it opens the
+//! store as the writer and runs a deterministic workload until it is killed:
+//!
+//! - batches `b = start, start + 1, …`, each one atomic `write_batch` of a few puts
+//!   and deletes over a small key space (a pure function of `(seed, b)`, see
+//!   [`batch_ops`]) that also puts the marker key `__batch = b`;
+//! - concurrently, a loop of `sync()`; after each successful sync it prints
+//!   `KVFS-ACK b`, where `b` is the last batch whose `write_batch` returned before the
+//!   sync began.
+//!
+//! The parent kills the child with SIGKILL at a random moment (before it even opened
+//! the store, before any ACK, or after some ACKs), reaps it, then reopens the store
+//! read-only and as a writer and checks: the recovered `__batch = m` is at least the
+//! last acknowledged batch; the whole key set equals the model after batches `1..=m`;
+//! fsck is clean. The next trial runs on the same store, so every writer after the
+//! first takes over the epoch of a killed one.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::ops::Bound;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{S3Fixture, BUCKET};
+use kvfs::db::{BatchOp, Db, Options};
+use kvfs::store::s3::S3Store;
+use kvfs::store::DynStore;
+use kvfs_testkit::crash_workload::{batch_ops, parse_batch, Model, KEY_SPACE, MARKER};
+use kvfs_testkit::server::{
+    FaultConfig, ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Set in the child's environment to the JSON of a [`ChildSpec`].
+const CHILD_ENV: &str = "KVFS_CRASH_CHILD";
+/// Optional base seed for the parent's choices (workload seeds and kill moments).
+const SEED_ENV: &str = "KVFS_CRASH_SEED";
+/// Upper bound on how long the parent waits for any one line from a child; a guard
+/// against hangs, never reached in a passing run.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A child that somehow outlives its parent exits on its own after this long.
+const CHILD_MAX_LIFETIME: Duration = Duration::from_secs(60);
+
+/// What the child process runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ChildSpec {
+    /// Store URL (a local path or `s3://…`; S3 settings come from the environment).
+    url: String,
+    seed: u64,
+    segment_bytes: usize,
+    flush_interval_ms: u64,
+    max_inflight_uploads: usize,
+    max_unflushed_bytes: usize,
+    checkpoint_bytes: u64,
+    /// Also run `checkpoint()` in a loop.
+    checkpoint_loop: bool,
+    /// Also run compaction and GC (no grace period) in a loop.
+    gc_loop: bool,
+}
+
+// ---------------------------------------------------------------------------------
+// The child.
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let ok = writeln!(out, "{line}").and_then(|_| out.flush());
+    if ok.is_err() {
+        // The parent is gone.
+        std::process::exit(0);
+    }
+}
+
+fn die(msg: String) -> ! {
+    eprintln!("crash child: {msg}");
+    std::process::exit(3);
+}
+
+/// The full name of [`crash_child`] in this test binary (its module path without the
+/// binary's name), the filter that runs only it.
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::crash_child")
+}
+
+/// The writer process. A no-op unless started by a crash test.
+#[test]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let spec: ChildSpec = serde_json::from_str(&spec).expect("child spec");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(child_main(spec));
+}
+
+async fn child_main(spec: ChildSpec) {
+    tokio::spawn(async {
+        tokio::time::sleep(CHILD_MAX_LIFETIME).await;
+        die("still running after its maximum lifetime; exiting".into());
+    });
+    let opts = Options {
+        segment_bytes: spec.segment_bytes,
+        flush_interval: Duration::from_millis(spec.flush_interval_ms),
+        max_inflight_uploads: spec.max_inflight_uploads,
+        max_unflushed_bytes: spec.max_unflushed_bytes,
+        checkpoint_bytes: spec.checkpoint_bytes,
+        gc: if spec.gc_loop {
+            gc_options()
+        } else {
+            writer_options().gc
+        },
+        ..writer_options()
+    };
+    let db = Db::open(&spec.url, opts)
+        .await
+        .unwrap_or_else(|e| die(format!("open {}: {e}", spec.url)));
+    let start = match db.get(MARKER).await {
+        Ok(Some(v)) => parse_batch(&v).unwrap_or_else(|| die(format!("bad marker {v:?}"))),
+        Ok(None) => 0,
+        Err(e) => die(format!("read marker: {e}")),
+    };
+    say(&format!("KVFS-READY {start} epoch {}", db.epoch()));
+
+    let (written_tx, mut written_rx) = tokio::sync::watch::channel(start);
+    let syncer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            loop {
+                if written_rx.changed().await.is_err() {
+                    return;
+                }
+                let b = *written_rx.borrow_and_update();
+                if let Err(e) = db.sync().await {
+                    die(format!("sync: {e}"));
+                }
+                say(&format!("KVFS-ACK {b}"));
+            }
+        })
+    };
+    if spec.checkpoint_loop {
+        let db = db.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = db.checkpoint().await {
+                    die(format!("checkpoint: {e}"));
+                }
+            }
+        });
+    }
+    if spec.gc_loop {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for round in 0u64.. {
+                let r = if round % 2 == 0 {
+                    db.compact(&mut |_| {}).await
+                } else {
+                    db.gc(&mut |_| {}).await
+                };
+                if let Err(e) = r {
+                    die(format!("gc round {round}: {e}"));
+                }
+            }
+        });
+    }
+    let mut b = start;
+    loop {
+        b += 1;
+        if let Err(e) = db.write_batch(&batch_ops(spec.seed, b)).await {
+            die(format!("write_batch {b}: {e}"));
+        }
+        if written_tx.send(b).is_err() || syncer.is_finished() {
+            die("the sync task stopped".into());
+        }
+    }
+}
+
+/// Writer options of every writer in these tests. The lease TTL is far longer than
+/// any test: a writer that waited out a killed writer's lease instead of taking over at
+/// once would hang (and fail on a timeout) rather than pass slowly.
+fn writer_options() -> Options {
+    Options {
+        lease_ttl: Duration::from_secs(3600),
+        ..Options::default()
+    }
+}
+
+/// GC settings of a writer that compacts and cleans all the time: no grace period,
+/// so kills also land between a rewrite and the deletion of what it replaced.
+fn gc_options() -> kvfs::db::GcOptions {
+    kvfs::db::GcOptions {
+        background: false,
+        grace: Duration::ZERO,
+        ..kvfs::db::GcOptions::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The parent.
+
+/// A running child; killed and reaped if the test fails while it runs.
+struct ChildProc {
+    pid: u32,
+    child: Option<Child>,
+    lines: mpsc::UnboundedReceiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    stderr_path: PathBuf,
+}
+
+impl ChildProc {
+    fn spawn(spec: &ChildSpec, env: &[(String, String)], stderr_path: &Path) -> ChildProc {
+        let stderr = std::fs::File::create(stderr_path).expect("child stderr file");
+        let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+        cmd.args([
+            "--exact",
+            &child_test_name(),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, serde_json::to_string(spec).expect("spec json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn crash child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        ChildProc {
+            pid: child.id(),
+            child: Some(child),
+            lines: rx,
+            reader: Some(reader),
+            stderr_path: stderr_path.to_path_buf(),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The next line of the child's stdout, or `None` at its end.
+    async fn next_line(&mut self) -> Option<String> {
+        match tokio::time::timeout(EVENT_TIMEOUT, self.lines.recv()).await {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "no output from the crash child for {EVENT_TIMEOUT:?}; stderr:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// SIGKILL the child, reap it, and return the remaining lines of its output.
+    async fn kill_and_reap(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child.take().expect("child already reaped");
+        let status = tokio::task::spawn_blocking(move || {
+            // SIGKILL; fails only if the child was already reaped (it was not).
+            let _ = child.kill();
+            child.wait().expect("wait for crash child")
+        })
+        .await
+        .expect("reaper task");
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line().await {
+            rest.push(line);
+        }
+        if let Some(r) = self.reader.take() {
+            r.join().expect("reader thread");
+        }
+        (status, rest)
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Event {
+    Ready(u64),
+    Ack(u64),
+    Other,
+}
+
+fn parse_event(line: &str) -> Event {
+    let num_after = |tag: &str| -> Option<u64> {
+        let rest = &line[line.find(tag)? + tag.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    if let Some(b) = num_after("KVFS-ACK ") {
+        Event::Ack(b)
+    } else if let Some(m) = num_after("KVFS-READY ") {
+        Event::Ready(m)
+    } else {
+        Event::Other
+    }
+}
+
+/// When the parent kills the child.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// This long after spawning, whatever the child is doing (often still opening
+    /// the store, or taking over the previous writer's epoch).
+    Spawned(Duration),
+    /// This long after the child reported it opened the store (often before any ACK).
+    Ready(Duration),
+    /// After this many ACKs, plus a delay.
+    Acked(u64, Duration),
+}
+
+fn pick_kill(rng: &mut StdRng) -> KillAt {
+    let ms = |rng: &mut StdRng, max: u64| Duration::from_millis(rng.random_range(0..=max));
+    match rng.random_range(0..10) {
+        0 => KillAt::Spawned(ms(rng, 120)),
+        1 | 2 => KillAt::Ready(ms(rng, 15)),
+        _ => KillAt::Acked(rng.random_range(1..=15), ms(rng, 20)),
+    }
+}
+
+/// Where the store under test lives, and how to reach it.
+struct Target {
+    /// URL the child opens.
+    url: String,
+    /// Extra environment of the child.
+    env: Vec<(String, String)>,
+    /// How the parent opens it.
+    open: Arc<dyn Fn() -> DynStore + Send + Sync>,
+}
+
+impl Target {
+    fn local(path: &Path) -> Target {
+        let p = path.to_path_buf();
+        Target {
+            url: path.to_str().expect("utf-8 path").to_string(),
+            env: Vec::new(),
+            open: Arc::new(move || {
+                Arc::new(kvfs::store::local::LocalStore::open(&p).expect("local store")) as DynStore
+            }),
+        }
+    }
+
+    fn s3(server: &TestS3Server, bucket: &str, prefix: &str) -> Target {
+        let client = server.client();
+        let (b, p) = (bucket.to_string(), prefix.to_string());
+        Target {
+            url: format!("s3://{bucket}/{prefix}"),
+            env: [
+                ("AWS_ENDPOINT_URL", server.endpoint()),
+                ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
+                ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY.to_string()),
+                ("AWS_REGION", TEST_REGION.to_string()),
+                ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+                (
+                    "AWS_CONFIG_FILE",
+                    "/nonexistent/kvfs-test-config".to_string(),
+                ),
+                (
+                    "AWS_SHARED_CREDENTIALS_FILE",
+                    "/nonexistent/kvfs-test-credentials".to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            open: Arc::new(move || {
+                Arc::new(S3Store::from_client(client.clone(), &b, &p)) as DynStore
+            }),
+        }
+    }
+
+    async fn try_open(&self, opts: Options) -> kvfs::db::Result<Db> {
+        match tokio::time::timeout(EVENT_TIMEOUT, Db::open_store((self.open)(), opts)).await {
+            Ok(r) => r,
+            Err(_) => panic!(
+                "opening {} took over {EVENT_TIMEOUT:?}: is it waiting for the lease of a \
+                 writer that is gone?",
+                self.url
+            ),
+        }
+    }
+
+    async fn open(&self, opts: Options) -> Db {
+        self.try_open(opts)
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.url))
+    }
+}
+
+/// How a run of crash trials is configured.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    trials: usize,
+    /// Checkpoint after this many log bytes (tiny: constantly).
+    checkpoint_bytes: u64,
+    checkpoint_loop: bool,
+    gc_loop: bool,
+}
+
+fn base_seed() -> u64 {
+    match std::env::var(SEED_ENV) {
+        Ok(s) => s.parse().expect("KVFS_CRASH_SEED must be a number"),
+        Err(_) => rand::random(),
+    }
+}
+
+/// Check a recovered store against the model; returns the recovered batch number.
+/// With `fsck`, also verify every object of the store (slow on large stores).
+async fn check_store(db: &Db, model: &mut Model, min_batch: u64, fsck: bool, what: &str) -> u64 {
+    let m = match db.get(MARKER).await.expect("read marker") {
+        Some(v) => parse_batch(&v).expect("marker is a number"),
+        None => 0,
+    };
+    assert!(
+        m >= min_batch,
+        "{what}: recovered batch {m}, but batch {min_batch} was acknowledged as durable \
+         (or recovered before)"
+    );
+    model.advance_to(m);
+    let rows = db
+        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: scan: {e}"));
+    let got: BTreeMap<Vec<u8>, Vec<u8>> = rows
+        .into_iter()
+        .map(|(k, v)| (k, v.expect("scan value").to_vec()))
+        .collect();
+    if got != model.map {
+        let missing: Vec<_> = model
+            .map
+            .keys()
+            .filter(|k| !got.contains_key(*k))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        let extra: Vec<_> = got
+            .keys()
+            .filter(|k| !model.map.contains_key(*k))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        let differ: Vec<_> = got
+            .iter()
+            .filter(|(k, v)| model.map.get(*k).is_some_and(|mv| mv != *v))
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        panic!(
+            "{what}: recovered state is not the state after batches 1..={m}: \
+             missing keys {missing:?}, unexpected keys {extra:?}, wrong values {differ:?}"
+        );
+    }
+    assert_eq!(db.len(), model.map.len(), "{what}: len");
+    // Point reads agree with the scan, including for absent keys.
+    for i in (0..KEY_SPACE).step_by(7) {
+        let k = format!("k{i:03}").into_bytes();
+        let v = db
+            .get(&k)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: get: {e}"));
+        assert_eq!(
+            v.as_deref(),
+            model.map.get(&k).map(|v| v.as_slice()),
+            "{what}: get {}",
+            String::from_utf8_lossy(&k)
+        );
+    }
+    if fsck {
+        let report = db
+            .fsck(&mut |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{what}: fsck: {e}"));
+        assert!(report.is_clean(), "{what}: fsck found {:?}", report.issues);
+    }
+    m
+}
+
+/// Checks while the writer (process `pid`) runs: a second writer is refused, naming
+/// it; a reader sees the state after some batch at least `acked`. Returns that batch.
+async fn check_live(target: &Target, model: &mut Model, acked: u64, pid: u32, what: &str) -> u64 {
+    match target.try_open(writer_options()).await {
+        Err(kvfs::db::Error::Locked { holder, .. }) => assert!(
+            holder.contains(&format!("pid {pid}")),
+            "{what}: refused, but the holder named is {holder:?}, not pid {pid}"
+        ),
+        Err(e) => panic!("{what}: a second writer failed with {e}, expected Locked"),
+        Ok(_) => panic!("{what}: a second writer opened the store while the first runs"),
+    }
+    let ro = target.open(Options::read_only()).await;
+    let m = check_store(&ro, model, acked, false, &format!("{what}, live reader")).await;
+    ro.close().await.expect("close live reader");
+    m
+}
+
+/// Run `plan.trials` crash trials, one after another, on the store `target` names.
+async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
+    let base = base_seed();
+    let mut rng = StdRng::seed_from_u64(base);
+    let seed: u64 = rng.random();
+    let ctx = format!("{label} ({SEED_ENV}={base})");
+    let mut model = Model::new(seed);
+    let mut recovered = 0u64;
+    let mut last_epoch = 0u64;
+    let mut acked_trials = 0;
+    for trial in 0..plan.trials {
+        let spec = ChildSpec {
+            url: target.url.clone(),
+            seed,
+            segment_bytes: rng.random_range(4096..=16384),
+            flush_interval_ms: 20,
+            max_inflight_uploads: rng.random_range(2..=8),
+            max_unflushed_bytes: 128 << 10,
+            checkpoint_bytes: plan.checkpoint_bytes,
+            checkpoint_loop: plan.checkpoint_loop,
+            gc_loop: plan.gc_loop,
+        };
+        let kill = match trial {
+            // Usually while the first writer is still creating the store.
+            0 => KillAt::Spawned(Duration::from_millis(rng.random_range(0..=60))),
+            _ => pick_kill(&mut rng),
+        };
+        let t0 = std::time::Instant::now();
+        let what = format!("{ctx} trial {trial} ({kill:?}, {spec:?})");
+        let mut child =
+            ChildProc::spawn(&spec, &target.env, &scratch.join(format!("stderr-{trial}")));
+
+        // Let the child run until the chosen moment, noting what it acknowledged.
+        let mut acked = 0u64;
+        let mut acks = 0u64;
+        let mut ready = None;
+        let mut eof = false;
+        let mut live = 0;
+        let on_line = |line: &str, acked: &mut u64, acks: &mut u64, ready: &mut Option<u64>| {
+            match parse_event(line) {
+                Event::Ack(b) => {
+                    assert!(b >= *acked, "{what}: ACKs went backwards");
+                    *acked = b;
+                    *acks += 1;
+                }
+                Event::Ready(m) => *ready = Some(m),
+                Event::Other => {}
+            }
+        };
+        match kill {
+            KillAt::Spawned(d) => tokio::time::sleep(d).await,
+            KillAt::Ready(_) | KillAt::Acked(..) => {
+                let (need_acks, delay) = match kill {
+                    KillAt::Ready(d) => (0, d),
+                    KillAt::Acked(n, d) => (n, d),
+                    KillAt::Spawned(_) => unreachable!(),
+                };
+                while ready.is_none() || acks < need_acks {
+                    match child.next_line().await {
+                        Some(line) => on_line(&line, &mut acked, &mut acks, &mut ready),
+                        None => {
+                            eof = true;
+                            break;
+                        }
+                    }
+                }
+                // A reader of a store whose writer deletes with no grace period
+                // could find its objects gone: no live reader in GC trials.
+                if !eof && trial % 3 == 0 && !plan.gc_loop {
+                    live = check_live(&target, &mut model, acked, child.pid, &what).await;
+                }
+                if !eof {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        let (status, rest) = child.kill_and_reap().await;
+        for line in &rest {
+            on_line(line, &mut acked, &mut acks, &mut ready);
+        }
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{what}: the child exited by itself ({status}); its stderr:\n{}",
+            child.stderr()
+        );
+        if let Some(start) = ready {
+            assert_eq!(
+                start, recovered,
+                "{what}: the child recovered batch {start}, the parent had verified {recovered}"
+            );
+        }
+        if acks > 0 {
+            acked_trials += 1;
+        }
+
+        // Recovery, read-only.
+        let min_batch = acked.max(recovered).max(live);
+        let m = match target.try_open(Options::read_only()).await {
+            Ok(ro) => {
+                let m = check_store(
+                    &ro,
+                    &mut model,
+                    min_batch,
+                    true,
+                    &format!("{what}, read-only"),
+                )
+                .await;
+                ro.close().await.expect("close read-only");
+                m
+            }
+            // Killed before it created the store: fine if nothing was ever acknowledged.
+            Err(kvfs::db::Error::NoStore(_)) if min_batch == 0 => 0,
+            Err(e) => panic!("{what}: read-only open: {e}"),
+        };
+
+        // Recovery as a writer (takes over the killed writer's epoch) on odd trials;
+        // on even trials the next child takes over the killed one directly.
+        if trial % 2 == 1 || trial + 1 == plan.trials {
+            let w = target.open(writer_options()).await;
+            assert!(!w.is_read_only());
+            assert!(w.epoch() > last_epoch, "{what}: writer epoch did not grow");
+            last_epoch = w.epoch();
+            let mw = check_store(&w, &mut model, m, false, &format!("{what}, writer")).await;
+            assert_eq!(
+                mw, m,
+                "{what}: writer and reader recovered different batches"
+            );
+            w.close().await.expect("close writer");
+            drop(w);
+        }
+        recovered = m;
+        eprintln!(
+            "{label} trial {trial}: {kill:?}: {acks} ACKs, last {acked}, live reader saw \
+             {live}, recovered {m}, in {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(
+        acked_trials > 0,
+        "{ctx}: no trial got as far as an acknowledged sync"
+    );
+    assert!(recovered > 0, "{ctx}: nothing was ever recovered");
+
+    // Nothing leaked: one more GC leaves no unneeded object behind.
+    if plan.gc_loop {
+        let w = target
+            .open(Options {
+                gc: gc_options(),
+                ..writer_options()
+            })
+            .await;
+        check_store(
+            &w,
+            &mut model,
+            recovered,
+            true,
+            &format!("{ctx}, before final gc"),
+        )
+        .await;
+        w.gc(&mut |_| {}).await.expect("final gc");
+        let stats = w.stats().await.expect("stats");
+        assert_eq!(stats.unneeded_objects, 0, "{ctx}: leaked objects: {stats}");
+        assert_eq!(stats.manifests, 1, "{ctx}: old manifests left: {stats}");
+        assert!(
+            stats.runs > 0,
+            "{ctx}: the writers never compacted: {stats}"
+        );
+        check_store(
+            &w,
+            &mut model,
+            recovered,
+            true,
+            &format!("{ctx}, after final gc"),
+        )
+        .await;
+        w.close().await.expect("close");
+    }
+
+    // A final writer sees everything, can write, and leaves a clean store.
+    let w = target.open(writer_options()).await;
+    check_store(&w, &mut model, recovered, false, &format!("{ctx}, final")).await;
+    let next = recovered + 1;
+    w.write_batch(&batch_ops(seed, next)).await.expect("write");
+    w.sync().await.expect("sync");
+    w.close().await.expect("close");
+    let ro = target.open(Options::read_only()).await;
+    check_store(
+        &ro,
+        &mut model,
+        next,
+        true,
+        &format!("{ctx}, after final write"),
+    )
+    .await;
+    assert_eq!(model.applied, next);
+    if plan.checkpoint_bytes < 4096 {
+        let stats = ro.stats().await.expect("stats");
+        assert!(
+            stats.checkpoint.is_some() && stats.checkpoints > 0,
+            "{ctx}: no checkpoint was ever published: {stats}"
+        );
+    }
+}
+
+/// Periodic checkpoints now and then.
+fn normal(trials: usize) -> Plan {
+    Plan {
+        trials,
+        checkpoint_bytes: 256 << 10,
+        checkpoint_loop: false,
+        gc_loop: false,
+    }
+}
+
+/// Checkpoints all the time, so many kills land in the middle of one.
+fn checkpointing(trials: usize) -> Plan {
+    Plan {
+        trials,
+        checkpoint_bytes: 1,
+        checkpoint_loop: true,
+        gc_loop: false,
+    }
+}
+
+/// Compaction and GC all the time, so kills land while rewriting, relinking and
+/// deleting.
+fn collecting(trials: usize) -> Plan {
+    Plan {
+        trials,
+        checkpoint_bytes: 64 << 10,
+        checkpoint_loop: false,
+        gc_loop: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::local(&dir.path().join("store"));
+    crash_trials(target, normal(16), dir.path(), "local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_local_store_during_gc_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::local(&dir.path().join("store"));
+    crash_trials(target, collecting(14), dir.path(), "local, gc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_local_store_during_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::local(&dir.path().join("store"));
+    crash_trials(
+        target,
+        checkpointing(12),
+        dir.path(),
+        "local, checkpointing",
+    )
+    .await;
+}
+
+/// A test S3 server with jittered PUT latency: uploads complete out of order, so the
+/// durable point often trails completed segments when the kill lands.
+async fn s3_fixture() -> S3Fixture {
+    S3Fixture::with_options(ServerOptions {
+        faults: FaultConfig {
+            put_latency: Duration::from_millis(1),
+            jitter: Duration::from_millis(8),
+            ..FaultConfig::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_s3_store() {
+    let s3 = s3_fixture().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let target = Target::s3(&s3.server, BUCKET, "crash/normal");
+    crash_trials(target, normal(10), scratch.path(), "s3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_s3_store_during_checkpoints() {
+    let s3 = s3_fixture().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let target = Target::s3(&s3.server, BUCKET, "crash/checkpointing");
+    crash_trials(
+        target,
+        checkpointing(8),
+        scratch.path(),
+        "s3, checkpointing",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_s3_store_during_gc_and_compaction() {
+    let s3 = s3_fixture().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let target = Target::s3(&s3.server, BUCKET, "crash/gc");
+    crash_trials(target, collecting(10), scratch.path(), "s3, gc").await;
+}
+
+/// The workload really is a pure function of `(seed, b)`, and it exercises both puts
+/// and deletes.
+#[test]
+fn workload_is_deterministic() {
+    let mut deletes = 0;
+    for b in 1..200 {
+        let ops = batch_ops(42, b);
+        assert_eq!(ops, batch_ops(42, b));
+        assert_eq!(
+            ops.last(),
+            Some(&BatchOp::Put(MARKER.to_vec(), b.to_string().into_bytes()))
+        );
+        deletes += ops
+            .iter()
+            .filter(|o| matches!(o, BatchOp::Delete(_)))
+            .count();
+    }
+    assert!(deletes > 0);
+    assert_ne!(batch_ops(42, 1), batch_ops(43, 1));
+    assert_eq!(
+        parse_event("test crash_child ... KVFS-ACK 17"),
+        Event::Ack(17)
+    );
+    assert_eq!(parse_event("KVFS-READY 5 epoch 3"), Event::Ready(5));
+    assert_eq!(parse_event("running 1 test"), Event::Other);
+}

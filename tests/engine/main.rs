@@ -1,0 +1,14 @@
+//! Tests of the engine and the object stores, without FUSE: store conformance, the
+//! engine's API, models against a `BTreeMap`, injected faults, writer fencing, garbage
+//! collection, and crashes of a writer process.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crash;
+mod engine;
+mod faults;
+mod fencing;
+mod gc;
+mod model;
+mod store_conformance;

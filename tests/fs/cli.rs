@@ -1,0 +1,750 @@
+//! End-to-end tests of the `kvfs` command-line tool: every test runs the real binary
+//! against a local directory store or the in-process S3 test server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use kvfs::db::{Db, Options};
+use kvfs::store::s3::S3Store;
+use kvfs::store::DynStore;
+use kvfs_testkit::server::{
+    ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY,
+};
+use rand::{Rng, SeedableRng};
+use tempfile::TempDir;
+
+const BUCKET: &str = "kvfs-cli";
+
+/// How to run one `kvfs` command.
+#[derive(Default, Clone)]
+struct Run {
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    env: Vec<(String, String)>,
+}
+
+impl Run {
+    fn new<S: AsRef<str>>(args: &[S]) -> Run {
+        Run {
+            args: args.iter().map(|a| a.as_ref().to_string()).collect(),
+            ..Run::default()
+        }
+    }
+
+    fn stdin(mut self, data: impl Into<Vec<u8>>) -> Run {
+        self.stdin = Some(data.into());
+        self
+    }
+
+    fn envs(mut self, env: &[(String, String)]) -> Run {
+        self.env.extend_from_slice(env);
+        self
+    }
+
+    /// Run the command to completion (blocking).
+    fn output(&self) -> Out {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvfs"));
+        cmd.args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kvfs");
+        // Feed stdin from a thread so a large value cannot deadlock against a full
+        // stdout/stderr pipe.
+        let feeder = self.stdin.clone().map(|data| {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            })
+        });
+        let output = child.wait_with_output().expect("wait for kvfs");
+        if let Some(f) = feeder {
+            f.join().expect("stdin feeder");
+        }
+        Out {
+            desc: format!("kvfs {}", shorten(&self.args.join(" "))),
+            output,
+        }
+    }
+
+    /// Run the command without blocking the async runtime (for tests whose S3
+    /// server runs on that runtime).
+    async fn output_async(&self) -> Out {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.output())
+            .await
+            .expect("kvfs runner task")
+    }
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() <= 200 {
+        return s.to_string();
+    }
+    let mut end = 200;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+struct Out {
+    desc: String,
+    output: Output,
+}
+
+impl Out {
+    fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "{}: exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.desc,
+            self.code(),
+            shorten(&self.stdout()),
+            self.stderr()
+        )
+    }
+
+    /// Assert success; return stdout.
+    #[track_caller]
+    fn ok(&self) -> String {
+        assert_eq!(self.code(), Some(0), "{}", self.context());
+        self.stdout()
+    }
+
+    /// Assert failure with exit status `code` and no panic; return stderr.
+    #[track_caller]
+    fn fails(&self, code: i32) -> String {
+        assert_eq!(self.code(), Some(code), "{}", self.context());
+        let err = self.stderr();
+        assert!(!err.contains("panicked"), "{}", self.context());
+        err
+    }
+}
+
+fn kvfs<S: AsRef<str>>(args: &[S]) -> Out {
+    Run::new(args).output()
+}
+
+/// A fresh local store location (not yet created) inside its own temp dir.
+fn local_store() -> (TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let s = path.to_str().expect("utf-8 temp path").to_string();
+    (dir, path, s)
+}
+
+/// `key<TAB>value` lines of a scan, as pairs.
+fn scan_rows(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap_or((l, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn scan_keys(stdout: &str) -> Vec<String> {
+    stdout.lines().map(str::to_string).collect()
+}
+
+/// The value of a `name   value` line of `kvfs stats`.
+fn stats_field(stats: &str, name: &str) -> String {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(|r| r.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {name:?} line in stats:\n{stats}"))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let e = e.expect("dir entry");
+        if e.file_type().expect("file type").is_file() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut data = std::fs::read(path).expect("read file");
+    let at = at.min(data.len() - 1);
+    data[at] ^= 0x5a;
+    std::fs::write(path, data).expect("write file");
+}
+
+#[test]
+fn put_get_delete_roundtrip() {
+    let (_dir, _path, store) = local_store();
+    kvfs(&["put", &store, "greeting", "hello world"]).ok();
+    assert_eq!(kvfs(&["get", &store, "greeting"]).ok(), "hello world");
+
+    // Overwrite.
+    kvfs(&["put", &store, "greeting", "bye"]).ok();
+    assert_eq!(kvfs(&["get", &store, "greeting"]).ok(), "bye");
+
+    // An empty value is a value.
+    kvfs(&["put", &store, "empty", ""]).ok();
+    assert_eq!(kvfs(&["get", &store, "empty"]).ok(), "");
+
+    // Delete, then the key is gone.
+    kvfs(&["delete", &store, "greeting"]).ok();
+    let err = kvfs(&["get", &store, "greeting"]).fails(1);
+    assert!(
+        err.contains("not found") && err.contains("greeting"),
+        "{err}"
+    );
+    // Deleting a missing key succeeds (with a note).
+    let del = kvfs(&["delete", &store, "greeting"]);
+    del.ok();
+    assert!(del.stderr().contains("did not exist"), "{}", del.context());
+    assert_eq!(kvfs(&["get", &store, "empty"]).ok(), "");
+
+    let fsck = kvfs(&["fsck", &store]).ok();
+    assert!(fsck.contains("no problems found"), "{fsck}");
+}
+
+#[test]
+fn get_missing_key_exits_1_with_message() {
+    let (_dir, _path, store) = local_store();
+    kvfs(&["put", &store, "present", "1"]).ok();
+    let out = kvfs(&["get", &store, "absent"]);
+    let err = out.fails(1);
+    assert!(out.stdout().is_empty(), "{}", out.context());
+    assert!(err.contains("key not found: absent"), "{}", out.context());
+}
+
+#[test]
+fn value_from_stdin() {
+    let (_dir, _path, store) = local_store();
+    Run::new(&["put", &store, "from-stdin"])
+        .stdin("line one\nline two\n")
+        .output()
+        .ok();
+    assert_eq!(
+        kvfs(&["get", &store, "from-stdin"]).ok(),
+        "line one\nline two\n"
+    );
+}
+
+#[test]
+fn one_mib_binary_value_from_stdin_roundtrips_exactly() {
+    let (_dir, _path, store) = local_store();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut value = vec![0u8; 1 << 20];
+    rng.fill(&mut value[..]);
+    // Make sure bytes that text handling would mangle are present.
+    value[0] = 0;
+    value[1] = b'\n';
+    value[2] = 0xff;
+    value[3] = b'\r';
+    Run::new(&["put", &store, "blob"])
+        .stdin(value.clone())
+        .output()
+        .ok();
+    let got = kvfs(&["get", &store, "blob"]);
+    got.ok();
+    assert_eq!(got.output.stdout.len(), value.len());
+    assert!(got.output.stdout == value, "value differs after roundtrip");
+    let fsck = kvfs(&["fsck", &store]).ok();
+    assert!(fsck.contains("no problems found"), "{fsck}");
+}
+
+#[test]
+fn bad_keys_are_rejected_clearly() {
+    let (_dir, path, store) = local_store();
+    kvfs(&["put", &store, "ok", "1"]).ok();
+
+    let err = kvfs(&["put", &store, "", "v"]).fails(1);
+    assert!(
+        err.contains("invalid key") && err.contains("empty"),
+        "{err}"
+    );
+    let err = kvfs(&["get", &store, ""]).fails(1);
+    assert!(
+        err.contains("invalid key") && err.contains("empty"),
+        "{err}"
+    );
+    let err = kvfs(&["delete", &store, ""]).fails(1);
+    assert!(
+        err.contains("invalid key") && err.contains("empty"),
+        "{err}"
+    );
+
+    let long = "k".repeat(5000);
+    let err = kvfs(&["put", &store, &long, "v"]).fails(1);
+    assert!(
+        err.contains("invalid key") && err.contains("5000") && err.contains("4096"),
+        "{err}"
+    );
+    let err = kvfs(&["get", &store, &long]).fails(1);
+    assert!(err.contains("invalid key") && err.contains("5000"), "{err}");
+    // Also from stdin: the key is checked, the value is not silently stored.
+    let err = Run::new(&["put", &store, &long])
+        .stdin("value")
+        .output()
+        .fails(1);
+    assert!(err.contains("invalid key"), "{err}");
+
+    // Nothing was stored by the refused commands.
+    let keys = kvfs(&["scan", &store, "--keys-only"]).ok();
+    assert_eq!(scan_keys(&keys), vec!["ok".to_string()]);
+    // A refused put on a store that does not exist yet creates nothing.
+    let fresh = path.with_file_name("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+    kvfs(&["put", fresh_s, "", "v"]).fails(1);
+    assert!(
+        !fresh.join("manifest").exists(),
+        "a refused put created a store"
+    );
+}
+
+#[test]
+fn scan_prefix_range_limit_keys_only() {
+    let (_dir, _path, store) = local_store();
+    let pairs = [
+        ("a/1", "va1"),
+        ("a/2", "va2"),
+        ("a/3", "va3"),
+        ("b/1", "vb1"),
+        ("b/2", "vb2"),
+        ("c", "vc"),
+    ];
+    for (k, v) in pairs {
+        kvfs(&["put", &store, k, v]).ok();
+    }
+    // Value with a tab and a key with spaces survive as text.
+    kvfs(&["put", &store, "d e", "x\ty"]).ok();
+
+    let all = scan_rows(&kvfs(&["scan", &store]).ok());
+    let mut want: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.push(("d e".into(), "x\ty".into()));
+    assert_eq!(all, want);
+
+    let a = scan_rows(&kvfs(&["scan", &store, "--prefix", "a/"]).ok());
+    assert_eq!(a, want[0..3].to_vec());
+
+    let range = scan_rows(&kvfs(&["scan", &store, "--start", "a/2", "--end", "b/2"]).ok());
+    assert_eq!(range, want[1..4].to_vec(), "start inclusive, end exclusive");
+
+    let limited = scan_rows(&kvfs(&["scan", &store, "--limit", "2"]).ok());
+    assert_eq!(limited, want[0..2].to_vec());
+
+    let keys = scan_keys(&kvfs(&["scan", &store, "--prefix", "b", "--keys-only"]).ok());
+    assert_eq!(keys, vec!["b/1".to_string(), "b/2".to_string()]);
+
+    // Prefix combined with start/limit: the tighter bound wins.
+    let combined = scan_rows(
+        &kvfs(&[
+            "scan", &store, "--prefix", "a/", "--start", "a/2", "--limit", "5",
+        ])
+        .ok(),
+    );
+    assert_eq!(combined, want[1..3].to_vec());
+
+    // Empty results.
+    assert_eq!(kvfs(&["scan", &store, "--prefix", "zzz"]).ok(), "");
+    assert_eq!(kvfs(&["scan", &store, "--limit", "0"]).ok(), "");
+}
+
+#[test]
+fn scan_pages_through_many_keys() {
+    // More keys than one scan page (1000) of the CLI, written in one process.
+    let (_dir, path, store) = local_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = Db::open(path.to_str().unwrap(), Options::default())
+            .await
+            .unwrap();
+        for i in 0..2500u32 {
+            db.put(format!("k{i:05}").as_bytes(), format!("v{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        db.close().await.unwrap();
+    });
+    let rows = scan_rows(&kvfs(&["scan", &store]).ok());
+    assert_eq!(rows.len(), 2500);
+    for (i, (k, v)) in rows.iter().enumerate() {
+        assert_eq!(k, &format!("k{i:05}"));
+        assert_eq!(v, &format!("v{i}"));
+    }
+    let rows = scan_keys(&kvfs(&["scan", &store, "--keys-only", "--limit", "1500"]).ok());
+    assert_eq!(rows.len(), 1500);
+    assert_eq!(rows[1499], "k01499");
+}
+
+#[test]
+fn stats_and_fsck_on_local_store() {
+    let (_dir, _path, store) = local_store();
+    for i in 0..5 {
+        kvfs(&["put", &store, &format!("key{i}"), &"x".repeat(10)]).ok();
+    }
+    kvfs(&["delete", &store, "key0"]).ok();
+    let stats = kvfs(&["stats", &store]).ok();
+    assert_eq!(stats_field(&stats, "keys"), "4", "{stats}");
+    assert_eq!(stats_field(&stats, "live bytes"), "56", "{stats}");
+    assert!(
+        stats_field(&stats, "lease").starts_with("released by"),
+        "{stats}"
+    );
+    assert!(!stats.contains("foreign objects"), "{stats}");
+    let fsck = kvfs(&["fsck", &store]).ok();
+    assert!(fsck.contains("no problems found"), "{fsck}");
+    assert!(fsck.contains("4 live keys verified"), "{fsck}");
+}
+
+#[test]
+fn file_urls_work() {
+    let (_dir, path, _store) = local_store();
+    let url = format!("file://{}", path.display());
+    kvfs(&["put", &url, "k", "via url"]).ok();
+    assert_eq!(kvfs(&["get", &url, "k"]).ok(), "via url");
+    // The same store, named by its plain path.
+    assert_eq!(kvfs(&["get", path.to_str().unwrap(), "k"]).ok(), "via url");
+    let rows = scan_rows(&kvfs(&["scan", &url]).ok());
+    assert_eq!(rows, vec![("k".to_string(), "via url".to_string())]);
+    kvfs(&["stats", &url]).ok();
+    kvfs(&["fsck", &url]).ok();
+    kvfs(&["delete", &url, "k"]).ok();
+    kvfs(&["get", &url, "k"]).fails(1);
+}
+
+#[test]
+fn bad_urls_fail_clearly() {
+    for cmd in [
+        vec!["put", "http://x", "k", "v"],
+        vec!["get", "http://x", "k"],
+        vec!["scan", "http://x"],
+        vec!["stats", "http://x"],
+        vec!["fsck", "http://x"],
+    ] {
+        let err = kvfs(&cmd).fails(1);
+        assert!(
+            err.contains("http://x") && err.contains("unsupported store URL"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let err = kvfs(&["get", "file://relative/path", "k"]).fails(1);
+    assert!(err.contains("absolute path"), "{err}");
+    let err = kvfs(&["get", "s3:///prefix", "k"]).fails(1);
+    assert!(err.contains("missing bucket name"), "{err}");
+}
+
+#[test]
+fn reading_a_store_that_does_not_exist_fails_clearly() {
+    let (_dir, path, store) = local_store();
+    for cmd in [
+        vec!["get", &store, "k"],
+        vec!["scan", &store],
+        vec!["stats", &store],
+        vec!["fsck", &store],
+    ] {
+        let err = kvfs(&cmd).fails(1);
+        assert!(err.contains("no kvfs store"), "{cmd:?}: {err}");
+    }
+    // A file where the store directory should be.
+    let file = path.with_file_name("plain-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let err = kvfs(&["put", file.to_str().unwrap(), "k", "v"]).fails(1);
+    assert!(err.contains("not a directory"), "{err}");
+}
+
+#[test]
+fn fsck_finds_a_corrupt_segment_in_the_log_tail() {
+    let (_dir, path, store) = local_store();
+    for i in 0..3 {
+        kvfs(&["put", &store, &format!("k{i}"), &"v".repeat(100)]).ok();
+    }
+    kvfs(&["fsck", &store]).ok();
+    let segs = files_under(&path.join("seg"));
+    assert!(!segs.is_empty());
+    // Corrupt the middle of the first data segment (replayed at open).
+    let victim = &segs[0];
+    let len = std::fs::metadata(victim).unwrap().len() as usize;
+    flip_byte(victim, len / 2);
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let out = kvfs(&["fsck", &store]);
+    out.fails(1);
+    let all = format!("{}{}", out.stdout(), out.stderr());
+    assert!(all.contains(&name), "message does not name {name}: {all}");
+    // Reads of the damaged store fail clearly too, rather than returning bad data.
+    let out = kvfs(&["get", &store, "k0"]);
+    let err = out.fails(1);
+    assert!(err.contains(&name), "{err}");
+}
+
+#[test]
+fn fsck_finds_a_corrupt_segment_covered_by_a_checkpoint() {
+    let (_dir, path, store) = local_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = Db::open(&store, Options::default()).await.unwrap();
+        for i in 0..20u32 {
+            db.put(format!("k{i:02}").as_bytes(), &[b'v'; 200])
+                .await
+                .unwrap();
+        }
+        db.sync().await.unwrap();
+        db.checkpoint().await.unwrap();
+        db.close().await.unwrap();
+    });
+    kvfs(&["fsck", &store]).ok();
+    let segs = files_under(&path.join("seg"));
+    // The first segment holds the values; the checkpoint points into it, so the store
+    // opens without reading it and only fsck's own checks can find the damage.
+    let victim = &segs[0];
+    let len = std::fs::metadata(victim).unwrap().len() as usize;
+    flip_byte(victim, len / 2);
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let out = kvfs(&["fsck", &store]);
+    out.fails(1);
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains("PROBLEM") && stdout.contains(&name),
+        "{}",
+        out.context()
+    );
+    assert!(stdout.contains("problems found"), "{}", out.context());
+}
+
+#[test]
+fn fsck_finds_a_foreign_file() {
+    let (_dir, path, store) = local_store();
+    kvfs(&["put", &store, "k", "v"]).ok();
+    kvfs(&["fsck", &store]).ok();
+    std::fs::write(path.join("notes.txt"), "my notes").unwrap();
+    let out = kvfs(&["fsck", &store]);
+    out.fails(1);
+    assert!(
+        out.stdout().contains("PROBLEM notes.txt") && out.stdout().contains("foreign"),
+        "{}",
+        out.context()
+    );
+    let stats = kvfs(&["stats", &store]).ok();
+    assert!(stats.contains("foreign objects  1"), "{stats}");
+    // The data itself is still readable.
+    assert_eq!(kvfs(&["get", &store, "k"]).ok(), "v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_writer_on_a_local_store_is_refused_naming_the_holder() {
+    let (_dir, _path, store) = local_store();
+    let db = Db::open(&store, Options::default()).await.unwrap();
+    db.put(b"held", b"1").await.unwrap();
+    db.sync().await.unwrap();
+
+    let out = Run::new(&["put", &store, "k", "v"]).output_async().await;
+    let err = out.fails(1);
+    let me = format!("pid {}", std::process::id());
+    assert!(err.contains("another writer") && err.contains(&me), "{err}");
+    let out = Run::new(&["delete", &store, "held"]).output_async().await;
+    let err = out.fails(1);
+    assert!(err.contains(&me), "{err}");
+    // Readers are not refused and see the synced data.
+    let out = Run::new(&["get", &store, "held"]).output_async().await;
+    assert_eq!(out.ok(), "1");
+
+    db.close().await.unwrap();
+    // Once the writer is gone, CLI writes work again.
+    Run::new(&["put", &store, "k", "v"])
+        .output_async()
+        .await
+        .ok();
+    let out = Run::new(&["scan", &store]).output_async().await;
+    assert_eq!(out.ok(), "held\t1\nk\tv\n");
+}
+
+/// The in-process S3 server, with one bucket, and the environment a `kvfs` child
+/// needs to reach it.
+struct S3 {
+    server: TestS3Server,
+    _root: TempDir,
+}
+
+impl S3 {
+    async fn start() -> S3 {
+        let root = tempfile::tempdir().expect("tempdir");
+        let server = TestS3Server::start(root.path(), ServerOptions::default())
+            .await
+            .expect("start S3 test server");
+        server.create_bucket(BUCKET).expect("create bucket");
+        S3 {
+            server,
+            _root: root,
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.server.endpoint()),
+            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY.to_string()),
+            ("AWS_REGION", TEST_REGION.to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+            (
+                "AWS_CONFIG_FILE",
+                "/nonexistent/kvfs-test-config".to_string(),
+            ),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/kvfs-test-credentials".to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    async fn run<S: AsRef<str>>(&self, args: &[S]) -> Out {
+        Run::new(args).envs(&self.env()).output_async().await
+    }
+
+    fn store(&self, prefix: &str) -> DynStore {
+        Arc::new(S3Store::from_client(self.server.client(), BUCKET, prefix))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_roundtrip() {
+    let s3 = S3::start().await;
+    let url = format!("s3://{BUCKET}/cli/roundtrip");
+    s3.run(&["put", &url, "a/1", "one"]).await.ok();
+    s3.run(&["put", &url, "a/2", "two"]).await.ok();
+    s3.run(&["put", &url, "b", "bee"]).await.ok();
+    let out = Run::new(&["put", &url, "stdin"])
+        .envs(&s3.env())
+        .stdin("from stdin")
+        .output_async()
+        .await;
+    out.ok();
+
+    assert_eq!(s3.run(&["get", &url, "a/2"]).await.ok(), "two");
+    assert_eq!(s3.run(&["get", &url, "stdin"]).await.ok(), "from stdin");
+    let err = s3.run(&["get", &url, "nope"]).await.fails(1);
+    assert!(err.contains("key not found"), "{err}");
+
+    let rows = scan_rows(&s3.run(&["scan", &url, "--prefix", "a/"]).await.ok());
+    assert_eq!(
+        rows,
+        vec![
+            ("a/1".to_string(), "one".to_string()),
+            ("a/2".to_string(), "two".to_string())
+        ]
+    );
+    s3.run(&["delete", &url, "a/1"]).await.ok();
+    let keys = scan_keys(&s3.run(&["scan", &url, "--keys-only"]).await.ok());
+    assert_eq!(keys, vec!["a/2", "b", "stdin"]);
+
+    let stats = s3.run(&["stats", &url]).await.ok();
+    assert_eq!(stats_field(&stats, "store"), url, "{stats}");
+    assert_eq!(stats_field(&stats, "keys"), "3", "{stats}");
+    let fsck = s3.run(&["fsck", &url]).await.ok();
+    assert!(fsck.contains("no problems found"), "{fsck}");
+
+    // The engine in this process sees the same data.
+    let db = Db::open_store(s3.store("cli/roundtrip"), Options::read_only())
+        .await
+        .unwrap();
+    assert_eq!(db.get(b"b").await.unwrap().unwrap().as_ref(), b"bee");
+    assert_eq!(db.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_missing_bucket_is_named() {
+    let s3 = S3::start().await;
+    let url = "s3://no-such-bucket-here/p";
+    for cmd in [
+        vec!["put", url, "k", "v"],
+        vec!["get", url, "k"],
+        vec!["scan", url],
+        vec!["stats", url],
+        vec!["fsck", url],
+    ] {
+        let out = s3.run(&cmd).await;
+        let err = out.fails(1);
+        assert!(
+            err.contains("no-such-bucket-here"),
+            "{cmd:?} does not name the bucket: {}",
+            out.context()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_second_writer_is_refused_naming_the_holder() {
+    let s3 = S3::start().await;
+    let url = format!("s3://{BUCKET}/held");
+    let db = Db::open_store(s3.store("held"), Options::default())
+        .await
+        .unwrap();
+    db.put(b"k", b"first").await.unwrap();
+    db.sync().await.unwrap();
+
+    let out = s3.run(&["put", &url, "k", "second"]).await;
+    let err = out.fails(1);
+    let holder = format!(
+        "{} pid {}",
+        kvfs::db::lease::this_host(),
+        std::process::id()
+    );
+    assert!(
+        err.contains("another writer") && err.contains(&holder),
+        "message does not name {holder:?}: {}",
+        out.context()
+    );
+    // The refused write changed nothing.
+    assert_eq!(s3.run(&["get", &url, "k"]).await.ok(), "first");
+    assert_eq!(db.get(b"k").await.unwrap().unwrap().as_ref(), b"first");
+    db.put(b"k2", b"still writable").await.unwrap();
+    db.sync().await.unwrap();
+    db.close().await.unwrap();
+
+    s3.run(&["put", &url, "k", "second"]).await.ok();
+    assert_eq!(s3.run(&["get", &url, "k"]).await.ok(), "second");
+    assert_eq!(s3.run(&["get", &url, "k2"]).await.ok(), "still writable");
+    let fsck = s3.run(&["fsck", &url]).await.ok();
+    assert!(fsck.contains("no problems found"), "{fsck}");
+}
+
+/// Read-only commands on a path where no store exists fail and create nothing.
+#[test]
+fn read_only_commands_do_not_create_a_local_store() {
+    let (_dir, path, store) = local_store();
+    for cmd in [
+        vec!["get", &store, "k"],
+        vec!["scan", &store],
+        vec!["stats", &store],
+        vec!["fsck", &store],
+    ] {
+        kvfs(&cmd).fails(1);
+        assert!(!path.exists(), "{cmd:?} created {}", path.display());
+    }
+}

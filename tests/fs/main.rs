@@ -1,0 +1,12 @@
+//! Tests of the file system: the namespace without FUSE, the `kvfs` command, real
+//! mounts driven with shell tools, a mount against a model directory, and SIGKILL of
+//! the mount daemon.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod mount;
+mod mount_crash;
+mod mount_model;
+mod namespace;

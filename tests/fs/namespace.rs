@@ -1,0 +1,525 @@
+//! The namespace without FUSE: random file-system operations applied to kvfs and to a
+//! simple in-memory tree, compared after every step and across reopen.
+
+use std::collections::BTreeMap;
+
+use crate::common::{memory, small_opts, Rng};
+use kvfs::db::{Db, Options};
+use kvfs::fs::keys::ROOT_INO;
+use kvfs::fs::{FsError, Kind, Namespace, RenameFlags, SetAttr};
+use kvfs::store::DynStore;
+
+const OWNER: (u32, u32) = (1000, 1000);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File(Vec<u8>),
+    Link(Vec<u8>),
+}
+
+type Model = BTreeMap<Vec<u8>, Node>;
+
+/// Resolve a path to an inode by looking up each component from the root.
+async fn resolve(ns: &Namespace, path: &[u8]) -> Result<u64, FsError> {
+    let mut ino = ROOT_INO;
+    if path.is_empty() {
+        return Ok(ino);
+    }
+    for comp in path.split(|b| *b == b'/') {
+        ino = ns.lookup(ino, comp).await?.ino;
+    }
+    Ok(ino)
+}
+
+fn parent_and_name(path: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (path[..i].to_vec(), path[i + 1..].to_vec()),
+        None => (Vec::new(), path.to_vec()),
+    }
+}
+
+/// Everything the namespace shows, walked from the root.
+async fn snapshot(ns: &Namespace) -> Model {
+    let mut out = Model::new();
+    let mut stack = vec![(Vec::new(), ROOT_INO)];
+    while let Some((path, ino)) = stack.pop() {
+        for e in ns.readdir(ino).await.unwrap() {
+            let child = if path.is_empty() {
+                e.name.clone()
+            } else {
+                [&path[..], b"/", &e.name[..]].concat()
+            };
+            let cino = ns.lookup(ino, &e.name).await.unwrap().ino;
+            assert_eq!(cino, e.attr.ino, "readdir and lookup agree on {child:?}");
+            match e.attr.kind {
+                Kind::Dir => {
+                    out.insert(child.clone(), Node::Dir);
+                    stack.push((child, cino));
+                }
+                Kind::File => {
+                    ns.open(cino, false).await.unwrap();
+                    let data = ns.read(cino, 0, u32::MAX).await.unwrap().to_vec();
+                    ns.release(cino).await.unwrap();
+                    assert_eq!(data.len() as u64, e.attr.size, "{child:?} size");
+                    out.insert(child, Node::File(data));
+                }
+                Kind::Symlink => {
+                    out.insert(child, Node::Link(ns.readlink(cino).await.unwrap()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn pick_path(rng: &mut Rng, model: &Model, want_dir: bool) -> Vec<u8> {
+    let names: Vec<&Vec<u8>> = model
+        .iter()
+        .filter(|(_, n)| !want_dir || **n == Node::Dir)
+        .map(|(k, _)| k)
+        .collect();
+    let base = if names.is_empty() || rng.below(4) == 0 {
+        Vec::new()
+    } else {
+        names[rng.below(names.len() as u64) as usize].clone()
+    };
+    let leaf = format!("n{}", rng.below(6)).into_bytes();
+    if base.is_empty() || !want_dir {
+        if want_dir {
+            return leaf;
+        }
+        return if base.is_empty() { leaf } else { base };
+    }
+    [&base[..], b"/", &leaf[..]].concat()
+}
+
+fn errno_of<T>(r: Result<T, FsError>) -> Option<i32> {
+    r.err().map(|e| e.errno())
+}
+
+async fn run(store: DynStore, seed: u64, steps: usize) {
+    let mut rng = Rng(seed | 1);
+    let mut model = Model::new();
+    let mut ns = Namespace::new(
+        Db::open_store(store.clone(), small_opts()).await.unwrap(),
+        OWNER,
+    )
+    .unwrap();
+    for step in 0..steps {
+        let op = rng.below(100);
+        match op {
+            0..=14 => {
+                // mkdir
+                let path = pick_path(&mut rng, &model, true);
+                let (parent, name) = parent_and_name(&path);
+                let want = if model.contains_key(&path) {
+                    Some(libc::EEXIST)
+                } else if !parent.is_empty() && model.get(&parent) != Some(&Node::Dir) {
+                    Some(libc::ENOENT)
+                } else {
+                    None
+                };
+                let r = async {
+                    let p = resolve(&ns, &parent).await?;
+                    ns.mkdir(p, &name, 0o755, OWNER).await
+                }
+                .await;
+                if want.is_none() {
+                    model.insert(path.clone(), Node::Dir);
+                }
+                assert_eq!(errno_of(r), want, "step {step}: mkdir {path:?}");
+            }
+            15..=39 => {
+                // create-or-open, write at an offset, sometimes fsync
+                let path = pick_path(&mut rng, &model, true);
+                let (parent, name) = parent_and_name(&path);
+                if !parent.is_empty() && model.get(&parent) != Some(&Node::Dir) {
+                    continue;
+                }
+                match model.get(&path) {
+                    Some(Node::File(_)) | None => {}
+                    _ => continue,
+                }
+                let p = resolve(&ns, &parent).await.unwrap();
+                let ino = match ns.lookup(p, &name).await {
+                    Ok(a) => a.ino,
+                    Err(_) => ns.create(p, &name, 0o644, OWNER).await.unwrap().ino,
+                };
+                ns.open(ino, false).await.unwrap();
+                let size = match rng.below(10) {
+                    0 => 100_000 + rng.below(100_000),
+                    1 => 5000,
+                    _ => 1 + rng.below(3000),
+                } as usize;
+                let cur = match model.get(&path) {
+                    Some(Node::File(d)) => d.clone(),
+                    _ => Vec::new(),
+                };
+                let offset = match rng.below(3) {
+                    0 => 0,
+                    1 => cur.len() as u64,
+                    _ => rng.below(cur.len() as u64 + 10_000),
+                };
+                let fill = rng.below(250) as u8 + 1;
+                let data: Vec<u8> = (0..size).map(|i| fill.wrapping_add(i as u8)).collect();
+                ns.write(ino, offset, &data).await.unwrap();
+                let mut new = cur;
+                let end = offset as usize + size;
+                if new.len() < end {
+                    new.resize(end, 0);
+                }
+                new[offset as usize..end].copy_from_slice(&data);
+                model.insert(path.clone(), Node::File(new.clone()));
+                let back = ns.read(ino, 0, u32::MAX).await.unwrap();
+                assert!(back == new, "step {step}: read after write of {path:?}");
+                if rng.below(4) == 0 {
+                    ns.fsync(ino).await.unwrap();
+                }
+                ns.release(ino).await.unwrap();
+            }
+            40..=47 => {
+                // truncate
+                let Some((path, Node::File(cur))) = model
+                    .iter()
+                    .find(|(_, n)| matches!(n, Node::File(_)))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                else {
+                    continue;
+                };
+                let ino = resolve(&ns, &path).await.unwrap();
+                let size = match rng.below(3) {
+                    0 => 0,
+                    1 => rng.below(cur.len() as u64 + 1),
+                    _ => cur.len() as u64 + rng.below(70_000),
+                };
+                ns.setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    },
+                )
+                .await
+                .unwrap();
+                let mut new = cur;
+                new.resize(size as usize, 0);
+                model.insert(path, Node::File(new));
+            }
+            48..=57 => {
+                // unlink / rmdir
+                let Some(path) = model
+                    .keys()
+                    .nth(rng.below(model.len().max(1) as u64) as usize)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let (parent, name) = parent_and_name(&path);
+                let p = resolve(&ns, &parent).await.unwrap();
+                let node = model.get(&path).cloned();
+                if node == Some(Node::Dir) {
+                    let busy = model
+                        .keys()
+                        .any(|k| k.starts_with(&[&path[..], b"/"].concat()));
+                    let r = ns.rmdir(p, &name).await;
+                    if busy {
+                        assert_eq!(errno_of(r), Some(libc::ENOTEMPTY), "step {step}");
+                    } else {
+                        r.unwrap();
+                        model.remove(&path);
+                    }
+                    assert!(errno_of(ns.unlink(p, &name).await).is_some());
+                } else {
+                    ns.unlink(p, &name).await.unwrap();
+                    model.remove(&path);
+                }
+            }
+            58..=71 => {
+                // rename (plain, noreplace or exchange)
+                if model.is_empty() {
+                    continue;
+                }
+                let src = model
+                    .keys()
+                    .nth(rng.below(model.len() as u64) as usize)
+                    .cloned()
+                    .unwrap();
+                let dst = pick_path(&mut rng, &model, true);
+                let (sp, sn) = parent_and_name(&src);
+                let (dp, dn) = parent_and_name(&dst);
+                if !dp.is_empty() && model.get(&dp) != Some(&Node::Dir) {
+                    continue;
+                }
+                let flags = match rng.below(4) {
+                    0 => RenameFlags {
+                        noreplace: true,
+                        exchange: false,
+                    },
+                    1 => RenameFlags {
+                        noreplace: false,
+                        exchange: true,
+                    },
+                    _ => RenameFlags::default(),
+                };
+                let spi = resolve(&ns, &sp).await.unwrap();
+                let dpi = resolve(&ns, &dp).await.unwrap();
+                let r = ns.rename(spi, &sn, dpi, &dn, flags).await;
+                let inside = |a: &[u8], b: &[u8]| b.starts_with(&[a, b"/"].concat());
+                let src_dir = model.get(&src) == Some(&Node::Dir);
+                let dst_node = model.get(&dst).cloned();
+                let want = if src == dst {
+                    None
+                } else if src_dir && inside(&src, &dst) {
+                    Some(libc::EINVAL)
+                } else if flags.exchange {
+                    match &dst_node {
+                        None => Some(libc::ENOENT),
+                        Some(Node::Dir) if inside(&dst, &src) => Some(libc::EINVAL),
+                        _ => None,
+                    }
+                } else {
+                    match (&dst_node, src_dir) {
+                        (Some(_), _) if flags.noreplace => Some(libc::EEXIST),
+                        (Some(Node::Dir), false) => Some(libc::EISDIR),
+                        (Some(Node::File(_)) | Some(Node::Link(_)), true) => Some(libc::ENOTDIR),
+                        (Some(Node::Dir), true) if model.keys().any(|k| inside(&dst, k)) => {
+                            Some(libc::ENOTEMPTY)
+                        }
+                        _ => None,
+                    }
+                };
+                assert_eq!(
+                    errno_of(r),
+                    want,
+                    "step {step}: rename {src:?} -> {dst:?} {flags:?}"
+                );
+                if want.is_none() && src != dst {
+                    let moved = |m: &Model, from: &[u8]| -> Vec<(Vec<u8>, Node)> {
+                        m.iter()
+                            .filter(|(k, _)| *k == from || inside(from, k))
+                            .map(|(k, v)| (k[from.len()..].to_vec(), v.clone()))
+                            .collect()
+                    };
+                    let a = moved(&model, &src);
+                    let b = moved(&model, &dst);
+                    model.retain(|k, _| {
+                        !(k == &src || inside(&src, k) || k == &dst || inside(&dst, k))
+                    });
+                    for (suffix, v) in a {
+                        model.insert([&dst[..], &suffix[..]].concat(), v);
+                    }
+                    if flags.exchange {
+                        for (suffix, v) in b {
+                            model.insert([&src[..], &suffix[..]].concat(), v);
+                        }
+                    }
+                }
+            }
+            72..=77 => {
+                // symlink
+                let path = pick_path(&mut rng, &model, true);
+                let (parent, name) = parent_and_name(&path);
+                if model.contains_key(&path)
+                    || (!parent.is_empty() && model.get(&parent) != Some(&Node::Dir))
+                {
+                    continue;
+                }
+                let p = resolve(&ns, &parent).await.unwrap();
+                let target = format!("../target{}", rng.below(100)).into_bytes();
+                ns.symlink(p, &name, &target, OWNER).await.unwrap();
+                model.insert(path, Node::Link(target));
+            }
+            78..=85 => {
+                assert_eq!(snapshot(&ns).await, model, "step {step}: tree");
+            }
+            86..=92 => {
+                // clean remount
+                ns.shutdown().await.unwrap();
+                ns = Namespace::new(
+                    Db::open_store(store.clone(), small_opts()).await.unwrap(),
+                    OWNER,
+                )
+                .unwrap();
+                assert_eq!(snapshot(&ns).await, model, "step {step}: after remount");
+            }
+            _ => {
+                // inode numbers are stable across a remount
+                let Some(path) = model.keys().next().cloned() else {
+                    continue;
+                };
+                let before = resolve(&ns, &path).await.unwrap();
+                ns.shutdown().await.unwrap();
+                ns = Namespace::new(
+                    Db::open_store(store.clone(), small_opts()).await.unwrap(),
+                    OWNER,
+                )
+                .unwrap();
+                assert_eq!(
+                    resolve(&ns, &path).await.unwrap(),
+                    before,
+                    "ino of {path:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(snapshot(&ns).await, model);
+    let files = model
+        .values()
+        .filter(|n| matches!(n, Node::File(_)))
+        .count();
+    let dirs = model.values().filter(|n| **n == Node::Dir).count();
+    eprintln!("seed {seed}: {files} files, {dirs} directories at the end");
+    ns.shutdown().await.unwrap();
+    let db = Db::open_store(store, Options::read_only()).await.unwrap();
+    let report = db.fsck(&mut |_| {}).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.issues);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_model_many_seeds() {
+    for seed in 1..=10u64 {
+        run(memory().1, seed * 104_729, 250).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_kv_api_appear_as_files_and_directories() {
+    let (_, store) = memory();
+    let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    db.put(b"users/42/profile.json", b"{\"name\":\"Ada\"}")
+        .await
+        .unwrap();
+    db.put(b"top", b"x").await.unwrap();
+    db.close().await.unwrap();
+    let ns = Namespace::new(
+        Db::open_store(store.clone(), small_opts()).await.unwrap(),
+        OWNER,
+    )
+    .unwrap();
+    let root: Vec<Vec<u8>> = ns
+        .readdir(ROOT_INO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(root, vec![b"top".to_vec(), b"users".to_vec()]);
+    let users = resolve(&ns, b"users").await.unwrap();
+    assert_eq!(ns.getattr(users).await.unwrap().kind, Kind::Dir);
+    let f = resolve(&ns, b"users/42/profile.json").await.unwrap();
+    ns.open(f, false).await.unwrap();
+    assert_eq!(
+        &ns.read(f, 0, 100).await.unwrap()[..],
+        b"{\"name\":\"Ada\"}"
+    );
+    ns.release(f).await.unwrap();
+    // Removing the last file keeps its (formerly implicit) directory.
+    let d42 = resolve(&ns, b"users/42").await.unwrap();
+    ns.unlink(d42, b"profile.json").await.unwrap();
+    assert!(ns.readdir(d42).await.unwrap().is_empty());
+    // A file written through the namespace is a plain key for the KV API.
+    let top = ns
+        .create(ROOT_INO, b"hello.txt", 0o600, OWNER)
+        .await
+        .unwrap()
+        .ino;
+    ns.open(top, false).await.unwrap();
+    ns.write(top, 0, b"hello").await.unwrap();
+    ns.release(top).await.unwrap();
+    ns.shutdown().await.unwrap();
+    let db = Db::open_store(store, Options::read_only()).await.unwrap();
+    assert_eq!(db.get(b"hello.txt").await.unwrap().unwrap(), &b"hello"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_overwrite_in_a_large_file_writes_one_block() {
+    let (_, store) = memory();
+    // No background checkpoints, whose PUTs would be counted below.
+    let opts = Options {
+        checkpoint_bytes: u64::MAX,
+        ..small_opts()
+    };
+    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER).unwrap();
+    let ino = ns.create(ROOT_INO, b"big", 0o644, OWNER).await.unwrap().ino;
+    ns.open(ino, false).await.unwrap();
+    let chunk = vec![7u8; 128 * 1024];
+    for i in 0..64u64 {
+        ns.write(ino, i * chunk.len() as u64, &chunk).await.unwrap();
+    }
+    ns.fsync(ino).await.unwrap();
+    let before = ns.db().metrics().put_bytes;
+    ns.write(ino, 3 * 1024 * 1024 + 100, &[1u8; 4096])
+        .await
+        .unwrap();
+    ns.fsync(ino).await.unwrap();
+    let written = ns.db().metrics().put_bytes - before;
+    // Two 4 KiB blocks touched, plus entry headers, attributes and segment framing.
+    assert!(
+        written < 16 * 1024,
+        "{written} bytes written for a 4 KiB overwrite"
+    );
+    let back = ns.read(ino, 3 * 1024 * 1024, 8192).await.unwrap();
+    assert_eq!(&back[..100], &[7u8; 100][..]);
+    assert_eq!(&back[100..4196], &[1u8; 4096][..]);
+    ns.release(ino).await.unwrap();
+    ns.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_model_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore =
+        std::sync::Arc::new(kvfs::store::local::LocalStore::open(dir.path()).unwrap());
+    run(store, 77, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinked_open_files_keep_their_content_until_closed() {
+    let (_, store) = memory();
+    let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    let big_data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let ns = Namespace::new(db, OWNER).unwrap();
+        for (name, data) in [(&b"small"[..], &b"tiny"[..]), (b"big", &big_data[..])] {
+            let ino = ns.create(ROOT_INO, name, 0o644, OWNER).await.unwrap().ino;
+            ns.open(ino, false).await.unwrap();
+            ns.write(ino, 0, data).await.unwrap();
+            ns.release(ino).await.unwrap();
+        }
+        ns.shutdown().await.unwrap();
+    }
+    // A fresh mount: nothing is loaded yet.
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER).unwrap();
+    let small = ns.lookup(ROOT_INO, b"small").await.unwrap().ino;
+    let big = ns.lookup(ROOT_INO, b"big").await.unwrap().ino;
+    ns.open(small, false).await.unwrap();
+    ns.open(big, false).await.unwrap();
+    ns.unlink(ROOT_INO, b"small").await.unwrap();
+    // Replace "big" by renaming a new file over it.
+    let other = ns
+        .create(ROOT_INO, b"other", 0o644, OWNER)
+        .await
+        .unwrap()
+        .ino;
+    ns.rename(ROOT_INO, b"other", ROOT_INO, b"big", RenameFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(&ns.read(small, 0, 100).await.unwrap()[..], b"tiny");
+    assert!(ns.read(big, 0, 400_000).await.unwrap() == big_data);
+    ns.release(small).await.unwrap();
+    ns.release(big).await.unwrap();
+    // The replaced file's blocks are gone once its last user closed it.
+    let blocks = ns
+        .db()
+        .scan_prefix(&kvfs::fs::keys::block_prefix(big), 10, true)
+        .await
+        .unwrap();
+    assert!(blocks.is_empty(), "{} blocks left", blocks.len());
+    assert_eq!(ns.lookup(ROOT_INO, b"big").await.unwrap().ino, other);
+    assert!(matches!(
+        ns.lookup(ROOT_INO, b"small").await,
+        Err(FsError::NotFound)
+    ));
+    ns.shutdown().await.unwrap();
+}
