@@ -172,13 +172,5 @@ async fn write(sh: &Shared) -> Result<()> {
     let mut st = sh.lock();
     st.manifest = m;
     st.log_bytes_since_checkpoint = st.log_bytes_since_checkpoint.saturating_sub(accounted);
-    // Objects no key refers to give their slots back (the open segment's is kept:
-    // writers append to it without looking its slot up).
-    let keep = st.log.open_slot;
-    let freed = st.index.release_unused(keep);
-    log::debug!(
-        "{freed} index slots released; {} in the table",
-        st.index.slot_table_len()
-    );
     Ok(())
 }

@@ -12,10 +12,11 @@
 //!   and the number of live keys. Those per-object counts are what the cleaner's
 //!   policy reads; they are derived from the index alone, so they are exact after any
 //!   recovery.
-//! - **released** slot: one no key refers to any more. [`Index::release_unused`]
-//!   (called after each checkpoint, under the state lock) frees such slots for reuse,
-//!   so the slot table is bounded by the objects that hold live data, not by every
-//!   object the store ever wrote.
+//! - **released** slot: the moment no key refers to an object any more, its slot is
+//!   freed for reuse (lowest first, and the free end of the table is cut off), so the
+//!   slot table is bounded by the objects that hold live data, not by every object
+//!   the store ever wrote. Whoever writes entries looks the slot up per entry
+//!   ([`Index::slot_for`]) rather than keeping it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -87,6 +88,12 @@ impl Index {
             ix.add_live(&k, &e);
             ix.map.insert(k, e);
         }
+        // Checkpoints of earlier versions list every object ever written.
+        for s in (0..ix.segments.len()).rev() {
+            if ix.slot_live[s].keys == 0 {
+                ix.release(s as u32);
+            }
+        }
         ix
     }
 
@@ -95,12 +102,16 @@ impl Index {
         if let Some(s) = self.slots.get(&id) {
             return *s;
         }
-        let s = match self.free.pop() {
-            Some(Reverse(s)) => s,
-            None => {
-                self.segments.push(FREE);
-                self.slot_live.push(ObjectLive::default());
-                (self.segments.len() - 1) as u32
+        let s = loop {
+            match self.free.pop() {
+                // Entries past the end (cut off) or reused meanwhile are stale.
+                Some(Reverse(s)) if self.segments.get(s as usize) == Some(&FREE) => break s,
+                Some(_) => continue,
+                None => {
+                    self.segments.push(FREE);
+                    self.slot_live.push(ObjectLive::default());
+                    break (self.segments.len() - 1) as u32;
+                }
             }
         };
         self.segments[s as usize] = id;
@@ -147,11 +158,38 @@ impl Index {
     fn sub_live(&mut self, key: &[u8], e: &IndexEntry) {
         let n = entry_bytes(key, e);
         self.live_bytes -= n;
-        if let Some(l) = self.slot_live.get_mut(e.loc.segment as usize) {
+        let slot = e.loc.segment;
+        if let Some(l) = self.slot_live.get_mut(slot as usize) {
             l.bytes -= n;
             l.stored -= entry_stored(key, e);
             l.keys -= 1;
             l.key_bytes -= key.len() as u64;
+            if l.keys == 0 {
+                self.release(slot);
+            }
+        }
+    }
+
+    /// Free `slot` (no key refers to its object any more).
+    fn release(&mut self, slot: u32) {
+        let Some(id) = self.segments.get(slot as usize).copied() else {
+            return;
+        };
+        if id == FREE {
+            return;
+        }
+        self.slots.remove(&id);
+        self.segments[slot as usize] = FREE;
+        self.slot_live[slot as usize] = ObjectLive::default();
+        self.free.push(Reverse(slot));
+        // Give back the free end of the table (stale heap entries are skipped).
+        while self.segments.last() == Some(&FREE) {
+            self.segments.pop();
+            self.slot_live.pop();
+        }
+        if self.free.len() > 2 * self.segments.len() + 16 {
+            let len = self.segments.len();
+            self.free.retain(|Reverse(s)| (*s as usize) < len);
         }
     }
 
@@ -175,31 +213,6 @@ impl Index {
     /// Number of slots in the table (in use or free).
     pub fn slot_table_len(&self) -> usize {
         self.segments.len()
-    }
-
-    /// Free every slot no key refers to, except `keep` (the open segment's, which
-    /// writers use without looking it up). Returns how many were freed.
-    pub fn release_unused(&mut self, keep: Option<u32>) -> usize {
-        let mut freed = 0;
-        for s in 0..self.segments.len() {
-            let id = self.segments[s];
-            if id == FREE || self.slot_live[s].keys > 0 || keep == Some(s as u32) {
-                continue;
-            }
-            self.slots.remove(&id);
-            self.segments[s] = FREE;
-            self.slot_live[s] = ObjectLive::default();
-            self.free.push(Reverse(s as u32));
-            freed += 1;
-        }
-        // Give back the free end of the table.
-        while self.segments.last() == Some(&FREE) {
-            self.segments.pop();
-            self.slot_live.pop();
-        }
-        let len = self.segments.len();
-        self.free.retain(|Reverse(s)| (*s as usize) < len);
-        freed
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
@@ -292,30 +305,36 @@ mod tests {
     }
 
     #[test]
-    fn released_slots_are_reused_and_the_table_shrinks() {
+    fn slots_are_released_when_no_key_refers_to_them_and_reused() {
         let mut ix = Index::default();
-        let ids: Vec<SegmentId> = (1..=5).map(|seq| SegmentId { epoch: 1, seq }).collect();
-        let slots: Vec<u32> = ids.iter().map(|id| ix.slot_for(*id)).collect();
-        ix.insert(b"a", entry(slots[1], 1));
-        ix.insert(b"b", entry(slots[3], 1));
-        // Slot 4 is kept (the open segment); 0 and 2 are freed.
-        assert_eq!(ix.release_unused(Some(slots[4])), 2);
-        assert_eq!(ix.segment(slots[0]), None);
-        assert_eq!(ix.slot_of(ids[0]), None);
-        assert_eq!(ix.slot_table_len(), 5);
-        // Reuse, lowest first; a resolved location never names the old object.
-        let n = ix.slot_for(SegmentId { epoch: 2, seq: 1 });
-        assert_eq!(n, 0);
-        assert_eq!(
-            ix.locate(&entry(0, 1).loc).unwrap().object,
-            SegmentId { epoch: 2, seq: 1 }
-        );
-        // Once everything is unreferenced the table is empty again.
-        ix.remove(b"a");
-        ix.remove(b"b");
-        ix.release_unused(None);
+        let ids: Vec<SegmentId> = (1..=4).map(|seq| SegmentId { epoch: 1, seq }).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let s = ix.slot_for(*id);
+            ix.insert(format!("k{i}").as_bytes(), entry(s, 1));
+        }
+        assert_eq!(ix.slot_table_len(), 4);
+        // The object's last key goes: its slot is free at once.
+        ix.remove(b"k1");
+        assert_eq!(ix.slot_of(ids[1]), None);
+        assert_eq!(ix.segment(1), None);
+        assert_eq!(ix.slot_table_len(), 4);
+        // Reused, lowest first; a resolved location never names the old object.
+        let new = SegmentId { epoch: 2, seq: 1 };
+        assert_eq!(ix.slot_for(new), 1);
+        assert_eq!(ix.locate(&entry(1, 1).loc).unwrap().object, new);
+        // An overwrite within the same object keeps the slot.
+        ix.insert(b"k9", entry(1, 3));
+        ix.insert(b"k9", entry(1, 4));
+        assert_eq!(ix.slot_of(new), Some(1));
+        // The free end of the table is cut off.
+        ix.remove(b"k3");
+        ix.remove(b"k2");
+        assert_eq!(ix.slot_table_len(), 2);
+        ix.remove(b"k0");
+        ix.remove(b"k9");
         assert_eq!(ix.slot_table_len(), 0);
         assert_eq!(ix.slot_for(ids[2]), 0);
         assert_eq!(ix.slot_for(ids[3]), 1);
+        assert_eq!(ix.slot_table_len(), 2);
     }
 }

@@ -302,20 +302,16 @@ impl Shared {
             log.seal_open();
             sh.wake_uploader.notify_one();
         }
-        let slot = match log.open_slot {
-            Some(s) => s,
-            None => {
-                let s = index.slot_for(log.open.id());
-                log.open_slot = Some(s);
-                s
-            }
-        };
+        let open_id = log.open.id();
         let before = log.open.len();
         let mut relocated = 0;
         for op in ops {
             match *op {
                 Op::Put { key, meta, value } => {
                     let offset = log.open.put(key, meta, value);
+                    // Looked up per entry: a slot is released the moment no key
+                    // refers to its object any more.
+                    let slot = index.slot_for(open_id);
                     index.insert(
                         key,
                         IndexEntry {

@@ -394,22 +394,25 @@ fn apply_segment(
         .entries()
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::corrupt(name.clone(), e))?;
-    let slot = index.slot_for(id);
     for e in entries {
         *replayed += encoded_len(&e) as u64;
         let meta = (!e.meta.is_empty()).then(|| Box::from(e.meta));
         match e.kind {
-            EntryKind::Put => index.insert(
-                e.key,
-                IndexEntry {
-                    loc: Location {
-                        segment: slot,
-                        offset: e.value_offset,
-                        value_len: e.value_len,
+            EntryKind::Put => {
+                // Per entry: a delete may have released the slot meanwhile.
+                let slot = index.slot_for(id);
+                index.insert(
+                    e.key,
+                    IndexEntry {
+                        loc: Location {
+                            segment: slot,
+                            offset: e.value_offset,
+                            value_len: e.value_len,
+                        },
+                        meta,
                     },
-                    meta,
-                },
-            ),
+                )
+            }
             EntryKind::Delete => index.remove(e.key),
             EntryKind::Link => {
                 let target = e.target.unwrap_or(id);

@@ -35,7 +35,6 @@ pub struct SealedSegment {
 pub struct LogState {
     pub epoch: u64,
     pub open: SegmentBuilder,
-    pub open_slot: Option<u32>,
     pub open_since: Option<Instant>,
     pub sealed: VecDeque<SealedSegment>,
     pub inflight: BTreeMap<u64, SealedSegment>,
@@ -58,7 +57,6 @@ impl LogState {
         LogState {
             epoch,
             open: SegmentBuilder::new(SegmentId { epoch, seq: 1 }, 0),
-            open_slot: None,
             open_since: None,
             sealed: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -88,7 +86,6 @@ impl LogState {
             capacity,
         );
         let old = std::mem::replace(&mut self.open, next);
-        self.open_slot = None;
         self.open_since = None;
         self.last_sealed_seq = id.seq;
         self.sealed.push_back(SealedSegment {

@@ -41,6 +41,11 @@ pub struct Stats {
     pub open_time: Duration,
     /// Bytes held by the read cache of this handle.
     pub cache_bytes: u64,
+    /// Entries of the index's slot table (data objects that live keys refer to,
+    /// plus freed slots waiting for reuse): bounded by the live data.
+    pub index_slots: u64,
+    /// Bytes of the current checkpoint (0 without one).
+    pub current_checkpoint_bytes: u64,
     pub requests: Metrics,
     /// What GC and compaction did through this handle.
     pub gc: GcCounters,
@@ -68,7 +73,7 @@ fn fill_bucket(live: u64, size: u64) -> usize {
 pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
     let listed = sh.store.list("").await?;
     let lease = peek(&sh.store).await.unwrap_or(None);
-    let (keys, live_bytes, manifest, cache_bytes, live_by_object, gc) = {
+    let (keys, live_bytes, manifest, cache_bytes, live_by_object, gc, index_slots) = {
         let st = sh.lock();
         (
             st.index.len() as u64,
@@ -77,6 +82,7 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
             st.cache.bytes() as u64,
             st.index.live_by_object(),
             st.gc.counters,
+            st.index.slot_table_len() as u64,
         )
     };
     let mut s = Stats {
@@ -103,6 +109,8 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
         lease,
         open_time: sh.opened_in,
         cache_bytes,
+        index_slots,
+        current_checkpoint_bytes: 0,
         requests: Metrics::default(),
         gc,
     };
@@ -126,9 +134,12 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
                     s.unneeded_bytes += o.size;
                 }
             }
-            ObjectKind::Checkpoint(_) => {
+            ObjectKind::Checkpoint(n) => {
                 s.checkpoints += 1;
                 s.checkpoint_bytes += o.size;
+                if s.checkpoint == Some(n) {
+                    s.current_checkpoint_bytes = o.size;
+                }
             }
             ObjectKind::Manifest(_) => s.manifests += 1,
             ObjectKind::Lease => {}
@@ -179,6 +190,11 @@ impl fmt::Display for Stats {
             f,
             "checkpoints      {} ({} bytes)",
             self.checkpoints, self.checkpoint_bytes
+        )?;
+        writeln!(
+            f,
+            "index            {} slots; current checkpoint {} bytes",
+            self.index_slots, self.current_checkpoint_bytes
         )?;
         writeln!(f, "manifests        {}", self.manifests)?;
         if self.other_objects > 0 {

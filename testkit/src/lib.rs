@@ -9,6 +9,7 @@
 //!   helpers for other FUSE file systems.
 //! - [`crash_workload`]: the deterministic batch workload that crash tests and the
 //!   crash benchmark write, and its model.
+//! - [`recording`]: an object-store layer that records every request.
 //! - [`fixtures`]: small helpers of the engine tests: an S3 server with one bucket,
 //!   options that make many small objects, a deterministic random generator.
 //!
@@ -18,4 +19,5 @@ pub mod crash_workload;
 pub mod faults;
 pub mod fixtures;
 pub mod mount;
+pub mod recording;
 pub mod server;

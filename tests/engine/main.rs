@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod convergence;
 mod crash;
 mod engine;
 mod faults;

@@ -395,6 +395,7 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         sh.store.delete(&segment_name(id)).await?;
         let mut st = sh.lock();
         st.objects.remove(id);
+        st.gc.not_worth.remove(&id);
         st.gc.counters.objects_deleted += 1;
         st.gc.counters.bytes_deleted += size;
         deleted += 1;
