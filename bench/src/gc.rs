@@ -19,7 +19,14 @@
 //!    handle (`scan --prefix dir/`, every value) before and after `kvfs compact`:
 //!    GETs, bytes fetched, seconds.
 //!
-//! Both run against the in-process S3 server with `--put-latency-ms` and
+//! 3. **Fixed point and idle cost.** On the store the first overwrite run left,
+//!    `kvfs gc` (on-demand cleaning, no grace period) three times in a row: rounds,
+//!    objects rewritten and deleted per pass (the second and third must do nothing).
+//!    Then a writer with the production defaults (background GC every 5 s, 20 s
+//!    lease) left idle for `--idle-seconds`: every request it makes, by object, as
+//!    requests per hour (only lease renewals are expected).
+//!
+//! All run against the in-process S3 server with `--put-latency-ms` and
 //! `--get-latency-ms` injected.
 
 use std::path::PathBuf;
@@ -29,6 +36,8 @@ use clap::Args;
 use rand::Rng;
 
 use kvfs::db::{Db, GcOptions, Options};
+
+use kvfs_testkit::recording::{RecordingStore, Request};
 
 use crate::plot;
 use crate::report::{quantile, Table};
@@ -57,6 +66,9 @@ pub struct GcArgs {
     /// Grace period before an unneeded object is deleted.
     #[arg(long, default_value_t = 1000)]
     grace_ms: u64,
+    /// How long the idle writer of the fixed-point experiment is watched.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
     /// Files in the directory of the cold-scan experiment.
     #[arg(long, default_value_t = 10_000)]
     scan_files: u32,
@@ -64,7 +76,8 @@ pub struct GcArgs {
     put_latency_ms: u64,
     #[arg(long, default_value_t = 15)]
     get_latency_ms: u64,
-    /// A short run: 10,000 keys overwritten at 1,000/s for 20 s, 2,000 files.
+    /// A short run: 10,000 keys overwritten at 1,000/s for 20 s, 2,000 files, 20 s
+    /// idle.
     #[arg(long)]
     quick: bool,
     /// Write gc_space.csv, gc_space_over_time.csv and gc_scan.csv here.
@@ -292,6 +305,7 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
         a.overwrites_per_sec = a.overwrites_per_sec.min(1_000);
         a.seconds = a.seconds.min(20);
         a.scan_files = a.scan_files.min(2_000);
+        a.idle_seconds = a.idle_seconds.min(20);
     }
     let ep = LocalEndpoint::start(a.put_latency_ms, a.get_latency_ms).await?;
     eprintln!("space amplification under overwrites");
@@ -378,13 +392,20 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
         ]);
     }
     print!("{}", scan_table.render());
+
+    let first = a.clean_below_fill.first().copied().unwrap_or(0.7);
+    eprintln!("fixed point: kvfs gc three times on the store of threshold {first}, then idle");
+    let fixed = fixed_point(&ep, &format!("space-{first}"), a.idle_seconds).await?;
+    print!("{}", fixed.render());
     if let Some(out) = &a.out {
         summary.write_csv(out, "gc_space")?;
         over_time.write_csv(out, "gc_space_over_time")?;
         scan_table.write_csv(out, "gc_scan")?;
+        fixed.write_csv(out, "gc_fixed_point")?;
         plot_results(out, &results, &scan);
         eprintln!(
-            "wrote gc_space.csv, gc_space_over_time.csv, gc_scan.csv and charts in {}",
+            "wrote gc_space.csv, gc_space_over_time.csv, gc_scan.csv, gc_fixed_point.csv \
+             and charts in {}",
             out.display()
         );
     }
@@ -392,3 +413,68 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
     let _ = std::fs::remove_dir_all(&ep.root);
     Ok(())
 }
+
+/// `kvfs gc` three times on the store at `prefix`, then an idle writer with the
+/// production defaults watched for `idle_seconds`.
+async fn fixed_point(ep: &LocalEndpoint, prefix: &str, idle_seconds: u64) -> BenchResult<Table> {
+    let mut t = Table::new(
+        "kvfs gc until nothing is left to do, then an idle writer",
+        &["phase", "metric", "value"],
+    );
+    let opts = Options {
+        gc: GcOptions {
+            background: false,
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    for pass in 1..=3 {
+        let db = Db::open_store(ep.store(prefix), opts.clone()).await?;
+        let started = Instant::now();
+        let c = db
+            .gc(&mut |_| {})
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        db.close().await?;
+        eprintln!("  gc pass {pass}: {c} in {seconds:.1} s");
+        let phase = format!("gc_pass_{pass}");
+        for (metric, value) in [
+            ("rounds", c.rewrites as f64),
+            ("objects_rewritten", c.objects_rewritten as f64),
+            ("runs_written", c.runs_written as f64),
+            ("objects_deleted", c.objects_deleted as f64),
+            ("metadata_deleted", c.metadata_deleted as f64),
+            ("seconds", seconds),
+        ] {
+            t.row(vec![phase.clone(), metric.to_string(), format!("{value}")]);
+        }
+    }
+    let rec = RecordingStore::new(ep.store(prefix));
+    let db = Db::open_store(rec.clone(), Options::default()).await?;
+    let from = rec.len();
+    eprintln!("  idle writer with default options for {idle_seconds} s ...");
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let seen = rec.since(from);
+    db.close().await?;
+    let per_hour = |n: usize| n as f64 * 3600.0 / idle_seconds as f64;
+    let puts = seen.iter().filter(|r| r.request == Request::Put).count();
+    let lease_puts = seen
+        .iter()
+        .filter(|r| r.request == Request::Put && r.key == "lease")
+        .count();
+    let other = seen.iter().filter(|r| r.key != "lease").count();
+    eprintln!(
+        "  idle: {puts} PUTs ({lease_puts} of the lease), {other} requests for other objects"
+    );
+    for (metric, value) in [
+        ("seconds_watched", idle_seconds as f64),
+        ("puts_per_hour", per_hour(puts)),
+        ("lease_puts_per_hour", per_hour(lease_puts)),
+        ("other_requests_per_hour", per_hour(other)),
+    ] {
+        t.row(vec!["idle".to_string(), metric.to_string(), format!("{value:.1}")]);
+    }
+    Ok(t)
+}
+

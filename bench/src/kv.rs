@@ -46,7 +46,7 @@ pub struct KvArgs {
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     flush_interval_ms: Vec<u64>,
     /// Concurrent writers of the durable runs, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
     /// Pairs per cell (default: see the module documentation).
     #[arg(long)]
