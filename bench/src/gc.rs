@@ -432,9 +432,7 @@ async fn fixed_point(ep: &LocalEndpoint, prefix: &str, idle_seconds: u64) -> Ben
     for pass in 1..=3 {
         let db = Db::open_store(ep.store(prefix), opts.clone()).await?;
         let started = Instant::now();
-        let c = db
-            .gc(&mut |_| {})
-            .await?;
+        let c = db.gc(&mut |_| {}).await?;
         let seconds = started.elapsed().as_secs_f64();
         db.close().await?;
         eprintln!("  gc pass {pass}: {c} in {seconds:.1} s");
@@ -473,8 +471,11 @@ async fn fixed_point(ep: &LocalEndpoint, prefix: &str, idle_seconds: u64) -> Ben
         ("lease_puts_per_hour", per_hour(lease_puts)),
         ("other_requests_per_hour", per_hour(other)),
     ] {
-        t.row(vec!["idle".to_string(), metric.to_string(), format!("{value:.1}")]);
+        t.row(vec![
+            "idle".to_string(),
+            metric.to_string(),
+            format!("{value:.1}"),
+        ]);
     }
     Ok(t)
 }
-

@@ -748,3 +748,64 @@ fn read_only_commands_do_not_create_a_local_store() {
         assert!(!path.exists(), "{cmd:?} created {}", path.display());
     }
 }
+
+/// The store of the report: one tiny live key beside deleted and overwritten data.
+/// `kvfs gc` ends; run again, it rewrites nothing and deletes no data object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_gc_ends_and_a_second_gc_does_nothing() {
+    let s3 = S3::start().await;
+    let url = format!("s3://{BUCKET}/cli/gc-small");
+    s3.run(&["put", &url, "k", "v"]).await.ok();
+    s3.run(&["put", &url, "other", "w"]).await.ok();
+    s3.run(&["delete", &url, "other"]).await.ok();
+    let two_kb = "x".repeat(2000);
+    for i in 0..50 {
+        s3.run(&["put", &url, &format!("p{i:02}"), &two_kb])
+            .await
+            .ok();
+    }
+    let first = s3.run(&["gc", &url, "--gc-grace-secs", "0"]).await.ok();
+    assert!(first.contains("rewritten into"), "{first}");
+    for _ in 0..2 {
+        let again = s3.run(&["gc", &url, "--gc-grace-secs", "0"]).await;
+        let summary = again.ok();
+        assert!(
+            summary.starts_with("0 objects (0 bytes) rewritten into 0 runs")
+                && summary.contains("; 0 objects (0 bytes) and"),
+            "a second gc did work: {summary}\n{}",
+            again.stderr()
+        );
+    }
+    assert_eq!(s3.run(&["get", &url, "k"]).await.ok(), "v");
+    let keys = scan_keys(&s3.run(&["scan", &url, "--keys-only"]).await.ok());
+    assert_eq!(keys.len(), 51);
+    let fsck = s3.run(&["fsck", &url]).await.ok();
+    assert!(fsck.contains("no problems found"), "{fsck}");
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_naming_the_flag() {
+    let (dir, path, store) = local_store();
+    let err = kvfs(&["put", &store, "k", "v", "--segment-bytes", "10"]).fails(2);
+    assert!(
+        err.contains("invalid --segment-bytes: must be at least 4096 (got 10)"),
+        "{err}"
+    );
+    let err = kvfs(&["put", &store, "k", "v", "--flush-interval-ms", "0"]).fails(2);
+    assert!(err.contains("invalid --flush-interval-ms"), "{err}");
+    let err = kvfs(&["gc", &store, "--round-bytes", "0"]).fails(2);
+    assert!(err.contains("invalid --round-bytes"), "{err}");
+    // Refused before anything starts: no store was created, no mount attempted.
+    let point = dir.path().join("m");
+    std::fs::create_dir_all(&point).unwrap();
+    let err = kvfs(&[
+        "mount",
+        &store,
+        point.to_str().unwrap(),
+        "--max-unflushed-bytes",
+        "0",
+    ])
+    .fails(2);
+    assert!(err.contains("invalid --max-unflushed-bytes"), "{err}");
+    assert!(!path.exists(), "a refused command created the store");
+}

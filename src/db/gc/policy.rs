@@ -538,10 +538,7 @@ mod tests {
             };
             let mut next_run = 1;
             let mut rounds = 0;
-            loop {
-                let Choice::Rewrite { reason, sources } = choose(&objs, &cfg) else {
-                    break;
-                };
+            while let Choice::Rewrite { reason, sources } = choose(&objs, &cfg) {
                 prop_assert!(!sources.is_empty());
                 let before = movable_bytes(&objs);
                 let segments_before = objs.iter().filter(|o| movable(o) && !o.id.is_run()).count();
