@@ -762,3 +762,43 @@ fn gc_and_compaction_keep_every_file_and_reclaim_space() {
     assert_eq!(m.sh("ls src/a | wc -l").trim(), "149");
     m.finish();
 }
+
+/// Objects of a local store other than its lease, by path.
+fn store_objects(store: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in ["seg", "run", "ckpt", "manifest"] {
+        let Ok(entries) = std::fs::read_dir(store.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            out.push(format!("{dir}/{name}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A mount with nothing to do writes no object but its lease: after files were
+/// written and fsynced, two background GC rounds and a flush interval pass without
+/// a new or deleted segment, run, checkpoint or manifest.
+#[test]
+fn an_idle_mount_writes_nothing_but_its_lease() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    m.sh("mkdir d && for i in $(seq 1 50); do echo file $i > d/f$i; done && sync");
+    let store = PathBuf::from(fx.store());
+    // Let the writes' own uploads land.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = store_objects(&store);
+    assert!(before.iter().any(|o| o.starts_with("seg/")), "{before:?}");
+    // Two rounds of the background cleaner (every 5 s) and many flush intervals.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        store_objects(&store),
+        before,
+        "an idle mount wrote or deleted objects"
+    );
+    assert_eq!(m.sh("cat d/f7"), "file 7\n");
+    m.finish();
+}
