@@ -410,6 +410,8 @@ impl Shared {
             } else {
                 let seq = log.open.id().seq;
                 log.sync_target = log.sync_target.max(seq);
+                log.open_syncers += 1;
+                log.open_first_sync.get_or_insert_with(Instant::now);
                 seq
             }
         };
@@ -1065,10 +1067,6 @@ impl Db {
         }
     }
 
-    fn stop_tasks(&self) {
-        self.handle.shared.stop_tasks();
-    }
-
     /// Simulate a crash in tests: stop background work without flushing or releasing.
     /// Only with the `test-hooks` feature; not part of the stable API.
     #[cfg(feature = "test-hooks")]
@@ -1083,7 +1081,7 @@ impl Db {
             sh.space_freed.notify_waiters();
             sh.checkpoint_done.notify_waiters();
         }
-        self.stop_tasks();
+        self.handle.shared.stop_tasks();
     }
 
     /// Counters and positions for `kvfs stats`.

@@ -24,6 +24,12 @@ use crate::format::manifest::Manifest;
 use crate::format::names::SegmentId;
 use crate::format::segment::{SegmentBuilder, FOOTER_LEN, HEADER_LEN};
 
+/// Longest a sync-requested seal waits, after the previous sync segment landed, for
+/// the syncs it released to come back (writers that sync in step, such as 16
+/// threads that each write and fsync a file, return a few hundred microseconds to a
+/// few milliseconds apart). A lone writer's group is 1, so it never waits.
+pub const GROUP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A segment closed for appends.
 #[derive(Clone, Debug)]
 pub struct SealedSegment {
@@ -48,6 +54,17 @@ pub struct LogState {
     /// for syncs only once it is durable, so the syncs that arrive meanwhile share one
     /// PUT (group commit) instead of each starting its own.
     pub sync_sealed_seq: u64,
+    /// Syncs waiting for the open segment, and when the first of them arrived.
+    pub open_syncers: usize,
+    pub open_first_sync: Option<Instant>,
+    /// Syncs waiting for the segment sealed for syncs (`sync_sealed_seq`).
+    pub sync_group: usize,
+    /// The group the next sync-sealed segment waits for (at most
+    /// [`GROUP_COMMIT_WAIT`] from the moment the previous one landed): the syncs that
+    /// landing released plus those already waiting then.
+    pub group_hint: usize,
+    /// When the previous sync-sealed segment landed.
+    pub group_landed: Option<Instant>,
     /// Entry bytes appended but not yet durable.
     pub unflushed_bytes: usize,
 }
@@ -65,6 +82,11 @@ impl LogState {
             last_sealed_seq: 0,
             sync_target: 0,
             sync_sealed_seq: 0,
+            open_syncers: 0,
+            open_first_sync: None,
+            sync_group: 0,
+            group_hint: 1,
+            group_landed: None,
             unflushed_bytes: 0,
         }
     }
@@ -86,6 +108,8 @@ impl LogState {
             capacity,
         );
         let old = std::mem::replace(&mut self.open, next);
+        self.open_syncers = 0;
+        self.open_first_sync = None;
         self.open_since = None;
         self.last_sealed_seq = id.seq;
         self.sealed.push_back(SealedSegment {
@@ -114,8 +138,14 @@ impl LogState {
     pub fn complete(&mut self, seq: u64) -> Option<SealedSegment> {
         let seg = self.inflight.remove(&seq)?;
         self.done.insert(seq);
+        let was_waiting = self.sync_sealed_seq > self.durable_seq;
         while self.done.remove(&(self.durable_seq + 1)) {
             self.durable_seq += 1;
+        }
+        if was_waiting && self.sync_sealed_seq <= self.durable_seq {
+            // The sync group landed: expect it back, with those waiting already.
+            self.group_hint = (self.sync_group + self.open_syncers).max(1);
+            self.group_landed = Some(Instant::now());
         }
         let entry_bytes = seg.data.len().saturating_sub(HEADER_LEN + FOOTER_LEN);
         self.unflushed_bytes = self.unflushed_bytes.saturating_sub(entry_bytes);

@@ -2,19 +2,24 @@
 //! the durable point) and the lease renewer.
 //!
 //! **Group commit.** A sync does not upload by itself: it marks the open segment as
-//! wanted and wakes the uploader. The uploader seals it at once when no segment
-//! sealed for an earlier sync is still in flight (so a lone writer's sync costs one
-//! round trip); otherwise writes and syncs keep landing in the open segment, and it
-//! is sealed the moment the earlier one is durable. Every sync that arrives during
-//! one round trip so shares the next PUT. Full segments and the flush interval seal
+//! wanted and wakes the uploader. The uploader seals it when no segment sealed for an
+//! earlier sync is still in flight; otherwise writes and syncs keep landing in the
+//! open segment until the earlier one is durable. The landing releases a *group* of
+//! syncs, which tend to come back together: the next sync segment waits until as many
+//! syncs as that group plus those already waiting have arrived, or
+//! [`GROUP_COMMIT_WAIT`] has passed since the landing. A lone writer's group is 1, so
+//! its sync costs one round trip and never waits. Every sync that arrives during one
+//! round trip so shares the next PUT. Full segments and the flush interval seal
 //! independently of syncs, and up to `max_inflight_uploads` segments upload at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::cache::CacheKey;
 use super::error::Error;
-use super::state::SealedSegment;
+use super::state::{LogState, SealedSegment, GROUP_COMMIT_WAIT};
 use super::tasks::Kind;
 use super::{checkpointer, Shared};
 use crate::format::names::segment_name;
@@ -42,11 +47,15 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                     continue;
                 }
                 let open_seq = log.open.id().seq;
-                // Syncs wait for the open segment: seal it now unless an earlier
-                // sync's segment is still on its way, in which case the syncs that
-                // keep arriving share the next PUT, started when that one lands.
-                let for_sync =
-                    log.sync_target >= open_seq && log.sync_sealed_seq <= log.durable_seq;
+                // Syncs wait for the open segment: seal it unless an earlier sync's
+                // segment is still on its way (the syncs that keep arriving then
+                // share the next PUT, started when that one lands), once as many
+                // syncs as shared the last one have arrived or a short wait is over.
+                let gathered = log.open_syncers >= log.group_hint
+                    || gather_start(log).is_none_or(|t| t.elapsed() >= GROUP_COMMIT_WAIT);
+                let for_sync = log.sync_target >= open_seq
+                    && log.sync_sealed_seq <= log.durable_seq
+                    && gathered;
                 let due = !log.open.is_empty()
                     && (closing
                         || for_sync
@@ -58,18 +67,25 @@ pub(crate) async fn run(sh: Arc<Shared>) {
                 }
                 if log.sync_target >= open_seq {
                     log.sync_sealed_seq = open_seq;
+                    log.sync_group = log.open_syncers;
                 }
                 log.seal_open();
             }
             if closed && log.is_idle() {
                 return;
             }
-            let pause = match log.open_since {
+            let mut pause = match log.open_since {
                 Some(t) if !log.open.is_empty() => {
                     sh.opts.flush_interval.saturating_sub(t.elapsed())
                 }
                 _ => sh.opts.flush_interval,
             };
+            // A sync group still gathering: look again when its wait is over.
+            if let Some(t) = gather_start(log) {
+                if log.sync_sealed_seq <= log.durable_seq {
+                    pause = pause.min(GROUP_COMMIT_WAIT.saturating_sub(t.elapsed()));
+                }
+            }
             (starts, pause.max(Duration::from_millis(1)))
         };
         for seg in starts {
@@ -80,6 +96,13 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Since when the syncs waiting for the open segment have been gathering: the later
+/// of the first one's arrival and the landing of the previous sync segment.
+fn gather_start(log: &LogState) -> Option<Instant> {
+    let first = log.open_first_sync?;
+    Some(log.group_landed.map_or(first, |landed| landed.max(first)))
 }
 
 /// Upload one sealed segment and account for the result.

@@ -311,7 +311,8 @@ async fn slot_table_and_checkpoint_follow_the_live_data() {
 }
 
 /// Sixteen writers that each write and sync, against a store with 25 ms PUTs:
-/// their syncs share PUTs, and one writer's sync costs one PUT round trip.
+/// their syncs share PUTs (a sync segment waits a few milliseconds for the writers
+/// the previous one released), and one writer's sync costs one PUT round trip.
 #[tokio::test(start_paused = true)]
 async fn concurrent_syncs_share_puts() {
     const PUT: Duration = Duration::from_millis(25);
@@ -334,6 +335,10 @@ async fn concurrent_syncs_share_puts() {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..per_writer {
+                    // Writers do not move in step: each takes its own 0-2 ms to
+                    // prepare the next file.
+                    let think = ((w * 7919 + i * 104_729) % 2000) as u64;
+                    tokio::time::sleep(Duration::from_micros(think)).await;
                     db.put(format!("w{w:02}/f{i:03}").as_bytes(), &[7u8; 1024])
                         .await
                         .unwrap();
