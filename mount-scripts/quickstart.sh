@@ -25,6 +25,17 @@ echo "== keys through the CLI, in $store"
 "$kvfs" get "$store" greeting; echo
 "$kvfs" scan "$store" --prefix users/
 
+# fusermount3 returns once the kernel lets go; the daemon then uploads what is left
+# and gives the writer lease back. Wait (at most 30 s) for that before the next
+# writer, or the store would still be in use.
+unmount() {
+    fusermount3 -u "$mnt"
+    for _ in $(seq 300); do
+        "$kvfs" stats "$store" | grep -q '^lease *released' && return
+        sleep 0.1
+    done
+}
+
 echo "== the same store as a file system at $mnt"
 mkdir -p "$mnt"
 "$kvfs" mount "$store" "$mnt"          # returns once mounted; runs in the background
@@ -34,12 +45,12 @@ echo hello > "$mnt/a/b"
 cat "$mnt/a/b"
 ls -l "$mnt/a"
 cat "$mnt/users/42/profile.json"; echo
-fusermount3 -u "$mnt"                    # uploads everything, then unmounts
+unmount                                  # uploads everything, then unmounts
 
 echo "== remounted: the file is still there"
 "$kvfs" mount "$store" "$mnt"
 cat "$mnt/a/b"
-fusermount3 -u "$mnt"
+unmount
 trap - EXIT
 "$kvfs" get "$store" a/b
 echo "== store statistics and a full check"

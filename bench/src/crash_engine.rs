@@ -8,121 +8,37 @@
 //! before any acknowledged sync), or after a number of acknowledgements.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::ops::Bound;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvfs::db::Db;
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs_testkit::server::{TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use kvfs_testkit::server::TestS3Server;
 use rand::rngs::StdRng;
 use rand::Rng;
-use tokio::sync::mpsc;
 
 use crate::crash::{ModeResult, Trial};
 use crate::crash_child::writer_options;
 use crate::mount::BenchResult;
-use kvfs_testkit::crash_workload::{parse_batch, Model, MARKER};
+use kvfs_testkit::crash_workload::{parse_batch, parse_event, Event, Model, WriterProcess, MARKER};
 
-/// The longest the parent waits for one line of the child's output.
-const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 const BUCKET: &str = "crash";
 const PREFIX: &str = "engine";
 
-/// A running writer process; killed and reaped on drop.
-struct ChildProc {
-    child: Option<Child>,
-    lines: mpsc::UnboundedReceiver<String>,
-    stderr_path: PathBuf,
-}
-
-impl ChildProc {
-    fn spawn(args: &[String], server: &TestS3Server, stderr_path: &Path) -> BenchResult<Self> {
-        let stderr = std::fs::File::create(stderr_path)
-            .map_err(|e| format!("{}: {e}", stderr_path.display()))?;
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(&exe)
-            .arg("crash-child")
-            .args(args)
-            .env("AWS_ENDPOINT_URL", server.endpoint())
-            .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
-            .env("AWS_REGION", TEST_REGION)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent/kvfs-bench-config")
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/kvfs-bench-credentials",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .map_err(|e| format!("{}: {e}", exe.display()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or("the writer process has no stdout")?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(ChildProc {
-            child: Some(child),
-            lines,
-            stderr_path: stderr_path.to_path_buf(),
-        })
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// The next line of output, `None` at its end.
-    async fn next_line(&mut self) -> BenchResult<Option<String>> {
-        match tokio::time::timeout(LINE_TIMEOUT, self.lines.recv()).await {
-            Ok(line) => Ok(line),
-            Err(_) => Err(format!(
-                "no output from the writer process for {LINE_TIMEOUT:?}; its stderr:\n{}",
-                self.stderr()
-            )
-            .into()),
-        }
-    }
-
-    /// SIGKILL, reap, and return the exit status and the lines not read yet.
-    async fn kill(&mut self) -> BenchResult<(std::process::ExitStatus, Vec<String>)> {
-        let mut child = self.child.take().ok_or("the writer was already reaped")?;
-        let status = tokio::task::spawn_blocking(move || {
-            let _ = child.kill();
-            child.wait()
-        })
-        .await??;
-        let mut rest = Vec::new();
-        while let Some(line) = self.next_line().await? {
-            rest.push(line);
-        }
-        Ok((status, rest))
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Start a writer process (`kvfs-bench crash-child ARGS`) against `server`.
+fn spawn_child(
+    args: &[String],
+    server: &TestS3Server,
+    stderr_path: &Path,
+) -> BenchResult<WriterProcess> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("crash-child").args(args).envs(server.client_env());
+    Ok(WriterProcess::spawn(cmd, stderr_path)?)
 }
 
 /// When to kill.
@@ -150,14 +66,6 @@ impl KillAt {
             KillAt::Acked(n, d) => format!("{} ms after {n} acks", d.as_millis()),
         }
     }
-}
-
-fn ack_of(line: &str) -> Option<u64> {
-    line.strip_prefix("ACK ")?.trim().parse().ok()
-}
-
-fn is_ready(line: &str) -> bool {
-    line.starts_with("READY ")
 }
 
 /// Run `trials` kill-and-recover trials against a store on `server`.
@@ -195,18 +103,20 @@ pub async fn run(
             "--checkpoint-bytes".into(),
             checkpoint_bytes.to_string(),
         ];
-        let mut child = ChildProc::spawn(&args, server, &scratch.join(format!("child-{trial}")))?;
+        let mut child = spawn_child(&args, server, &scratch.join(format!("child-{trial}")))?;
         let mut acked = 0u64;
         let mut acks = 0u64;
         let mut ready = false;
-        let note = |line: &str, acked: &mut u64, acks: &mut u64, ready: &mut bool| {
-            if let Some(b) = ack_of(line) {
-                *acked = (*acked).max(b);
-                *acks += 1;
-            } else if is_ready(line) {
-                *ready = true;
-            }
-        };
+        let note =
+            |line: &str, acked: &mut u64, acks: &mut u64, ready: &mut bool| match parse_event(line)
+            {
+                Event::Ack(b) => {
+                    *acked = (*acked).max(b);
+                    *acks += 1;
+                }
+                Event::Ready(_) => *ready = true,
+                Event::Other => {}
+            };
         match kill {
             KillAt::Spawned(d) => tokio::time::sleep(d).await,
             KillAt::Ready(d) | KillAt::Acked(_, d) => {
@@ -220,7 +130,7 @@ pub async fn run(
                 tokio::time::sleep(d).await;
             }
         }
-        let (status, rest) = child.kill().await?;
+        let (status, rest) = child.kill_and_reap().await?;
         for line in &rest {
             note(line, &mut acked, &mut acks, &mut ready);
         }

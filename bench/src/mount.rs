@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kvfs_testkit::mount::Mount;
-use kvfs_testkit::server::{TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY};
+use kvfs_testkit::server::TestS3Server;
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -22,12 +22,6 @@ pub fn mount_kvfs(
     point: &Path,
     extra: &[&str],
 ) -> BenchResult<Mount> {
-    let endpoint = server.endpoint();
-    let env = [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
-        ("AWS_REGION", TEST_REGION),
-    ];
+    let env = server.client_env();
     Ok(Mount::start(&kvfs_binary(), store, point, extra, &env)?)
 }

@@ -547,6 +547,28 @@ impl TestS3Server {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
     }
 
+    /// The environment a child process (the `kvfs` command, a crash-test writer) needs
+    /// to reach this server through the standard AWS configuration: endpoint, test
+    /// credentials and region, with the real AWS configuration files and the instance
+    /// metadata service out of reach.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY.to_string()),
+            ("AWS_REGION", TEST_REGION.to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+            (
+                "AWS_CONFIG_FILE",
+                "/nonexistent/kvfs-test-config".to_string(),
+            ),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/kvfs-test-credentials".to_string(),
+            ),
+        ]
+    }
+
     /// A client for this server with the test credentials.
     pub fn client(&self) -> aws_sdk_s3::Client {
         aws_sdk_s3::Client::from_conf(self.client_config(TEST_ACCESS_KEY, TEST_SECRET_KEY).build())

@@ -2,14 +2,11 @@
 //!
 //! The test binary re-runs itself as the writer process: [`crash_child`] does nothing
 //! unless the environment variable [`CHILD_ENV`] is set, in which case it opens the
-//! store as the writer and runs a deterministic workload until it is killed:
-//!
-//! - batches `b = start, start + 1, …`, each one atomic `write_batch` of a few puts
-//!   and deletes over a small key space (a pure function of `(seed, b)`, see
-//!   [`batch_ops`]) that also puts the marker key `__batch = b`;
-//! - concurrently, a loop of `sync()`; after each successful sync it prints
-//!   `KVFS-ACK b`, where `b` is the last batch whose `write_batch` returned before the
-//!   sync began.
+//! store as the writer and runs the test kit's deterministic workload
+//! ([`kvfs_testkit::crash_workload`]) until it is killed: batches of puts and deletes
+//! that also set the marker key `__batch`, and a loop of `sync()` that prints
+//! `KVFS-ACK b` after each successful sync, where `b` is the last batch whose
+//! `write_batch` returned before the sync began.
 //!
 //! The parent kills the child with SIGKILL at a random moment (before it even opened
 //! the store, before any ACK, or after some ACKs), reaps it, then reopens the store
@@ -19,11 +16,10 @@
 //! first takes over the epoch of a killed one.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::ops::Bound;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,14 +27,14 @@ use crate::common::{S3Fixture, BUCKET};
 use kvfs::db::{BatchOp, Db, Options};
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs_testkit::crash_workload::{batch_ops, parse_batch, Model, KEY_SPACE, MARKER};
-use kvfs_testkit::server::{
-    FaultConfig, ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY,
+use kvfs_testkit::crash_workload::{
+    batch_ops, die, parse_batch, parse_event, run_writer, Event, Model, WriterLoops, WriterProcess,
+    KEY_SPACE, MARKER,
 };
+use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 /// Set in the child's environment to the JSON of a [`ChildSpec`].
 const CHILD_ENV: &str = "KVFS_CRASH_CHILD";
@@ -69,20 +65,6 @@ struct ChildSpec {
 
 // ---------------------------------------------------------------------------------
 // The child.
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let ok = writeln!(out, "{line}").and_then(|_| out.flush());
-    if ok.is_err() {
-        // The parent is gone.
-        std::process::exit(0);
-    }
-}
-
-fn die(msg: String) -> ! {
-    eprintln!("crash child: {msg}");
-    std::process::exit(3);
-}
 
 /// The full name of [`crash_child`] in this test binary (its module path without the
 /// binary's name), the filter that runs only it.
@@ -127,64 +109,11 @@ async fn child_main(spec: ChildSpec) {
     let db = Db::open(&spec.url, opts)
         .await
         .unwrap_or_else(|e| die(format!("open {}: {e}", spec.url)));
-    let start = match db.get(MARKER).await {
-        Ok(Some(v)) => parse_batch(&v).unwrap_or_else(|| die(format!("bad marker {v:?}"))),
-        Ok(None) => 0,
-        Err(e) => die(format!("read marker: {e}")),
+    let loops = WriterLoops {
+        checkpoint: spec.checkpoint_loop,
+        gc: spec.gc_loop,
     };
-    say(&format!("KVFS-READY {start} epoch {}", db.epoch()));
-
-    let (written_tx, mut written_rx) = tokio::sync::watch::channel(start);
-    let syncer = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            loop {
-                if written_rx.changed().await.is_err() {
-                    return;
-                }
-                let b = *written_rx.borrow_and_update();
-                if let Err(e) = db.sync().await {
-                    die(format!("sync: {e}"));
-                }
-                say(&format!("KVFS-ACK {b}"));
-            }
-        })
-    };
-    if spec.checkpoint_loop {
-        let db = db.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = db.checkpoint().await {
-                    die(format!("checkpoint: {e}"));
-                }
-            }
-        });
-    }
-    if spec.gc_loop {
-        let db = db.clone();
-        tokio::spawn(async move {
-            for round in 0u64.. {
-                let r = if round % 2 == 0 {
-                    db.compact(&mut |_| {}).await
-                } else {
-                    db.gc(&mut |_| {}).await
-                };
-                if let Err(e) = r {
-                    die(format!("gc round {round}: {e}"));
-                }
-            }
-        });
-    }
-    let mut b = start;
-    loop {
-        b += 1;
-        if let Err(e) = db.write_batch(&batch_ops(spec.seed, b)).await {
-            die(format!("write_batch {b}: {e}"));
-        }
-        if written_tx.send(b).is_err() || syncer.is_finished() {
-            die("the sync task stopped".into());
-        }
-    }
+    run_writer(db, spec.seed, loops).await
 }
 
 /// Writer options of every writer in these tests. The lease TTL is far longer than
@@ -210,124 +139,18 @@ fn gc_options() -> kvfs::db::GcOptions {
 // ---------------------------------------------------------------------------------
 // The parent.
 
-/// A running child; killed and reaped if the test fails while it runs.
-struct ChildProc {
-    pid: u32,
-    child: Option<Child>,
-    lines: mpsc::UnboundedReceiver<String>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    stderr_path: PathBuf,
-}
-
-impl ChildProc {
-    fn spawn(spec: &ChildSpec, env: &[(String, String)], stderr_path: &Path) -> ChildProc {
-        let stderr = std::fs::File::create(stderr_path).expect("child stderr file");
-        let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-        cmd.args([
-            "--exact",
-            &child_test_name(),
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, serde_json::to_string(spec).expect("spec json"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn crash child");
-        let stdout = child.stdout.take().expect("child stdout");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let reader = std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        if tx.send(line).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        ChildProc {
-            pid: child.id(),
-            child: Some(child),
-            lines: rx,
-            reader: Some(reader),
-            stderr_path: stderr_path.to_path_buf(),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// The next line of the child's stdout, or `None` at its end.
-    async fn next_line(&mut self) -> Option<String> {
-        match tokio::time::timeout(EVENT_TIMEOUT, self.lines.recv()).await {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "no output from the crash child for {EVENT_TIMEOUT:?}; stderr:\n{}",
-                self.stderr()
-            ),
-        }
-    }
-
-    /// SIGKILL the child, reap it, and return the remaining lines of its output.
-    async fn kill_and_reap(&mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let mut child = self.child.take().expect("child already reaped");
-        let status = tokio::task::spawn_blocking(move || {
-            // SIGKILL; fails only if the child was already reaped (it was not).
-            let _ = child.kill();
-            child.wait().expect("wait for crash child")
-        })
-        .await
-        .expect("reaper task");
-        let mut rest = Vec::new();
-        while let Some(line) = self.next_line().await {
-            rest.push(line);
-        }
-        if let Some(r) = self.reader.take() {
-            r.join().expect("reader thread");
-        }
-        (status, rest)
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Event {
-    Ready(u64),
-    Ack(u64),
-    Other,
-}
-
-fn parse_event(line: &str) -> Event {
-    let num_after = |tag: &str| -> Option<u64> {
-        let rest = &line[line.find(tag)? + tag.len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    if let Some(b) = num_after("KVFS-ACK ") {
-        Event::Ack(b)
-    } else if let Some(m) = num_after("KVFS-READY ") {
-        Event::Ready(m)
-    } else {
-        Event::Other
-    }
+/// Start the child process (this test binary running [`crash_child`]) with `spec`.
+fn spawn_child(spec: &ChildSpec, env: &[(String, String)], stderr_path: &Path) -> WriterProcess {
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.args([
+        "--exact",
+        &child_test_name(),
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, serde_json::to_string(spec).expect("spec json"))
+    .envs(env.iter().map(|(k, v)| (k, v)));
+    WriterProcess::spawn(cmd, stderr_path).expect("spawn crash child")
 }
 
 /// When the parent kills the child.
@@ -378,24 +201,11 @@ impl Target {
         let (b, p) = (bucket.to_string(), prefix.to_string());
         Target {
             url: format!("s3://{bucket}/{prefix}"),
-            env: [
-                ("AWS_ENDPOINT_URL", server.endpoint()),
-                ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
-                ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY.to_string()),
-                ("AWS_REGION", TEST_REGION.to_string()),
-                ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-                (
-                    "AWS_CONFIG_FILE",
-                    "/nonexistent/kvfs-test-config".to_string(),
-                ),
-                (
-                    "AWS_SHARED_CREDENTIALS_FILE",
-                    "/nonexistent/kvfs-test-credentials".to_string(),
-                ),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+            env: server
+                .client_env()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             open: Arc::new(move || {
                 Arc::new(S3Store::from_client(client.clone(), &b, &p)) as DynStore
             }),
@@ -551,8 +361,7 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
         };
         let t0 = std::time::Instant::now();
         let what = format!("{ctx} trial {trial} ({kill:?}, {spec:?})");
-        let mut child =
-            ChildProc::spawn(&spec, &target.env, &scratch.join(format!("stderr-{trial}")));
+        let mut child = spawn_child(&spec, &target.env, &scratch.join(format!("stderr-{trial}")));
 
         // Let the child run until the chosen moment, noting what it acknowledged.
         let mut acked = 0u64;
@@ -580,7 +389,11 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
                     KillAt::Spawned(_) => unreachable!(),
                 };
                 while ready.is_none() || acks < need_acks {
-                    match child.next_line().await {
+                    match child
+                        .next_line()
+                        .await
+                        .unwrap_or_else(|e| panic!("{what}: {e}"))
+                    {
                         Some(line) => on_line(&line, &mut acked, &mut acks, &mut ready),
                         None => {
                             eof = true;
@@ -591,14 +404,17 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
                 // A reader of a store whose writer deletes with no grace period
                 // could find its objects gone: no live reader in GC trials.
                 if !eof && trial % 3 == 0 && !plan.gc_loop {
-                    live = check_live(&target, &mut model, acked, child.pid, &what).await;
+                    live = check_live(&target, &mut model, acked, child.pid(), &what).await;
                 }
                 if !eof {
                     tokio::time::sleep(delay).await;
                 }
             }
         }
-        let (status, rest) = child.kill_and_reap().await;
+        let (status, rest) = child
+            .kill_and_reap()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         for line in &rest {
             on_line(line, &mut acked, &mut acks, &mut ready);
         }

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use kvfs::db::{Db, Options};
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
-use kvfs_testkit::server::{
-    ServerOptions, TestS3Server, TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY,
-};
+use kvfs_testkit::server::{ServerOptions, TestS3Server};
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 
@@ -603,24 +601,11 @@ impl S3 {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.server.endpoint()),
-            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY.to_string()),
-            ("AWS_REGION", TEST_REGION.to_string()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-            (
-                "AWS_CONFIG_FILE",
-                "/nonexistent/kvfs-test-config".to_string(),
-            ),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/kvfs-test-credentials".to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        self.server
+            .client_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     async fn run<S: AsRef<str>>(&self, args: &[S]) -> Out {

@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kvfs_testkit::server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
-
 /// How long a mount or unmount may take before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -677,21 +675,7 @@ fn mount_of_an_s3_store() {
         .build()
         .unwrap();
     let s3 = rt.block_on(crate::common::S3Fixture::start());
-    let env = [
-        ("AWS_ENDPOINT_URL", s3.server.endpoint()),
-        ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY.to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-        (
-            "AWS_CONFIG_FILE",
-            "/nonexistent/kvfs-test-config".to_string(),
-        ),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/kvfs-test-credentials".to_string(),
-        ),
-    ];
+    let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
     let store = format!("s3://{}/mnt", crate::common::BUCKET);
