@@ -1,12 +1,15 @@
 //! Small helpers of the engine tests: an S3 server with one bucket, options that make
-//! many small objects, lease release, and a deterministic random generator.
+//! many small objects (and on-demand GC without waiting), a store's whole contents,
+//! lease release, and a deterministic random generator.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kvfs::db::lease::LeaseInfo;
-use kvfs::db::Options;
+use kvfs::db::{Db, GcOptions, Options};
 use kvfs::store::memory::MemoryStore;
 use kvfs::store::retry::RetryPolicy;
 use kvfs::store::s3::S3Store;
@@ -29,6 +32,29 @@ pub fn small_opts() -> Options {
         },
         ..Options::default()
     }
+}
+
+/// [`small_opts`] for on-demand GC with no waiting: no background cleaner, no grace
+/// period.
+pub fn gc_opts() -> Options {
+    Options {
+        gc: GcOptions {
+            background: false,
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..small_opts()
+    }
+}
+
+/// Every key and value of `db`, read through `scan` (panics on a read error).
+pub async fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    db.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(k, v)| (k, v.expect("values requested").to_vec()))
+        .collect()
 }
 
 /// A memory store, as itself and as a [`DynStore`].

@@ -13,32 +13,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use crate::common::{memory, small_opts, Rng, S3Fixture};
+use crate::common::{contents, gc_opts, memory, small_opts, Rng, S3Fixture};
 use kvfs::db::{Db, GcCounters, GcOptions, Options};
 use kvfs::store::DynStore;
 use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
 use kvfs_testkit::recording::{RecordingStore, Request};
-
-/// Options for on-demand GC with no waiting: no background work, no grace period.
-fn gc_opts() -> Options {
-    Options {
-        gc: GcOptions {
-            background: false,
-            grace: Duration::ZERO,
-            ..GcOptions::default()
-        },
-        ..small_opts()
-    }
-}
-
-async fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    db.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.unwrap().to_vec()))
-        .collect()
-}
 
 /// Nothing rewritten, written or deleted among the data objects.
 fn idle(c: &GcCounters) -> bool {

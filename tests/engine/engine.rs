@@ -3,19 +3,10 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::common::{memory, release_lease, small_opts};
+use crate::common::{contents, memory, release_lease, small_opts};
 use kvfs::db::{BatchOp, Db, Error, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;
-
-async fn all(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    db.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.unwrap().to_vec()))
-        .collect()
-}
 
 async fn basic_api(store: DynStore) {
     let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
@@ -48,14 +39,14 @@ async fn basic_api(store: DynStore) {
     .await
     .unwrap();
     db.sync().await.unwrap();
-    let before = all(&db).await;
+    let before = contents(&db).await;
     db.close().await.unwrap();
 
     let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
-    assert_eq!(all(&db).await, before);
+    assert_eq!(contents(&db).await, before);
     db.close().await.unwrap();
     let ro = Db::open_store(store, Options::read_only()).await.unwrap();
-    assert_eq!(all(&ro).await, before);
+    assert_eq!(contents(&ro).await, before);
     assert!(matches!(ro.put(b"x", b"y").await, Err(Error::ReadOnly)));
 }
 
@@ -138,7 +129,7 @@ async fn recovery_uses_checkpoint_and_log_tail() {
         .unwrap();
     assert!(!listed.is_empty(), "a checkpoint was written");
     let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
-    assert_eq!(all(&db).await, model);
+    assert_eq!(contents(&db).await, model);
     let report = db.fsck(&mut |_| {}).await.unwrap();
     assert!(report.is_clean(), "{:?}", report.issues);
     assert_eq!(report.keys_verified as usize, model.len());

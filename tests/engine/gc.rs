@@ -2,35 +2,14 @@
 //! deleted data is really gone, and compacted directories are read with few GETs.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{memory, release_lease, small_opts, Rng, S3Fixture};
+use crate::common::{contents, gc_opts, memory, release_lease, small_opts, Rng, S3Fixture};
 use kvfs::db::{BatchOp, Db, GcOptions, Options};
 use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;
-
-fn gc_opts() -> Options {
-    Options {
-        gc: GcOptions {
-            background: false,
-            grace: Duration::ZERO,
-            ..GcOptions::default()
-        },
-        ..small_opts()
-    }
-}
-
-async fn all(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    db.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.unwrap().to_vec()))
-        .collect()
-}
 
 async fn check_clean(db: &Db) {
     let report = db.fsck(&mut |_| {}).await.unwrap();
@@ -102,11 +81,11 @@ async fn deleted_and_overwritten_data_is_gone_after_gc() {
         assert_eq!(v2, i % 2 == 1, "key {i}");
     }
     check_clean(&db).await;
-    let want = all(&db).await;
+    let want = contents(&db).await;
     assert_eq!(want.len(), 100);
     db.close().await.unwrap();
     let db = Db::open_store(store, gc_opts()).await.unwrap();
-    assert_eq!(all(&db).await, want);
+    assert_eq!(contents(&db).await, want);
     check_clean(&db).await;
     db.close().await.unwrap();
 }
@@ -135,11 +114,11 @@ async fn cleaning_moves_live_data_out_of_mostly_dead_segments() {
     let st = db.stats().await.unwrap();
     assert!(st.runs > 0);
     assert_eq!(st.fill_histogram[1] + st.fill_histogram[2], 0, "{st}");
-    assert_eq!(all(&db).await, model);
+    assert_eq!(contents(&db).await, model);
     check_clean(&db).await;
     db.close().await.unwrap();
     let db = Db::open_store(store, gc_opts()).await.unwrap();
-    assert_eq!(all(&db).await, model);
+    assert_eq!(contents(&db).await, model);
     db.close().await.unwrap();
 }
 
@@ -187,7 +166,7 @@ async fn model_with_gc(store: DynStore, seed: u64) {
             } else {
                 db.gc(&mut |_| {}).await.unwrap();
             }
-            assert_eq!(all(&db).await, model, "after gc at step {step}");
+            assert_eq!(contents(&db).await, model, "after gc at step {step}");
         }
         if step % 150 == 149 {
             db.sync().await.unwrap();
@@ -198,7 +177,7 @@ async fn model_with_gc(store: DynStore, seed: u64) {
                 release_lease(&*store).await;
             }
             db = Db::open_store(store.clone(), gc_opts()).await.unwrap();
-            assert_eq!(all(&db).await, model, "after reopen at step {step}");
+            assert_eq!(contents(&db).await, model, "after reopen at step {step}");
         }
     }
     db.sync().await.unwrap();
@@ -206,7 +185,7 @@ async fn model_with_gc(store: DynStore, seed: u64) {
     check_clean(&db).await;
     db.close().await.unwrap();
     let db = Db::open_store(store, Options::read_only()).await.unwrap();
-    assert_eq!(all(&db).await, model);
+    assert_eq!(contents(&db).await, model);
 }
 
 #[tokio::test]
@@ -323,9 +302,9 @@ async fn background_worker_compacts_and_cleans() {
         st = db.stats().await.unwrap();
     }
     assert!(st.gc.runs_written > 0 && st.gc.objects_deleted > 0, "{st}");
-    assert_eq!(all(&db).await, model);
+    assert_eq!(contents(&db).await, model);
     db.close().await.unwrap();
     let db = Db::open_store(store, Options::read_only()).await.unwrap();
-    assert_eq!(all(&db).await, model);
+    assert_eq!(contents(&db).await, model);
     check_clean(&db).await;
 }

@@ -2,24 +2,14 @@
 //! `BTreeMap`, compared after every step and across reopen (clean and abandoned).
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::common::{memory, release_lease, small_opts, Rng};
+use crate::common::{contents, memory, release_lease, small_opts, Rng};
 use kvfs::db::{BatchOp, Db};
 use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
-
-async fn contents(db: &Db) -> Model {
-    db.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.unwrap().to_vec()))
-        .collect()
-}
 
 fn key(rng: &mut Rng) -> Vec<u8> {
     let dir = rng.below(4);
