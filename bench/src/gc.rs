@@ -22,8 +22,9 @@
 //! 3. **Fixed point and idle cost.** On the store the first overwrite run left,
 //!    `kvfs gc` (on-demand cleaning, no grace period) three times in a row: rounds,
 //!    objects rewritten and deleted per pass (the second and third must do nothing).
-//!    Then a writer with the production defaults (background GC every 5 s, 20 s
-//!    lease) left idle: after its first three GC rounds (which list the store once),
+//!    Then a writer with the production defaults (background GC every 5 s, 60 s
+//!    grace, 20 s lease) left idle: after its first rounds and one grace period
+//!    (which list the store once and delete the manifest its own opening replaced),
 //!    every request it makes in `--idle-seconds`, by object, as requests per hour
 //!    (only lease renewals are expected).
 //!
@@ -452,8 +453,10 @@ async fn fixed_point(ep: &LocalEndpoint, prefix: &str, idle_seconds: u64) -> Ben
     let rec = RecordingStore::new(ep.store(prefix));
     let db = Db::open_store(rec.clone(), Options::default()).await?;
     // The first background rounds list the store once (data objects, old manifests
-    // and checkpoints); watch from after them.
-    let warmup = Options::default().gc.interval * 3;
+    // and checkpoints) and, a grace period later, delete the manifest this writer's
+    // own opening superseded; watch from after that.
+    let defaults = Options::default();
+    let warmup = defaults.gc.grace + defaults.gc.interval * 3;
     tokio::time::sleep(warmup).await;
     let first_rounds = rec.len();
     let from = rec.len();
