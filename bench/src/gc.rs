@@ -24,7 +24,7 @@
 //!    objects rewritten and deleted per pass (the second and third must do nothing).
 //!    Then a writer with the production defaults (background GC every 5 s, 60 s
 //!    grace, 20 s lease) left idle: after its first rounds and one grace period
-//!    (which list the store once and delete the manifest its own opening replaced),
+//!    (which list the store once and delete the manifests the previous writers left),
 //!    every request it makes in `--idle-seconds`, by object, as requests per hour
 //!    (only lease renewals are expected).
 //!

@@ -174,3 +174,53 @@ async fn write(sh: &Shared) -> Result<()> {
     st.log_bytes_since_checkpoint = st.log_bytes_since_checkpoint.saturating_sub(accounted);
     Ok(())
 }
+
+/// On a clean close, after everything is durable and no checkpoint is running:
+/// publish manifest `N + 1` with this writer's open log range closed at its last
+/// segment (or dropped, if it wrote none). The next writer then finds no open tail
+/// and needs no fence segment: nothing of this writer reaches the store after
+/// `close` returns, so there is nothing to fence off. (After a crash the next writer
+/// still fences, see `recovery`.)
+pub(crate) async fn close_log_range(sh: &Shared) -> Result<()> {
+    let m = {
+        let st = sh.lock();
+        let mut ranges = st.manifest.ranges.clone();
+        let last = st.log.durable_seq;
+        match ranges.last_mut() {
+            Some(r) if r.epoch == sh.epoch && r.is_open() => {
+                if last >= r.first {
+                    r.last = last;
+                } else {
+                    ranges.pop();
+                }
+            }
+            // Already closed (a second close), or not this writer's range.
+            _ => return Ok(()),
+        }
+        Manifest {
+            seq: st.manifest.seq + 1,
+            writer_epoch: sh.epoch,
+            created_unix_ms: now_unix_ms(),
+            checkpoint: st.manifest.checkpoint,
+            ranges,
+            holder: holder_description(sh.epoch),
+        }
+    };
+    let name = manifest_name(m.seq);
+    match sh
+        .store
+        .put(&name, manifest::encode(&m).into(), PutMode::CreateNew)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => {
+            return Err(Error::Fenced(format!(
+                "{name} already exists: another writer has taken over"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    log::info!("log of epoch {} closed in {name}", sh.epoch);
+    sh.lock().manifest = m;
+    Ok(())
+}

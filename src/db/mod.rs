@@ -1003,6 +1003,12 @@ impl Db {
             sh.wake_uploader.notify_one();
             // After a failure, uploads may still be retrying: cancel them.
             sh.drain(tasks::Kind::Work, result.is_err()).await;
+            // Everything is durable and no checkpoint runs: close the log range, so
+            // the next writer needs no fence.
+            let result = match result {
+                Ok(()) => checkpointer::close_log_range(sh).await,
+                Err(e) => Err(e),
+            };
             sh.drain(tasks::Kind::Loop, true).await;
             sh.drain(tasks::Kind::Work, true).await;
             let released = self.release_lease(result.is_err()).await;

@@ -221,7 +221,11 @@ impl fmt::Display for Stats {
                 }
             })
             .collect();
-        writeln!(f, "log to replay    {}", ranges.join(", "))?;
+        if ranges.is_empty() {
+            writeln!(f, "log to replay    none (the checkpoint holds everything)")?;
+        } else {
+            writeln!(f, "log to replay    {}", ranges.join(", "))?;
+        }
         match &self.lease {
             Some(l) if l.released => writeln!(f, "lease            released by {}", l.holder())?,
             Some(l) => writeln!(
