@@ -415,3 +415,39 @@ async fn a_scan_of_small_and_large_values_in_one_window() {
         db.close().await.unwrap();
     }
 }
+
+/// Fence segments (48 bytes, never deleted) are written only by a takeover after a
+/// crash: writers that close cleanly close their log range in the manifest, so
+/// opening a store again and again leaves no object behind.
+#[tokio::test]
+async fn only_a_crash_leaves_a_fence_segment() {
+    let (mem, store) = memory();
+    let fences = || async {
+        store
+            .list("seg/")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|o| o.size == kvfs::db::gc::EMPTY_SEGMENT_LEN)
+            .count()
+    };
+    for i in 0..5u8 {
+        let db = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+        db.put(&[b'k', i], &[i; 100]).await.unwrap();
+        db.close().await.unwrap();
+        // An open and close that write nothing leave nothing either.
+        let db = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+        db.close().await.unwrap();
+    }
+    assert_eq!(fences().await, 0, "clean closes left fences");
+    let db = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    assert_eq!(db.len(), 5);
+    db.put(b"after", b"crash").await.unwrap();
+    db.sync().await.unwrap();
+    db.abandon();
+    crate::common::release_lease(mem.as_ref()).await;
+    let db = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    assert_eq!(db.get(b"after").await.unwrap().unwrap().as_ref(), b"crash");
+    assert_eq!(fences().await, 1, "a takeover after a crash fences the log");
+    db.close().await.unwrap();
+}
