@@ -151,20 +151,7 @@ async fn write(sh: &Shared) -> Result<()> {
         }],
         holder: holder_description(sh.epoch),
     };
-    let name = manifest_name(n);
-    match sh
-        .store
-        .put(&name, manifest::encode(&m).into(), PutMode::CreateNew)
-        .await
-    {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => {
-            return Err(Error::Fenced(format!(
-                "{name} already exists: another writer has taken over"
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    }
+    publish(sh, &m).await?;
     log::info!(
         "checkpoint {ckpt} written ({size} bytes), covering segment {covers_seq} of epoch {}",
         sh.epoch
@@ -206,21 +193,24 @@ pub(crate) async fn close_log_range(sh: &Shared) -> Result<()> {
             holder: holder_description(sh.epoch),
         }
     };
+    publish(sh, &m).await?;
+    log::info!("log of epoch {} closed in manifest {}", sh.epoch, m.seq);
+    sh.lock().manifest = m;
+    Ok(())
+}
+
+/// Create-if-absent manifest `m.seq`; if it exists, another writer has taken over.
+async fn publish(sh: &Shared, m: &Manifest) -> Result<()> {
     let name = manifest_name(m.seq);
     match sh
         .store
-        .put(&name, manifest::encode(&m).into(), PutMode::CreateNew)
+        .put(&name, manifest::encode(m).into(), PutMode::CreateNew)
         .await
     {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => {
-            return Err(Error::Fenced(format!(
-                "{name} already exists: another writer has taken over"
-            )))
-        }
-        Err(e) => return Err(e.into()),
+        Ok(_) => Ok(()),
+        Err(StoreError::PreconditionFailed(_)) => Err(Error::Fenced(format!(
+            "{name} already exists: another writer has taken over"
+        ))),
+        Err(e) => Err(e.into()),
     }
-    log::info!("log of epoch {} closed in {name}", sh.epoch);
-    sh.lock().manifest = m;
-    Ok(())
 }
