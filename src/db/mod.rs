@@ -476,9 +476,6 @@ impl Shared {
     }
 }
 
-/// A handle on an open store. Cheap to clone; all clones share one engine. Dropping
-/// the last clone without [`Db::close`] stops background work at once, like a crash:
-/// writes that were not synced may be lost.
 /// The life of a handle: `Open` → `Closing` (close has begun: writes are refused,
 /// everything written is being flushed) → `Closed`. `Poisoned`: a write failed for
 /// good (or the writer was fenced); every later write fails with that error, and
@@ -491,6 +488,9 @@ pub enum Lifecycle {
     Poisoned,
 }
 
+/// A handle on an open store. Cheap to clone; all clones share one engine. Dropping
+/// the last clone without [`Db::close`] stops background work at once, like a crash:
+/// writes that were not synced may be lost.
 #[derive(Clone)]
 pub struct Db {
     handle: Arc<Handle>,
@@ -585,7 +585,6 @@ fn validate_value(value: &[u8]) -> Result<()> {
 impl Db {
     /// Open the store a URL names (`s3://bucket/prefix`, a path, `file:///path`).
     pub async fn open(url: &str, opts: Options) -> Result<Db> {
-        opts.validate()?;
         let url = StoreUrl::parse(url)?;
         let backend = open_store(&url).await?;
         Db::open_store(backend, opts).await
@@ -822,7 +821,7 @@ impl Db {
             }
         }
         if id.is_run() && window > len as u64 {
-            if let Some(v) = self.read_from_window(loc, id).await? {
+            if let Some(v) = self.read_from_window(loc).await? {
                 return Ok(v);
             }
         }
@@ -842,8 +841,9 @@ impl Db {
     /// aligned window holding the value (and the rest of the value if it runs past
     /// the window), and the window stays in the cache for the neighbouring keys.
     /// `None` if the run's size is unknown (then only the value itself is fetched).
-    async fn read_from_window(&self, loc: ValueAt, id: SegmentId) -> Result<Option<Bytes>> {
+    async fn read_from_window(&self, loc: ValueAt) -> Result<Option<Bytes>> {
         let sh = &self.handle.shared;
+        let id = loc.object;
         let window = sh.opts.gc.readahead_bytes as u64;
         let len = stored_value_len(loc.value_len);
         let off = loc.offset as u64;
@@ -987,8 +987,8 @@ impl Db {
     ///
     /// Returns once every background task has ended: the cleaner is stopped first
     /// (it appends nothing after the final flush), then every upload and checkpoint
-    /// has finished, then the loops are stopped and the lease released. Nothing
-    /// reaches the store after `close` returns.
+    /// has finished, the log range is closed in a manifest, the loops are stopped
+    /// and the lease released. Nothing reaches the store after `close` returns.
     pub async fn close(&self) -> Result<()> {
         let sh = &self.handle.shared;
         if sh.writable {

@@ -161,15 +161,6 @@ async fn fetch_verified(sh: &Shared, id: SegmentId) -> Result<Bytes> {
     Ok(data)
 }
 
-/// What a rewrite came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Rewritten {
-    /// The runs are stored and the keys moved.
-    Done,
-    /// The runs would not have been smaller than their sources: nothing was written.
-    NotWorth,
-}
-
 /// Rewrite the live values of `sources` into sorted runs and move their keys there.
 /// With `must_shrink`, nothing is written unless the runs are smaller than the
 /// sources (then the sources are noted as not worth rewriting until they change).
@@ -178,7 +169,7 @@ async fn rewrite(
     sources: &[SegmentId],
     must_shrink: bool,
     progress: Progress<'_>,
-) -> Result<Rewritten> {
+) -> Result<()> {
     check_writer(sh)?;
     let source_set: HashSet<SegmentId> = sources.iter().copied().collect();
     let moving = keys_in(sh, &source_set).await;
@@ -247,7 +238,7 @@ async fn rewrite(
             let stored = st.index.object_live(*id).stored;
             st.gc.not_worth.insert(*id, stored);
         }
-        return Ok(Rewritten::NotWorth);
+        return Ok(());
     }
 
     // Store the runs, then move the keys.
@@ -294,7 +285,7 @@ async fn rewrite(
     c.runs_written += runs_written;
     c.run_bytes_written += run_bytes_written;
     c.keys_moved += moved;
-    Ok(Rewritten::Done)
+    Ok(())
 }
 
 /// Mark every unneeded object (and old manifest and checkpoint) retired. Returns how
