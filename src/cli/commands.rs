@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::ops::Bound;
 
 use kvfs::db::{Db, Error, Options};
+use kvfs::fs::{FsError, Namespace};
 
 use super::{Command, MountArgs};
 
@@ -27,17 +28,32 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                     buf
                 }
             };
-            kvfs::db::validate_key(key.as_bytes())?;
+            kvfs::fs::split_key(key.as_bytes()).map_err(|e| key_err(&key, e))?;
             let db = Db::open(&store, one_shot(tuning.options())).await?;
-            let result = db.put(key.as_bytes(), &value).await;
+            let result = match Namespace::new(db.clone(), process_owner()).await {
+                Ok(ns) => match ns.put_file(key.as_bytes(), &value, process_owner()).await {
+                    Ok(()) => ns.sync_all().await.map_err(|e| key_err(&key, e)),
+                    Err(e) => Err(key_err(&key, e)),
+                },
+                Err(e) => Err(fs_err(e)),
+            };
             finish_write(&db, result).await?;
             Ok(0)
         }
         Command::Delete { store, key, tuning } => {
-            kvfs::db::validate_key(key.as_bytes())?;
+            kvfs::fs::split_key(key.as_bytes()).map_err(|e| key_err(&key, e))?;
             let db = Db::open(&store, one_shot(tuning.options())).await?;
-            let existed = db.get(key.as_bytes()).await?.is_some();
-            let result = db.delete(key.as_bytes()).await;
+            let mut existed = true;
+            let result = match Namespace::new(db.clone(), process_owner()).await {
+                Ok(ns) => match ns.remove_file(key.as_bytes()).await {
+                    Ok(found) => {
+                        existed = found;
+                        ns.sync_all().await.map_err(|e| key_err(&key, e))
+                    }
+                    Err(e) => Err(key_err(&key, e)),
+                },
+                Err(e) => Err(fs_err(e)),
+            };
             finish_write(&db, result).await?;
             if !existed {
                 eprintln!("kvfs: note: key {key:?} did not exist");
@@ -45,13 +61,17 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Get { store, key } => {
-            kvfs::db::validate_key(key.as_bytes())?;
+            kvfs::fs::split_key(key.as_bytes()).map_err(|e| key_err(&key, e))?;
             let db = Db::open(&store, Options::read_only()).await?;
-            match db.get(key.as_bytes()).await? {
-                Some(v) => {
-                    write_stdout(&v)?;
-                    Ok(0)
-                }
+            let ns = Namespace::new(db, process_owner()).await.map_err(fs_err)?;
+            let mut out = std::io::stdout().lock();
+            let found = ns
+                .read_file(key.as_bytes(), |b| out.write_all(b))
+                .await
+                .map_err(|e| key_err(&key, e))?;
+            out.flush().map_err(stdout_err)?;
+            match found {
+                Some(_) => Ok(0),
                 None => {
                     eprintln!("kvfs: key not found: {key}");
                     Ok(1)
@@ -67,6 +87,7 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             keys_only,
         } => {
             let db = Db::open(&store, Options::read_only()).await?;
+            let ns = Namespace::new(db, process_owner()).await.map_err(fs_err)?;
             let limit = limit.unwrap_or(usize::MAX);
             // Combine --prefix with --start/--end: the tighter bound wins.
             let mut lo = start.map(String::into_bytes);
@@ -82,9 +103,11 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                     }
                 }
             }
-            let lo_b = lo.as_deref().map_or(Bound::Unbounded, Bound::Included);
-            let hi_b = hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if lo.is_some() && hi.is_some() && lo >= hi {
+                // An empty range.
+                return Ok(0);
+            }
             // Page through the range so memory stays bounded on large stores.
             let mut remaining = limit;
             let mut cursor: Option<Vec<u8>> = None;
@@ -92,18 +115,27 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                 let page = remaining.min(1000);
                 let from = match &cursor {
                     Some(c) => Bound::Excluded(c.as_slice()),
-                    None => lo_b,
+                    None => lo.as_deref().map_or(Bound::Unbounded, Bound::Included),
                 };
-                let rows = db.scan(from, hi_b, page, keys_only).await?;
+                let rows = ns.scan_files(from, hi.as_deref(), page).map_err(fs_err)?;
                 let n = rows.len();
-                for (k, v) in &rows {
-                    let mut line = k.clone();
-                    if let Some(v) = v {
-                        line.push(b'\t');
-                        line.extend_from_slice(v);
+                for (k, _) in &rows {
+                    out.write_all(k).map_err(stdout_err)?;
+                    if !keys_only {
+                        out.write_all(b"\t").map_err(stdout_err)?;
+                        let mut failed = None;
+                        ns.read_file(k, |b| {
+                            out.write_all(b).inspect_err(|e| failed = Some(e.to_string()))
+                        })
+                        .await
+                        .map_err(fs_err)?;
+                        if let Some(e) = failed {
+                            return Err(Error::Inconsistent(format!(
+                                "cannot write to standard output: {e}"
+                            )));
+                        }
                     }
-                    line.push(b'\n');
-                    out.write_all(&line).map_err(stdout_err)?;
+                    out.write_all(b"\n").map_err(stdout_err)?;
                 }
                 remaining -= n;
                 match rows.into_iter().last() {
@@ -209,14 +241,30 @@ async fn finish_write(db: &Db, result: Result<(), Error>) -> Result<(), Error> {
     closed
 }
 
-fn stdout_err(e: std::io::Error) -> Error {
-    Error::Inconsistent(format!("cannot write to standard output: {e}"))
+/// The user and group of this process: the owner of files the CLI creates.
+fn process_owner() -> (u32, u32) {
+    // SAFETY: getuid and getgid cannot fail and touch no memory.
+    unsafe { (libc::getuid(), libc::getgid()) }
 }
 
-fn write_stdout(data: &[u8]) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(data).map_err(stdout_err)?;
-    out.flush().map_err(stdout_err)
+/// An engine error as itself; any other namespace error as an input error.
+fn fs_err(e: FsError) -> Error {
+    match e {
+        FsError::Db(e) => e,
+        e => Error::Input(e.to_string()),
+    }
+}
+
+/// A namespace error about one key, naming it.
+fn key_err(key: &str, e: FsError) -> Error {
+    match e {
+        FsError::Db(e) => e,
+        e => Error::Input(format!("key {key:?}: {e}")),
+    }
+}
+
+fn stdout_err(e: std::io::Error) -> Error {
+    Error::Inconsistent(format!("cannot write to standard output: {e}"))
 }
 
 pub use mount::{enter_daemon_session, spawn_mount_daemon};
@@ -385,7 +433,7 @@ mod mount {
         let db = Db::open(&store, opts).await?;
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         let owner = unsafe { (libc::getuid(), libc::getgid()) };
-        let ns = match Namespace::new(db.clone(), owner) {
+        let ns = match Namespace::new(db.clone(), owner).await {
             Ok(ns) => Arc::new(ns),
             Err(e) => {
                 let _ = db.close().await;

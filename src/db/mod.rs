@@ -80,6 +80,39 @@ pub enum BatchOp {
     },
 }
 
+impl BatchOp {
+    /// Bytes this operation takes in a segment (for [`Db::wait_for_room`]).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            BatchOp::Put(key, value) => put_len(key.len(), 0, value.len()),
+            BatchOp::Delete(key) => delete_len(key.len()),
+            BatchOp::PutMeta { key, meta, value } => put_len(key.len(), meta.len(), value.len()),
+            BatchOp::Link { key, meta, .. } => {
+                link_len(key.len(), meta.as_ref().map_or(MAX_META_LEN, Vec::len))
+            }
+        }
+    }
+}
+
+fn batch_ops(ops: &[BatchOp]) -> Vec<Op<'_>> {
+    ops.iter()
+        .map(|op| match op {
+            BatchOp::Put(key, value) => Op::Put {
+                key,
+                meta: &[],
+                value,
+            },
+            BatchOp::Delete(key) => Op::Delete { key },
+            BatchOp::PutMeta { key, meta, value } => Op::Put { key, meta, value },
+            BatchOp::Link { key, source, meta } => Op::Link {
+                key,
+                source,
+                meta: meta.as_deref(),
+            },
+        })
+        .collect()
+}
+
 /// What the index holds for a key, readable without any request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -227,6 +260,59 @@ impl Shared {
     /// Append `ops` as one batch (waiting for memory if needed). Returns how many
     /// relocations took effect.
     pub(crate) async fn write(&self, ops: &[Op<'_>]) -> Result<usize> {
+        let size = self.check_batch(ops)?;
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        // Fast path: no waiting needed.
+        if let Some(n) = self.try_append(ops, size)? {
+            return Ok(n);
+        }
+        loop {
+            // Register for a wake-up before checking again, so none is missed.
+            let notified = self.space_freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(n) = self.try_append(ops, size)? {
+                return Ok(n);
+            }
+            log::debug!("write waits: unflushed data is at its memory limit");
+            self.wake_uploader.notify_one();
+            notified.await;
+        }
+    }
+
+    /// Wait until a batch of `size` encoded bytes would fit in unflushed memory.
+    pub(crate) async fn wait_for_room(&self, size: usize) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        loop {
+            let notified = self.space_freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if let Some(e) = &st.poisoned {
+                    return Err(e.clone());
+                }
+                if st.closing || st.closed {
+                    return Err(Error::Closed);
+                }
+                let log = &st.log;
+                if log.unflushed_bytes == 0
+                    || log.unflushed_bytes + size <= self.opts.max_unflushed_bytes
+                {
+                    return Ok(());
+                }
+            }
+            self.wake_uploader.notify_one();
+            notified.await;
+        }
+    }
+
+    /// Validate a batch; its encoded size.
+    fn check_batch(&self, ops: &[Op<'_>]) -> Result<usize> {
         let mut size = 0usize;
         for op in ops {
             validate_key(op.key())?;
@@ -247,29 +333,10 @@ impl Shared {
             }
             size += op.encoded_len();
         }
-        if ops.is_empty() {
-            return Ok(0);
-        }
-        let sh = self;
-        if !sh.writable {
+        if !ops.is_empty() && !self.writable {
             return Err(Error::ReadOnly);
         }
-        // Fast path: no waiting needed.
-        if let Some(n) = self.try_append(ops, size)? {
-            return Ok(n);
-        }
-        loop {
-            // Register for a wake-up before checking again, so none is missed.
-            let notified = sh.space_freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(n) = self.try_append(ops, size)? {
-                return Ok(n);
-            }
-            log::debug!("write waits: unflushed data is at its memory limit");
-            sh.wake_uploader.notify_one();
-            notified.await;
-        }
+        Ok(size)
     }
 
     /// Append if the unflushed-memory bound allows (returning the relocations that
@@ -692,28 +759,31 @@ impl Db {
 
     /// Apply all operations atomically: after a crash either all or none are present.
     pub async fn write_batch(&self, ops: &[BatchOp]) -> Result<()> {
-        let ops: Vec<Op<'_>> = ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put(key, value) => Op::Put {
-                    key,
-                    meta: &[],
-                    value,
-                },
-                BatchOp::Delete(key) => Op::Delete { key },
-                BatchOp::PutMeta { key, meta, value } => Op::Put { key, meta, value },
-                BatchOp::Link { key, source, meta } => Op::Link {
-                    key,
-                    source,
-                    meta: meta.as_deref(),
-                },
-            })
-            .collect();
-        self.write(&ops).await
+        self.write(&batch_ops(ops)).await
     }
 
     async fn write(&self, ops: &[Op<'_>]) -> Result<()> {
         self.handle.shared.write(ops).await.map(|_| ())
+    }
+
+    /// Wait until unflushed memory has room for a batch of about `bytes` encoded
+    /// bytes (see [`BatchOp::encoded_len`]). Callers that must check and write under
+    /// their own lock wait here first, holding nothing, then call
+    /// [`Db::try_write_batch`] under the lock; it may still say "no room" when other
+    /// writers got there first, and the caller waits again.
+    pub async fn wait_for_room(&self, bytes: usize) -> Result<()> {
+        self.handle.shared.wait_for_room(bytes).await
+    }
+
+    /// [`Db::write_batch`] without waiting: `Ok(false)` (nothing written) when
+    /// unflushed memory has no room for the batch now.
+    pub fn try_write_batch(&self, ops: &[BatchOp]) -> Result<bool> {
+        let ops = batch_ops(ops);
+        let size = self.handle.shared.check_batch(&ops)?;
+        if ops.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.handle.shared.try_append(&ops, size)?.is_some())
     }
 
     /// Wait until every write that returned before this call is durable.

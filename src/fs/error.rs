@@ -27,8 +27,14 @@ pub enum FsError {
     TooLarge,
     #[error("read-only file system")]
     ReadOnly,
-    #[error("corrupt attributes of {path}: {source}")]
-    CorruptAttr { path: String, source: FormatError },
+    #[error("corrupt {what}: {source}")]
+    Corrupt { what: String, source: FormatError },
+    #[error("{0}")]
+    Layout(String),
+    #[error("writing output: {0}")]
+    Output(String),
+    #[error("too many links")]
+    TooManyLinks,
     #[error(transparent)]
     Db(#[from] db::Error),
 }
@@ -47,7 +53,9 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::TooLarge => libc::EFBIG,
             FsError::ReadOnly => libc::EROFS,
-            FsError::CorruptAttr { .. } => libc::EIO,
+            FsError::Corrupt { .. } | FsError::Layout(_) => libc::EIO,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::Output(_) => libc::EIO,
             FsError::Db(e) => e.errno(),
         }
     }

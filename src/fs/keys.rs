@@ -1,97 +1,116 @@
-//! How the namespace maps onto engine keys.
+//! How the namespace lays out its records as engine keys (namespace layout 2).
 //!
-//! - A file, directory or symlink at path `a/b/c` (relative to the mount root, no
-//!   leading or trailing `/`) is the key `a/b/c`. Its metadata blob holds its
-//!   attributes; its value is the file content (small files), the symlink target, or
-//!   empty (directories and blocked files).
-//! - A directory also exists implicitly when any key starts with `a/b/` (keys written
-//!   with `kvfs put` create no directory keys).
-//! - A large file's content is split into blocks of [`BLOCK_SIZE`] bytes under
-//!   `\0b` + ino (8 bytes, big-endian) + block number (8 bytes, big-endian), so that
-//!   overwriting a few bytes rewrites one block, and renaming the file moves no data.
-//! - `\0s` holds the next inode number in its metadata.
+//! Every key of the file system starts with byte 0 and a record tag, then big-endian
+//! numbers, so each kind of record is one contiguous key range and a directory's
+//! entries, or a file's extents, are adjacent in the index and in sorted runs:
 //!
-//! Keys starting with byte 0 are reserved: paths never contain NUL.
+//! | key                                   | metadata          | value               |
+//! |---------------------------------------|-------------------|---------------------|
+//! | `\0S`                                 | superblock        | empty               |
+//! | `\0i` ino                             | [`Attr`] record   | inline content, symlink target, or empty |
+//! | `\0d` parent-ino name                 | [`Dirent`]        | empty               |
+//! | `\0x` ino offset                      | extent (skip, len)| extent data         |
+//! | `\0o` ino                             | none              | empty               |
+//!
+//! - **inode** (`\0i`): attributes of one file, directory, symlink or special file,
+//!   addressed by its number, which never changes. Small files keep their content in
+//!   the inode's value ("inline").
+//! - **directory entry** (`\0d`): one name in one directory, naming an inode. Renaming
+//!   a directory rewrites one entry, whatever lies below it.
+//! - **extent** (`\0x`): a piece of a large file's content covering file bytes
+//!   `offset .. offset + len`, which are bytes `skip .. skip + len` of the value. A
+//!   file's extents never overlap: an overwrite trims the extents it covers by
+//!   rewriting their metadata (see `extents`), not their data.
+//! - **orphan** (`\0o`): an inode whose last name is gone while it was still open; its
+//!   content is deleted at last close, or when the store is next mounted.
+//!
+//! [`Attr`]: super::attr::Attr
+//! [`Dirent`]: super::attr::Dirent
 
-pub const BLOCK_SIZE: u64 = 4096;
-/// Files up to this size keep their content in the path key's value.
-pub const INLINE_MAX: u64 = 64 * 1024;
-/// Key of the superblock record (next inode number).
-pub const SUPER_KEY: &[u8] = b"\0s";
-const BLOCK_PREFIX: &[u8] = b"\0b";
-/// Inode numbers from hashing a path have this bit set; allocated ones do not.
-pub const HASHED_INO_BIT: u64 = 1 << 63;
+/// Key of the superblock.
+pub const SUPER_KEY: &[u8] = b"\0S";
+/// Key of the superblock of namespace layout 1 (paths as keys), no longer read.
+pub const LAYOUT1_SUPER_KEY: &[u8] = b"\0s";
+const INODE_TAG: &[u8] = b"\0i";
+const DIRENT_TAG: &[u8] = b"\0d";
+const EXTENT_TAG: &[u8] = b"\0x";
+const ORPHAN_TAG: &[u8] = b"\0o";
+
 pub const ROOT_INO: u64 = 1;
 /// First inode number handed out by the allocator.
 pub const FIRST_INO: u64 = 2;
+/// Longest name of one directory entry.
+pub const NAME_MAX: usize = 255;
 
-/// Key of block `n` of inode `ino`.
-pub fn block_key(ino: u64, n: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(18);
-    k.extend_from_slice(BLOCK_PREFIX);
-    k.extend_from_slice(&ino.to_be_bytes());
-    k.extend_from_slice(&n.to_be_bytes());
+fn tagged(tag: &[u8], numbers: &[u64], tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tag.len() + 8 * numbers.len() + tail.len());
+    k.extend_from_slice(tag);
+    for n in numbers {
+        k.extend_from_slice(&n.to_be_bytes());
+    }
+    k.extend_from_slice(tail);
     k
 }
 
-/// Prefix of all block keys of inode `ino`.
-pub fn block_prefix(ino: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10);
-    k.extend_from_slice(BLOCK_PREFIX);
-    k.extend_from_slice(&ino.to_be_bytes());
-    k
+pub fn inode_key(ino: u64) -> Vec<u8> {
+    tagged(INODE_TAG, &[ino], &[])
 }
 
-/// Block number of a block key of `ino`.
-pub fn block_number(ino: u64, key: &[u8]) -> Option<u64> {
-    let rest = key.strip_prefix(block_prefix(ino).as_slice())?;
-    Some(u64::from_be_bytes(rest.try_into().ok()?))
+/// Key of entry `name` of directory `parent`.
+pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    tagged(DIRENT_TAG, &[parent], name)
 }
 
-/// Whether a key is reserved (not a path).
+/// Prefix of every entry of directory `parent`.
+pub fn dirent_prefix(parent: u64) -> Vec<u8> {
+    tagged(DIRENT_TAG, &[parent], &[])
+}
+
+/// Key of the extent of `ino` that starts at file offset `offset`.
+pub fn extent_key(ino: u64, offset: u64) -> Vec<u8> {
+    tagged(EXTENT_TAG, &[ino, offset], &[])
+}
+
+/// Prefix of every extent of `ino`.
+pub fn extent_prefix(ino: u64) -> Vec<u8> {
+    tagged(EXTENT_TAG, &[ino], &[])
+}
+
+pub fn orphan_key(ino: u64) -> Vec<u8> {
+    tagged(ORPHAN_TAG, &[ino], &[])
+}
+
+/// Prefix of every orphan record.
+pub fn orphan_prefix() -> Vec<u8> {
+    ORPHAN_TAG.to_vec()
+}
+
+fn number_at(key: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// File offset of an extent key of `ino`.
+pub fn extent_offset(ino: u64, key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(extent_prefix(ino).as_slice())?;
+    (rest.len() == 8).then(|| number_at(rest, 0)).flatten()
+}
+
+/// Name of a directory entry key of `parent`.
+pub fn dirent_name(parent: u64, key: &[u8]) -> Option<&[u8]> {
+    let prefix_len = DIRENT_TAG.len() + 8;
+    (key.len() > prefix_len && key[..prefix_len] == dirent_prefix(parent)[..])
+        .then(|| &key[prefix_len..])
+}
+
+/// Inode number of an orphan key.
+pub fn orphan_ino(key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(ORPHAN_TAG)?;
+    (rest.len() == 8).then(|| number_at(rest, 0)).flatten()
+}
+
+/// Whether a key belongs to the file system (every such key starts with byte 0).
 pub fn is_reserved(key: &[u8]) -> bool {
     key.first() == Some(&0)
-}
-
-/// `parent/name`, or `name` at the root (whose path is empty).
-pub fn child_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        return name.to_vec();
-    }
-    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
-    p.extend_from_slice(parent);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
-
-/// The key prefix of everything inside directory `path` (`path/`, or all paths).
-pub fn dir_prefix(path: &[u8]) -> Vec<u8> {
-    if path.is_empty() {
-        Vec::new()
-    } else {
-        let mut p = path.to_vec();
-        p.push(b'/');
-        p
-    }
-}
-
-/// Parent path and last component of a non-root path.
-pub fn split(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&[], path),
-    }
-}
-
-/// A stable inode number for a path that has none recorded (FNV-1a, top bit set).
-pub fn hashed_ino(path: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in path {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h | HASHED_INO_BIT
 }
 
 /// Why a name cannot be used.
@@ -107,7 +126,7 @@ pub fn check_name(name: &[u8]) -> Result<(), NameError> {
     {
         return Err(NameError::Invalid);
     }
-    if name.len() > 255 {
+    if name.len() > NAME_MAX {
         return Err(NameError::TooLong);
     }
     Ok(())
@@ -118,23 +137,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_and_keys() {
-        assert_eq!(child_path(b"", b"a"), b"a");
-        assert_eq!(child_path(b"a/b", b"c"), b"a/b/c");
-        assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
-        assert_eq!(split(b"a"), (&b""[..], &b"a"[..]));
-        assert_eq!(dir_prefix(b""), b"");
-        assert_eq!(dir_prefix(b"a"), b"a/");
-        let k = block_key(5, 9);
-        assert!(is_reserved(&k));
-        assert_eq!(block_number(5, &k), Some(9));
-        assert_eq!(block_number(6, &k), None);
-        assert!(block_key(5, 9) < block_key(5, 10));
-        assert!(block_key(5, u64::MAX) < block_key(6, 0));
-        assert_ne!(hashed_ino(b"a") & HASHED_INO_BIT, 0);
-        assert_eq!(hashed_ino(b"a/b"), hashed_ino(b"a/b"));
+    fn keys_sort_and_parse() {
+        assert!(extent_key(5, 9) < extent_key(5, 10));
+        assert!(extent_key(5, u64::MAX) < extent_key(6, 0));
+        assert_eq!(extent_offset(5, &extent_key(5, 4096)), Some(4096));
+        assert_eq!(extent_offset(6, &extent_key(5, 4096)), None);
+        assert!(dirent_key(3, b"a") < dirent_key(3, b"b"));
+        assert!(dirent_key(3, b"zzz") < dirent_key(4, b""));
+        assert_eq!(dirent_name(3, &dirent_key(3, b"x.txt")), Some(&b"x.txt"[..]));
+        assert_eq!(dirent_name(4, &dirent_key(3, b"x.txt")), None);
+        assert_eq!(orphan_ino(&orphan_key(77)), Some(77));
+        assert_eq!(orphan_ino(&inode_key(77)), None);
+        for k in [inode_key(1), dirent_key(1, b"a"), extent_key(1, 0), orphan_key(1)] {
+            assert!(is_reserved(&k));
+            assert!(k.starts_with(&[0]));
+        }
         assert_eq!(check_name(b".."), Err(NameError::Invalid));
         assert_eq!(check_name(&[b'x'; 256]), Err(NameError::TooLong));
+        assert!(check_name(&[b'x'; 255]).is_ok());
         assert!(check_name(b"ok.txt").is_ok());
     }
 }

@@ -1,13 +1,21 @@
-//! The file system's core: a namespace of files, directories and symlinks stored as
-//! engine keys, with no FUSE types in it (the FUSE adapter in `crate::fuse` is a thin
-//! translation). See `keys` for the key layout and `attr` for the attributes kept in
-//! each key's metadata.
+//! The file system's core: a namespace of inodes, directory entries and extents
+//! stored as engine keys, with no FUSE types in it (the FUSE adapter in `crate::fuse`
+//! is a thin translation). See `keys` for the layout, `attr` for the records,
+//! `locks` for what is locked when, `data` and `extents` for file content, and `kv`
+//! for the key-value view (keys as paths).
 
 pub mod attr;
+mod data;
 pub mod error;
+pub mod extents;
+mod file;
 pub mod keys;
+mod kv;
+mod locks;
 pub mod namespace;
 
 pub use attr::{Attr, Kind};
+pub use data::{INLINE_MAX, MAX_FILE_SIZE, READAHEAD_MAX};
 pub use error::{FsError, FsResult};
+pub use kv::split_key;
 pub use namespace::{DirEntry, FsStats, Namespace, RenameFlags, SetAttr};

@@ -49,16 +49,16 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
         kind: file_type(a.kind),
         perm: a.perm,
-        nlink: 1,
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev as u32,
         blksize: BLOCK_SIZE,
         flags: 0,
     }
@@ -69,6 +69,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
     }
 }
 
@@ -76,7 +80,7 @@ fn file_type(kind: Kind) -> FileType {
 /// the caller only sees `EIO`.
 fn errno(op: &str, e: &FsError) -> Errno {
     match e {
-        FsError::Db(_) | FsError::CorruptAttr { .. } => log::error!("{op}: {e}"),
+        FsError::Db(_) | FsError::Corrupt { .. } | FsError::Layout(_) => log::error!("{op}: {e}"),
         _ => log::debug!("{op}: {e}"),
     }
     Errno::from_i32(e.errno())
@@ -358,7 +362,7 @@ impl Filesystem for KvfsFuse {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -373,6 +377,7 @@ impl Filesystem for KvfsFuse {
             uid,
             gid,
             size,
+            atime: atime.map(time_of),
             mtime: mtime.map(time_of),
         };
         let ns = self.ns.clone();
@@ -380,8 +385,8 @@ impl Filesystem for KvfsFuse {
             && set.uid.is_none()
             && set.gid.is_none()
             && set.size.is_none()
+            && set.atime.is_none()
             && set.mtime.is_none();
-        // Access times are not kept: a change of atime alone just reports.
         self.spawn_attr("setattr", reply, async move {
             if nothing {
                 ns.getattr(ino.0).await
@@ -407,19 +412,32 @@ impl Filesystem for KvfsFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            // Devices, fifos and sockets cannot be stored.
-            reply.error(Errno::EPERM);
-            return;
-        }
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => {
+                reply.error(Errno::EINVAL);
+                return;
+            }
+        };
         let name = name_bytes(name);
         let owner = (req.uid(), req.gid());
         self.spawn_entry("mknod", reply, move |ns| async move {
-            ns.create(parent.0, &name, mode_bits(mode, umask), owner)
-                .await
+            ns.mknod(
+                parent.0,
+                &name,
+                kind,
+                mode_bits(mode, umask),
+                rdev as u64,
+                owner,
+            )
+            .await
         });
     }
 
@@ -500,15 +518,15 @@ impl Filesystem for KvfsFuse {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.ns.link() {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno("link", &e)),
-        }
+        let name = name_bytes(newname);
+        self.spawn_entry("link", reply, move |ns| async move {
+            ns.link(ino.0, newparent.0, &name).await
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -910,7 +928,8 @@ mod tests {
     #[test]
     fn attributes_for_the_kernel() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut a = Attr::default_file(42, 513, (1000, 100), t);
+        let mut a = Attr::new(42, Kind::File, 0o644, (1000, 100), t);
+        a.size = 513;
         a.ctime = t + Duration::from_secs(5);
         let f = file_attr(&a);
         assert_eq!(f.ino, INodeNo(42));
@@ -920,8 +939,12 @@ mod tests {
             (f.uid, f.gid, f.perm, f.kind),
             (1000, 100, 0o644, FileType::RegularFile)
         );
-        let d = file_attr(&Attr::implicit_dir(7, (0, 0), t));
-        assert_eq!((d.kind, d.nlink, d.blocks), (FileType::Directory, 1, 0));
+        let d = file_attr(&Attr::new(7, Kind::Dir, 0o755, (0, 0), t));
+        assert_eq!((d.kind, d.nlink, d.blocks), (FileType::Directory, 2, 0));
+        let mut n = Attr::new(8, Kind::CharDev, 0o600, (0, 0), t);
+        n.rdev = 0x0105;
+        let n = file_attr(&n);
+        assert_eq!((n.kind, n.rdev), (FileType::CharDevice, 0x0105));
         assert_eq!(mode_bits(0o100777, 0o022), 0o755);
         assert_eq!(mode_bits(0o4755, 0), 0o4755);
     }

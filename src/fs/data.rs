@@ -1,0 +1,634 @@
+//! File content: open, read, write, truncate, commit and the deletion of content no
+//! name refers to any more.
+//!
+//! Small files keep their content inline (the inode's value, up to [`INLINE_MAX`]
+//! bytes); a file that grows past that moves to extents (see `extents`). Writes land
+//! in the file's state (`file`); **commit** turns that into one engine batch: close
+//! commits (not durable), fsync commits and then syncs the engine (durable).
+//!
+//! A read plans under the file's lock (which extents, which dirty bytes), fetches
+//! without any lock, and starts again if a commit happened meanwhile. A reader that
+//! reads sequentially gets the next extents fetched ahead of it (a window that grows
+//! to [`READAHEAD_MAX`]), several ranged GETs in flight.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::attr::{ExtentMeta, Kind};
+use super::error::{FsError, FsResult};
+use super::extents::{self, Extent, ExtentMap, ExtentOp, Piece, MAX_EXTENT};
+use super::file::{Fetch, FileState, MAX_DIRTY_PER_FILE};
+use super::keys::{extent_key, extent_offset, extent_prefix, inode_key, orphan_key, orphan_prefix, orphan_ino};
+use super::namespace::{apply_set, lock_file, now, ops_len, Namespace, SetAttr, SharedFile};
+use crate::db::{prefix_successor, BatchOp, Db};
+
+/// Files up to this size keep their content inline.
+pub const INLINE_MAX: u64 = 64 * 1024;
+/// Largest file size accepted.
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+/// Most bytes fetched ahead of one sequential reader.
+pub const READAHEAD_MAX: u64 = 16 * MAX_EXTENT;
+/// Extent keys deleted per batch when purging a file.
+const PURGE_BATCH: usize = 4096;
+
+/// What a read does after planning under the file's lock.
+enum ReadPlan {
+    Done(Bytes),
+    /// Inline content not in memory: fetch the inode's value.
+    Inline { end: u64 },
+    Extents {
+        generation: u64,
+        end: u64,
+        pieces: Vec<(Piece, Fetch)>,
+        dirty: Vec<(u64, Vec<u8>)>,
+    },
+}
+
+impl Namespace {
+    /// The open-file state of `ino`, created from its record if needed.
+    pub(super) fn file_state(&self, ino: u64) -> FsResult<SharedFile> {
+        if let Some(s) = self.state_of(ino) {
+            return Ok(s);
+        }
+        let _held = self.locks.take(false, &[ino]);
+        let mut files = self.files();
+        if let Some(s) = files.get(&ino) {
+            return Ok(s.clone());
+        }
+        let attr = self.stored_attr(ino)?.ok_or(FsError::NotFound)?;
+        if attr.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        let s = Arc::new(std::sync::Mutex::new(FileState::new(attr)));
+        files.insert(ino, s.clone());
+        Ok(s)
+    }
+
+    /// Forget the state of `ino` if nobody has it open and nothing is unsaved.
+    fn drop_idle(&self, ino: u64) {
+        let _held = self.locks.take(false, &[ino]);
+        let mut files = self.files();
+        if let Some(s) = files.get(&ino) {
+            let idle = {
+                let st = lock_file(s);
+                st.opens == 0 && !st.changed && st.attr.nlink > 0
+            };
+            if idle {
+                files.remove(&ino);
+            }
+        }
+    }
+
+    /// Open a file (counts until `release`).
+    pub async fn open(&self, ino: u64, truncate: bool) -> FsResult<super::Attr> {
+        let attr = self.attr_now(ino)?.ok_or(FsError::NotFound)?;
+        match attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("open of a file that is not regular")),
+        }
+        if truncate {
+            self.writable()?;
+        }
+        let state = self.file_state(ino)?;
+        lock_file(&state).opens += 1;
+        if truncate {
+            if let Err(e) = self.resize(ino, &state, 0).await {
+                lock_file(&state).opens -= 1;
+                return Err(e);
+            }
+        }
+        let attr = lock_file(&state).attr;
+        Ok(attr)
+    }
+
+    /// Fetch an inline file's content into its state, unless a commit came between.
+    async fn load_inline(&self, ino: u64, state: &SharedFile, generation: u64) -> FsResult<()> {
+        let value = self.db.get(&inode_key(ino)).await?.unwrap_or_default();
+        let mut st = lock_file(state);
+        if st.content.is_none() && st.generation == generation && !st.attr.extents {
+            let mut c = value.to_vec();
+            c.resize(st.attr.size as usize, 0);
+            st.content = Some(c);
+        }
+        Ok(())
+    }
+
+    /// Whether an inline file needs its content in memory before this change.
+    fn needs_content(st: &FileState, covers_all: bool) -> Option<u64> {
+        (!st.attr.extents && st.content.is_none() && st.attr.size > 0 && !covers_all)
+            .then_some(st.generation)
+    }
+
+    /// Set the size of a file (truncate or extend with zeros).
+    async fn resize(&self, ino: u64, state: &SharedFile, size: u64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooLarge);
+        }
+        loop {
+            let need = {
+                let st = lock_file(state);
+                if st.attr.kind != Kind::File {
+                    return Err(if st.attr.kind == Kind::Dir {
+                        FsError::IsDir
+                    } else {
+                        FsError::Invalid("truncate of a file that is not regular")
+                    });
+                }
+                Self::needs_content(&st, size == 0 || st.attr.extents)
+            };
+            if let Some(g) = need {
+                self.load_inline(ino, state, g).await?;
+                continue;
+            }
+            let mut st = lock_file(state);
+            if size == 0 {
+                // Empty: inline again, every extent goes at commit.
+                st.dirty.clear();
+                st.content = Some(Vec::new());
+                if st.attr.extents || st.attr.size > 0 {
+                    st.cut = Some(0);
+                }
+                st.attr.extents = false;
+            } else if !st.attr.extents && size > INLINE_MAX {
+                to_extents(&mut st);
+            }
+            if st.attr.extents {
+                if size < st.attr.size {
+                    st.dirty.truncate(size);
+                    st.cut = Some(st.cut.map_or(size, |c| c.min(size)));
+                }
+            } else if let Some(c) = st.content.as_mut() {
+                c.resize(size as usize, 0);
+            }
+            st.attr.size = size;
+            let t = now();
+            st.attr.mtime = t;
+            st.attr.ctime = t;
+            st.changed = true;
+            st.readahead = Default::default();
+            return Ok(());
+        }
+    }
+
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let state = self.file_state(ino)?;
+        loop {
+            let plan = {
+                let mut st = lock_file(&state);
+                self.plan_read(ino, &mut st, offset, size)?
+            };
+            match plan {
+                ReadPlan::Done(b) => return Ok(b),
+                ReadPlan::Inline { end } => {
+                    let value = self.db.get(&inode_key(ino)).await?.unwrap_or_default();
+                    let mut out = vec![0u8; (end - offset) as usize];
+                    let e = (end as usize).min(value.len());
+                    if (offset as usize) < e {
+                        out[..e - offset as usize].copy_from_slice(&value[offset as usize..e]);
+                    }
+                    return Ok(Bytes::from(out));
+                }
+                ReadPlan::Extents {
+                    generation,
+                    end,
+                    pieces,
+                    dirty,
+                } => {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for (i, (p, cell)) in pieces.iter().enumerate() {
+                        let (db, cell, key) = (self.db.clone(), cell.clone(), p.key);
+                        tasks.spawn(async move {
+                            let v = cell
+                                .get_or_try_init(|| fetch_extent(db, ino, key))
+                                .await
+                                .cloned();
+                            (i, v)
+                        });
+                    }
+                    let mut values = vec![Bytes::new(); pieces.len()];
+                    let mut failed = None;
+                    while let Some(r) = tasks.join_next().await {
+                        let (i, v) =
+                            r.map_err(|_| FsError::Invalid("extent read task failed"))?;
+                        match v {
+                            Ok(b) => values[i] = b,
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                    if lock_file(&state).generation != generation {
+                        continue;
+                    }
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
+                    let mut out = vec![0u8; (end - offset) as usize];
+                    for ((p, _), v) in pieces.iter().zip(&values) {
+                        let src = v
+                            .get(p.skip as usize..(p.skip + p.len) as usize)
+                            .ok_or(FsError::Invalid("extent shorter than its record"))?;
+                        let at = (p.at - offset) as usize;
+                        out[at..at + src.len()].copy_from_slice(src);
+                    }
+                    for (at, d) in dirty {
+                        let s = (at - offset) as usize;
+                        out[s..s + d.len()].copy_from_slice(&d);
+                    }
+                    return Ok(Bytes::from(out));
+                }
+            }
+        }
+    }
+
+    fn plan_read(
+        &self,
+        ino: u64,
+        st: &mut FileState,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<ReadPlan> {
+        if st.attr.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let end = offset.saturating_add(size as u64).min(st.attr.size);
+        if offset >= end {
+            return Ok(ReadPlan::Done(Bytes::new()));
+        }
+        if !st.attr.extents {
+            return Ok(match &st.content {
+                Some(c) => ReadPlan::Done(Bytes::copy_from_slice(
+                    &c[offset as usize..(end as usize).min(c.len())],
+                )),
+                None => ReadPlan::Inline { end },
+            });
+        }
+        let stored_end = end.min(st.cut.unwrap_or(u64::MAX));
+        let map = self.extent_map(ino, offset, stored_end)?;
+        let planned = extents::pieces(&map, offset, stored_end);
+        let ra = &mut st.readahead;
+        if offset == ra.next && offset > 0 {
+            ra.window = (ra.window * 2).clamp(2 * MAX_EXTENT, READAHEAD_MAX);
+        } else if offset != ra.next {
+            ra.window = 0;
+            ra.fetches.clear();
+        }
+        ra.next = end;
+        // Values wholly behind the reader are no longer needed.
+        ra.fetches.retain(|k, _| k + MAX_EXTENT > offset);
+        let mut pieces = Vec::with_capacity(planned.len());
+        for p in planned {
+            let cell = ra.fetches.entry(p.key).or_default().clone();
+            pieces.push((p, cell));
+        }
+        if ra.window > 0 {
+            let ahead_end = (end + ra.window)
+                .min(st.attr.size)
+                .min(st.cut.unwrap_or(u64::MAX));
+            if ahead_end > end {
+                let ahead = self.extent_map(ino, end, ahead_end)?;
+                for p in extents::pieces(&ahead, end, ahead_end) {
+                    if ra.fetches.contains_key(&p.key) {
+                        continue;
+                    }
+                    let cell: Fetch = Default::default();
+                    ra.fetches.insert(p.key, cell.clone());
+                    let db = self.db.clone();
+                    tokio::spawn(async move {
+                        let _ = cell.get_or_try_init(|| fetch_extent(db, ino, p.key)).await;
+                    });
+                }
+            }
+        }
+        Ok(ReadPlan::Extents {
+            generation: st.generation,
+            end,
+            pieces,
+            dirty: st.dirty.within(offset, end),
+        })
+    }
+
+    /// The stored extents of `ino` that may overlap `start .. end` (`end` `None`:
+    /// to the end of the file).
+    pub(super) fn extent_map(&self, ino: u64, start: u64, end: u64) -> FsResult<ExtentMap> {
+        let lo = extent_key(ino, start.saturating_sub(MAX_EXTENT - 1));
+        let hi = if end == u64::MAX {
+            prefix_successor(&extent_prefix(ino))
+        } else {
+            Some(extent_key(ino, end))
+        };
+        let rows = self.db.scan_info(
+            Bound::Included(lo.as_slice()),
+            hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+            usize::MAX,
+        );
+        let mut map = ExtentMap::new();
+        for (key, info) in rows {
+            let Some(at) = extent_offset(ino, &key) else {
+                continue;
+            };
+            let meta = ExtentMeta::decode(info.meta.as_deref().unwrap_or(&[]), info.value_len)
+                .map_err(|source| FsError::Corrupt {
+                    what: format!("extent {at} of inode {ino}"),
+                    source,
+                })?;
+            map.insert(
+                at,
+                Extent {
+                    len: meta.len as u64,
+                    skip: meta.skip as u64,
+                },
+            );
+        }
+        Ok(map)
+    }
+
+    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writable()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge)?;
+        let state = self.file_state(ino)?;
+        let commit_now = loop {
+            let need = {
+                let st = lock_file(&state);
+                if st.attr.kind != Kind::File {
+                    return Err(FsError::IsDir);
+                }
+                Self::needs_content(&st, offset == 0 && end >= st.attr.size)
+            };
+            if let Some(g) = need {
+                self.load_inline(ino, &state, g).await?;
+                continue;
+            }
+            let mut st = lock_file(&state);
+            if !st.attr.extents {
+                if end > INLINE_MAX {
+                    to_extents(&mut st);
+                } else {
+                    let mut c = st.content.take().unwrap_or_default();
+                    if c.len() < end as usize {
+                        c.resize(end as usize, 0);
+                    }
+                    c[offset as usize..end as usize].copy_from_slice(data);
+                    st.content = Some(c);
+                }
+            }
+            if st.attr.extents {
+                st.dirty.write(offset, data);
+            }
+            st.attr.size = st.attr.size.max(end);
+            let t = now();
+            st.attr.mtime = t;
+            st.attr.ctime = t;
+            st.changed = true;
+            break st.dirty.bytes() > MAX_DIRTY_PER_FILE;
+        };
+        if commit_now {
+            self.commit(ino).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Turn the file's unsaved state into one engine batch (not yet durable).
+    pub async fn commit(&self, ino: u64) -> FsResult<()> {
+        let Some(state) = self.state_of(ino) else {
+            return Ok(());
+        };
+        let mut room = 0;
+        loop {
+            if room > 0 {
+                self.db.wait_for_room(room).await?;
+            }
+            let mut st = lock_file(&state);
+            if !st.changed {
+                return Ok(());
+            }
+            if st.attr.nlink == 0 && st.opens == 0 {
+                // Deleted and closed: nothing to keep.
+                st.changed = false;
+                st.dirty.clear();
+                return Ok(());
+            }
+            let ops = self.commit_ops(ino, &st)?;
+            if !self.db.try_write_batch(&ops)? {
+                room = ops_len(&ops);
+                continue;
+            }
+            st.dirty.clear();
+            st.cut = None;
+            st.changed = false;
+            st.stored = st.attr;
+            st.generation += 1;
+            st.readahead.fetches.clear();
+            return Ok(());
+        }
+    }
+
+    fn commit_ops(&self, ino: u64, st: &FileState) -> FsResult<Vec<BatchOp>> {
+        let mut ops = Vec::new();
+        let ranges: Vec<(u64, &[u8])> = st.dirty.ranges().collect();
+        if st.cut.is_some() || !ranges.is_empty() {
+            let lo = ranges
+                .iter()
+                .map(|(o, _)| *o)
+                .chain(st.cut)
+                .min()
+                .unwrap_or(0);
+            let hi = if st.cut.is_some() {
+                u64::MAX
+            } else {
+                ranges
+                    .iter()
+                    .map(|(o, d)| o + d.len() as u64)
+                    .max()
+                    .unwrap_or(0)
+            };
+            let mut map = self.extent_map(ino, lo, hi)?;
+            if let Some(c) = st.cut {
+                for op in extents::punch(&mut map, c, None) {
+                    ops.push(extent_op(ino, op, 0, &[]));
+                }
+            }
+            for (o, d) in ranges {
+                for op in extents::write(&mut map, o, o + d.len() as u64) {
+                    ops.push(extent_op(ino, op, o, d));
+                }
+            }
+        }
+        let key = inode_key(ino);
+        ops.push(match (&st.content, st.attr.extents) {
+            (Some(c), false) => BatchOp::PutMeta {
+                key,
+                meta: st.attr.encode(),
+                value: c.clone(),
+            },
+            // Content unchanged (never loaded): only the attributes change.
+            (None, false) => BatchOp::Link {
+                source: key.clone(),
+                key,
+                meta: Some(st.attr.encode()),
+            },
+            (_, true) => BatchOp::PutMeta {
+                key,
+                meta: st.attr.encode(),
+                value: Vec::new(),
+            },
+        });
+        Ok(ops)
+    }
+
+    /// Commit `ino` and make everything written so far durable.
+    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+        self.commit(ino).await?;
+        self.db.sync().await?;
+        Ok(())
+    }
+
+    /// Commit every open file and make everything durable.
+    pub async fn sync_all(&self) -> FsResult<()> {
+        let inos: Vec<u64> = self.files().keys().copied().collect();
+        for ino in inos {
+            self.commit(ino).await?;
+        }
+        self.db.sync().await?;
+        Ok(())
+    }
+
+    /// The last close of one open: commit, and forget the state once nobody has it
+    /// open (deleting the content if no name refers to it any more).
+    pub async fn release(&self, ino: u64) -> FsResult<()> {
+        let result = self.commit(ino).await;
+        let purge = {
+            let _held = self.locks.take(false, &[ino]);
+            let mut files = self.files();
+            let Some(state) = files.get(&ino).cloned() else {
+                return result;
+            };
+            let mut st = lock_file(&state);
+            st.opens = st.opens.saturating_sub(1);
+            if st.opens > 0 {
+                false
+            } else if st.attr.nlink == 0 {
+                files.remove(&ino);
+                true
+            } else {
+                if !st.changed {
+                    files.remove(&ino);
+                }
+                false
+            }
+        };
+        if purge {
+            self.purge(ino).await?;
+        }
+        result
+    }
+
+    /// Change the size and attributes of a file through its state.
+    pub(super) async fn set_size_and_attr(&self, ino: u64, set: SetAttr) -> FsResult<super::Attr> {
+        let state = self.file_state(ino)?;
+        if let Some(size) = set.size {
+            self.resize(ino, &state, size).await?;
+        }
+        {
+            let mut st = lock_file(&state);
+            apply_set(&mut st.attr, &set);
+            st.changed = true;
+        }
+        self.commit(ino).await?;
+        let attr = lock_file(&state).attr;
+        self.drop_idle(ino);
+        Ok(attr)
+    }
+
+    /// Delete the content and record of an inode no name refers to: extents in
+    /// batches, then the inode and its orphan record.
+    pub(super) async fn purge(&self, ino: u64) -> FsResult<()> {
+        let prefix = extent_prefix(ino);
+        let end = prefix_successor(&prefix);
+        loop {
+            let keys = self.db.scan_info(
+                Bound::Included(prefix.as_slice()),
+                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+                PURGE_BATCH,
+            );
+            if keys.is_empty() {
+                break;
+            }
+            let ops: Vec<BatchOp> = keys.into_iter().map(|(k, _)| BatchOp::Delete(k)).collect();
+            self.db.write_batch(&ops).await?;
+        }
+        self.db
+            .write_batch(&[
+                BatchOp::Delete(inode_key(ino)),
+                BatchOp::Delete(orphan_key(ino)),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Purge what files unlinked while open left behind (after a crash, or a
+    /// mount that ended with them open).
+    pub(super) async fn purge_orphans(&self) -> FsResult<usize> {
+        let prefix = orphan_prefix();
+        let end = prefix_successor(&prefix);
+        let orphans: Vec<u64> = self
+            .db
+            .scan_info(
+                Bound::Included(prefix.as_slice()),
+                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+                usize::MAX,
+            )
+            .into_iter()
+            .filter_map(|(k, _)| orphan_ino(&k))
+            .collect();
+        for ino in &orphans {
+            log::info!("deleting inode {ino}: unlinked while open before the last stop");
+            self.purge(*ino).await?;
+        }
+        Ok(orphans.len())
+    }
+}
+
+/// Move an inline file's content (loaded, or the file is empty or about to be
+/// wholly overwritten) into dirty ranges of an extent file.
+fn to_extents(st: &mut FileState) {
+    let mut c = st.content.take().unwrap_or_default();
+    c.resize(st.attr.size as usize, 0);
+    st.dirty.clear();
+    st.dirty.write(0, &c);
+    st.attr.extents = true;
+    st.cut = Some(0);
+}
+
+/// The engine operation of one extent change; `Put`s take their bytes from the
+/// dirty range `data` starting at file offset `base`.
+fn extent_op(ino: u64, op: ExtentOp, base: u64, data: &[u8]) -> BatchOp {
+    match op {
+        ExtentOp::Link { at, from, meta } => BatchOp::Link {
+            key: extent_key(ino, at),
+            source: extent_key(ino, from),
+            meta: Some(meta.encode()),
+        },
+        ExtentOp::Delete { at } => BatchOp::Delete(extent_key(ino, at)),
+        ExtentOp::Put { at, len } => {
+            let s = (at - base) as usize;
+            BatchOp::PutMeta {
+                key: extent_key(ino, at),
+                meta: ExtentMeta {
+                    skip: 0,
+                    len: len as u32,
+                }
+                .encode(),
+                value: data[s..s + len as usize].to_vec(),
+            }
+        }
+    }
+}
+
+async fn fetch_extent(db: Db, ino: u64, at: u64) -> FsResult<Bytes> {
+    db.get(&extent_key(ino, at)).await?.ok_or(FsError::NotFound)
+}
