@@ -28,7 +28,7 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                     buf
                 }
             };
-            kvfs::fs::split_key(key.as_bytes()).map_err(|e| key_err(&key, e))?;
+            check_key(&key)?;
             let db = Db::open(&store, one_shot(tuning.options())).await?;
             let result = match Namespace::new(db.clone(), process_owner()).await {
                 Ok(ns) => match ns.put_file(key.as_bytes(), &value, process_owner()).await {
@@ -41,7 +41,7 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Delete { store, key, tuning } => {
-            kvfs::fs::split_key(key.as_bytes()).map_err(|e| key_err(&key, e))?;
+            check_key(&key)?;
             let db = Db::open(&store, one_shot(tuning.options())).await?;
             let mut existed = true;
             let result = match Namespace::new(db.clone(), process_owner()).await {
@@ -61,7 +61,7 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Get { store, key } => {
-            kvfs::fs::split_key(key.as_bytes()).map_err(|e| key_err(&key, e))?;
+            check_key(&key)?;
             let db = Db::open(&store, Options::read_only()).await?;
             let ns = Namespace::new(db, process_owner()).await.map_err(fs_err)?;
             let mut out = std::io::stdout().lock();
@@ -245,6 +245,23 @@ async fn finish_write(db: &Db, result: Result<(), Error>) -> Result<(), Error> {
 fn process_owner() -> (u32, u32) {
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// Refuse a key that cannot be a file's path, saying why.
+fn check_key(key: &str) -> Result<(), Error> {
+    if let Some(long) = key
+        .split('/')
+        .find(|c| c.len() > kvfs::fs::keys::NAME_MAX)
+    {
+        return Err(Error::InvalidKey(format!(
+            "a component of the key is {} bytes; the maximum is {} (a key is a path)",
+            long.len(),
+            kvfs::fs::keys::NAME_MAX
+        )));
+    }
+    kvfs::fs::split_key(key.as_bytes())
+        .map(|_| ())
+        .map_err(|e| Error::InvalidKey(e.to_string().replace("invalid argument: ", "")))
 }
 
 /// An engine error as itself; any other namespace error as an input error.

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use std::ops::Bound;
+
 use kvfs::db::{Db, Options};
+use kvfs::fs::Namespace;
 use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
 use kvfs_testkit::server::{ServerOptions, TestS3Server};
@@ -83,6 +86,16 @@ impl Run {
             .await
             .expect("kvfs runner task")
     }
+}
+
+/// Store keys as files through the namespace over an open engine, durably.
+async fn put_files(db: &Db, kvs: impl IntoIterator<Item = (String, Vec<u8>)>) -> Namespace {
+    let ns = Namespace::new(db.clone(), (0, 0)).await.unwrap();
+    for (k, v) in kvs {
+        ns.put_file(k.as_bytes(), &v, (0, 0)).await.unwrap();
+    }
+    ns.sync_all().await.unwrap();
+    ns
 }
 
 fn shorten(s: &str) -> String {
@@ -296,7 +309,7 @@ fn bad_keys_are_rejected_clearly() {
     let long = "k".repeat(5000);
     let err = kvfs(&["put", &store, &long, "v"]).fails(1);
     assert!(
-        err.contains("invalid key") && err.contains("5000") && err.contains("4096"),
+        err.contains("invalid key") && err.contains("5000") && err.contains("255"),
         "{err}"
     );
     let err = kvfs(&["get", &store, &long]).fails(1);
@@ -381,11 +394,11 @@ fn scan_pages_through_many_keys() {
         let db = Db::open(path.to_str().unwrap(), Options::default())
             .await
             .unwrap();
-        for i in 0..2500u32 {
-            db.put(format!("k{i:05}").as_bytes(), format!("v{i}").as_bytes())
-                .await
-                .unwrap();
-        }
+        put_files(
+            &db,
+            (0..2500u32).map(|i| (format!("k{i:05}"), format!("v{i}").into_bytes())),
+        )
+        .await;
         db.close().await.unwrap();
     });
     let rows = scan_rows(&kvfs(&["scan", &store]).ok());
@@ -407,8 +420,11 @@ fn stats_and_fsck_on_local_store() {
     }
     kvfs(&["delete", &store, "key0"]).ok();
     let stats = kvfs(&["stats", &store]).ok();
-    assert_eq!(stats_field(&stats, "keys"), "4", "{stats}");
-    assert_eq!(stats_field(&stats, "live bytes"), "56", "{stats}");
+    // Per file an inode and a directory entry; the root and the superblock.
+    assert_eq!(stats_field(&stats, "keys"), "10", "{stats}");
+    // Key and value bytes: entries 4 x 14, inodes 4 x 10 + 4 x 10 content, the
+    // root's inode 10, the superblock 2.
+    assert_eq!(stats_field(&stats, "live bytes"), "148", "{stats}");
     assert!(
         stats_field(&stats, "lease").starts_with("released by"),
         "{stats}"
@@ -416,7 +432,7 @@ fn stats_and_fsck_on_local_store() {
     assert!(!stats.contains("foreign objects"), "{stats}");
     let fsck = kvfs(&["fsck", &store]).ok();
     assert!(fsck.contains("no problems found"), "{fsck}");
-    assert!(fsck.contains("4 live keys verified"), "{fsck}");
+    assert!(fsck.contains("10 live keys verified"), "{fsck}");
 }
 
 #[test]
@@ -505,11 +521,7 @@ fn fsck_finds_a_corrupt_segment_covered_by_a_checkpoint() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let db = Db::open(&store, Options::default()).await.unwrap();
-        for i in 0..20u32 {
-            db.put(format!("k{i:02}").as_bytes(), &[b'v'; 200])
-                .await
-                .unwrap();
-        }
+        put_files(&db, (0..20u32).map(|i| (format!("k{i:02}"), vec![b'v'; 200]))).await;
         db.sync().await.unwrap();
         db.checkpoint().await.unwrap();
         db.close().await.unwrap();
@@ -556,8 +568,7 @@ fn fsck_finds_a_foreign_file() {
 async fn second_writer_on_a_local_store_is_refused_naming_the_holder() {
     let (_dir, _path, store) = local_store();
     let db = Db::open(&store, Options::default()).await.unwrap();
-    db.put(b"held", b"1").await.unwrap();
-    db.sync().await.unwrap();
+    put_files(&db, [("held".to_string(), b"1".to_vec())]).await;
 
     let out = Run::new(&["put", &store, "k", "v"]).output_async().await;
     let err = out.fails(1);
@@ -650,7 +661,9 @@ async fn s3_roundtrip() {
 
     let stats = s3.run(&["stats", &url]).await.ok();
     assert_eq!(stats_field(&stats, "store"), url, "{stats}");
-    assert_eq!(stats_field(&stats, "keys"), "3", "{stats}");
+    // Per file or directory an inode and an entry (a/2, b, stdin, a); the root and
+    // the superblock.
+    assert_eq!(stats_field(&stats, "keys"), "10", "{stats}");
     let fsck = s3.run(&["fsck", &url]).await.ok();
     assert!(fsck.contains("no problems found"), "{fsck}");
 
@@ -658,8 +671,9 @@ async fn s3_roundtrip() {
     let db = Db::open_store(s3.store("cli/roundtrip"), Options::read_only())
         .await
         .unwrap();
-    assert_eq!(db.get(b"b").await.unwrap().unwrap().as_ref(), b"bee");
-    assert_eq!(db.len(), 3);
+    let ns = Namespace::new(db, (0, 0)).await.unwrap();
+    assert_eq!(ns.get_file(b"b").await.unwrap().unwrap(), b"bee");
+    assert_eq!(ns.scan_files(Bound::Unbounded, None, 10).unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,8 +704,7 @@ async fn s3_second_writer_is_refused_naming_the_holder() {
     let db = Db::open_store(s3.store("held"), Options::default())
         .await
         .unwrap();
-    db.put(b"k", b"first").await.unwrap();
-    db.sync().await.unwrap();
+    let ns = put_files(&db, [("k".to_string(), b"first".to_vec())]).await;
 
     let out = s3.run(&["put", &url, "k", "second"]).await;
     let err = out.fails(1);
@@ -707,9 +720,9 @@ async fn s3_second_writer_is_refused_naming_the_holder() {
     );
     // The refused write changed nothing.
     assert_eq!(s3.run(&["get", &url, "k"]).await.ok(), "first");
-    assert_eq!(db.get(b"k").await.unwrap().unwrap().as_ref(), b"first");
-    db.put(b"k2", b"still writable").await.unwrap();
-    db.sync().await.unwrap();
+    assert_eq!(ns.get_file(b"k").await.unwrap().unwrap(), b"first");
+    ns.put_file(b"k2", b"still writable", (0, 0)).await.unwrap();
+    ns.sync_all().await.unwrap();
     db.close().await.unwrap();
 
     s3.run(&["put", &url, "k", "second"]).await.ok();

@@ -171,13 +171,20 @@ fn shell_tools_work_and_everything_persists() {
     assert_eq!(fs::read(m.path("d/c/file")).unwrap(), b"deep\n");
     assert_eq!(fs::metadata(m.path("d/c")).unwrap().ino(), c_ino);
 
-    // Symlinks; hard links are refused with EPERM.
+    // Symlinks; hard links share the inode, content and link count.
     m.sh("ln -s d/c/file sym");
     assert_eq!(m.sh("readlink sym"), "d/c/file\n");
     assert_eq!(m.sh("cat sym"), "deep\n");
-    let e = fs::hard_link(m.path("f"), m.path("hard")).unwrap_err();
-    assert_eq!(errno(&e), libc::EPERM);
-    assert!(!m.sh_output("ln f hard2").status.success());
+    m.sh("echo one > hl");
+    fs::hard_link(m.path("hl"), m.path("hard")).unwrap();
+    let (a, b) = (
+        fs::metadata(m.path("hl")).unwrap(),
+        fs::metadata(m.path("hard")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    m.sh("echo linked >> hard");
+    assert_eq!(fs::read(m.path("hl")).unwrap(), b"one\nlinked\n");
+    m.sh("rm hard hl");
 
     // Extended attributes are unsupported, quietly.
     let name = std::ffi::CString::new("user.x").unwrap();

@@ -2,6 +2,7 @@
 //! simple in-memory tree, compared after every step and across reopen.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use crate::common::{memory, small_opts, Rng};
 use kvfs::db::{Db, Options};
@@ -67,6 +68,7 @@ async fn snapshot(ns: &Namespace) -> Model {
                 Kind::Symlink => {
                     out.insert(child, Node::Link(ns.readlink(cino).await.unwrap()));
                 }
+                kind => panic!("{child:?}: unexpected {kind:?}"),
             }
         }
     }
@@ -105,6 +107,7 @@ async fn run(store: DynStore, seed: u64, steps: usize) {
         Db::open_store(store.clone(), small_opts()).await.unwrap(),
         OWNER,
     )
+    .await
     .unwrap();
     for step in 0..steps {
         let op = rng.below(100);
@@ -340,6 +343,7 @@ async fn run(store: DynStore, seed: u64, steps: usize) {
                     Db::open_store(store.clone(), small_opts()).await.unwrap(),
                     OWNER,
                 )
+                .await
                 .unwrap();
                 assert_eq!(snapshot(&ns).await, model, "step {step}: after remount");
             }
@@ -354,6 +358,7 @@ async fn run(store: DynStore, seed: u64, steps: usize) {
                     Db::open_store(store.clone(), small_opts()).await.unwrap(),
                     OWNER,
                 )
+                .await
                 .unwrap();
                 assert_eq!(
                     resolve(&ns, &path).await.unwrap(),
@@ -384,18 +389,28 @@ async fn namespace_model_many_seeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_from_the_kv_api_appear_as_files_and_directories() {
+async fn keys_of_the_kv_api_are_files_at_their_paths() {
     let (_, store) = memory();
-    let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
-    db.put(b"users/42/profile.json", b"{\"name\":\"Ada\"}")
+    {
+        let ns = Namespace::new(
+            Db::open_store(store.clone(), small_opts()).await.unwrap(),
+            OWNER,
+        )
         .await
         .unwrap();
-    db.put(b"top", b"x").await.unwrap();
-    db.close().await.unwrap();
+        ns.put_file(b"users/42/profile.json", b"{\"name\":\"Ada\"}", OWNER)
+            .await
+            .unwrap();
+        ns.put_file(b"top", b"x", OWNER).await.unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        ns.put_file(b"users/big.bin", &big, OWNER).await.unwrap();
+        ns.shutdown().await.unwrap();
+    }
     let ns = Namespace::new(
         Db::open_store(store.clone(), small_opts()).await.unwrap(),
         OWNER,
     )
+    .await
     .unwrap();
     let root: Vec<Vec<u8>> = ns
         .readdir(ROOT_INO)
@@ -414,11 +429,10 @@ async fn keys_from_the_kv_api_appear_as_files_and_directories() {
         b"{\"name\":\"Ada\"}"
     );
     ns.release(f).await.unwrap();
-    // Removing the last file keeps its (formerly implicit) directory.
-    let d42 = resolve(&ns, b"users/42").await.unwrap();
-    ns.unlink(d42, b"profile.json").await.unwrap();
-    assert!(ns.readdir(d42).await.unwrap().is_empty());
-    // A file written through the namespace is a plain key for the KV API.
+    let big = ns.get_file(b"users/big.bin").await.unwrap().unwrap();
+    assert_eq!(big.len(), 3_000_000);
+    assert!(big.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8));
+    // A file written through the namespace is a key; keys scan in byte order.
     let top = ns
         .create(ROOT_INO, b"hello.txt", 0o600, OWNER)
         .await
@@ -427,20 +441,59 @@ async fn keys_from_the_kv_api_appear_as_files_and_directories() {
     ns.open(top, false).await.unwrap();
     ns.write(top, 0, b"hello").await.unwrap();
     ns.release(top).await.unwrap();
+    assert_eq!(ns.get_file(b"hello.txt").await.unwrap().unwrap(), b"hello");
+    ns.put_file(b"users-list", b"1", OWNER).await.unwrap();
+    ns.put_file(b"users0", b"2", OWNER).await.unwrap();
+    let keys = |rows: Vec<(Vec<u8>, kvfs::fs::Attr)>| -> Vec<String> {
+        rows.into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect()
+    };
+    let all = keys(ns.scan_files(Bound::Unbounded, None, usize::MAX).unwrap());
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert_eq!(
+        all,
+        [
+            "hello.txt",
+            "top",
+            "users-list",
+            "users/42/profile.json",
+            "users/big.bin",
+            "users0"
+        ]
+    );
+    let within = keys(
+        ns.scan_files(Bound::Included(&b"users/"[..]), Some(&b"users0"[..]), 10)
+            .unwrap(),
+    );
+    assert_eq!(within, ["users/42/profile.json", "users/big.bin"]);
+    let after = keys(
+        ns.scan_files(Bound::Excluded(&b"users/42/profile.json"[..]), None, 2)
+            .unwrap(),
+    );
+    assert_eq!(after, ["users/big.bin", "users0"]);
+    // Removing the last file keeps its directory.
+    assert!(ns.remove_file(b"users/42/profile.json").await.unwrap());
+    assert!(!ns.remove_file(b"users/42/profile.json").await.unwrap());
+    let d42 = resolve(&ns, b"users/42").await.unwrap();
+    assert!(ns.readdir(d42).await.unwrap().is_empty());
+    for bad in [&b"/a"[..], b"a/", b"a//b", b"a/./b", b"..", b""] {
+        assert!(ns.put_file(bad, b"x", OWNER).await.is_err(), "{bad:?}");
+    }
     ns.shutdown().await.unwrap();
-    let db = Db::open_store(store, Options::read_only()).await.unwrap();
-    assert_eq!(db.get(b"hello.txt").await.unwrap().unwrap(), &b"hello"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_overwrite_in_a_large_file_writes_one_block() {
+async fn small_overwrite_in_a_large_file_writes_about_its_size() {
     let (_, store) = memory();
     // No background checkpoints, whose PUTs would be counted below.
     let opts = Options {
         checkpoint_bytes: u64::MAX,
         ..small_opts()
     };
-    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER).unwrap();
+    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER).await.unwrap();
     let ino = ns.create(ROOT_INO, b"big", 0o644, OWNER).await.unwrap().ino;
     ns.open(ino, false).await.unwrap();
     let chunk = vec![7u8; 128 * 1024];
@@ -454,7 +507,7 @@ async fn small_overwrite_in_a_large_file_writes_one_block() {
         .unwrap();
     ns.fsync(ino).await.unwrap();
     let written = ns.db().metrics().put_bytes - before;
-    // Two 4 KiB blocks touched, plus entry headers, attributes and segment framing.
+    // 4 KiB of data, plus the split extent's records, attributes and segment framing.
     assert!(
         written < 16 * 1024,
         "{written} bytes written for a 4 KiB overwrite"
@@ -480,7 +533,7 @@ async fn unlinked_open_files_keep_their_content_until_closed() {
     let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
     let big_data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     {
-        let ns = Namespace::new(db, OWNER).unwrap();
+        let ns = Namespace::new(db, OWNER).await.unwrap();
         for (name, data) in [(&b"small"[..], &b"tiny"[..]), (b"big", &big_data[..])] {
             let ino = ns.create(ROOT_INO, name, 0o644, OWNER).await.unwrap().ino;
             ns.open(ino, false).await.unwrap();
@@ -490,7 +543,7 @@ async fn unlinked_open_files_keep_their_content_until_closed() {
         ns.shutdown().await.unwrap();
     }
     // A fresh mount: nothing is loaded yet.
-    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER).unwrap();
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER).await.unwrap();
     let small = ns.lookup(ROOT_INO, b"small").await.unwrap().ino;
     let big = ns.lookup(ROOT_INO, b"big").await.unwrap().ino;
     ns.open(small, false).await.unwrap();
@@ -509,13 +562,15 @@ async fn unlinked_open_files_keep_their_content_until_closed() {
     assert!(ns.read(big, 0, 400_000).await.unwrap() == big_data);
     ns.release(small).await.unwrap();
     ns.release(big).await.unwrap();
-    // The replaced file's blocks are gone once its last user closed it.
-    let blocks = ns
+    // The replaced file's extents and inode are gone once its last user closed it.
+    let extents = ns
         .db()
-        .scan_prefix(&kvfs::fs::keys::block_prefix(big), 10, true)
+        .scan_prefix(&kvfs::fs::keys::extent_prefix(big), 10, true)
         .await
         .unwrap();
-    assert!(blocks.is_empty(), "{} blocks left", blocks.len());
+    assert!(extents.is_empty(), "{} extents left", extents.len());
+    assert!(ns.db().info(&kvfs::fs::keys::inode_key(big)).is_none());
+    assert!(ns.db().info(&kvfs::fs::keys::inode_key(small)).is_none());
     assert_eq!(ns.lookup(ROOT_INO, b"big").await.unwrap().ino, other);
     assert!(matches!(
         ns.lookup(ROOT_INO, b"small").await,
