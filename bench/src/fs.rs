@@ -67,6 +67,34 @@ pub struct FsArgs {
     /// Systems to run, comma-separated: kvfs, bindfs, s3fs, rclone.
     #[arg(long, default_value = "kvfs,bindfs,s3fs,rclone")]
     systems: String,
+    /// Experiments, comma-separated: small-files (the workloads above, per system),
+    /// contention, big-files, readahead, rename (the namespace under load).
+    #[arg(
+        long,
+        default_value = "small-files,contention,big-files,readahead,rename"
+    )]
+    experiments: String,
+    /// Seconds of file creation, alone and next to a cold reader (contention).
+    #[arg(long, default_value_t = 10)]
+    contention_secs: u64,
+    /// Latency of every GET in the contention experiment.
+    #[arg(long, default_value_t = 200)]
+    contention_get_ms: u64,
+    /// MiB stored in large files after a warm-up (big-files).
+    #[arg(long, default_value_t = 2048)]
+    big_mib: u64,
+    /// MiB of the file read cold (readahead).
+    #[arg(long, default_value_t = 1024)]
+    read_mib: u64,
+    /// Latency of every GET in the readahead experiment.
+    #[arg(long, default_value_t = 15)]
+    read_get_ms: u64,
+    /// Files in the directory whose rename is measured in log bytes (rename).
+    #[arg(long, default_value_t = 20_000)]
+    rename_files: usize,
+    /// Files in the directory whose rename is timed (rename).
+    #[arg(long, default_value_t = 1_000_000)]
+    huge_rename_files: usize,
     /// About a minute: 5x fewer files.
     #[arg(long)]
     quick: bool,
@@ -437,7 +465,43 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
         a.ls_files = (a.ls_files / 5).max(100);
         a.s3fs_files = (a.s3fs_files / 3).max(20);
         a.sustained_mib = (a.sustained_mib / 8).max(16);
+        a.contention_secs = (a.contention_secs / 3).max(2);
+        a.big_mib = (a.big_mib / 8).max(64);
+        a.read_mib = (a.read_mib / 8).max(32);
+        a.huge_rename_files = (a.huge_rename_files / 10).max(1000);
     }
+    let experiments: Vec<String> = a
+        .experiments
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if experiments.iter().any(|e| e == "small-files") {
+        small_files(&a).await?;
+    }
+    let load: Vec<String> = experiments
+        .into_iter()
+        .filter(|e| e != "small-files")
+        .collect();
+    if load.is_empty() {
+        return Ok(());
+    }
+    crate::fs_load::run(crate::fs_load::LoadArgs {
+        experiments: load,
+        contention_secs: a.contention_secs,
+        contention_get_ms: a.contention_get_ms,
+        big_mib: a.big_mib,
+        read_mib: a.read_mib,
+        read_get_ms: a.read_get_ms,
+        rename_files: a.rename_files,
+        huge_rename_files: a.huge_rename_files,
+        out: a.out.clone(),
+    })
+    .await
+}
+
+/// The small-file workloads, per system.
+async fn small_files(a: &FsArgs) -> BenchResult<()> {
     let mut sustained_rss: Option<f64> = None;
     let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
     let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));

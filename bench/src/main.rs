@@ -9,6 +9,7 @@ mod crash_mount;
 mod engine;
 mod faults;
 mod fs;
+mod fs_load;
 mod gc;
 mod kv;
 mod mount;

@@ -125,7 +125,8 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
                         out.write_all(b"\t").map_err(stdout_err)?;
                         let mut failed = None;
                         ns.read_file(k, |b| {
-                            out.write_all(b).inspect_err(|e| failed = Some(e.to_string()))
+                            out.write_all(b)
+                                .inspect_err(|e| failed = Some(e.to_string()))
                         })
                         .await
                         .map_err(fs_err)?;
@@ -249,10 +250,7 @@ fn process_owner() -> (u32, u32) {
 
 /// Refuse a key that cannot be a file's path, saying why.
 fn check_key(key: &str) -> Result<(), Error> {
-    if let Some(long) = key
-        .split('/')
-        .find(|c| c.len() > kvfs::fs::keys::NAME_MAX)
-    {
+    if let Some(long) = key.split('/').find(|c| c.len() > kvfs::fs::keys::NAME_MAX) {
         return Err(Error::InvalidKey(format!(
             "a component of the key is {} bytes; the maximum is {} (a key is a path)",
             long.len(),

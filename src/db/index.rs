@@ -256,6 +256,20 @@ impl Index {
         start: Bound<&'a [u8]>,
         end: Bound<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], &'a IndexEntry)> + 'a {
+        // An empty or inverted range holds nothing (BTreeMap would panic on it).
+        let empty = match (start, end) {
+            (Bound::Included(s), Bound::Included(e)) => s > e,
+            (Bound::Included(s), Bound::Excluded(e))
+            | (Bound::Excluded(s), Bound::Included(e))
+            | (Bound::Excluded(s), Bound::Excluded(e)) => s >= e,
+            _ => false,
+        };
+        let (start, end) = if empty {
+            // Every key sorts at or after the empty key: nothing lies before it.
+            (Bound::Unbounded, Bound::Excluded(&[][..]))
+        } else {
+            (start, end)
+        };
         self.map
             .range::<[u8], _>((start, end))
             .map(|(k, e)| (&**k, e))
@@ -276,6 +290,28 @@ mod tests {
             },
             meta: None,
         }
+    }
+
+    #[test]
+    fn inverted_and_empty_ranges_hold_nothing() {
+        let mut idx = Index::default();
+        idx.insert(
+            b"k",
+            IndexEntry {
+                loc: Location {
+                    segment: 0,
+                    offset: 0,
+                    value_len: 0,
+                },
+                meta: None,
+            },
+        );
+        let n = |s, e| idx.range(s, e).count();
+        assert_eq!(n(Bound::Included(&b"z"[..]), Bound::Excluded(&b"a"[..])), 0);
+        assert_eq!(n(Bound::Excluded(&b"k"[..]), Bound::Excluded(&b"k"[..])), 0);
+        assert_eq!(n(Bound::Included(&b"k"[..]), Bound::Included(&b"k"[..])), 1);
+        assert_eq!(n(Bound::Included(&b"k"[..]), Bound::Excluded(&b"k"[..])), 0);
+        assert_eq!(n(Bound::Unbounded, Bound::Unbounded), 1);
     }
 
     #[test]

@@ -147,7 +147,8 @@ impl Attr {
             });
         }
         let code = r.u8()?;
-        let kind = Kind::from_code(code).ok_or_else(|| r.invalid(format!("unknown kind {code}")))?;
+        let kind =
+            Kind::from_code(code).ok_or_else(|| r.invalid(format!("unknown kind {code}")))?;
         let flags = r.u8()?;
         let attr = Attr {
             ino,
@@ -192,7 +193,8 @@ impl Dirent {
         let mut r = Reader::new(data, "directory entry");
         let ino = r.u64()?;
         let code = r.u8()?;
-        let kind = Kind::from_code(code).ok_or_else(|| r.invalid(format!("unknown kind {code}")))?;
+        let kind =
+            Kind::from_code(code).ok_or_else(|| r.invalid(format!("unknown kind {code}")))?;
         if r.remaining() != 0 {
             return Err(r.invalid("trailing bytes"));
         }

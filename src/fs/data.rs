@@ -20,7 +20,9 @@ use super::attr::{ExtentMeta, Kind};
 use super::error::{FsError, FsResult};
 use super::extents::{self, Extent, ExtentMap, ExtentOp, Piece, MAX_EXTENT};
 use super::file::{Fetch, FileState, MAX_DIRTY_PER_FILE};
-use super::keys::{extent_key, extent_offset, extent_prefix, inode_key, orphan_key, orphan_prefix, orphan_ino};
+use super::keys::{
+    extent_key, extent_offset, extent_prefix, inode_key, orphan_ino, orphan_key, orphan_prefix,
+};
 use super::namespace::{apply_set, lock_file, now, ops_len, Namespace, SetAttr, SharedFile};
 use crate::db::{prefix_successor, BatchOp, Db};
 
@@ -37,7 +39,9 @@ const PURGE_BATCH: usize = 4096;
 enum ReadPlan {
     Done(Bytes),
     /// Inline content not in memory: fetch the inode's value.
-    Inline { end: u64 },
+    Inline {
+        end: u64,
+    },
     Extents {
         generation: u64,
         end: u64,
@@ -211,8 +215,7 @@ impl Namespace {
                     let mut values = vec![Bytes::new(); pieces.len()];
                     let mut failed = None;
                     while let Some(r) = tasks.join_next().await {
-                        let (i, v) =
-                            r.map_err(|_| FsError::Invalid("extent read task failed"))?;
+                        let (i, v) = r.map_err(|_| FsError::Invalid("extent read task failed"))?;
                         match v {
                             Ok(b) => values[i] = b,
                             Err(e) => failed = Some(e),
@@ -312,6 +315,9 @@ impl Namespace {
     /// The stored extents of `ino` that may overlap `start .. end` (`end` `None`:
     /// to the end of the file).
     pub(super) fn extent_map(&self, ino: u64, start: u64, end: u64) -> FsResult<ExtentMap> {
+        if end <= start {
+            return Ok(ExtentMap::new());
+        }
         let lo = extent_key(ino, start.saturating_sub(MAX_EXTENT - 1));
         let hi = if end == u64::MAX {
             prefix_successor(&extent_prefix(ino))
@@ -384,7 +390,11 @@ impl Namespace {
             st.attr.mtime = t;
             st.attr.ctime = t;
             st.changed = true;
-            break st.dirty.bytes() > MAX_DIRTY_PER_FILE;
+            // Commit early under memory pressure, at an extent boundary when the
+            // writer is sequential, so extents stay whole.
+            let dirty = st.dirty.bytes();
+            break dirty > 2 * MAX_DIRTY_PER_FILE
+                || (dirty > MAX_DIRTY_PER_FILE && end % MAX_EXTENT == 0);
         };
         if commit_now {
             self.commit(ino).await?;

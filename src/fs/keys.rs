@@ -144,11 +144,19 @@ mod tests {
         assert_eq!(extent_offset(6, &extent_key(5, 4096)), None);
         assert!(dirent_key(3, b"a") < dirent_key(3, b"b"));
         assert!(dirent_key(3, b"zzz") < dirent_key(4, b""));
-        assert_eq!(dirent_name(3, &dirent_key(3, b"x.txt")), Some(&b"x.txt"[..]));
+        assert_eq!(
+            dirent_name(3, &dirent_key(3, b"x.txt")),
+            Some(&b"x.txt"[..])
+        );
         assert_eq!(dirent_name(4, &dirent_key(3, b"x.txt")), None);
         assert_eq!(orphan_ino(&orphan_key(77)), Some(77));
         assert_eq!(orphan_ino(&inode_key(77)), None);
-        for k in [inode_key(1), dirent_key(1, b"a"), extent_key(1, 0), orphan_key(1)] {
+        for k in [
+            inode_key(1),
+            dirent_key(1, b"a"),
+            extent_key(1, 0),
+            orphan_key(1),
+        ] {
             assert!(is_reserved(&k));
             assert!(k.starts_with(&[0]));
         }

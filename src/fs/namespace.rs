@@ -236,10 +236,12 @@ impl Namespace {
     /// The entry `name` of directory `parent`.
     pub(super) fn entry(&self, parent: u64, name: &[u8]) -> FsResult<Option<Dirent>> {
         match self.db.info(&dirent_key(parent, name)).and_then(|i| i.meta) {
-            Some(m) => Dirent::decode(&m).map(Some).map_err(|source| FsError::Corrupt {
-                what: format!("entry {:?}", String::from_utf8_lossy(name)),
-                source,
-            }),
+            Some(m) => Dirent::decode(&m)
+                .map(Some)
+                .map_err(|source| FsError::Corrupt {
+                    what: format!("entry {:?}", String::from_utf8_lossy(name)),
+                    source,
+                }),
             None => Ok(None),
         }
     }
@@ -640,7 +642,8 @@ impl Namespace {
             }
             let across = parent != new_parent;
             let moves_dir = across
-                && (s.kind == Kind::Dir || (flags.exchange && t.is_some_and(|t| t.kind == Kind::Dir)));
+                && (s.kind == Kind::Dir
+                    || (flags.exchange && t.is_some_and(|t| t.kind == Kind::Dir)));
             let mut inos = vec![parent, new_parent, s.ino];
             inos.extend(t.map(|t| t.ino));
             let _held = self.locks.take(moves_dir, &inos);
@@ -707,9 +710,7 @@ impl Namespace {
                     match (s.kind == Kind::Dir, t.kind == Kind::Dir) {
                         (true, false) => return Err(FsError::NotDir),
                         (false, true) => return Err(FsError::IsDir),
-                        (true, true) if self.has_entries(t.ino) => {
-                            return Err(FsError::NotEmpty)
-                        }
+                        (true, true) if self.has_entries(t.ino) => return Err(FsError::NotEmpty),
                         _ => {}
                     }
                     let ti = 1 - si;
@@ -732,9 +733,9 @@ impl Namespace {
             }
             for (i, t) in touched.iter().enumerate() {
                 // A replaced, now deleted inode is not written again.
-                let deleted = ops.iter().any(
-                    |op| matches!(op, BatchOp::Delete(k) if *k == inode_key(ids[i])),
-                );
+                let deleted = ops
+                    .iter()
+                    .any(|op| matches!(op, BatchOp::Delete(k) if *k == inode_key(ids[i])));
                 let counted = ops
                     .iter()
                     .any(|op| op_key(op) == Some(inode_key(ids[i]).as_slice()));

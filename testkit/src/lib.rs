@@ -10,6 +10,7 @@
 //! - [`crash_workload`]: the deterministic batch workload that crash tests and the
 //!   crash benchmark write, and its model.
 //! - [`recording`]: an object-store layer that records every request.
+//! - [`gate`]: an object-store layer that holds data GETs or PUTs until released.
 //! - [`fixtures`]: small helpers of the engine tests: an S3 server with one bucket,
 //!   options that make many small objects, a deterministic random generator.
 //!
@@ -18,6 +19,7 @@
 pub mod crash_workload;
 pub mod faults;
 pub mod fixtures;
+pub mod gate;
 pub mod mount;
 pub mod recording;
 pub mod server;

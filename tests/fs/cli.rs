@@ -521,7 +521,11 @@ fn fsck_finds_a_corrupt_segment_covered_by_a_checkpoint() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let db = Db::open(&store, Options::default()).await.unwrap();
-        put_files(&db, (0..20u32).map(|i| (format!("k{i:02}"), vec![b'v'; 200]))).await;
+        put_files(
+            &db,
+            (0..20u32).map(|i| (format!("k{i:02}"), vec![b'v'; 200])),
+        )
+        .await;
         db.sync().await.unwrap();
         db.checkpoint().await.unwrap();
         db.close().await.unwrap();

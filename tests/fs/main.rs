@@ -1,12 +1,16 @@
-//! Tests of the file system: the namespace without FUSE, the `kvfs` command, real
-//! mounts driven with shell tools, a mount against a model directory, and SIGKILL of
-//! the mount daemon.
+//! Tests of the file system: the namespace without FUSE (a model, extents, directory
+//! renames, operations under a held GET or upload), the `kvfs` command, real mounts
+//! driven with shell tools, a mount against a model directory, and SIGKILL of the
+//! mount daemon.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod cli;
+mod concurrency;
+mod extents;
 mod mount;
 mod mount_crash;
 mod mount_model;
 mod namespace;
+mod rename;

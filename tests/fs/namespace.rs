@@ -493,7 +493,9 @@ async fn small_overwrite_in_a_large_file_writes_about_its_size() {
         checkpoint_bytes: u64::MAX,
         ..small_opts()
     };
-    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER).await.unwrap();
+    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER)
+        .await
+        .unwrap();
     let ino = ns.create(ROOT_INO, b"big", 0o644, OWNER).await.unwrap().ino;
     ns.open(ino, false).await.unwrap();
     let chunk = vec![7u8; 128 * 1024];
@@ -543,7 +545,9 @@ async fn unlinked_open_files_keep_their_content_until_closed() {
         ns.shutdown().await.unwrap();
     }
     // A fresh mount: nothing is loaded yet.
-    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER).await.unwrap();
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER)
+        .await
+        .unwrap();
     let small = ns.lookup(ROOT_INO, b"small").await.unwrap().ino;
     let big = ns.lookup(ROOT_INO, b"big").await.unwrap().ino;
     ns.open(small, false).await.unwrap();

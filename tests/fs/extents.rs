@@ -1,0 +1,201 @@
+//! Large files as extents: random writes, truncates, holes and appends compared with
+//! a flat model across commits and reopens; a crash between extent commits; and the
+//! index a sequentially written file costs.
+
+use crate::common::{memory, release_lease, small_opts, Rng};
+use kvfs::db::{Db, Options};
+use kvfs::fs::keys::{extent_prefix, ROOT_INO};
+use kvfs::fs::{Namespace, SetAttr};
+use kvfs::store::DynStore;
+
+const OWNER: (u32, u32) = (0, 0);
+
+fn opts() -> Options {
+    Options {
+        segment_bytes: 1 << 20,
+        ..small_opts()
+    }
+}
+
+async fn open(store: &DynStore) -> Namespace {
+    Namespace::new(Db::open_store(store.clone(), opts()).await.unwrap(), OWNER)
+        .await
+        .unwrap()
+}
+
+async fn content(ns: &Namespace, ino: u64) -> Vec<u8> {
+    ns.open(ino, false).await.unwrap();
+    let size = ns.getattr(ino).await.unwrap().size;
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let b = ns.read(ino, out.len() as u64, 1 << 20).await.unwrap();
+        assert!(!b.is_empty());
+        out.extend_from_slice(&b);
+    }
+    ns.release(ino).await.unwrap();
+    out
+}
+
+async fn run(seed: u64, steps: usize) {
+    let (_, store) = memory();
+    let mut rng = Rng(seed | 1);
+    let mut ns = open(&store).await;
+    let ino = ns.create(ROOT_INO, b"big", 0o644, OWNER).await.unwrap().ino;
+    let mut model: Vec<u8> = Vec::new();
+    ns.open(ino, false).await.unwrap();
+    for step in 0..steps {
+        match rng.below(10) {
+            // Writes anywhere up to 6 MiB, small or large, over holes and the end.
+            0..=4 => {
+                let off = rng.below(6 << 20);
+                let len = if rng.below(3) == 0 {
+                    1 + rng.below(3 << 20)
+                } else {
+                    1 + rng.below(9000)
+                } as usize;
+                let fill = (step as u8).wrapping_mul(37) | 1;
+                let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                for (i, chunk) in data.chunks(128 << 10).enumerate() {
+                    ns.write(ino, off + (i * (128 << 10)) as u64, chunk)
+                        .await
+                        .unwrap();
+                }
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+            }
+            // Appends.
+            5 => {
+                let data = vec![(step as u8) | 0x80; 1 + rng.below(300_000) as usize];
+                let off = model.len() as u64;
+                ns.write(ino, off, &data).await.unwrap();
+                model.extend_from_slice(&data);
+            }
+            // Truncates, down and up (a hole).
+            6 => {
+                let size = rng.below(7 << 20);
+                ns.setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    },
+                )
+                .await
+                .unwrap();
+                model.resize(size as usize, 0);
+            }
+            7 => ns.fsync(ino).await.unwrap(),
+            // Reopen: close, shut down, open again.
+            8 => {
+                ns.release(ino).await.unwrap();
+                ns.shutdown().await.unwrap();
+                ns = open(&store).await;
+                ns.open(ino, false).await.unwrap();
+            }
+            _ => {
+                // A read of a random range, uncommitted writes included.
+                let off = rng.below(model.len() as u64 + 10);
+                let len = rng.below(2 << 20) as u32;
+                let got = ns.read(ino, off, len).await.unwrap();
+                let s = (off as usize).min(model.len());
+                let e = (off as usize + len as usize).min(model.len());
+                assert!(
+                    got[..] == model[s..e],
+                    "seed {seed} step {step}: ranged read"
+                );
+            }
+        }
+        assert_eq!(ns.getattr(ino).await.unwrap().size, model.len() as u64);
+    }
+    ns.release(ino).await.unwrap();
+    let got = content(&ns, ino).await;
+    assert!(got == model, "seed {seed}: content differs");
+    ns.shutdown().await.unwrap();
+    let ns = open(&store).await;
+    assert!(
+        content(&ns, ino).await == model,
+        "seed {seed}: after reopen"
+    );
+    ns.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extent_files_match_a_flat_model() {
+    for seed in 1..=4u64 {
+        run(seed * 7919, 60).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_extent_commits_keeps_whole_commits() {
+    let (_, store) = memory();
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i / 4096) as u8 ^ (i as u8))
+        .collect();
+    let synced = 10 << 20;
+    {
+        let ns = open(&store).await;
+        let ino = ns.create(ROOT_INO, b"f", 0o644, OWNER).await.unwrap().ino;
+        ns.open(ino, false).await.unwrap();
+        for (i, chunk) in data.chunks(128 << 10).enumerate() {
+            let off = (i * (128 << 10)) as u64;
+            ns.write(ino, off, chunk).await.unwrap();
+            if off + chunk.len() as u64 == synced {
+                ns.fsync(ino).await.unwrap();
+            }
+        }
+        // Crash: commits after the fsync (one every 8 MiB) may or may not be there.
+        ns.db().abandon();
+    }
+    release_lease(&*store).await;
+    let ns = open(&store).await;
+    let ino = ns.lookup(ROOT_INO, b"f").await.unwrap().ino;
+    let got = content(&ns, ino).await;
+    assert!(got.len() >= synced as usize, "{} bytes", got.len());
+    assert!(got[..] == data[..got.len()], "a commit landed in part");
+    ns.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_file_costs_one_key_per_extent() {
+    let (_, store) = memory();
+    let ns = open(&store).await;
+    let ino = ns.create(ROOT_INO, b"seq", 0o644, OWNER).await.unwrap().ino;
+    ns.open(ino, false).await.unwrap();
+    let chunk = vec![9u8; 128 << 10];
+    for i in 0..512u64 {
+        ns.write(ino, i * chunk.len() as u64, &chunk).await.unwrap();
+    }
+    ns.release(ino).await.unwrap();
+    let extents = ns
+        .db()
+        .scan_prefix(&extent_prefix(ino), usize::MAX, true)
+        .await
+        .unwrap();
+    // 64 MiB in extents of 1 MiB.
+    assert_eq!(extents.len(), 64);
+    // A 4 KiB overwrite in the middle splits one extent: two more keys, not 256.
+    ns.open(ino, false).await.unwrap();
+    ns.write(ino, (10 << 20) + 4096, &[1u8; 4096])
+        .await
+        .unwrap();
+    ns.release(ino).await.unwrap();
+    let extents = ns
+        .db()
+        .scan_prefix(&extent_prefix(ino), usize::MAX, true)
+        .await
+        .unwrap();
+    assert_eq!(extents.len(), 66);
+    // Deleting the file deletes every extent.
+    ns.unlink(ROOT_INO, b"seq").await.unwrap();
+    let extents = ns
+        .db()
+        .scan_prefix(&extent_prefix(ino), usize::MAX, true)
+        .await
+        .unwrap();
+    assert!(extents.is_empty());
+    ns.shutdown().await.unwrap();
+}
