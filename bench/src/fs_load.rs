@@ -59,6 +59,20 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Create 1 KiB files in `dir` for `secs` seconds; files per second.
 fn create_for(dir: &Path, secs: u64) -> BenchResult<f64> {
     std::fs::create_dir_all(dir)?;
@@ -74,6 +88,7 @@ fn create_for(dir: &Path, secs: u64) -> BenchResult<f64> {
 
 fn contention(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> {
     let rt = tokio::runtime::Handle::current();
+    std::fs::create_dir_all(work.join("s3-contention"))?;
     let server = rt.block_on(TestS3Server::start(
         &work.join("s3-contention"),
         ServerOptions::default(),
@@ -215,6 +230,7 @@ fn big_files(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> 
 
 fn readahead(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> {
     let rt = tokio::runtime::Handle::current();
+    std::fs::create_dir_all(work.join("s3-readahead"))?;
     let server = rt.block_on(TestS3Server::start(
         &work.join("s3-readahead"),
         ServerOptions::default(),
@@ -232,6 +248,7 @@ fn readahead(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> 
     });
     let m = mount_kvfs(&server, store, &point, &[])?;
     let before = server.request_counts();
+    let (daemon_cpu, bench_cpu) = (cpu_secs(m.pid()), cpu_secs(std::process::id()));
     let start = Instant::now();
     let mut f = std::fs::File::open(m.point.join("big"))?;
     let mut buf = vec![0u8; 1 << 20];
@@ -244,11 +261,14 @@ fn readahead(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> 
         total += n as u64;
     }
     let secs = start.elapsed().as_secs_f64();
+    let daemon_cpu = cpu_secs(m.pid()) - daemon_cpu;
+    let bench_cpu = cpu_secs(std::process::id()) - bench_cpu;
     let gets = server.request_counts().get - before.get;
     drop(m);
     let rate = total as f64 / secs / 1e6;
     eprintln!(
-        "readahead: {} MiB read cold in {secs:.2} s = {rate:.0} MB/s with {} ms per GET ({gets} GETs)",
+        "readahead: {} MiB read cold in {secs:.2} s = {rate:.0} MB/s with {} ms per GET ({gets} GETs); \
+         CPU: daemon {daemon_cpu:.1} s, S3 server and reader {bench_cpu:.1} s",
         total >> 20,
         a.read_get_ms
     );

@@ -270,22 +270,30 @@ impl Namespace {
         let stored_end = end.min(st.cut.unwrap_or(u64::MAX));
         let map = self.extent_map(ino, offset, stored_end)?;
         let planned = extents::pieces(&map, offset, stored_end);
+        // Sequential: close to the furthest end read so far (the kernel sends a
+        // sequential reader's requests several at a time, not always in order).
         let ra = &mut st.readahead;
-        if offset == ra.next && offset > 0 {
+        let near = ra.next > 0
+            && offset <= ra.next + 2 * MAX_EXTENT
+            && offset + READAHEAD_MAX >= ra.next;
+        if near {
             ra.window = (ra.window * 2).clamp(2 * MAX_EXTENT, READAHEAD_MAX);
-        } else if offset != ra.next {
+            ra.next = ra.next.max(end);
+        } else {
             ra.window = 0;
-            ra.fetches.clear();
+            ra.next = end;
         }
-        ra.next = end;
-        // Values wholly behind the reader are no longer needed.
-        ra.fetches.retain(|k, _| k + MAX_EXTENT > offset);
+        // Values well behind the reader, or far ahead of it, are no longer needed.
+        let ahead_limit = end + READAHEAD_MAX + MAX_EXTENT;
+        ra.fetches
+            .retain(|k, _| k + 2 * MAX_EXTENT > offset && *k < ahead_limit);
         let mut pieces = Vec::with_capacity(planned.len());
         for p in planned {
             let cell = ra.fetches.entry(p.key).or_default().clone();
             pieces.push((p, cell));
         }
         if ra.window > 0 {
+            let end = ra.next;
             let ahead_end = (end + ra.window)
                 .min(st.attr.size)
                 .min(st.cut.unwrap_or(u64::MAX));

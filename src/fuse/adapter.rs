@@ -31,6 +31,10 @@ use crate::fs::{self, Attr, DirEntry, FsError, FsResult, Kind, Namespace, SetAtt
 /// How long the kernel may cache entries and attributes.
 pub const TTL: Duration = Duration::from_secs(1);
 
+/// Readahead asked of the kernel (it grants at most what it offers).
+const MAX_READAHEAD: u32 = 4 << 20;
+/// Requests the kernel may have in flight in the background (reads ahead).
+const MAX_BACKGROUND: u16 = 64;
 /// Block size reported by `stat` and `statfs`.
 const BLOCK_SIZE: u32 = 4096;
 /// Capacity reported by `statfs` (the store has no fixed size): 1 PiB.
@@ -327,6 +331,12 @@ impl Filesystem for KvfsFuse {
         if let Err(missing) = config.add_capabilities(available) {
             log::debug!("kernel lacks FUSE capabilities {missing:?}");
         }
+        // Let the kernel read ahead as far as it allows, with many requests in
+        // flight: the namespace fetches whole extents ahead of a sequential reader.
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
         Ok(())
     }
 
