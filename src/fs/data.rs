@@ -273,9 +273,8 @@ impl Namespace {
         // Sequential: close to the furthest end read so far (the kernel sends a
         // sequential reader's requests several at a time, not always in order).
         let ra = &mut st.readahead;
-        let near = ra.next > 0
-            && offset <= ra.next + 2 * MAX_EXTENT
-            && offset + READAHEAD_MAX >= ra.next;
+        let near =
+            ra.next > 0 && offset <= ra.next + 2 * MAX_EXTENT && offset + READAHEAD_MAX >= ra.next;
         if near {
             ra.window = (ra.window * 2).clamp(2 * MAX_EXTENT, READAHEAD_MAX);
             ra.next = ra.next.max(end);
