@@ -53,7 +53,7 @@ echo "== crash: SIGKILL of a writer process and of the mount daemon, then recove
 echo "== faults: durable writes under S3 errors, stalls and outages"
 "$bench" faults "${quick[@]}" --out "$out"
 
-echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs, rclone)"
+echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs, rclone), then the namespace under load"
 "$bench" fs "${quick[@]}" --out "$out"
 
 echo "== gc: space amplification under overwrites; cold directory scan before and after compaction"

@@ -537,7 +537,7 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
                     {
                         let m = mount_kvfs(&server, &store, &point, &[])?;
                         pid = m.pid();
-                        runner.creation("kvfs", &point, a.files, &a)?;
+                        runner.creation("kvfs", &point, a.files, a)?;
                         create_files(&point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
                         notes.push(format!("kvfs daemon peak RSS {:.1} MiB", peak_rss_mib(pid)));
                     }
@@ -579,14 +579,14 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
                 }
                 "bindfs" => {
                     let m = mount_bindfs(&work)?;
-                    runner.creation("bindfs", &m.point, a.files, &a)?;
+                    runner.creation("bindfs", &m.point, a.files, a)?;
                     create_files(&m.point.join("ls"), a.ls_files, a.file_bytes, 4, false)?;
                     runner.measure("bindfs", "ls_l_warm", || time_ls(&m.point.join("ls")))?;
                     Ok(())
                 }
                 "s3fs" => {
                     let m = mount_s3fs(&server, &work)?;
-                    runner.creation("s3fs", &m.point, a.s3fs_files, &a)?;
+                    runner.creation("s3fs", &m.point, a.s3fs_files, a)?;
                     runner.measure("s3fs", "ls_l_warm", || time_ls(&m.point.join("close0")))?;
                     Ok(())
                 }
@@ -595,7 +595,7 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
                     let m = mount_rclone(&server, &work)?;
                     let files = a.rclone_files.min(a.files);
                     let t = Instant::now();
-                    runner.creation("rclone", &m.point, files, &a)?;
+                    runner.creation("rclone", &m.point, files, a)?;
                     runner.measure("rclone", "ls_l_warm", || time_ls(&m.point.join("close0")))?;
                     // rclone uploads after close (the write-back delay): wait until
                     // every file reached S3 before unmounting, and count the whole
@@ -723,7 +723,7 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
         table.write_csv(out, "fs")?;
         ratios.write_csv(out, "fs_ratios")?;
         eprintln!("wrote {} and fs_ratios.csv", out.join("fs.csv").display());
-        plot_rates(out, &runner.rows, &systems, &a);
+        plot_rates(out, &runner.rows, &systems, a);
     }
     drop(runner);
     server.shutdown().await;

@@ -276,3 +276,39 @@ fn gc_benchmark_runs_and_writes_csv() {
     );
     assert!(csv.contains("after_compaction"), "{csv}");
 }
+
+#[test]
+fn fs_load_experiments_run_and_write_csv() {
+    require_kvfs_binary();
+    let (stdout, csv) = run_bench(
+        &[
+            "fs",
+            "--experiments",
+            "rename,readahead,big-files",
+            "--rename-files",
+            "200",
+            "--huge-rename-files",
+            "2000",
+            "--read-mib",
+            "8",
+            "--read-get-ms",
+            "1",
+            "--big-mib",
+            "16",
+        ],
+        "fs_load",
+    );
+    assert!(stdout.contains("The namespace under load"), "{stdout}");
+    assert!(
+        csv.starts_with("experiment,measure,value,unit,target\n"),
+        "{csv}"
+    );
+    for measure in [
+        "log_bytes",
+        "huge_rename_ms",
+        "cold_sequential_read",
+        "rss_growth",
+    ] {
+        assert!(csv.contains(measure), "{measure} missing from:\n{csv}");
+    }
+}

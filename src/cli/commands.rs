@@ -284,21 +284,6 @@ fn stdout_err(e: std::io::Error) -> Error {
 
 pub use mount::{enter_daemon_session, spawn_mount_daemon};
 
-/// Keep a long-running mount's resident memory bounded. The daemon allocates large
-/// buffers (extents, segments) from several threads; with glibc's defaults freed
-/// buffers stay in per-thread arenas and raise the mmap threshold, so the resident
-/// size grows with the data written. A fixed threshold maps and unmaps every buffer
-/// of 4 MiB or more (dirty ranges, segments), and two arenas serve the threads.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before the
-    // runtime's worker threads allocate much.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 /// `kvfs mount`: serve a store through FUSE until unmounted.
 ///
 /// Without `--foreground` the command re-runs itself with the hidden
@@ -420,7 +405,6 @@ mod mount {
     }
 
     pub async fn run(args: MountArgs) -> Result<i32, Error> {
-        super::tune_allocator();
         // Watch for signals from the start, so one that arrives while the store opens
         // still ends in a clean unmount.
         let signals = match Signals::new() {

@@ -360,7 +360,7 @@ impl Namespace {
             let d = info
                 .meta
                 .as_deref()
-                .ok_or_else(|| FsError::Invalid("directory entry without record"))
+                .ok_or(FsError::Invalid("directory entry without record"))
                 .and_then(|m| {
                     Dirent::decode(m).map_err(|source| FsError::Corrupt {
                         what: format!("entry {:?}", String::from_utf8_lossy(name)),
