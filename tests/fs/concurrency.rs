@@ -175,3 +175,151 @@ async fn a_writer_waiting_for_memory_blocks_no_lookup() {
     assert_eq!(ns.readdir(d).await.unwrap().len(), 400);
     ns.shutdown().await.unwrap();
 }
+
+/// Content of version `v` of a file: small or large (extents), always whole.
+fn version(v: u64) -> Vec<u8> {
+    let len = if v % 5 == 0 {
+        200_000
+    } else {
+        100 + v as usize % 900
+    };
+    (0..len)
+        .map(|i| (v as u8).wrapping_add((i / 7) as u8))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_see_only_whole_writes() {
+    use crate::common::Rng;
+    use kvfs::fs::{FsError, Kind};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let (_, mem) = memory();
+    let ns = ns_over(mem, small_opts()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let versions = Arc::new(AtomicU64::new(0));
+    let files_read = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for r in 0..2u64 {
+        let (ns, stop, versions, files_read) = (
+            ns.clone(),
+            stop.clone(),
+            versions.clone(),
+            files_read.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut rng = Rng(r + 11);
+            while !stop.load(Ordering::SeqCst) {
+                let mut dirs = vec![ROOT_INO];
+                while let Some(d) = dirs.pop() {
+                    let entries = match ns.readdir(d).await {
+                        Ok(e) => e,
+                        // Removed or renamed away meanwhile.
+                        Err(FsError::NotFound) | Err(FsError::NotDir) => continue,
+                        Err(e) => panic!("readdir: {e}"),
+                    };
+                    for e in entries {
+                        match e.attr.kind {
+                            Kind::Dir => dirs.push(e.attr.ino),
+                            Kind::File if rng.below(2) == 0 => {
+                                if ns.open(e.attr.ino, false).await.is_err() {
+                                    continue;
+                                }
+                                let got = ns.read(e.attr.ino, 0, 1 << 20).await.unwrap();
+                                ns.release(e.attr.ino).await.unwrap();
+                                let known = versions.load(Ordering::SeqCst);
+                                let whole = got.is_empty()
+                                    || (0..=known).any(|v| version(v)[..] == got[..]);
+                                assert!(
+                                    whole,
+                                    "a reader saw {} bytes of no whole write",
+                                    got.len()
+                                );
+                                files_read.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut rng = Rng(99);
+    let dirs: Vec<u64> = {
+        let mut v = vec![ROOT_INO];
+        for i in 0..4 {
+            let d = ns
+                .mkdir(ROOT_INO, format!("d{i}").as_bytes(), 0o755, OWNER)
+                .await
+                .unwrap()
+                .ino;
+            v.push(d);
+        }
+        v
+    };
+    for step in 0..400u64 {
+        let dir = dirs[rng.below(dirs.len() as u64) as usize];
+        let name = format!("f{}", rng.below(8));
+        match rng.below(6) {
+            0..=2 => {
+                // Replace the content whole: open with truncate, one write, close.
+                let v = step + 1;
+                versions.store(v, Ordering::SeqCst);
+                let ino = match ns.lookup(dir, name.as_bytes()).await {
+                    Ok(a) => a.ino,
+                    Err(_) => {
+                        ns.create(dir, name.as_bytes(), 0o644, OWNER)
+                            .await
+                            .unwrap()
+                            .ino
+                    }
+                };
+                ns.open(ino, true).await.unwrap();
+                ns.write(ino, 0, &version(v)).await.unwrap();
+                ns.release(ino).await.unwrap();
+            }
+            3 => {
+                let to = dirs[rng.below(dirs.len() as u64) as usize];
+                let _ = ns
+                    .rename(dir, name.as_bytes(), to, b"moved", RenameFlags::default())
+                    .await;
+            }
+            4 => {
+                let _ = ns.unlink(dir, name.as_bytes()).await;
+            }
+            _ => {
+                // Move a whole directory into another and back.
+                let i = 1 + rng.below(4);
+                let name = format!("d{i}");
+                let into = dirs[1 + rng.below(4) as usize];
+                let moved = ns
+                    .rename(
+                        ROOT_INO,
+                        name.as_bytes(),
+                        into,
+                        b"sub",
+                        RenameFlags::default(),
+                    )
+                    .await;
+                if moved.is_ok() {
+                    ns.rename(
+                        into,
+                        b"sub",
+                        ROOT_INO,
+                        name.as_bytes(),
+                        RenameFlags::default(),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        tokio::time::timeout(HANG, r).await.unwrap().unwrap();
+    }
+    assert!(files_read.load(Ordering::SeqCst) > 0);
+    ns.shutdown().await.unwrap();
+}

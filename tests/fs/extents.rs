@@ -124,8 +124,8 @@ async fn run(seed: u64, steps: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extent_files_match_a_flat_model() {
-    for seed in 1..=4u64 {
-        run(seed * 7919, 60).await;
+    for seed in 1..=6u64 {
+        run(seed * 7919, 80).await;
     }
 }
 
