@@ -118,6 +118,10 @@ fn batch_ops(ops: &[BatchOp]) -> Vec<Op<'_>> {
 pub struct KeyInfo {
     pub value_len: u32,
     pub meta: Option<Box<[u8]>>,
+    /// Where the value is stored, as an opaque pair: keys that share one value (by
+    /// [`BatchOp::Link`]) have equal pairs. Comparable only between the results of
+    /// one call (GC moves values).
+    pub value_id: (u32, u32),
 }
 
 /// A borrowed operation, as the write path handles it.
@@ -830,6 +834,7 @@ impl Db {
         self.handle.shared.lock().index.get(key).map(|e| KeyInfo {
             value_len: e.loc.value_len,
             meta: e.meta.clone(),
+            value_id: (e.loc.segment, e.loc.offset),
         })
     }
 
@@ -851,6 +856,7 @@ impl Db {
                     KeyInfo {
                         value_len: e.loc.value_len,
                         meta: e.meta.clone(),
+                        value_id: (e.loc.segment, e.loc.offset),
                     },
                 )
             })

@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use super::attr::{ExtentMeta, Kind};
 use super::error::{FsError, FsResult};
-use super::extents::{self, Extent, ExtentMap, ExtentOp, Piece, MAX_EXTENT};
-use super::file::{Fetch, FileState, MAX_DIRTY_PER_FILE};
+use super::extents::{self, Extent, ExtentMap, ExtentOp, Piece, Stored, MAX_EXTENT};
+use super::file::{Fetch, FileState, MAX_DIRTY_PER_FILE, MAX_TOUCHED};
 use super::keys::{
     extent_key, extent_offset, extent_prefix, inode_key, orphan_ino, orphan_key, orphan_prefix,
 };
@@ -319,11 +319,20 @@ impl Namespace {
         })
     }
 
-    /// The stored extents of `ino` that may overlap `start .. end` (`end` `None`:
-    /// to the end of the file).
+    /// The stored extents of `ino` that may overlap `start .. end` (`end`
+    /// `u64::MAX`: to the end of the file).
     pub(super) fn extent_map(&self, ino: u64, start: u64, end: u64) -> FsResult<ExtentMap> {
+        Ok(self
+            .extent_rows(ino, start, end)?
+            .into_iter()
+            .map(|s| (s.at, s.extent))
+            .collect())
+    }
+
+    /// As [`Namespace::extent_map`], in offset order, with what each value is.
+    fn extent_rows(&self, ino: u64, start: u64, end: u64) -> FsResult<Vec<Stored>> {
         if end <= start {
-            return Ok(ExtentMap::new());
+            return Ok(Vec::new());
         }
         let lo = extent_key(ino, start.saturating_sub(MAX_EXTENT - 1));
         let hi = if end == u64::MAX {
@@ -336,7 +345,7 @@ impl Namespace {
             hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
             usize::MAX,
         );
-        let mut map = ExtentMap::new();
+        let mut out = Vec::with_capacity(rows.len());
         for (key, info) in rows {
             let Some(at) = extent_offset(ino, &key) else {
                 continue;
@@ -346,15 +355,57 @@ impl Namespace {
                     what: format!("extent {at} of inode {ino}"),
                     source,
                 })?;
-            map.insert(
+            let e = Extent {
+                len: meta.len as u64,
+                skip: meta.skip as u64,
+            };
+            out.push(Stored {
                 at,
-                Extent {
-                    len: meta.len as u64,
-                    skip: meta.skip as u64,
-                },
-            );
+                extent: e,
+                value_len: info.value_len as u64,
+                value_id: info.value_id,
+            });
         }
-        Ok(map)
+        Ok(out)
+    }
+
+    /// Rewrite runs of small extents, and extents that keep a mostly dead value
+    /// stored, in the given windows of a clean file as one extent each
+    /// ([`extents::merge_candidates`]). Reads with no lock held; gives up on a
+    /// window if the file changes meanwhile or memory is short (it is only tidying).
+    async fn merge_extents(&self, ino: u64, state: &SharedFile, windows: Vec<u64>) -> FsResult<()> {
+        for w in windows {
+            let (runs, mut generation) = {
+                let st = lock_file(state);
+                if st.changed || st.attr.nlink == 0 || !st.attr.extents {
+                    return Ok(());
+                }
+                let rows = self.extent_rows(ino, w * MAX_EXTENT, (w + 1) * MAX_EXTENT)?;
+                (extents::merge_candidates(&rows), st.generation)
+            };
+            for (start, end) in runs {
+                let data = self.read(ino, start, (end - start) as u32).await?;
+                if data.len() as u64 != end - start {
+                    continue;
+                }
+                let mut st = lock_file(state);
+                if st.generation != generation || st.changed {
+                    break;
+                }
+                let mut map = self.extent_map(ino, start, end)?;
+                let ops: Vec<BatchOp> = extents::write(&mut map, start, end)
+                    .into_iter()
+                    .map(|op| extent_op(ino, op, start, &data))
+                    .collect();
+                if !self.db.try_write_batch(&ops)? {
+                    return Ok(());
+                }
+                st.generation += 1;
+                st.readahead.fetches.clear();
+                generation = st.generation;
+            }
+        }
+        Ok(())
     }
 
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -433,6 +484,22 @@ impl Namespace {
             if !self.db.try_write_batch(&ops)? {
                 room = ops_len(&ops);
                 continue;
+            }
+            if st.attr.extents {
+                let changed: Vec<(u64, u64)> = st
+                    .dirty
+                    .ranges()
+                    .map(|(o, d)| (o, o + d.len() as u64))
+                    .chain(st.cut.map(|c| (c, c + 1)))
+                    .collect();
+                for (s, e) in changed {
+                    for w in s / MAX_EXTENT..=(e - 1) / MAX_EXTENT {
+                        if st.touched.len() >= MAX_TOUCHED {
+                            break;
+                        }
+                        st.touched.insert(w);
+                    }
+                }
             }
             st.dirty.clear();
             st.cut = None;
@@ -518,6 +585,24 @@ impl Namespace {
     /// open (deleting the content if no name refers to it any more).
     pub async fn release(&self, ino: u64) -> FsResult<()> {
         let result = self.commit(ino).await;
+        // The last close of a file whose extents changed: merge what fragmented.
+        if result.is_ok() {
+            if let Some(state) = self.state_of(ino) {
+                let windows: Vec<u64> = {
+                    let mut st = lock_file(&state);
+                    if st.opens == 1 && st.attr.nlink > 0 {
+                        std::mem::take(&mut st.touched).into_iter().collect()
+                    } else {
+                        Vec::new()
+                    }
+                };
+                if !windows.is_empty() {
+                    if let Err(e) = self.merge_extents(ino, &state, windows).await {
+                        log::warn!("merging extents of inode {ino}: {e}");
+                    }
+                }
+            }
+        }
         let purge = {
             let _held = self.locks.take(false, &[ino]);
             let mut files = self.files();

@@ -170,6 +170,66 @@ pub fn pieces(map: &ExtentMap, start: u64, end: u64) -> Vec<Piece> {
     out
 }
 
+/// Adjacent extents at least this many in one window are merged: at most this many
+/// index entries per MiB of a file however it was overwritten.
+pub const MERGE_PIECES: usize = 64;
+
+/// A stored extent as the merge policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub at: u64,
+    pub extent: Extent,
+    /// Length of the value the extent is part of.
+    pub value_len: u64,
+    /// Equal for extents that are parts of one value.
+    pub value_id: (u32, u32),
+}
+
+/// Runs of extents worth rewriting as one, within one [`MAX_EXTENT`]-aligned window
+/// (no extent crosses one). A run is a maximal group of extents with no hole between
+/// them. In a window whose values are mostly dead (more stored bytes than the
+/// extents use, the rest kept only because a part of the value is still
+/// referenced), every run is rewritten, so the old values can go; otherwise a run
+/// is rewritten once it has [`MERGE_PIECES`] extents. Input in offset order; output
+/// `start .. end` of each run, in order.
+pub fn merge_candidates(extents: &[Stored]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < extents.len() {
+        let window = extents[i].at / MAX_EXTENT;
+        let mut w_end = i;
+        while w_end < extents.len() && extents[w_end].at / MAX_EXTENT == window {
+            w_end += 1;
+        }
+        let in_window = &extents[i..w_end];
+        let live: u64 = in_window.iter().map(|s| s.extent.len).sum();
+        let mut values: Vec<((u32, u32), u64)> = in_window
+            .iter()
+            .map(|s| (s.value_id, s.value_len))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        let stored: u64 = values.iter().map(|(_, len)| len).sum();
+        let mostly_dead = stored > 2 * live;
+        let mut r = 0;
+        while r < in_window.len() {
+            let mut q = r + 1;
+            while q < in_window.len()
+                && in_window[q].at == in_window[q - 1].at + in_window[q - 1].extent.len
+            {
+                q += 1;
+            }
+            if q - r >= MERGE_PIECES || mostly_dead {
+                let last = in_window[q - 1];
+                out.push((in_window[r].at, last.at + last.extent.len));
+            }
+            r = q;
+        }
+        i = w_end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +344,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fragmented_and_mostly_dead_windows_are_merge_candidates() {
+        let piece = |at: u64, len: u64, value_len: u64, id: u32| Stored {
+            at,
+            extent: Extent { len, skip: 0 },
+            value_len,
+            value_id: (id, 0),
+        };
+        let n = MERGE_PIECES as u64;
+        // n adjacent 4 KiB extents, then a hole, then a whole extent.
+        let mut v: Vec<Stored> = (0..n)
+            .map(|i| piece(i * 4096, 4096, 4096, i as u32))
+            .collect();
+        v.push(piece(MAX_EXTENT, MAX_EXTENT, MAX_EXTENT, 999));
+        assert_eq!(merge_candidates(&v), vec![(0, n * 4096)]);
+        // One fewer is not enough; a hole splits runs; so does a window boundary.
+        assert!(merge_candidates(&v[1..n as usize]).is_empty());
+        let gap: Vec<_> = (0..n)
+            .map(|i| piece(i * 8192, 4096, 4096, i as u32))
+            .collect();
+        assert!(merge_candidates(&gap).is_empty());
+        // One 4 KiB overwrite inside a 1 MiB extent: three pieces, two values, nearly
+        // all live: left alone.
+        let split = vec![
+            piece(0, 8192, MAX_EXTENT, 1),
+            piece(8192, 4096, 4096, 2),
+            piece(12288, MAX_EXTENT - 12288, MAX_EXTENT, 1),
+        ];
+        assert!(merge_candidates(&split).is_empty());
+        // A 1 MiB extent truncated to 4 KiB: mostly dead, rewritten.
+        let trimmed = vec![piece(0, 4096, MAX_EXTENT, 1)];
+        assert_eq!(merge_candidates(&trimmed), vec![(0, 4096)]);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! - **generation**: counts commits; a read that fetched extents while a commit
 //!   happened starts again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -181,7 +181,13 @@ pub struct FileState {
     pub opens: u32,
     pub generation: u64,
     pub readahead: Readahead,
+    /// Extent windows (offset / `MAX_EXTENT`) that commits changed since the file
+    /// was last checked for extents worth merging.
+    pub touched: BTreeSet<u64>,
 }
+
+/// Windows remembered per file for merging; past this, the rest are not checked.
+pub const MAX_TOUCHED: usize = 4096;
 
 impl FileState {
     pub fn new(attr: Attr) -> FileState {
@@ -195,6 +201,7 @@ impl FileState {
             opens: 0,
             generation: 0,
             readahead: Readahead::default(),
+            touched: BTreeSet::new(),
         }
     }
 }

@@ -199,3 +199,61 @@ async fn a_sequential_file_costs_one_key_per_extent() {
     assert!(extents.is_empty());
     ns.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_and_mostly_dead_extents_are_merged_at_last_close() {
+    use kvfs::fs::keys::extent_key;
+    let (_, store) = memory();
+    let ns = open(&store).await;
+    let ino = ns.create(ROOT_INO, b"f", 0o644, OWNER).await.unwrap().ino;
+    let mut model: Vec<u8> = (0..2u32 << 20).map(|i| (i % 199) as u8).collect();
+    ns.open(ino, false).await.unwrap();
+    ns.write(ino, 0, &model).await.unwrap();
+    ns.release(ino).await.unwrap();
+    let count = |ns: &Namespace| {
+        ns.db()
+            .scan_info(
+                std::ops::Bound::Included(extent_prefix(ino).as_slice()),
+                std::ops::Bound::Unbounded,
+                usize::MAX,
+            )
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&extent_prefix(ino)))
+            .count()
+    };
+    assert_eq!(count(&ns), 2);
+    // Many small overwrites in the first MiB, each committed on its own: the
+    // window fragments, and is merged into one extent at the last close.
+    ns.open(ino, false).await.unwrap();
+    for i in 0..40u64 {
+        let at = i * 8192 + 100;
+        ns.write(ino, at, &[0xAB; 4096]).await.unwrap();
+        ns.fsync(ino).await.unwrap();
+        model[at as usize..at as usize + 4096].fill(0xAB);
+    }
+    assert!(count(&ns) > 64, "{} extents before the merge", count(&ns));
+    ns.release(ino).await.unwrap();
+    assert_eq!(count(&ns), 2);
+    assert!(content(&ns, ino).await == model);
+    // Truncated to 5,000 bytes, the first extent keeps a 1 MiB value for 5,000
+    // live bytes until the last close rewrites it.
+    ns.open(ino, false).await.unwrap();
+    ns.setattr(
+        ino,
+        SetAttr {
+            size: Some(5000),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ns.db().info(&extent_key(ino, 0)).unwrap().value_len,
+        1 << 20
+    );
+    ns.release(ino).await.unwrap();
+    assert_eq!(ns.db().info(&extent_key(ino, 0)).unwrap().value_len, 5000);
+    model.truncate(5000);
+    assert!(content(&ns, ino).await == model);
+    ns.shutdown().await.unwrap();
+}

@@ -582,3 +582,18 @@ async fn unlinked_open_files_keep_their_content_until_closed() {
     ));
     ns.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_keys_outside_the_layout_is_refused_clearly() {
+    let (_, store) = memory();
+    let db = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    // A key written through the engine API (or a layout-1 path key).
+    db.put(b"users/42/profile.json", b"{}").await.unwrap();
+    let err = match Namespace::new(db.clone(), OWNER).await {
+        Ok(_) => panic!("a store with engine keys was mounted"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, FsError::Layout(_)), "{err}");
+    assert!(err.to_string().contains("namespace layout"), "{err}");
+    db.close().await.unwrap();
+}
