@@ -564,6 +564,87 @@ impl Namespace {
         Ok(ops)
     }
 
+    /// `fallocate`: mode 0 extends the file with zeros (holes: nothing is stored);
+    /// `keep_size` only checks the arguments, since nothing needs reserving.
+    pub async fn fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge)?;
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes"));
+        }
+        let attr = self.attr_now(ino)?.ok_or(FsError::NotFound)?;
+        match attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::NotSupported("fallocate of a special file")),
+        }
+        if keep_size || end <= attr.size {
+            return Ok(());
+        }
+        let state = self.file_state(ino)?;
+        self.resize(ino, &state, end).await?;
+        self.commit(ino).await?;
+        self.drop_idle(ino);
+        Ok(())
+    }
+
+    /// `lseek` with `SEEK_DATA` (`hole` false) or `SEEK_HOLE` (`hole` true): the
+    /// first offset at or after `offset` that is data, or a hole (the end of the
+    /// file counts as a hole). `NoSuchOffset` at or past the end.
+    pub async fn seek_data(&self, ino: u64, offset: u64, hole: bool) -> FsResult<u64> {
+        let state = self.file_state(ino)?;
+        let st = lock_file(&state);
+        let size = st.attr.size;
+        if offset >= size {
+            return Err(FsError::NoSuchOffset);
+        }
+        if !st.attr.extents {
+            return Ok(if hole { size } else { offset });
+        }
+        // Data: stored extents (below a pending truncate) and dirty ranges, merged.
+        let stored_end = st.cut.unwrap_or(u64::MAX).min(size);
+        let mut data: Vec<(u64, u64)> = self
+            .extent_map(ino, 0, stored_end)?
+            .into_iter()
+            .map(|(at, e)| (at, (at + e.len).min(stored_end)))
+            .filter(|(s, e)| s < e)
+            .chain(st.dirty.ranges().map(|(o, d)| (o, o + d.len() as u64)))
+            .collect();
+        data.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in data {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        if hole {
+            let mut at = offset;
+            for (s, e) in &merged {
+                if *s <= at && at < *e {
+                    at = *e;
+                }
+            }
+            Ok(at.min(size))
+        } else {
+            merged
+                .iter()
+                .find(|(_, e)| *e > offset)
+                .map(|(s, _)| (*s).max(offset))
+                .filter(|at| *at < size)
+                .ok_or(FsError::NoSuchOffset)
+        }
+    }
+
     /// Commit `ino` and make everything written so far durable.
     pub async fn fsync(&self, ino: u64) -> FsResult<()> {
         self.commit(ino).await?;
@@ -663,12 +744,12 @@ impl Namespace {
             let ops: Vec<BatchOp> = keys.into_iter().map(|(k, _)| BatchOp::Delete(k)).collect();
             self.db.write_batch(&ops).await?;
         }
-        self.db
-            .write_batch(&[
-                BatchOp::Delete(inode_key(ino)),
-                BatchOp::Delete(orphan_key(ino)),
-            ])
-            .await?;
+        let mut last = vec![
+            BatchOp::Delete(inode_key(ino)),
+            BatchOp::Delete(orphan_key(ino)),
+        ];
+        self.xattr_deletes(ino, &mut last);
+        self.db.write_batch(&last).await?;
         Ok(())
     }
 

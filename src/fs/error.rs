@@ -33,6 +33,14 @@ pub enum FsError {
     Layout(String),
     #[error("writing output: {0}")]
     Output(String),
+    #[error("offset past the end of the file")]
+    NoSuchOffset,
+    #[error("no such attribute")]
+    NoData,
+    #[error("attribute value too large")]
+    TooBig,
+    #[error("result out of range")]
+    Range,
     #[error("too many links")]
     TooManyLinks,
     #[error(transparent)]
@@ -55,6 +63,10 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::Corrupt { .. } | FsError::Layout(_) => libc::EIO,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoData => libc::ENODATA,
+            FsError::NoSuchOffset => libc::ENXIO,
+            FsError::TooBig => libc::E2BIG,
+            FsError::Range => libc::ERANGE,
             FsError::Output(_) => libc::EIO,
             FsError::Db(e) => e.errno(),
         }

@@ -11,6 +11,7 @@
 //! | `\0d` parent-ino name                 | [`Dirent`]        | empty               |
 //! | `\0x` ino offset                      | extent (skip, len)| extent data         |
 //! | `\0o` ino                             | none              | empty               |
+//! | `\0a` ino name                        | xattr record      | a large xattr value |
 //!
 //! - **inode** (`\0i`): attributes of one file, directory, symlink or special file,
 //!   addressed by its number, which never changes. Small files keep their content in
@@ -21,6 +22,7 @@
 //!   `offset .. offset + len`, which are bytes `skip .. skip + len` of the value. A
 //!   file's extents never overlap: an overwrite trims the extents it covers by
 //!   rewriting their metadata (see `extents`), not their data.
+//! - **extended attribute** (`\0a`): one name of one inode; see `xattr`.
 //! - **orphan** (`\0o`): an inode whose last name is gone while it was still open; its
 //!   content is deleted at last close, or when the store is next mounted.
 //!
@@ -35,6 +37,7 @@ const INODE_TAG: &[u8] = b"\0i";
 const DIRENT_TAG: &[u8] = b"\0d";
 const EXTENT_TAG: &[u8] = b"\0x";
 const ORPHAN_TAG: &[u8] = b"\0o";
+const XATTR_TAG: &[u8] = b"\0a";
 
 pub const ROOT_INO: u64 = 1;
 /// First inode number handed out by the allocator.
@@ -78,6 +81,22 @@ pub fn extent_prefix(ino: u64) -> Vec<u8> {
 
 pub fn orphan_key(ino: u64) -> Vec<u8> {
     tagged(ORPHAN_TAG, &[ino], &[])
+}
+
+/// Key of extended attribute `name` of `ino`.
+pub fn xattr_key(ino: u64, name: &[u8]) -> Vec<u8> {
+    tagged(XATTR_TAG, &[ino], name)
+}
+
+/// Prefix of every extended attribute of `ino`.
+pub fn xattr_prefix(ino: u64) -> Vec<u8> {
+    tagged(XATTR_TAG, &[ino], &[])
+}
+
+/// Name of an extended attribute key of `ino`.
+pub fn xattr_name(ino: u64, key: &[u8]) -> Option<&[u8]> {
+    let n = XATTR_TAG.len() + 8;
+    (key.len() > n && key[..n] == xattr_prefix(ino)[..]).then(|| &key[n..])
 }
 
 /// Prefix of every orphan record.
@@ -151,6 +170,12 @@ mod tests {
         assert_eq!(dirent_name(4, &dirent_key(3, b"x.txt")), None);
         assert_eq!(orphan_ino(&orphan_key(77)), Some(77));
         assert_eq!(orphan_ino(&inode_key(77)), None);
+        assert_eq!(
+            xattr_name(7, &xattr_key(7, b"user.a")),
+            Some(&b"user.a"[..])
+        );
+        assert_eq!(xattr_name(8, &xattr_key(7, b"user.a")), None);
+        assert!(xattr_key(7, b"zz") < xattr_key(8, b""));
         for k in [
             inode_key(1),
             dirent_key(1, b"a"),

@@ -1,8 +1,8 @@
 //! The file system's core: a namespace of inodes, directory entries and extents
 //! stored as engine keys, with no FUSE types in it (the FUSE adapter in `crate::fuse`
 //! is a thin translation). See `keys` for the layout, `attr` for the records,
-//! `locks` for what is locked when, `data` and `extents` for file content, and `kv`
-//! for the key-value view (keys as paths).
+//! `locks` for what is locked when, `data` and `extents` for file content, `xattr`
+//! for extended attributes, and `kv` for the key-value view (keys as paths).
 
 pub mod attr;
 mod data;
@@ -13,9 +13,11 @@ pub mod keys;
 mod kv;
 mod locks;
 pub mod namespace;
+mod xattr;
 
 pub use attr::{Attr, Kind};
 pub use data::{INLINE_MAX, MAX_FILE_SIZE, READAHEAD_MAX};
 pub use error::{FsError, FsResult};
 pub use kv::split_key;
 pub use namespace::{DirEntry, FsStats, Namespace, RenameFlags, SetAttr};
+pub use xattr::{XattrFlags, XATTR_NAME_MAX, XATTR_SIZE_MAX};

@@ -526,6 +526,7 @@ impl Namespace {
             return t.opens() == 0;
         }
         ops.push(BatchOp::Delete(inode_key(ino)));
+        self.xattr_deletes(ino, ops);
         false
     }
 
@@ -590,11 +591,12 @@ impl Namespace {
             dir.nlink = dir.nlink.saturating_sub(1);
             dir.mtime = at;
             dir.ctime = at;
-            let ops = vec![
+            let mut ops = vec![
                 BatchOp::Delete(dirent_key(parent, name)),
                 BatchOp::Delete(inode_key(d.ino)),
                 attr_op(&dir),
             ];
+            self.xattr_deletes(d.ino, &mut ops);
             if self.db.try_write_batch(&ops)? {
                 return Ok(());
             }
@@ -716,6 +718,7 @@ impl Namespace {
                     let ti = 1 - si;
                     if t.kind == Kind::Dir {
                         ops.push(BatchOp::Delete(inode_key(t.ino)));
+                        self.xattr_deletes(t.ino, &mut ops);
                         dst_links -= 1;
                     } else if self.drop_name(&mut touched[ti], at, &mut ops) {
                         purge = Some(t.ino);

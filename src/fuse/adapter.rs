@@ -3,10 +3,11 @@
 //! Every handler that may touch the engine runs its namespace call through
 //! `KvfsFuse::run`: polled once on the FUSE thread (inside the context of the Tokio
 //! runtime whose [`Handle`] the adapter holds), and if it has to wait, handed to that
-//! runtime, which finishes it and replies. Only calls that are pure memory bookkeeping (`forget`, `statfs`, `link`, `opendir`,
-//! `releasedir`, `access`) and the refusals of unsupported operations (extended
-//! attributes, `copy_file_range`, `lseek`, `fallocate`, `ioctl`, `poll`, special
-//! files) reply on the FUSE thread.
+//! runtime, which finishes it and replies. Only calls that are pure memory
+//! bookkeeping (`forget`, `statfs`, `opendir`, `releasedir`, `access`) and the
+//! refusals of unsupported operations (`copy_file_range`, `ioctl`, `poll`, `lseek`
+//! other than `SEEK_DATA`/`SEEK_HOLE`, `fallocate` modes other than 0 and
+//! `FALLOC_FL_KEEP_SIZE`) reply on the FUSE thread.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -77,6 +78,18 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Socket => FileType::Socket,
         Kind::CharDev => FileType::CharDevice,
         Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+/// Answer a `getxattr`/`listxattr`: the size when asked for it (`size` 0), the
+/// bytes when they fit, `ERANGE` otherwise.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(Errno::ERANGE);
     }
 }
 
@@ -791,33 +804,59 @@ impl Filesystem for KvfsFuse {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        if position != 0 {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let flags = fs::XattrFlags {
+            create: flags & libc::XATTR_CREATE != 0,
+            replace: flags & libc::XATTR_REPLACE != 0,
+        };
+        let name = name_bytes(name);
+        let value = value.to_vec();
+        self.spawn_empty("setxattr", reply, move |ns| async move {
+            ns.setxattr(ino.0, &name, &value, flags).await
+        });
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name_bytes(name);
+        self.spawn(move |ns| async move {
+            match ns.getxattr(ino.0, &name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno("getxattr", &e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(move |ns| async move {
+            match ns.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut list = Vec::new();
+                    for n in names {
+                        list.extend_from_slice(&n);
+                        list.push(0);
+                    }
+                    reply_xattr(reply, size, &list)
+                }
+                Err(e) => reply.error(errno("listxattr", &e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn_empty("removexattr", reply, move |ns| async move {
+            ns.removexattr(ino.0, &name).await
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -825,9 +864,8 @@ impl Filesystem for KvfsFuse {
     }
 
     // Operations left to the kernel's fallbacks. `ENOSYS` makes the kernel stop asking
-    // for the rest of the mount (and fall back to reads and writes, or to its own
-    // SEEK_DATA/SEEK_HOLE); answering here keeps `fuser`'s "not implemented" warnings
-    // out of the log.
+    // for the rest of the mount (and fall back to reads and writes); answering here
+    // keeps `fuser`'s "not implemented" warnings out of the log.
 
     fn copy_file_range(
         &self,
@@ -848,26 +886,53 @@ impl Filesystem for KvfsFuse {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
+        offset: i64,
+        whence: i32,
         reply: ReplyLseek,
     ) {
-        reply.error(Errno::ENOSYS);
+        // The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself.
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => {
+                reply.error(Errno::EINVAL);
+                return;
+            }
+        };
+        if offset < 0 {
+            reply.error(Errno::ENXIO);
+            return;
+        }
+        self.spawn(move |ns| async move {
+            match ns.seek_data(ino.0, offset as u64, hole).await {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => reply.error(errno("lseek", &e)),
+            }
+        });
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        // Plain allocation and FALLOC_FL_KEEP_SIZE; punching holes, zeroing and
+        // collapsing ranges are not supported.
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        self.spawn_empty("fallocate", reply, move |ns| async move {
+            ns.fallocate(ino.0, offset, length, keep_size).await
+        });
     }
 
     fn ioctl(

@@ -247,3 +247,21 @@ impl Drop for Mount {
         }
     }
 }
+
+/// Mount a fresh tmpfs at `point` (created if missing): the reference a file-system
+/// behaviour is compared with. Unmounted on drop.
+pub fn mount_tmpfs(point: &Path) -> Result<Mount, String> {
+    std::fs::create_dir_all(point).map_err(|e| format!("{}: {e}", point.display()))?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .arg(point)
+        .status()
+        .map_err(|e| format!("mount -t tmpfs: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "mount -t tmpfs {} failed: {status}",
+            point.display()
+        ));
+    }
+    Ok(Mount::adopt(point, None))
+}

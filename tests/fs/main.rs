@@ -13,4 +13,5 @@ mod mount;
 mod mount_crash;
 mod mount_model;
 mod namespace;
+mod posix;
 mod rename;
