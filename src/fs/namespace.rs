@@ -142,6 +142,7 @@ impl Touched<'_> {
             st.attr.nlink = self.attr.nlink;
             st.attr.ctime = self.attr.ctime;
             st.attr.parent = self.attr.parent;
+            st.attr.perm = self.attr.perm;
         }
     }
 }

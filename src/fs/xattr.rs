@@ -23,6 +23,47 @@ const INLINE_XATTR: usize = 254;
 const IN_META: u8 = 0;
 const IN_VALUE: u8 = 1;
 
+/// The access ACL: setting it sets the permission bits it implies (the kernel
+/// leaves that to the file system); an ACL that says no more than the mode is not
+/// kept, as on a local file system.
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+const ACL_VERSION: u32 = 2;
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// The permission bits (`rwxrwxrwx`) an access ACL implies, and whether the ACL is
+/// equivalent to them (only the owner, group and other entries).
+pub fn acl_mode(value: &[u8]) -> FsResult<(u16, bool)> {
+    let bad = || FsError::Invalid("malformed POSIX ACL");
+    let (head, entries) = value.split_at_checked(4).ok_or_else(bad)?;
+    if u32::from_le_bytes(head.try_into().map_err(|_| bad())?) != ACL_VERSION
+        || entries.len() % 8 != 0
+    {
+        return Err(bad());
+    }
+    let (mut user, mut group, mut other, mut mask) = (None, None, None, None);
+    let mut extended = false;
+    for e in entries.chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]) & 7;
+        match tag {
+            ACL_USER_OBJ => user = Some(perm),
+            ACL_GROUP_OBJ => group = Some(perm),
+            ACL_OTHER => other = Some(perm),
+            ACL_MASK => mask = Some(perm),
+            0x02 | 0x08 => extended = true,
+            _ => return Err(bad()),
+        }
+    }
+    let (Some(u), Some(g), Some(o)) = (user, group, other) else {
+        return Err(bad());
+    };
+    let g = mask.unwrap_or(g);
+    Ok((u << 6 | g << 3 | o, !extended && mask.is_none()))
+}
+
 /// `XATTR_CREATE` / `XATTR_REPLACE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XattrFlags {
@@ -56,7 +97,15 @@ impl Namespace {
             return Err(FsError::TooBig);
         }
         let key = xattr_key(ino, name);
-        let record = if value.len() <= INLINE_XATTR {
+        let acl = if name == ACL_ACCESS {
+            Some(acl_mode(value)?)
+        } else {
+            None
+        };
+        let record = if acl.is_some_and(|(_, equivalent)| equivalent) {
+            // Says no more than the mode: only the mode changes.
+            BatchOp::Delete(key)
+        } else if value.len() <= INLINE_XATTR {
             let mut meta = vec![IN_META];
             meta.extend_from_slice(value);
             BatchOp::PutMeta {
@@ -71,23 +120,26 @@ impl Namespace {
                 value: value.to_vec(),
             }
         };
-        self.change_xattr(ino, name, Some(record), flags).await
+        self.change_xattr(ino, name, Some(record), flags, acl.map(|(m, _)| m))
+            .await
     }
 
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.writable()?;
         check_name(name)?;
-        self.change_xattr(ino, name, None, XattrFlags::default())
+        self.change_xattr(ino, name, None, XattrFlags::default(), None)
             .await
     }
 
-    /// Write (or delete, with `record` `None`) one attribute and the inode's ctime.
+    /// Write (or delete, with `record` `None`) one attribute and the inode's ctime
+    /// (and its permission bits, `mode`, for an access ACL).
     async fn change_xattr(
         &self,
         ino: u64,
         name: &[u8],
         record: Option<BatchOp>,
         flags: XattrFlags,
+        mode: Option<u16>,
     ) -> FsResult<()> {
         let key = xattr_key(ino, name);
         let mut room = 0;
@@ -103,9 +155,14 @@ impl Namespace {
                 (Some(_), true) if flags.create => return Err(FsError::Exists),
                 (Some(_), false) if flags.replace => return Err(FsError::NoData),
                 (None, false) => return Err(FsError::NoData),
+                // An equivalent ACL replacing nothing: nothing to delete.
+                (Some(BatchOp::Delete(_)), false) if mode.is_none() => return Err(FsError::NoData),
                 _ => {}
             }
             t.attr.ctime = now();
+            if let Some(m) = mode {
+                t.attr.perm = (t.attr.perm & !0o777) | m;
+            }
             let mut ops = vec![match &record {
                 Some(r) => r.clone(),
                 None => BatchOp::Delete(key.clone()),
@@ -160,5 +217,46 @@ impl Namespace {
     /// Delete operations for the attributes of `ino`.
     pub(super) fn xattr_deletes(&self, ino: u64, ops: &mut Vec<BatchOp>) {
         ops.extend(self.xattr_keys(ino).into_iter().map(BatchOp::Delete));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = ACL_VERSION.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn access_acls_imply_a_mode() {
+        let minimal = acl(&[(1, 7, 0), (4, 5, 0), (0x20, 1, 0)]);
+        assert_eq!(acl_mode(&minimal).unwrap(), (0o751, true));
+        let named = acl(&[
+            (1, 6, 0),
+            (2, 4, 1000),
+            (4, 4, 0),
+            (0x10, 6, 0),
+            (0x20, 0, 0),
+        ]);
+        assert_eq!(acl_mode(&named).unwrap(), (0o660, false));
+        assert!(acl_mode(&acl(&[(1, 6, 0), (0x20, 0, 0)])).is_err());
+        assert!(acl_mode(&minimal[..minimal.len() - 1]).is_err());
+        assert!(acl_mode(&[]).is_err());
+        assert!(acl_mode(&acl(&[(0x40, 1, 0)])).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn acl_decoding_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = acl_mode(&data);
+        }
     }
 }

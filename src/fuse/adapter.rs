@@ -339,7 +339,10 @@ impl Filesystem for KvfsFuse {
         let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // The kernel applies POSIX ACLs (kept as `system.posix_acl_*` extended
+            // attributes): permission checks, the mode an ACL implies, inheritance.
+            | InitFlags::FUSE_POSIX_ACL;
         let available = wanted & config.capabilities();
         if let Err(missing) = config.add_capabilities(available) {
             log::debug!("kernel lacks FUSE capabilities {missing:?}");

@@ -15,3 +15,4 @@ mod mount_model;
 mod namespace;
 mod posix;
 mod rename;
+mod tools;
