@@ -449,7 +449,10 @@ mod mount {
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         let owner = unsafe { (libc::getuid(), libc::getgid()) };
         let ns = match Namespace::new(db.clone(), owner).await {
-            Ok(ns) => Arc::new(ns),
+            Ok(mut ns) => {
+                ns.set_atime_mode(args.atime);
+                Arc::new(ns)
+            }
             Err(e) => {
                 let _ = db.close().await;
                 return Ok(fail(e));

@@ -119,6 +119,10 @@ pub struct MountArgs {
     /// In the background, append the log to this file (default: discard it).
     #[arg(long, value_name = "FILE")]
     log_file: Option<std::path::PathBuf>,
+    /// When reads update access times: relatime (the first read after a change, or
+    /// a day after the last update), noatime (never), strictatime (every read).
+    #[arg(long, value_enum, default_value_t = kvfs::fs::AtimeMode::Relatime)]
+    atime: kvfs::fs::AtimeMode,
     /// Internal: this process is the background server started by `kvfs mount`.
     #[arg(long, hide = true)]
     daemon_child: bool,

@@ -23,7 +23,9 @@ use super::file::{Fetch, FileState, MAX_DIRTY_PER_FILE, MAX_TOUCHED};
 use super::keys::{
     extent_key, extent_offset, extent_prefix, inode_key, orphan_ino, orphan_key, orphan_prefix,
 };
-use super::namespace::{apply_set, lock_file, now, ops_len, Namespace, SetAttr, SharedFile};
+use super::namespace::{
+    apply_set, lock_file, now, ops_len, AtimeMode, Namespace, SetAttr, SharedFile,
+};
 use crate::db::{prefix_successor, BatchOp, Db};
 
 /// Files up to this size keep their content inline.
@@ -32,6 +34,8 @@ pub const INLINE_MAX: u64 = 64 * 1024;
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// Most bytes fetched ahead of one sequential reader.
 pub const READAHEAD_MAX: u64 = 16 * MAX_EXTENT;
+/// With relatime, a read updates an access time at least this old.
+const RELATIME_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// Extent keys deleted per batch when purging a file.
 const PURGE_BATCH: usize = 4096;
 
@@ -255,6 +259,7 @@ impl Namespace {
         if st.attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        self.touch_atime(st);
         let end = offset.saturating_add(size as u64).min(st.attr.size);
         if offset >= end {
             return Ok(ReadPlan::Done(Bytes::new()));
@@ -317,6 +322,26 @@ impl Namespace {
             pieces,
             dirty: st.dirty.within(offset, end),
         })
+    }
+
+    /// A read happened: update the access time as the mount's [`AtimeMode`] says
+    /// (written with the file's next commit, at the latest its last close).
+    fn touch_atime(&self, st: &mut FileState) {
+        let now = now();
+        let due = match self.atime {
+            AtimeMode::Noatime => false,
+            AtimeMode::Strictatime => true,
+            AtimeMode::Relatime => {
+                let a = st.attr.atime;
+                a <= st.attr.mtime
+                    || a <= st.attr.ctime
+                    || now.duration_since(a).is_ok_and(|d| d >= RELATIME_AGE)
+            }
+        };
+        if due && !self.db.is_read_only() {
+            st.attr.atime = now;
+            st.changed = true;
+        }
     }
 
     /// The stored extents of `ino` that may overlap `start .. end` (`end`

@@ -19,5 +19,5 @@ pub use attr::{Attr, Kind};
 pub use data::{INLINE_MAX, MAX_FILE_SIZE, READAHEAD_MAX};
 pub use error::{FsError, FsResult};
 pub use kv::split_key;
-pub use namespace::{DirEntry, FsStats, Namespace, RenameFlags, SetAttr};
+pub use namespace::{AtimeMode, DirEntry, FsStats, Namespace, RenameFlags, SetAttr};
 pub use xattr::{XattrFlags, XATTR_NAME_MAX, XATTR_SIZE_MAX};

@@ -57,6 +57,19 @@ pub struct RenameFlags {
     pub exchange: bool,
 }
 
+/// When reading a file updates its access time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AtimeMode {
+    /// The first read after the file changed, or a day after the last update (as
+    /// Linux's default `relatime`): at most one small record per file and day.
+    #[default]
+    Relatime,
+    /// Never.
+    Noatime,
+    /// Every read (a record at each close of a read file).
+    Strictatime,
+}
+
 /// File-system totals for `statfs`.
 #[derive(Clone, Copy, Debug)]
 pub struct FsStats {
@@ -80,6 +93,7 @@ pub struct Namespace {
     pub(super) locks: Locks,
     pub(super) files: Mutex<HashMap<u64, SharedFile>>,
     inos: Mutex<InoRange>,
+    pub(super) atime: AtimeMode,
 }
 
 pub(super) fn name_err(e: NameError) -> FsError {
@@ -176,6 +190,7 @@ impl Namespace {
                 next: next.max(FIRST_INO),
                 until: next.max(FIRST_INO),
             }),
+            atime: AtimeMode::default(),
         };
         if !ns.db.is_read_only() {
             ns.purge_orphans().await?;
@@ -185,6 +200,11 @@ impl Namespace {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Choose when reads update access times (before the namespace is shared).
+    pub fn set_atime_mode(&mut self, mode: AtimeMode) {
+        self.atime = mode;
     }
 
     pub(super) fn writable(&self) -> FsResult<()> {
@@ -404,6 +424,14 @@ impl Namespace {
             let t = now();
             let mut attr = Attr::new(ino, kind, perm, owner, t);
             attr.rdev = rdev;
+            // A set-group-ID directory gives its group to what is created in it,
+            // and its set-group-ID bit to subdirectories.
+            if dir.perm & 0o2000 != 0 {
+                attr.gid = dir.gid;
+                if kind == Kind::Dir {
+                    attr.perm |= 0o2000;
+                }
+            }
             attr.size = value.len() as u64;
             if kind == Kind::Dir {
                 attr.parent = parent;

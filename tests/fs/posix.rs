@@ -277,6 +277,17 @@ fn steps(root: &Path) -> Vec<String> {
             std::fs::metadata(p("dir")).unwrap().mtime() > 1_000_000_000
         ),
     );
+    // relatime: the first read after a change moves atime past mtime; the next
+    // read leaves it.
+    std::fs::read(p("file")).unwrap();
+    let m = std::fs::metadata(p("file")).unwrap();
+    log(
+        "atime after read",
+        format!(
+            "{}",
+            (m.atime(), m.atime_nsec()) > (m.mtime(), m.mtime_nsec())
+        ),
+    );
     let before = std::fs::metadata(p("file")).unwrap().ctime();
     std::fs::set_permissions(p("file"), std::fs::Permissions::from_mode(0o600)).unwrap();
     log(
@@ -286,6 +297,23 @@ fn steps(root: &Path) -> Vec<String> {
             std::fs::metadata(p("file")).unwrap().ctime() >= before
         ),
     );
+
+    // A set-group-ID directory passes on its group (and the bit, to directories).
+    std::fs::create_dir(p("sgid")).unwrap();
+    log(
+        "chown dir",
+        rc(unsafe { libc::chown(c(&p("sgid")).as_ptr(), u32::MAX, 4321) } as i64),
+    );
+    std::fs::set_permissions(p("sgid"), std::fs::Permissions::from_mode(0o2775)).unwrap();
+    std::fs::write(p("sgid/f"), b"g").unwrap();
+    std::fs::create_dir(p("sgid/sub")).unwrap();
+    for n in ["sgid/f", "sgid/sub"] {
+        let m = std::fs::metadata(p(n)).unwrap();
+        log(
+            &format!("{n} gid and mode"),
+            format!("{} {:o}", m.gid(), m.mode()),
+        );
+    }
 
     // An unlinked open file.
     let f = std::fs::File::create(p("gone")).unwrap();
@@ -431,7 +459,8 @@ fn survey(root: &Path) -> Vec<String> {
     ] {
         out.push(format!("{n}: {}", stat_line(&root.join(n))));
     }
-    out.push(format!("file: {}", times(&root.join("file"))));
+    let m = std::fs::metadata(root.join("file")).unwrap();
+    out.push(format!("file: mtime {}.{}", m.mtime(), m.mtime_nsec()));
     out.push(format!("file xattrs: {}", xattr_list(&root.join("file"))));
     out.push(format!(
         "dir xattr: {}",
