@@ -182,10 +182,19 @@ impl Namespace {
     }
 
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        self.read_at(ino, offset, size, true).await
+    }
+
+    /// A read; `for_user` false for the namespace's own reads (merging extents),
+    /// which leave the access time alone.
+    async fn read_at(&self, ino: u64, offset: u64, size: u32, for_user: bool) -> FsResult<Bytes> {
         let state = self.file_state(ino)?;
         loop {
             let plan = {
                 let mut st = lock_file(&state);
+                if for_user {
+                    self.touch_atime(&mut st);
+                }
                 self.plan_read(ino, &mut st, offset, size)?
             };
             match plan {
@@ -259,7 +268,6 @@ impl Namespace {
         if st.attr.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
-        self.touch_atime(st);
         let end = offset.saturating_add(size as u64).min(st.attr.size);
         if offset >= end {
             return Ok(ReadPlan::Done(Bytes::new()));
@@ -409,7 +417,9 @@ impl Namespace {
                 (extents::merge_candidates(&rows), st.generation)
             };
             for (start, end) in runs {
-                let data = self.read(ino, start, (end - start) as u32).await?;
+                let data = self
+                    .read_at(ino, start, (end - start) as u32, false)
+                    .await?;
                 if data.len() as u64 != end - start {
                     continue;
                 }

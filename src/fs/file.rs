@@ -112,43 +112,37 @@ impl Dirty {
         }
     }
 
-    /// Copy the dirty bytes of `start .. start + buf.len()` over `buf`.
-    #[cfg(test)]
-    pub fn overlay(&self, start: u64, buf: &mut [u8]) {
-        let end = start + buf.len() as u64;
+    /// The dirty bytes within `start .. end`: (file offset, bytes), in order.
+    fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, &[u8])> {
         let first = self
             .ranges
             .range(..=start)
             .next_back()
             .map(|(o, _)| *o)
             .unwrap_or(start);
-        for (&o, d) in self.ranges.range(first..end) {
-            let s = o.max(start);
-            let t = (o + d.len() as u64).min(end);
-            if s < t {
-                buf[(s - start) as usize..(t - start) as usize]
-                    .copy_from_slice(&d[(s - o) as usize..(t - o) as usize]);
-            }
+        self.ranges
+            .range(first..end.max(first))
+            .filter_map(move |(&o, d)| {
+                let s = o.max(start);
+                let t = (o + d.len() as u64).min(end);
+                (s < t).then(|| (s, &d[(s - o) as usize..(t - o) as usize]))
+            })
+    }
+
+    /// Copy the dirty bytes of `start .. start + buf.len()` over `buf`.
+    #[cfg(test)]
+    pub fn overlay(&self, start: u64, buf: &mut [u8]) {
+        for (s, d) in self.pieces(start, start + buf.len() as u64) {
+            let at = (s - start) as usize;
+            buf[at..at + d.len()].copy_from_slice(d);
         }
     }
 
     /// The dirty ranges within `start .. end`, copied.
     pub fn within(&self, start: u64, end: u64) -> Vec<(u64, Vec<u8>)> {
-        let mut out = Vec::new();
-        let first = self
-            .ranges
-            .range(..=start)
-            .next_back()
-            .map(|(o, _)| *o)
-            .unwrap_or(start);
-        for (&o, d) in self.ranges.range(first..end) {
-            let s = o.max(start);
-            let t = (o + d.len() as u64).min(end);
-            if s < t {
-                out.push((s, d[(s - o) as usize..(t - o) as usize].to_vec()));
-            }
-        }
-        out
+        self.pieces(start, end)
+            .map(|(s, d)| (s, d.to_vec()))
+            .collect()
     }
 }
 
