@@ -458,7 +458,10 @@ mod mount {
                 return Ok(fail(e));
             }
         };
-        let fs = KvfsFuse::new(ns, tokio::runtime::Handle::current());
+        let mut fs = KvfsFuse::new(ns, tokio::runtime::Handle::current());
+        if args.no_xattrs {
+            fs = fs.without_xattrs();
+        }
         let shutdown = fs.shutdown_handle();
         let mopts = MountOptions {
             read_only: args.read_only,

@@ -210,6 +210,7 @@ pub struct KvfsFuse {
     rt: Handle,
     shutdown: ShutdownHandle,
     dirs: Arc<DirHandles>,
+    xattrs: bool,
 }
 
 impl std::fmt::Debug for KvfsFuse {
@@ -231,7 +232,16 @@ impl KvfsFuse {
             rt,
             shutdown,
             dirs: Arc::new(DirHandles::default()),
+            xattrs: true,
         }
+    }
+
+    /// Without extended attributes (and so without POSIX ACLs): the first xattr
+    /// request is answered `ENOSYS`, after which the kernel asks no more. `ls -l`
+    /// then makes no xattr request per file (two otherwise).
+    pub fn without_xattrs(mut self) -> KvfsFuse {
+        self.xattrs = false;
+        self
     }
 
     /// The handle that runs (or awaits) this adapter's shutdown.
@@ -336,13 +346,15 @@ impl Filesystem for KvfsFuse {
         // lookups and readdir in one directory may run in parallel (the namespace
         // has its own locking); readdirplus saves a lookup per entry for `ls -l`.
         // No write-back cache: see the module documentation.
-        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
+        let mut wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if self.xattrs {
             // The kernel applies POSIX ACLs (kept as `system.posix_acl_*` extended
-            // attributes): permission checks, the mode an ACL implies, inheritance.
-            | InitFlags::FUSE_POSIX_ACL;
+            // attributes): permission checks, the mode an ACL implies.
+            wanted |= InitFlags::FUSE_POSIX_ACL;
+        }
         let available = wanted & config.capabilities();
         if let Err(missing) = config.add_capabilities(available) {
             log::debug!("kernel lacks FUSE capabilities {missing:?}");
@@ -814,6 +826,10 @@ impl Filesystem for KvfsFuse {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.xattrs {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         if position != 0 {
             reply.error(Errno::EINVAL);
             return;
@@ -830,6 +846,10 @@ impl Filesystem for KvfsFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let name = name_bytes(name);
         self.spawn(move |ns| async move {
             match ns.getxattr(ino.0, &name).await {
@@ -840,6 +860,10 @@ impl Filesystem for KvfsFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         self.spawn(move |ns| async move {
             match ns.listxattr(ino.0).await {
                 Ok(names) => {
@@ -856,6 +880,10 @@ impl Filesystem for KvfsFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.xattrs {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let name = name_bytes(name);
         self.spawn_empty("removexattr", reply, move |ns| async move {
             ns.removexattr(ino.0, &name).await
