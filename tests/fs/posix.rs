@@ -512,3 +512,23 @@ fn posix_steps_match_tmpfs_before_and_after_remount() {
     compare("survey after remount", &survey(m.point()), &want);
     m.finish();
 }
+
+#[test]
+fn without_xattrs_every_xattr_call_is_unsupported() {
+    let (dir, store, _) = work_dir();
+    let point = dir.path().join("mnt");
+    let m = Mount::start(store.to_str().unwrap(), &point, &["--no-xattrs"], &[]);
+    let f = m.point().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            xattr_get(&f, "user.a", 10),
+            format!("errno {}", libc::EOPNOTSUPP)
+        );
+        assert_eq!(
+            xattr_set(&f, "user.a", b"1", 0),
+            format!("errno {}", libc::EOPNOTSUPP)
+        );
+    }
+    m.finish();
+}
