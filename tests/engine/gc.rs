@@ -122,6 +122,38 @@ async fn cleaning_moves_live_data_out_of_mostly_dead_segments() {
     db.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_sharing_a_value_still_share_it_after_compaction() {
+    let (_m, store) = memory();
+    let db = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    let big = vec![b'b'; 200_000];
+    db.put(b"a", &big).await.unwrap();
+    let mut ops = Vec::new();
+    for k in [&b"a2"[..], b"a3", b"a4"] {
+        ops.push(BatchOp::Link {
+            key: k.to_vec(),
+            source: b"a".to_vec(),
+            meta: Some(k.to_vec()),
+        });
+    }
+    db.write_batch(&ops).await.unwrap();
+    db.put(b"small", b"s").await.unwrap();
+    db.sync().await.unwrap();
+    db.compact(&mut |_| {}).await.unwrap();
+    let st = db.stats().await.unwrap();
+    // One copy of the value, not four.
+    assert!(st.stored_bytes < 2 * big.len() as u64, "{st}");
+    for k in [&b"a"[..], b"a2", b"a3", b"a4"] {
+        assert_eq!(db.get(k).await.unwrap().unwrap(), &big[..]);
+    }
+    assert_eq!(db.info(b"a3").unwrap().meta.as_deref(), Some(&b"a3"[..]));
+    db.close().await.unwrap();
+    let db = Db::open_store(store, gc_opts()).await.unwrap();
+    assert_eq!(db.get(b"a4").await.unwrap().unwrap(), &big[..]);
+    check_clean(&db).await;
+    db.close().await.unwrap();
+}
+
 /// Random writes, renames and deletes with GC, compaction, clean reopens and
 /// simulated crashes in between, checked against a model.
 async fn model_with_gc(store: DynStore, seed: u64) {

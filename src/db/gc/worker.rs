@@ -191,7 +191,14 @@ async fn rewrite(
     let mut runs: Vec<(SegmentId, Bytes)> = Vec::new();
     let mut moves: Vec<(Box<[u8]>, ValueAt, SegmentId, u32)> = Vec::with_capacity(moving.len());
     let mut builder: Option<RunBuilder> = None;
+    // Keys that share one value (written with `link`) keep sharing it: the value is
+    // copied once, and the other keys point at the copy.
+    let mut copied: HashMap<(SegmentId, u32), (SegmentId, u32)> = HashMap::new();
     for Moving { key, meta, at } in moving {
+        if let Some((run, offset)) = copied.get(&(at.object, at.offset)) {
+            moves.push((key, at, *run, *offset));
+            continue;
+        }
         let Some(obj) = data.get(&at.object) else {
             continue;
         };
@@ -220,6 +227,7 @@ async fn rewrite(
             }
         };
         let offset = b.put(&key, meta, &value);
+        copied.insert((at.object, at.offset), (b.id(), offset));
         moves.push((key, at, b.id(), offset));
     }
     if let Some(b) = builder.take() {
