@@ -124,7 +124,7 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value_t = kvfs::fs::AtimeMode::Relatime)]
     atime: kvfs::fs::AtimeMode,
     /// Serve no extended attributes (nor POSIX ACLs): `ls -l` of a large directory
-    /// then makes no request per file for them (about 3x faster).
+    /// then makes no request per file for them (two otherwise).
     #[arg(long)]
     no_xattrs: bool,
     /// Internal: this process is the background server started by `kvfs mount`.
