@@ -48,15 +48,7 @@ struct Row {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::alloc::proc_status_kib(&pid.to_string(), "VmRSS").map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 /// CPU seconds (user + system) a process has used so far.
