@@ -226,7 +226,7 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
+        .format_timestamp_millis()
         .format_target(false)
         .init();
 }
