@@ -78,14 +78,17 @@ fn create_for(dir: &Path, secs: u64) -> BenchResult<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-fn contention(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> {
-    let rt = tokio::runtime::Handle::current();
-    std::fs::create_dir_all(work.join("s3-contention"))?;
-    let server = rt.block_on(TestS3Server::start(
-        &work.join("s3-contention"),
-        ServerOptions::default(),
-    ))?;
+/// A test S3 server keeping its objects under `root`, with a bucket `bench`.
+fn start_server(root: &Path) -> BenchResult<TestS3Server> {
+    std::fs::create_dir_all(root)?;
+    let server = tokio::runtime::Handle::current()
+        .block_on(TestS3Server::start(root, ServerOptions::default()))?;
     server.create_bucket("bench")?;
+    Ok(server)
+}
+
+fn contention(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> {
+    let server = start_server(&work.join("s3-contention"))?;
     let store = "s3://bench/contention";
     let point = work.join("mnt-contention");
     {
@@ -221,13 +224,7 @@ fn big_files(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> 
 }
 
 fn readahead(a: &LoadArgs, work: &Path, rows: &mut Vec<Row>) -> BenchResult<()> {
-    let rt = tokio::runtime::Handle::current();
-    std::fs::create_dir_all(work.join("s3-readahead"))?;
-    let server = rt.block_on(TestS3Server::start(
-        &work.join("s3-readahead"),
-        ServerOptions::default(),
-    ))?;
-    server.create_bucket("bench")?;
+    let server = start_server(&work.join("s3-readahead"))?;
     let store = "s3://bench/readahead";
     let point = work.join("mnt-readahead");
     {

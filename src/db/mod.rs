@@ -268,21 +268,12 @@ impl Shared {
         if ops.is_empty() {
             return Ok(0);
         }
-        // Fast path: no waiting needed.
-        if let Some(n) = self.try_append(ops, size)? {
-            return Ok(n);
-        }
         loop {
-            // Register for a wake-up before checking again, so none is missed.
-            let notified = self.space_freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             if let Some(n) = self.try_append(ops, size)? {
                 return Ok(n);
             }
             log::debug!("write waits: unflushed data is at its memory limit");
-            self.wake_uploader.notify_one();
-            notified.await;
+            self.wait_for_room(size).await?;
         }
     }
 
@@ -292,27 +283,35 @@ impl Shared {
             return Err(Error::ReadOnly);
         }
         loop {
+            // Register for a wake-up before checking, so none is missed.
             let notified = self.space_freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let st = self.lock();
-                if let Some(e) = &st.poisoned {
-                    return Err(e.clone());
-                }
-                if st.closing || st.closed {
-                    return Err(Error::Closed);
-                }
-                let log = &st.log;
-                if log.unflushed_bytes == 0
-                    || log.unflushed_bytes + size <= self.opts.max_unflushed_bytes
-                {
-                    return Ok(());
-                }
+            if self.has_room(&*self.open_state()?, size) {
+                return Ok(());
             }
             self.wake_uploader.notify_one();
             notified.await;
         }
+    }
+
+    /// The state, locked, unless the engine is poisoned or closing.
+    fn open_state(&self) -> Result<MutexGuard<'_, State>> {
+        let st = self.lock();
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        if st.closing || st.closed {
+            return Err(Error::Closed);
+        }
+        Ok(st)
+    }
+
+    /// Whether unflushed memory has room for `size` more bytes (a batch always fits
+    /// when nothing is unflushed, however large it is).
+    fn has_room(&self, st: &State, size: usize) -> bool {
+        let log = &st.log;
+        log.unflushed_bytes == 0 || log.unflushed_bytes + size <= self.opts.max_unflushed_bytes
     }
 
     /// Validate a batch; its encoded size.
@@ -346,18 +345,8 @@ impl Shared {
     /// Append if the unflushed-memory bound allows (returning the relocations that
     /// took effect); `None` if the writer must wait.
     fn try_append(&self, ops: &[Op<'_>], size: usize) -> Result<Option<usize>> {
-        let sh = self;
-        let mut st = sh.lock();
-        if let Some(e) = &st.poisoned {
-            return Err(e.clone());
-        }
-        if st.closing || st.closed {
-            return Err(Error::Closed);
-        }
-        let log = &st.log;
-        let fits =
-            log.unflushed_bytes == 0 || log.unflushed_bytes + size <= sh.opts.max_unflushed_bytes;
-        if !fits {
+        let mut st = self.open_state()?;
+        if !self.has_room(&st, size) {
             return Ok(None);
         }
         check_link_sources(&st.index, ops)?;

@@ -215,7 +215,13 @@ impl Namespace {
                     dirty,
                 } => {
                     let mut tasks = tokio::task::JoinSet::new();
+                    let mut values = vec![Bytes::new(); pieces.len()];
                     for (i, (p, cell)) in pieces.iter().enumerate() {
+                        // Fetched already (by readahead, or for the previous read).
+                        if let Some(b) = cell.get() {
+                            values[i] = b.clone();
+                            continue;
+                        }
                         let (db, cell, key) = (self.db.clone(), cell.clone(), p.key);
                         tasks.spawn(async move {
                             let v = cell
@@ -225,7 +231,6 @@ impl Namespace {
                             (i, v)
                         });
                     }
-                    let mut values = vec![Bytes::new(); pieces.len()];
                     let mut failed = None;
                     while let Some(r) = tasks.join_next().await {
                         let (i, v) = r.map_err(|_| FsError::Invalid("extent read task failed"))?;
@@ -625,11 +630,11 @@ impl Namespace {
         if keep_size || end <= attr.size {
             return Ok(());
         }
-        let state = self.file_state(ino)?;
-        self.resize(ino, &state, end).await?;
-        self.commit(ino).await?;
-        self.drop_idle(ino);
-        Ok(())
+        let grow = SetAttr {
+            size: Some(end),
+            ..SetAttr::default()
+        };
+        self.set_size_and_attr(ino, grow).await.map(|_| ())
     }
 
     /// `lseek` with `SEEK_DATA` (`hole` false) or `SEEK_HOLE` (`hole` true): the

@@ -705,6 +705,8 @@ impl Namespace {
             }
             let si = ids.iter().position(|i| *i == s.ino).unwrap_or(0);
             let mut purge = None;
+            // The inode a plain rename replaces: already written (or deleted) above.
+            let mut replaced = None;
             if flags.exchange {
                 let t = t.ok_or(FsError::NotFound)?;
                 if t.kind == Kind::Dir && across && self.is_within(parent, t.ino)? {
@@ -745,6 +747,7 @@ impl Namespace {
                         _ => {}
                     }
                     let ti = 1 - si;
+                    replaced = Some(t.ino);
                     if t.kind == Kind::Dir {
                         ops.push(BatchOp::Delete(inode_key(t.ino)));
                         self.xattr_deletes(t.ino, &mut ops);
@@ -763,15 +766,8 @@ impl Namespace {
                     dst_links += 1;
                 }
             }
-            for (i, t) in touched.iter().enumerate() {
-                // A replaced, now deleted inode is not written again.
-                let deleted = ops
-                    .iter()
-                    .any(|op| matches!(op, BatchOp::Delete(k) if *k == inode_key(ids[i])));
-                let counted = ops
-                    .iter()
-                    .any(|op| op_key(op) == Some(inode_key(ids[i]).as_slice()));
-                if !deleted && !counted {
+            for (ino, t) in ids.iter().zip(&touched) {
+                if replaced != Some(*ino) {
                     ops.push(t.op());
                 }
             }
@@ -910,13 +906,6 @@ fn dirent_op(parent: u64, name: &[u8], d: Dirent) -> BatchOp {
         key: dirent_key(parent, name),
         meta: d.encode(),
         value: Vec::new(),
-    }
-}
-
-fn op_key(op: &BatchOp) -> Option<&[u8]> {
-    match op {
-        BatchOp::Put(k, _) | BatchOp::Delete(k) => Some(k),
-        BatchOp::PutMeta { key, .. } | BatchOp::Link { key, .. } => Some(key),
     }
 }
 

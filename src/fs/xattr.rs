@@ -73,7 +73,7 @@ pub struct XattrFlags {
     pub replace: bool,
 }
 
-fn check_name(name: &[u8]) -> FsResult<()> {
+fn check_xattr_name(name: &[u8]) -> FsResult<()> {
     if name.is_empty() || name.contains(&0) {
         return Err(FsError::Invalid("extended attribute name"));
     }
@@ -92,7 +92,7 @@ impl Namespace {
         flags: XattrFlags,
     ) -> FsResult<()> {
         self.writable()?;
-        check_name(name)?;
+        check_xattr_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::TooBig);
         }
@@ -126,7 +126,7 @@ impl Namespace {
 
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.writable()?;
-        check_name(name)?;
+        check_xattr_name(name)?;
         self.change_xattr(ino, name, None, XattrFlags::default(), None)
             .await
     }
@@ -178,7 +178,7 @@ impl Namespace {
 
     /// The value of attribute `name` of `ino`.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        check_name(name)?;
+        check_xattr_name(name)?;
         self.attr_now(ino)?.ok_or(FsError::NotFound)?;
         let key = xattr_key(ino, name);
         let info = self.db.info(&key).ok_or(FsError::NoData)?;
