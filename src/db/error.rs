@@ -36,6 +36,8 @@ pub enum Error {
     ReadOnly,
     #[error("the store is closed")]
     Closed,
+    #[error("{0}")]
+    Unavailable(String),
     #[error("writes stopped after an earlier failure: {0}")]
     Poisoned(String),
     #[error("invalid option {option}: {problem}")]

@@ -183,6 +183,29 @@ pub(crate) type WindowKey = (SegmentId, u64);
 pub(crate) struct Durable {
     pub seq: u64,
     pub error: Option<Error>,
+    /// Uploads are failing and being retried (see [`Stall`]).
+    pub stall: Option<Stall>,
+}
+
+/// The object store stopped answering: an upload exhausted its retries and is being
+/// tried again, in order, until it lands. Nothing is dropped meanwhile; waiters for
+/// durability or memory give up after `Options::retry.max_elapsed` each.
+#[derive(Clone, Debug)]
+pub(crate) struct Stall {
+    pub since: Instant,
+    pub error: String,
+}
+
+impl Stall {
+    /// The error a waiter that gave up returns.
+    pub fn error(&self) -> Error {
+        Error::Unavailable(format!(
+            "the object store has not answered for {:.0} s (last error: {}); what was \
+             written stays queued and is uploaded, in order, once it answers",
+            self.since.elapsed().as_secs_f64(),
+            self.error
+        ))
+    }
 }
 
 pub(crate) struct Shared {
@@ -278,10 +301,12 @@ impl Shared {
     }
 
     /// Wait until a batch of `size` encoded bytes would fit in unflushed memory.
+    /// While the store does not answer, gives up after the retry timeout.
     pub(crate) async fn wait_for_room(&self, size: usize) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
+        let deadline = Instant::now() + self.opts.retry.max_elapsed;
         loop {
             // Register for a wake-up before checking, so none is missed.
             let notified = self.space_freed.notified();
@@ -291,7 +316,17 @@ impl Shared {
                 return Ok(());
             }
             self.wake_uploader.notify_one();
-            notified.await;
+            let stall = self.durable.borrow().stall.clone();
+            match stall {
+                Some(s) if Instant::now() >= deadline => return Err(s.error()),
+                Some(_) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => notified.await,
+            }
         }
     }
 
@@ -516,11 +551,14 @@ impl Shared {
         }
     }
 
-    /// Wait until the durable point reaches `seq` of this writer's epoch.
+    /// Wait until the durable point reaches `seq` of this writer's epoch. While the
+    /// store does not answer (a [`Stall`]), gives up after the retry timeout; the
+    /// data stays queued.
     pub async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let deadline = Instant::now() + self.opts.retry.max_elapsed;
         let mut rx = self.durable.subscribe();
         loop {
-            {
+            let stalled = {
                 let d = rx.borrow_and_update();
                 if d.seq >= seq {
                     return Ok(());
@@ -528,8 +566,17 @@ impl Shared {
                 if let Some(e) = &d.error {
                     return Err(e.clone());
                 }
-            }
-            if rx.changed().await.is_err() {
+                match &d.stall {
+                    Some(s) if Instant::now() >= deadline => return Err(s.error()),
+                    other => other.is_some(),
+                }
+            };
+            if stalled {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return Err(Error::Closed) },
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            } else if rx.changed().await.is_err() {
                 return Err(Error::Closed);
             }
         }

@@ -21,7 +21,7 @@ use super::cache::CacheKey;
 use super::error::Error;
 use super::state::{LogState, SealedSegment, GROUP_COMMIT_WAIT};
 use super::tasks::Kind;
-use super::{checkpointer, Shared};
+use super::{checkpointer, Shared, Stall};
 use crate::format::names::segment_name;
 use crate::store::{PutMode, StoreError};
 
@@ -105,43 +105,125 @@ fn gather_start(log: &LogState) -> Option<Instant> {
     Some(log.group_landed.map_or(first, |landed| landed.max(first)))
 }
 
-/// Upload one sealed segment and account for the result.
+/// Pause between rounds of retrying a segment upload while the store does not answer
+/// (each round retries with backoff for up to `Options::retry.max_elapsed` itself).
+const STALL_PAUSE: Duration = Duration::from_secs(1);
+
+/// Upload one sealed segment and account for the result. A store that does not
+/// answer is waited out: the segment stays in flight and is tried again until it
+/// lands (a [`Stall`]), so nothing acknowledged or queued is lost or reordered, and
+/// the writer carries on once the store is back. A fence or a refusal (4xx) poisons.
 async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
     let name = segment_name(seg.id);
-    let result = sh
-        .store
-        .put(&name, seg.data.clone(), PutMode::CreateNew)
-        .await;
-    let mut st = sh.lock();
-    match result {
-        Ok(_) => {
-            if let Some(done) = st.log.complete(seg.id.seq) {
-                st.objects.insert_new(done.id, done.data.len() as u64);
-                st.cache.insert(CacheKey::Segment(done.id), done.data);
+    let mut again = false;
+    loop {
+        let result = put_segment(&sh, &name, &seg.data, again).await;
+        match result {
+            Ok(()) => {
+                landed(&sh, sh.lock(), seg.id.seq);
+                return;
             }
-            let durable = st.log.durable_seq;
-            sh.durable.send_modify(|d| d.seq = durable);
-            sh.space_freed.notify_waiters();
-            sh.wake_uploader.notify_one();
-            let want_checkpoint = !st.checkpoint_running
-                && !st.closing
-                && st.log_bytes_since_checkpoint >= sh.opts.checkpoint_bytes;
-            if want_checkpoint {
-                st.checkpoint_running = true;
-                drop(st);
-                sh.spawn(Kind::Work, checkpointer::run_background(sh.clone()));
+            Err(StoreError::PreconditionFailed(_)) => {
+                let err = Error::Fenced(format!(
+                    "segment {name} already exists: a newer writer closed this writer's log"
+                ));
+                sh.poison(&mut sh.lock(), err);
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                let gone = {
+                    let st = sh.lock();
+                    st.poisoned.is_some() || st.closed
+                };
+                if gone {
+                    return;
+                }
+                note_stall(&sh, &name, &e);
+            }
+            Err(e) => {
+                let err = Error::Poisoned(format!("upload of {name} failed: {e}"));
+                sh.poison(&mut sh.lock(), err);
+                return;
             }
         }
-        Err(StoreError::PreconditionFailed(_)) => {
-            let err = Error::Fenced(format!(
-                "segment {name} already exists: a newer writer closed this writer's log"
-            ));
-            sh.poison(&mut st, err);
+        tokio::time::sleep(STALL_PAUSE).await;
+        again = true;
+    }
+}
+
+/// PUT a segment, create-if-absent. `again`: an earlier round may have stored it
+/// (its answer lost in transit), so an existing object with exactly these bytes is
+/// this upload, not another writer's.
+async fn put_segment(
+    sh: &Shared,
+    name: &str,
+    data: &bytes::Bytes,
+    again: bool,
+) -> Result<(), StoreError> {
+    match sh.store.put(name, data.clone(), PutMode::CreateNew).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::PreconditionFailed(k)) if again => match sh.store.get(name).await {
+            Ok(found) if found.data == *data => Ok(()),
+            Ok(_) => Err(StoreError::PreconditionFailed(k)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Record that uploads fail for now: say so once, and wake every waiter so it can
+/// apply its own time limit.
+fn note_stall(sh: &Shared, name: &str, e: &StoreError) {
+    let mut first = false;
+    sh.durable.send_modify(|d| match &mut d.stall {
+        Some(s) => s.error = e.to_string(),
+        None => {
+            first = true;
+            d.stall = Some(Stall {
+                since: Instant::now(),
+                error: e.to_string(),
+            });
         }
-        Err(e) => {
-            let err = Error::Poisoned(format!("upload of {name} failed: {e}"));
-            sh.poison(&mut st, err);
+    });
+    if first {
+        log::error!(
+            "upload of {name} failed: {e}; written data stays queued and is uploaded in \
+             order once the object store answers (syncs and writes beyond the memory \
+             limit fail with EIO after the retry timeout meanwhile)"
+        );
+    }
+    sh.space_freed.notify_waiters();
+}
+
+/// Account for a segment that is now stored.
+fn landed(sh: &Arc<Shared>, mut st: std::sync::MutexGuard<'_, super::state::State>, seq: u64) {
+    if let Some(done) = st.log.complete(seq) {
+        st.objects.insert_new(done.id, done.data.len() as u64);
+        st.cache.insert(CacheKey::Segment(done.id), done.data);
+    }
+    let durable = st.log.durable_seq;
+    let mut recovered = None;
+    sh.durable.send_modify(|d| {
+        d.seq = durable;
+        if st.log.inflight.is_empty() {
+            recovered = d.stall.take();
         }
+    });
+    if let Some(s) = recovered {
+        log::warn!(
+            "the object store answers again after {:.0} s; every queued segment is stored",
+            s.since.elapsed().as_secs_f64()
+        );
+    }
+    sh.space_freed.notify_waiters();
+    sh.wake_uploader.notify_one();
+    let want_checkpoint = !st.checkpoint_running
+        && !st.closing
+        && st.log_bytes_since_checkpoint >= sh.opts.checkpoint_bytes;
+    if want_checkpoint {
+        st.checkpoint_running = true;
+        drop(st);
+        sh.spawn(Kind::Work, checkpointer::run_background(sh.clone()));
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::{memory, small_opts};
 use bytes::Bytes;
-use kvfs::db::{Db, Error, Options};
+use kvfs::db::{Db, Error, Lifecycle, Options};
 use kvfs::store::retry::RetryPolicy;
 use kvfs::store::{DynStore, PutMode};
 use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
@@ -51,7 +51,7 @@ async fn errors_stalls_and_lost_responses_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_makes_writes_wait_then_fail_clearly() {
+async fn outage_makes_writes_wait_fail_clearly_then_carry_on() {
     let (_, mem) = memory();
     let (store, h) = faulty(mem.clone(), FaultConfig::default());
     let opts = Options {
@@ -68,13 +68,18 @@ async fn outage_makes_writes_wait_then_fail_clearly() {
     db.put(b"before", b"outage").await.unwrap();
     db.sync().await.unwrap();
     h.update(|c| c.outage = true);
-    // Writes are buffered until the memory bound, then wait.
+    // Writes are buffered until the memory bound, then wait, then fail.
     let value = vec![1u8; 1000];
     let mut failed = None;
+    let mut accepted = Vec::new();
     for i in 0..100u32 {
-        if let Err(e) = db.put(format!("during{i}").as_bytes(), &value).await {
-            failed = Some(e);
-            break;
+        let key = format!("during{i}");
+        match db.put(key.as_bytes(), &value).await {
+            Ok(()) => accepted.push(key),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
         }
         assert!(db.unflushed_bytes() <= 16 << 10);
     }
@@ -82,26 +87,56 @@ async fn outage_makes_writes_wait_then_fail_clearly() {
         Some(e) => e,
         None => db.sync().await.unwrap_err(),
     };
+    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
     assert!(
-        e.to_string().contains("injected outage") && e.to_string().contains("gave up"),
+        e.to_string().contains("injected outage") && e.to_string().contains("queued"),
         "{e}"
     );
-    // Once failed, the writer stays stopped rather than leaving a hole in its log.
-    assert!(matches!(
-        db.put(b"later", b"x").await,
-        Err(Error::Poisoned(_))
-    ));
-    assert!(db.sync().await.is_err());
+    assert!(matches!(db.sync().await, Err(Error::Unavailable(_))));
+    assert_eq!(db.lifecycle(), Lifecycle::Open);
+    // The store answers again: the same writer stores what it queued, in order, and
+    // takes new writes.
     h.update(|c| c.outage = false);
-    // Closing a failed writer reports the failure but still gives the lease back.
-    assert!(db.close().await.is_err());
-    let db = Db::open_store(mem.clone(), small_opts()).await.unwrap();
-    assert_eq!(db.get(b"before").await.unwrap().unwrap(), &b"outage"[..]);
     db.put(b"after", b"outage").await.unwrap();
+    db.sync().await.unwrap();
     db.close().await.unwrap();
     let r = Db::open_store(mem, Options::read_only()).await.unwrap();
+    assert_eq!(r.get(b"before").await.unwrap().unwrap(), &b"outage"[..]);
     assert_eq!(r.get(b"after").await.unwrap().unwrap(), &b"outage"[..]);
+    for k in &accepted {
+        assert_eq!(
+            r.get(k.as_bytes()).await.unwrap().unwrap(),
+            &value[..],
+            "{k}"
+        );
+    }
     assert!(r.fsck(&mut |_| {}).await.unwrap().is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_during_an_outage_gives_up_after_the_retry_timeout() {
+    let (_, mem) = memory();
+    let (store, h) = faulty(mem.clone(), FaultConfig::default());
+    let opts = Options {
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            max_elapsed: Duration::from_millis(500),
+        },
+        ..small_opts()
+    };
+    let db = Db::open_store(store, opts).await.unwrap();
+    db.put(b"synced", b"1").await.unwrap();
+    db.sync().await.unwrap();
+    h.update(|c| c.outage = true);
+    db.put(b"unsynced", b"2").await.unwrap();
+    let e = db.close().await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    h.update(|c| c.outage = false);
+    // What was synced is there (the lease could not be given back: it stays until
+    // this process ends or its time runs out).
+    let r = Db::open_store(mem, Options::read_only()).await.unwrap();
+    assert_eq!(r.get(b"synced").await.unwrap().unwrap(), &b"1"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod mount;
 mod mount_crash;
 mod mount_model;
 mod namespace;
+mod outage;
 mod posix;
 mod rename;
 mod tools;
