@@ -8,28 +8,90 @@ use kvfs::fs::{FsError, Namespace};
 
 use super::{Command, MountArgs};
 
+/// The writer a command holds, so that an interrupted command can give its lease
+/// back ([`Db::abort`]).
+#[derive(Clone, Default)]
+pub struct WriterSlot(std::sync::Arc<std::sync::Mutex<Writer>>);
+
+/// What a command knows about the writer it opens.
+#[derive(Default)]
+enum Writer {
+    #[default]
+    None,
+    /// Being opened: the lease may already be held.
+    Opening {
+        store: String,
+        opts: Box<Options>,
+    },
+    Open(Db),
+}
+
+impl WriterSlot {
+    fn set(&self, w: Writer) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = w;
+    }
+
+    /// Stop the command's writer at once and give its lease back; a message for the
+    /// user, if there was a writer.
+    pub async fn abort(&self) -> Option<String> {
+        let w = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let released = match w {
+            Writer::None => return None,
+            Writer::Opening { store, opts } => Db::release_lease_of_this_process(&store, &opts)
+                .await
+                .map(|_| ()),
+            Writer::Open(db) => db.abort().await,
+        };
+        Some(match released {
+            Ok(()) => "the writer lease is released; what this command wrote but had not \
+                       made durable is not stored"
+                .to_string(),
+            Err(e) => format!("could not release the writer lease: {e}"),
+        })
+    }
+}
+
+/// Open `store` as its writer, recording it in `slot`.
+async fn open_writer(
+    store: &str,
+    mut opts: Options,
+    what: &str,
+    slot: &WriterSlot,
+) -> Result<Db, Error> {
+    opts.writer_label = Some(format!("kvfs {what}"));
+    slot.set(Writer::Opening {
+        store: store.to_string(),
+        opts: Box::new(opts.clone()),
+    });
+    let db = Db::open(store, opts).await?;
+    slot.set(Writer::Open(db.clone()));
+    Ok(db)
+}
+
 /// Run one command; returns the exit status.
-pub async fn run(cmd: Command) -> Result<i32, Error> {
+pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
     match cmd {
         Command::Mount(args) => mount::run(args).await,
         Command::Put {
             store,
             key,
             value,
+            access,
             tuning,
         } => {
             let value = match value {
                 Some(v) => v.into_bytes(),
-                None => {
+                // Read on a blocking thread, so a signal can still stop the command.
+                None => tokio::task::spawn_blocking(|| {
                     let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .map_err(|e| Error::Input(format!("standard input: {e}")))?;
-                    buf
-                }
+                    std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+                })
+                .await
+                .map_err(|e| Error::Input(format!("standard input: {e}")))?
+                .map_err(|e| Error::Input(format!("standard input: {e}")))?,
             };
             check_key(&key)?;
-            let db = Db::open(&store, one_shot(tuning.options())).await?;
+            let db = open_writer(&store, tuning.options(&access), "put", slot).await?;
             let result = match Namespace::new(db.clone(), process_owner()).await {
                 Ok(ns) => match ns.put_file(key.as_bytes(), &value, process_owner()).await {
                     Ok(()) => ns.sync_all().await.map_err(|e| key_err(&key, e)),
@@ -40,9 +102,14 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             finish_write(&db, result).await?;
             Ok(0)
         }
-        Command::Delete { store, key, tuning } => {
+        Command::Delete {
+            store,
+            key,
+            access,
+            tuning,
+        } => {
             check_key(&key)?;
-            let db = Db::open(&store, one_shot(tuning.options())).await?;
+            let db = open_writer(&store, tuning.options(&access), "delete", slot).await?;
             let mut existed = true;
             let result = match Namespace::new(db.clone(), process_owner()).await {
                 Ok(ns) => match ns.remove_file(key.as_bytes()).await {
@@ -60,9 +127,9 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::Get { store, key } => {
+        Command::Get { store, key, access } => {
             check_key(&key)?;
-            let db = Db::open(&store, Options::read_only()).await?;
+            let db = Db::open(&store, access.read_options()).await?;
             let ns = Namespace::new(db, process_owner()).await.map_err(fs_err)?;
             let mut out = std::io::stdout().lock();
             let found = ns
@@ -85,8 +152,9 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             end,
             limit,
             keys_only,
+            access,
         } => {
-            let db = Db::open(&store, Options::read_only()).await?;
+            let db = Db::open(&store, access.read_options()).await?;
             let ns = Namespace::new(db, process_owner()).await.map_err(fs_err)?;
             let limit = limit.unwrap_or(usize::MAX);
             // Combine --prefix with --start/--end: the tighter bound wins.
@@ -147,20 +215,32 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
             out.flush().map_err(stdout_err)?;
             Ok(0)
         }
-        Command::Stats { store } => {
-            let db = Db::open(&store, Options::read_only()).await?;
+        Command::Stats { store, access } => {
+            let db = Db::open(&store, access.read_options()).await?;
             let stats = db.stats().await?;
             println!("{stats}");
             Ok(0)
         }
-        Command::Gc { store, gc, tuning } => {
-            gc_command(&store, gc.apply(tuning.options()), false).await
+        Command::Gc {
+            store,
+            gc,
+            access,
+            tuning,
+        } => {
+            let opts = gc.apply(tuning.options(&access));
+            gc_command(&store, opts, access.read_options(), false, slot).await
         }
-        Command::Compact { store, gc, tuning } => {
-            gc_command(&store, gc.apply(tuning.options()), true).await
+        Command::Compact {
+            store,
+            gc,
+            access,
+            tuning,
+        } => {
+            let opts = gc.apply(tuning.options(&access));
+            gc_command(&store, opts, access.read_options(), true, slot).await
         }
-        Command::Fsck { store } => {
-            let db = Db::open(&store, Options::read_only()).await?;
+        Command::Fsck { store, access } => {
+            let db = Db::open(&store, access.read_options()).await?;
             let mut last = std::time::Instant::now();
             let report = db
                 .fsck(&mut |msg| {
@@ -195,17 +275,17 @@ pub async fn run(cmd: Command) -> Result<i32, Error> {
     }
 }
 
-/// Options of a command that writes once and exits: no background GC.
-fn one_shot(mut opts: Options) -> Options {
-    opts.gc.background = false;
-    opts
-}
-
 /// `kvfs gc` and `kvfs compact`, with progress on stderr and a summary on stdout.
-async fn gc_command(store: &str, opts: Options, compact: bool) -> Result<i32, Error> {
-    let db = Db::open(store, opts).await?;
-    let before = db.stats().await?;
+async fn gc_command(
+    store: &str,
+    opts: Options,
+    read_opts: Options,
+    compact: bool,
+    slot: &WriterSlot,
+) -> Result<i32, Error> {
     let what = if compact { "compact" } else { "gc" };
+    let db = open_writer(store, opts, what, slot).await?;
+    let before = db.stats().await?;
     let mut progress = |msg: &str| eprintln!("{what}: {msg}");
     let result = if compact {
         db.compact(&mut progress).await
@@ -215,7 +295,7 @@ async fn gc_command(store: &str, opts: Options, compact: bool) -> Result<i32, Er
     let closed = db.close().await;
     let done = result?;
     closed?;
-    let db = Db::open(store, Options::read_only()).await?;
+    let db = Db::open(store, read_opts).await?;
     let after = db.stats().await?;
     println!("{done}");
     println!(
@@ -295,7 +375,7 @@ pub use mount::{enter_daemon_session, spawn_mount_daemon};
 mod mount {
     use std::ffi::OsString;
     use std::fs::{File, OpenOptions};
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::path::PathBuf;
     use std::process::Stdio;
@@ -332,7 +412,24 @@ mod mount {
                 inserted = true;
             }
         }
-        let mut child = match std::process::Command::new(exe)
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("kvfs: cannot start the async runtime: {e}");
+                return 1;
+            }
+        };
+        runtime.block_on(wait_for_daemon(exe, args))
+    }
+
+    /// Start the server and wait for its ready line. Interrupted first (Ctrl-C), stop
+    /// the server too and wait for it: the parent and the server stop together.
+    async fn wait_for_daemon(exe: PathBuf, args: Vec<OsString>) -> i32 {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = match tokio::process::Command::new(exe)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -345,19 +442,38 @@ mod mount {
                 return 1;
             }
         };
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            // An error here means the child died without a word: its status tells.
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        if line.trim_end() == READY {
-            return 0;
-        }
-        match child.wait() {
-            Ok(status) => status.code().filter(|c| *c != 0).unwrap_or(1),
-            Err(e) => {
-                eprintln!("kvfs: lost the mount server: {e}");
-                1
+        let out = child.stdout.take();
+        let ready = async move {
+            let mut line = String::new();
+            if let Some(out) = out {
+                // An error here means the child died without a word: its status tells.
+                let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
+            }
+            line
+        };
+        tokio::select! {
+            line = ready => {
+                if line.trim_end() == READY {
+                    return 0;
+                }
+                match child.wait().await {
+                    Ok(status) => status.code().filter(|c| *c != 0).unwrap_or(1),
+                    Err(e) => {
+                        eprintln!("kvfs: lost the mount server: {e}");
+                        1
+                    }
+                }
+            }
+            (name, code) = crate::cli::interrupted() => {
+                eprintln!("kvfs: {name}: stopping the mount server");
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill only sends a signal to our own child process.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGTERM);
+                    }
+                }
+                let _ = child.wait().await;
+                code
             }
         }
     }
@@ -442,10 +558,29 @@ mod mount {
                 }))
             }
         };
+        if !args.allow_nonempty {
+            if let Err(problem) = check_mount_point(&mountpoint) {
+                return Ok(fail(format!(
+                    "{problem} (--allow-nonempty mounts over it anyway, hiding what is there)"
+                )));
+            }
+        }
         let store = absolute_store(&args.store);
-        let mut opts = args.tuning.options();
-        opts.read_only = args.read_only;
-        let db = Db::open(&store, opts).await?;
+        let mut opts = args.options();
+        opts.writer_label = Some(format!("mount at {}", mountpoint.display()));
+        // A signal while the store opens (which may wait for an unreachable store)
+        // stops here, before anything is mounted.
+        let mut signals = signals;
+        let db = tokio::select! {
+            db = Db::open(&store, opts.clone()) => db?,
+            name = signals.next() => {
+                // The open may have taken the lease already.
+                if let Err(e) = Db::release_lease_of_this_process(&store, &opts).await {
+                    log::warn!("could not release the writer lease: {e}");
+                }
+                return Ok(fail(format!("{name} before the mount was ready: stopped")));
+            }
+        };
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         let owner = unsafe { (libc::getuid(), libc::getgid()) };
         let ns = match Namespace::new(db.clone(), owner).await {
@@ -509,6 +644,64 @@ mod mount {
                 Ok(code)
             }
         }
+    }
+
+    /// Why `point` should not be mounted over: it is already a mount point, or it is
+    /// not empty.
+    fn check_mount_point(point: &std::path::Path) -> Result<(), String> {
+        let shown = point.display();
+        if let Some(what) = mounted_at(point) {
+            return Err(format!("{shown} is already a mount point ({what})"));
+        }
+        match std::fs::read_dir(point) {
+            Ok(mut entries) => match entries.next() {
+                None => Ok(()),
+                Some(_) => Err(format!("mount point {shown} is not empty")),
+            },
+            Err(e) => Err(format!("mount point {shown}: {e}")),
+        }
+    }
+
+    /// What is mounted at `point` (file-system type and source), if anything.
+    fn mounted_at(point: &std::path::Path) -> Option<String> {
+        let want = point.canonicalize().ok()?;
+        let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        table.lines().rev().find_map(|line| {
+            // Fields: id parent major:minor root mount-point options… - type source …
+            let mut fields = line.split(' ');
+            let at = fields.nth(4)?;
+            if unescape_mountinfo(at) != want.as_os_str().to_string_lossy() {
+                return None;
+            }
+            let (_, rest) = line.split_once(" - ")?;
+            let mut rest = rest.split(' ');
+            let fstype = rest.next().unwrap_or("?");
+            let source = rest.next().unwrap_or("?");
+            Some(format!("{fstype} from {}", unescape_mountinfo(source)))
+        })
+    }
+
+    /// Undo mountinfo's octal escapes (`\040` for a space, and so on).
+    fn unescape_mountinfo(field: &str) -> String {
+        let b = field.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\'
+                && i + 3 < b.len()
+                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
+                let v = (b[i + 1] - b'0') as u32 * 64
+                    + (b[i + 2] - b'0') as u32 * 8
+                    + (b[i + 3] - b'0') as u32;
+                out.push(v as u8);
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// Background server, mount ready: leave the working directory, send standard

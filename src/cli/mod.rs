@@ -30,81 +30,120 @@ pub struct Cli {
     command: Command,
 }
 
+/// The store argument's help, shared by every command.
+const STORE_HELP: &str = "The store: s3://bucket/prefix, a local directory, or file:///path";
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Store a value; durable when the command exits 0.
+    /// Store a file's content at a path; durable when the command exits 0.
     Put {
+        #[arg(help = STORE_HELP)]
         store: String,
+        /// The file's path in the store, such as `docs/a.txt` (components separated
+        /// by `/`, none empty, `.` or `..`; missing directories are created).
         key: String,
-        /// The value; read from standard input when absent.
+        /// The content; read from standard input when absent.
         value: Option<String>,
         #[command(flatten)]
-        tuning: Tuning,
-    },
-    /// Print a key's value to standard output (exit 1 if the key is missing).
-    Get { store: String, key: String },
-    /// Delete a key; durable when the command exits 0.
-    Delete {
-        store: String,
-        key: String,
+        access: Access,
         #[command(flatten)]
         tuning: Tuning,
     },
-    /// List keys in order, as `key<TAB>value` lines (or keys only).
-    Scan {
+    /// Print the content of the file at a path (exit 1 if there is none).
+    Get {
+        #[arg(help = STORE_HELP)]
         store: String,
-        /// Only keys starting with this prefix.
+        /// The file's path in the store.
+        key: String,
+        #[command(flatten)]
+        access: Access,
+    },
+    /// Delete the file at a path; durable when the command exits 0.
+    Delete {
+        #[arg(help = STORE_HELP)]
+        store: String,
+        /// The file's path in the store.
+        key: String,
+        #[command(flatten)]
+        access: Access,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// List files in byte order of their paths, as `path<TAB>content` lines (or
+    /// paths only).
+    Scan {
+        #[arg(help = STORE_HELP)]
+        store: String,
+        /// Only paths starting with this prefix.
         #[arg(long)]
         prefix: Option<String>,
-        /// First key (inclusive).
+        /// First path (inclusive).
         #[arg(long)]
         start: Option<String>,
-        /// End key (exclusive).
+        /// End path (exclusive).
         #[arg(long)]
         end: Option<String>,
-        /// At most this many keys.
+        /// At most this many files.
         #[arg(long)]
         limit: Option<usize>,
-        /// Print keys only.
+        /// Print paths only.
         #[arg(long)]
         keys_only: bool,
+        #[command(flatten)]
+        access: Access,
     },
     /// Show keys, bytes, objects, manifest and checkpoint position, writer epoch.
-    Stats { store: String },
+    Stats {
+        #[arg(help = STORE_HELP)]
+        store: String,
+        #[command(flatten)]
+        access: Access,
+    },
     /// Read and verify every object; exit 1 on any problem.
-    Fsck { store: String },
+    Fsck {
+        #[arg(help = STORE_HELP)]
+        store: String,
+        #[command(flatten)]
+        access: Access,
+    },
     /// Reclaim space: rewrite mostly dead objects, then delete every object, old
     /// manifest and checkpoint that nothing needs. Needs the writer lease (the store
     /// must not be mounted; a mounted writer does this in the background).
     Gc {
+        #[arg(help = STORE_HELP)]
         store: String,
         #[command(flatten)]
         gc: GcArgs,
+        #[command(flatten)]
+        access: Access,
         #[command(flatten)]
         tuning: Tuning,
     },
     /// Rewrite all live data in key order into sorted runs (so a directory is read
     /// back with a few large GETs), then delete what nothing needs, as `gc` does.
     Compact {
+        #[arg(help = STORE_HELP)]
         store: String,
         #[command(flatten)]
         gc: GcArgs,
         #[command(flatten)]
+        access: Access,
+        #[command(flatten)]
         tuning: Tuning,
     },
-    /// Mount a store as a file system in which every key is a file. Returns once the
-    /// mount is ready and keeps serving it in the background, unless --foreground.
-    /// Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT` (or SIGTERM to
-    /// the daemon, Ctrl-C in the foreground): everything is flushed to the store first.
+    /// Mount a store as a file system. Returns once the mount is ready and keeps
+    /// serving it in the background, unless --foreground. Unmount with
+    /// `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT` (or SIGTERM to the daemon,
+    /// Ctrl-C in the foreground): everything is flushed to the store first.
     Mount(MountArgs),
 }
 
 /// Arguments of `kvfs mount`.
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// s3://bucket/prefix, a local directory path, or file:///path.
+    #[arg(help = STORE_HELP)]
     store: String,
-    /// An existing directory.
+    /// An existing, empty directory (see --allow-nonempty).
     mountpoint: std::path::PathBuf,
     /// Stay in the foreground, logging to stderr.
     #[arg(long)]
@@ -116,6 +155,10 @@ pub struct MountArgs {
     /// /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
+    /// Mount even if the mount point is not empty or is already a mount point (what
+    /// is there is hidden until the store is unmounted).
+    #[arg(long)]
+    allow_nonempty: bool,
     /// In the background, append the log to this file (default: discard it).
     #[arg(long, value_name = "FILE")]
     log_file: Option<std::path::PathBuf>,
@@ -127,11 +170,49 @@ pub struct MountArgs {
     /// then makes no request per file for them (two otherwise).
     #[arg(long)]
     no_xattrs: bool,
+    /// Delete an object no longer needed only this long after it stopped being needed
+    /// (readers that opened the store earlier may still read it). 0 is safe only when
+    /// no read-only mount or reader of this store is running.
+    #[arg(long, default_value_t = GcOptions::default().grace.as_secs(), value_name = "SECONDS")]
+    gc_grace_secs: u64,
+    /// Turn off garbage collection and compaction in the background.
+    #[arg(long)]
+    no_background_gc: bool,
     /// Internal: this process is the background server started by `kvfs mount`.
     #[arg(long, hide = true)]
     daemon_child: bool,
     #[command(flatten)]
+    access: Access,
+    #[command(flatten)]
     tuning: Tuning,
+}
+
+impl MountArgs {
+    fn options(&self) -> Options {
+        let mut opts = self.tuning.options(&self.access);
+        opts.read_only = self.read_only;
+        opts.gc.grace = Duration::from_secs(self.gc_grace_secs);
+        opts.gc.background = !self.no_background_gc;
+        opts
+    }
+}
+
+/// How every command reaches its store.
+#[derive(Args, Debug, Clone)]
+pub struct Access {
+    /// Give up on an object store that does not answer after this long (waiting is
+    /// reported on stderr after about 2 s and every 10 s).
+    #[arg(long, default_value_t = Options::default().retry.max_elapsed.as_secs(), value_name = "SECONDS")]
+    retry_timeout_secs: u64,
+}
+
+impl Access {
+    /// Engine options of a command that only reads.
+    pub fn read_options(&self) -> Options {
+        let mut opts = Options::read_only();
+        opts.retry.max_elapsed = Duration::from_secs(self.retry_timeout_secs);
+        opts
+    }
 }
 
 /// Engine settings for commands that write. Defaults come from
@@ -150,17 +231,6 @@ pub struct Tuning {
     /// Most data written but not yet uploaded; writers wait beyond it.
     #[arg(long, default_value_t = Options::default().max_unflushed_bytes, value_name = "BYTES")]
     max_unflushed_bytes: usize,
-    /// Give up on an unreachable object store after this long.
-    #[arg(long, default_value_t = Options::default().retry.max_elapsed.as_secs(), value_name = "SECONDS")]
-    retry_timeout_secs: u64,
-    /// Delete an object no longer needed only this long after it stopped being needed
-    /// (readers that opened the store earlier may still read it). 0 is safe only when
-    /// no read-only mount or reader of this store is running.
-    #[arg(long, default_value_t = GcOptions::default().grace.as_secs(), value_name = "SECONDS")]
-    gc_grace_secs: u64,
-    /// Turn off garbage collection and compaction in the background of a mount.
-    #[arg(long)]
-    no_background_gc: bool,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -173,18 +243,26 @@ pub struct GcArgs {
     /// Bytes of objects read (and rewritten) per round; bounds memory use.
     #[arg(long, default_value_t = GcOptions::default().max_round_bytes, value_name = "BYTES")]
     round_bytes: u64,
+    /// Delete an object no longer needed only this long after it stopped being needed
+    /// (readers that opened the store earlier may still read it). 0 is safe only when
+    /// no read-only mount or reader of this store is running.
+    #[arg(long, default_value_t = GcOptions::default().grace.as_secs(), value_name = "SECONDS")]
+    gc_grace_secs: u64,
 }
 
 impl GcArgs {
     pub fn apply(&self, mut opts: Options) -> Options {
         opts.gc.max_round_bytes = self.round_bytes;
+        opts.gc.grace = Duration::from_secs(self.gc_grace_secs);
         opts.gc.background = false;
         opts
     }
 }
 
 impl Tuning {
-    pub fn options(&self) -> Options {
+    /// Engine options of a command that writes, with no background GC (a mount
+    /// turns it on).
+    pub fn options(&self, access: &Access) -> Options {
         let d = Options::default();
         Options {
             segment_bytes: self.segment_bytes,
@@ -192,12 +270,11 @@ impl Tuning {
             cache_bytes: self.cache_bytes,
             max_unflushed_bytes: self.max_unflushed_bytes,
             retry: RetryPolicy {
-                max_elapsed: Duration::from_secs(self.retry_timeout_secs),
+                max_elapsed: Duration::from_secs(access.retry_timeout_secs),
                 ..d.retry
             },
             gc: GcOptions {
-                grace: Duration::from_secs(self.gc_grace_secs),
-                background: !self.no_background_gc,
+                background: false,
                 ..d.gc
             },
             ..d
@@ -213,6 +290,7 @@ pub fn flag_of(option: &str) -> Option<&'static str> {
         "cache_bytes" => "--cache-bytes",
         "max_unflushed_bytes" => "--max-unflushed-bytes",
         "gc.max_round_bytes" => "--round-bytes",
+        "retry.max_elapsed" => "--retry-timeout-secs",
         _ => return None,
     })
 }
@@ -258,11 +336,16 @@ fn restore_default_sigpipe() {
 /// The engine options a command would open its store with, if it writes.
 fn engine_options(cmd: &Command) -> Option<Options> {
     match cmd {
-        Command::Put { tuning, .. } | Command::Delete { tuning, .. } => Some(tuning.options()),
-        Command::Gc { gc, tuning, .. } | Command::Compact { gc, tuning, .. } => {
-            Some(gc.apply(tuning.options()))
+        Command::Put { tuning, access, .. } | Command::Delete { tuning, access, .. } => {
+            Some(tuning.options(access))
         }
-        Command::Mount(m) => Some(m.tuning.options()),
+        Command::Gc {
+            gc, tuning, access, ..
+        }
+        | Command::Compact {
+            gc, tuning, access, ..
+        } => Some(gc.apply(tuning.options(access))),
+        Command::Mount(m) => Some(m.options()),
         _ => None,
     }
 }
@@ -274,6 +357,24 @@ fn report_invalid_option(option: &str, problem: &str) -> i32 {
         None => eprintln!("kvfs: invalid option {option}: {problem}"),
     }
     2
+}
+
+/// The first SIGINT, SIGTERM or SIGHUP: its name and the exit status it asks for
+/// (128 + signal number). Never returns if signals cannot be watched.
+async fn interrupted() -> (&'static str, i32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("interrupted (SIGINT)", 128 + libc::SIGINT),
+        _ = term.recv() => ("terminated (SIGTERM)", 128 + libc::SIGTERM),
+        _ = hup.recv() => ("hung up (SIGHUP)", 128 + libc::SIGHUP),
+    }
 }
 
 pub fn main() -> i32 {
@@ -308,7 +409,28 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(commands::run(cli.command)) {
+    let slot = commands::WriterSlot::default();
+    let outcome = runtime.block_on(async {
+        if matches!(cli.command, Command::Mount(_)) {
+            // The mount handles its signals itself (a clean unmount).
+            return Ok(commands::run(cli.command, &slot).await);
+        }
+        tokio::select! {
+            r = commands::run(cli.command, &slot) => Ok(r),
+            (name, code) = interrupted() => {
+                eprintln!("kvfs: {name}: stopping");
+                if let Some(msg) = slot.abort().await {
+                    eprintln!("kvfs: {msg}");
+                }
+                Err(code)
+            }
+        }
+    });
+    let result = match outcome {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match result {
         Ok(code) => code,
         Err(kvfs::db::Error::InvalidOption { option, problem }) => {
             report_invalid_option(option, &problem)

@@ -26,6 +26,12 @@ pub enum Error {
     },
     #[error("no kvfs store at {0}: it has no manifest (nothing was ever written there, or the URL is wrong)")]
     NoStore(String),
+    #[error("{store} is not empty and holds no kvfs store ({count} other object(s), such as {example:?}); use an empty directory or prefix for a new store")]
+    NotAStore {
+        store: String,
+        count: usize,
+        example: String,
+    },
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
     #[error("store {store} is in use by another writer ({holder}); stop it first, or wait for its lease to expire")]

@@ -40,11 +40,17 @@ pub struct LeaseInfo {
     pub renewed_unix_ms: u64,
     pub ttl_ms: u64,
     pub released: bool,
+    /// What the holder is, such as `mount at /mnt/data` (absent in older leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl LeaseInfo {
     pub fn holder(&self) -> String {
-        format!("{} pid {}", self.host, self.pid)
+        match &self.label {
+            Some(l) => format!("{} pid {}, {l}", self.host, self.pid),
+            None => format!("{} pid {}", self.host, self.pid),
+        }
     }
 
     fn encode(&self) -> Bytes {
@@ -82,7 +88,7 @@ impl Lease {
     /// Take the lease of `store`, waiting out a holder on another host that stopped
     /// renewing (logging what it waits for). Refuses a live holder with
     /// [`Error::Locked`].
-    pub async fn acquire(store: DynStore, ttl: Duration) -> Result<Lease> {
+    pub async fn acquire(store: DynStore, ttl: Duration, label: Option<String>) -> Result<Lease> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let mine = LeaseInfo {
             kvfs_lease: 1,
@@ -92,6 +98,7 @@ impl Lease {
             renewed_unix_ms: now_unix_ms(),
             ttl_ms,
             released: false,
+            label,
         };
         let poll = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
         let mut watched: Option<(String, Instant)> = None;
@@ -211,6 +218,27 @@ impl Lease {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Mark the lease released if it names this host and process and is not released
+/// yet (compare-and-swap on its etag). Returns whether it did.
+pub async fn release_if_held_by_this_process(store: DynStore) -> Result<bool> {
+    let current = match store.get(LEASE).await {
+        Ok(g) => g,
+        Err(StoreError::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let info = LeaseInfo::decode(&current.data)?;
+    if info.released || info.host != this_host() || info.pid != std::process::id() {
+        return Ok(false);
+    }
+    let mut lease = Lease {
+        store,
+        info,
+        etag: current.etag,
+    };
+    lease.release().await?;
+    Ok(true)
 }
 
 /// Read the lease without taking it (for `stats`).

@@ -697,6 +697,16 @@ impl Db {
         Db::open_store(backend, opts).await
     }
 
+    /// Give back the writer lease of the store at `url` if this process holds it:
+    /// for a command interrupted while [`Db::open`] was under way (the lease may be
+    /// taken before the open returns a handle). Returns whether a lease was released.
+    pub async fn release_lease_of_this_process(url: &str, opts: &Options) -> Result<bool> {
+        let url = StoreUrl::parse(url)?;
+        let backend = open_store(&url).await?;
+        let store: DynStore = Arc::new(RetryStore::new(backend, opts.retry.clone()));
+        lease::release_if_held_by_this_process(store).await
+    }
+
     /// Open a store on an already constructed backend. The engine adds its own retry
     /// and metering layers around it.
     pub async fn open_store(backend: DynStore, opts: Options) -> Result<Db> {
@@ -1185,10 +1195,28 @@ impl Db {
         }
     }
 
+    /// Stop at once, as a crash would (nothing more is uploaded, writes not yet
+    /// durable are lost), but give the writer lease back so the next writer starts
+    /// without waiting. For an interrupted command.
+    pub async fn abort(&self) -> Result<()> {
+        self.stop_like_a_crash();
+        if !self.handle.shared.writable {
+            return Ok(());
+        }
+        let Some(mut lease) = self.handle.shared.lease.lock().await.take() else {
+            return Ok(());
+        };
+        lease.release().await
+    }
+
     /// Simulate a crash in tests: stop background work without flushing or releasing.
     /// Only with the `test-hooks` feature; not part of the stable API.
     #[cfg(feature = "test-hooks")]
     pub fn abandon(&self) {
+        self.stop_like_a_crash();
+    }
+
+    fn stop_like_a_crash(&self) {
         {
             let sh = &self.handle.shared;
             let mut st = sh.lock();

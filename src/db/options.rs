@@ -45,6 +45,9 @@ pub struct Options {
     pub recovery_parallelism: usize,
     /// Open without taking the writer lease; writes fail with `ReadOnly`.
     pub read_only: bool,
+    /// What this writer is (such as `mount at /mnt/data`), recorded in its lease so
+    /// that a writer refused meanwhile can say where the store is in use.
+    pub writer_label: Option<String>,
     /// Garbage collection and compaction.
     pub gc: GcOptions,
 }
@@ -113,6 +116,7 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             recovery_parallelism: 8,
             read_only: false,
+            writer_label: None,
             gc: GcOptions::default(),
         }
     }

@@ -77,7 +77,9 @@ pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
             replayed_bytes: loaded.replayed_bytes,
         });
     }
-    let mut lease = Lease::acquire(store.clone(), opts.lease_ttl).await?;
+    refuse_foreign_location(&store).await?;
+    let mut lease =
+        Lease::acquire(store.clone(), opts.lease_ttl, opts.writer_label.clone()).await?;
     match take_over(&store, opts).await {
         Ok(mut opened) => {
             opened.lease = Some(lease);
@@ -89,6 +91,30 @@ pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
             }
             Err(e)
         }
+    }
+}
+
+/// A writer creates a store only where nothing else lives: a prefix (or directory)
+/// without a manifest but with objects kvfs did not write is refused, so a typo in
+/// the store URL never turns someone's directory into a store.
+async fn refuse_foreign_location(store: &DynStore) -> Result<()> {
+    if !store.list(MANIFEST_DIR).await?.is_empty() {
+        return Ok(());
+    }
+    let foreign: Vec<String> = store
+        .list("")
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| matches!(parse_name(k), ObjectKind::Unknown))
+        .collect();
+    match foreign.first() {
+        None => Ok(()),
+        Some(example) => Err(Error::NotAStore {
+            store: store.describe(),
+            count: foreign.len(),
+            example: example.clone(),
+        }),
     }
 }
 

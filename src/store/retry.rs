@@ -25,6 +25,11 @@ use rand::{Rng, SeedableRng};
 
 use super::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
+/// A request that keeps failing is reported once it has waited about this long…
+const REPORT_AFTER: Duration = Duration::from_millis(1500);
+/// …and again this often.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// How long and how often to retry.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -93,13 +98,16 @@ impl RetryStore {
     {
         let start = Instant::now();
         let mut attempt = 0u32;
+        let mut last_report: Option<Instant> = None;
         loop {
             match op(attempt).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
-                    let pause = self.backoff(attempt);
-                    if start.elapsed() + pause > self.policy.max_elapsed {
-                        log::warn!("{what}: giving up after {} attempts: {e}", attempt + 1);
+                    // The last attempt is made when the time is up, not earlier.
+                    let left = self.policy.max_elapsed.saturating_sub(start.elapsed());
+                    let pause = self.backoff(attempt).min(left);
+                    if left.is_zero() {
+                        log::info!("{what}: giving up after {} attempts: {e}", attempt + 1);
                         return Err(match e {
                             StoreError::Throttled(m) => StoreError::Throttled(format!(
                                 "{m} (gave up after {} attempts in {:.1}s)",
@@ -114,7 +122,26 @@ impl RetryStore {
                             other => other,
                         });
                     }
-                    log::debug!("{what}: attempt {} failed ({e}); retrying", attempt + 1);
+                    // Say so when waiting gets long, and again periodically.
+                    let waited = start.elapsed() + pause;
+                    let due = match last_report {
+                        None => waited >= REPORT_AFTER,
+                        Some(t) => t.elapsed() + pause >= REPORT_EVERY,
+                    };
+                    if due {
+                        last_report = Some(Instant::now());
+                        log::warn!(
+                            "{what}: no answer yet from the object store (attempt {}: {e}); \
+                             retrying for up to {:.0} s more",
+                            attempt + 1,
+                            self.policy
+                                .max_elapsed
+                                .saturating_sub(start.elapsed())
+                                .as_secs_f64()
+                        );
+                    } else {
+                        log::debug!("{what}: attempt {} failed ({e}); retrying", attempt + 1);
+                    }
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(pause).await;
                     attempt += 1;

@@ -155,6 +155,7 @@ async fn live_remote_writer_is_not_displaced() {
         renewed_unix_ms: now_unix_ms(),
         ttl_ms: 600,
         released: false,
+        label: Some("mount at /mnt/elsewhere".into()),
     };
     let mut etag = store
         .put(
@@ -192,7 +193,11 @@ async fn live_remote_writer_is_not_displaced() {
         .unwrap_err();
     renewer.abort();
     match err {
-        Error::Locked { holder, .. } => assert!(holder.contains("another-host")),
+        Error::Locked { holder, .. } => {
+            assert!(holder.contains("another-host"), "{holder}");
+            assert!(holder.contains("pid 42"), "{holder}");
+            assert!(holder.contains("mount at /mnt/elsewhere"), "{holder}");
+        }
         other => panic!("expected Locked, got {other}"),
     }
     let _ = Arc::strong_count(&store);

@@ -9,6 +9,7 @@ mod common;
 mod cli;
 mod concurrency;
 mod extents;
+mod guards;
 mod mount;
 mod mount_crash;
 mod mount_model;
