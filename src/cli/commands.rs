@@ -94,7 +94,10 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
             let db = open_writer(&store, tuning.options(&access), "put", slot).await?;
             let result = match Namespace::new(db.clone(), process_owner()).await {
                 Ok(ns) => match ns.put_file(key.as_bytes(), &value, process_owner()).await {
-                    Ok(()) => ns.sync_all().await.map_err(|e| key_err(&key, e)),
+                    Ok(()) => {
+                        log::info!("stored {key:?} ({} bytes); making it durable", value.len());
+                        ns.sync_all().await.map_err(|e| key_err(&key, e))
+                    }
                     Err(e) => Err(key_err(&key, e)),
                 },
                 Err(e) => Err(fs_err(e)),
@@ -319,7 +322,14 @@ async fn finish_write(db: &Db, result: Result<(), Error>) -> Result<(), Error> {
     };
     let closed = db.close().await;
     result?;
-    closed
+    closed?;
+    let m = db.metrics();
+    log::info!(
+        "durable; the lease is released ({} requests, {} bytes uploaded)",
+        m.requests(),
+        m.put_bytes
+    );
+    Ok(())
 }
 
 /// The user and group of this process: the owner of files the CLI creates.
@@ -354,7 +364,14 @@ fn fs_err(e: FsError) -> Error {
 fn key_err(key: &str, e: FsError) -> Error {
     match e {
         FsError::Db(e) => e,
-        e => Error::Input(format!("key {key:?}: {e}")),
+        FsError::NotDir => Error::InvalidKey(format!(
+            "{key:?}: a directory on its path is a file (a path cannot be both a file \
+             and a directory)"
+        )),
+        FsError::IsDir => {
+            Error::InvalidKey(format!("{key:?} is a directory (it holds other files)"))
+        }
+        e => Error::InvalidKey(format!("{key:?}: {e}")),
     }
 }
 

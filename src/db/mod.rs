@@ -750,6 +750,27 @@ impl Db {
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
         });
+        {
+            let st = shared.lock();
+            log::info!(
+                "opened {} {} in {} ms: manifest {}, checkpoint {}, {} keys, {} bytes of log replayed, {} requests",
+                shared.store.describe(),
+                if writable {
+                    format!("as writer (epoch {epoch})")
+                } else {
+                    "read-only".to_string()
+                },
+                shared.opened_in.as_millis(),
+                st.manifest.seq,
+                st.manifest
+                    .checkpoint
+                    .as_ref()
+                    .map_or("none".to_string(), |c| c.to_string()),
+                st.index.len(),
+                opened.replayed_bytes,
+                shared.meter.snapshot().requests()
+            );
+        }
         if writable {
             shared.spawn(tasks::Kind::Loop, uploader::run(shared.clone()));
             shared.spawn(tasks::Kind::Loop, uploader::renew_lease(shared.clone()));

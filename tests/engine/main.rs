@@ -12,4 +12,5 @@ mod faults;
 mod fencing;
 mod gc;
 mod model;
+mod no_panics;
 mod store_conformance;

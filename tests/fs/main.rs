@@ -7,6 +7,7 @@
 mod common;
 
 mod cli;
+mod cli_args;
 mod concurrency;
 mod extents;
 mod guards;
