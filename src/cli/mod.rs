@@ -23,7 +23,8 @@ use kvfs::store::retry::RetryPolicy;
         AWS_REGION, AWS_ENDPOINT_URL), a local directory path, or file:///path."
 )]
 pub struct Cli {
-    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    /// More log output (-v: what each step did, -vv: debug, -vvv: trace including
+    /// the FUSE library). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -300,8 +301,9 @@ fn init_logging(verbose: u8) {
     // unmounted (the normal case after `umount`): keep that out of the default log.
     let level = match verbose {
         0 => "warn,fuser=error",
-        1 => "info",
-        _ => "debug",
+        1 => "info,fuser=error",
+        2 => "debug,fuser=error",
+        _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_millis()

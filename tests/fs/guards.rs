@@ -298,3 +298,63 @@ fn daemon_of(point: &Path) -> Option<u32> {
         is_daemon.then_some(pid)
     })
 }
+
+#[test]
+fn odd_cli_paths_are_files_of_those_names_in_a_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let s = store.to_str().unwrap();
+    let long = "n".repeat(255);
+    let deep = (0..40).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/") + "/leaf";
+    let paths = [
+        "with space",
+        "new\nline",
+        "tab\there",
+        "ünïcödé/文件",
+        "-starts-with-dash",
+        "dir/child",
+        long.as_str(),
+        deep.as_str(),
+    ];
+    for (i, p) in paths.iter().enumerate() {
+        // `--` ends the options, for paths that start with `-`.
+        let out = kvfs(&["put", s, "--", p, &format!("value {i}")], &[]);
+        assert!(out.status.success(), "{p:?}: {}", stderr(&out));
+    }
+    // Refused paths leave nothing behind.
+    for bad in [".", "..", "/abs", "a//b", "dir/child/under-a-file", ""] {
+        let out = kvfs(&["put", s, bad, "x"], &[]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(stderr(&out).contains("invalid key"), "{bad:?}: {}", stderr(&out));
+    }
+    let point = tmp.path().join("mnt");
+    let mount = Mount::start(s, &point, &["--read-only"], &[]);
+    let mut top: Vec<String> = std::fs::read_dir(mount.point())
+        .expect("the root lists")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    let mut want: Vec<String> = vec![
+        "with space".into(),
+        "new\nline".into(),
+        "tab\there".into(),
+        "ünïcödé".into(),
+        "-starts-with-dash".into(),
+        "dir".into(),
+        long.clone(),
+        "d0".into(),
+    ];
+    want.sort();
+    assert_eq!(top, want);
+    for (i, p) in paths.iter().enumerate() {
+        let got = std::fs::read_to_string(mount.point().join(p)).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        assert_eq!(got, format!("value {i}"), "{p:?}");
+    }
+    mount.finish();
+    // The CLI lists the same paths, in byte order.
+    let out = kvfs(&["scan", s, "--keys-only"], &[]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let mut sorted: Vec<&str> = paths.to_vec();
+    sorted.sort();
+    assert_eq!(listed, sorted.iter().map(|p| format!("{p}\n")).collect::<String>());
+}
