@@ -667,7 +667,7 @@ mod mount {
     /// not empty.
     fn check_mount_point(point: &std::path::Path) -> Result<(), String> {
         let shown = point.display();
-        if let Some(what) = mounted_at(point) {
+        if let Some(what) = kvfs::process::mounted_at(point) {
             return Err(format!("{shown} is already a mount point ({what})"));
         }
         match std::fs::read_dir(point) {
@@ -677,48 +677,6 @@ mod mount {
             },
             Err(e) => Err(format!("mount point {shown}: {e}")),
         }
-    }
-
-    /// What is mounted at `point` (file-system type and source), if anything.
-    fn mounted_at(point: &std::path::Path) -> Option<String> {
-        let want = point.canonicalize().ok()?;
-        let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        table.lines().rev().find_map(|line| {
-            // Fields: id parent major:minor root mount-point options… - type source …
-            let mut fields = line.split(' ');
-            let at = fields.nth(4)?;
-            if unescape_mountinfo(at) != want.as_os_str().to_string_lossy() {
-                return None;
-            }
-            let (_, rest) = line.split_once(" - ")?;
-            let mut rest = rest.split(' ');
-            let fstype = rest.next().unwrap_or("?");
-            let source = rest.next().unwrap_or("?");
-            Some(format!("{fstype} from {}", unescape_mountinfo(source)))
-        })
-    }
-
-    /// Undo mountinfo's octal escapes (`\040` for a space, and so on).
-    fn unescape_mountinfo(field: &str) -> String {
-        let b = field.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'\\'
-                && i + 3 < b.len()
-                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-            {
-                let v = (b[i + 1] - b'0') as u32 * 64
-                    + (b[i + 2] - b'0') as u32 * 8
-                    + (b[i + 3] - b'0') as u32;
-                out.push(v as u8);
-                i += 4;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// Background server, mount ready: leave the working directory, send standard

@@ -45,7 +45,22 @@ pub struct LeaseInfo {
     pub label: Option<String>,
 }
 
+/// Longest a writer waits for an unmounted mount of this host to finish uploading.
+const FLUSH_WAIT: Duration = Duration::from_secs(120);
+
+/// The label of a mount's lease: `mount at PATH`.
+const MOUNT_LABEL: &str = "mount at ";
+
 impl LeaseInfo {
+    /// The lease of a mount whose mount point is no longer mounted (on this host):
+    /// the daemon is finishing its uploads after an unmount.
+    fn is_unmounted_mount(&self) -> bool {
+        self.label
+            .as_deref()
+            .and_then(|l| l.strip_prefix(MOUNT_LABEL))
+            .is_some_and(|at| crate::process::mounted_at(std::path::Path::new(at)).is_none())
+    }
+
     pub fn holder(&self) -> String {
         match &self.label {
             Some(l) => format!("{} pid {}, {l}", self.host, self.pid),
@@ -102,6 +117,7 @@ impl Lease {
         };
         let poll = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
         let mut watched: Option<(String, Instant)> = None;
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let current = match store.get(LEASE).await {
                 Ok(g) => Some(g),
@@ -127,6 +143,24 @@ impl Lease {
                         held.holder()
                     );
                     true
+                } else if held.pid != mine.pid && held.is_unmounted_mount() {
+                    // Unmounted a moment ago: it uploads what is left, then gives
+                    // the lease back. Wait for that, as long as it keeps renewing.
+                    if waiting_since.is_none() {
+                        log::warn!(
+                            "waiting for the previous mount of this store ({}) to finish \
+                             uploading",
+                            held.holder()
+                        );
+                    }
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > FLUSH_WAIT {
+                        return Err(Error::Locked {
+                            store: store.describe(),
+                            holder: held.holder(),
+                        });
+                    }
+                    false
                 } else {
                     return Err(Error::Locked {
                         store: store.describe(),

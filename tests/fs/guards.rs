@@ -305,7 +305,11 @@ fn odd_cli_paths_are_files_of_those_names_in_a_mount() {
     let store = tmp.path().join("store");
     let s = store.to_str().unwrap();
     let long = "n".repeat(255);
-    let deep = (0..40).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/") + "/leaf";
+    let deep = (0..40)
+        .map(|i| format!("d{i}"))
+        .collect::<Vec<_>>()
+        .join("/")
+        + "/leaf";
     let paths = [
         "with space",
         "new\nline",
@@ -325,7 +329,11 @@ fn odd_cli_paths_are_files_of_those_names_in_a_mount() {
     for bad in [".", "..", "/abs", "a//b", "dir/child/under-a-file", ""] {
         let out = kvfs(&["put", s, bad, "x"], &[]);
         assert_eq!(out.status.code(), Some(1), "{bad:?}");
-        assert!(stderr(&out).contains("invalid key"), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid key"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
     }
     let point = tmp.path().join("mnt");
     let mount = Mount::start(s, &point, &["--read-only"], &[]);
@@ -347,7 +355,8 @@ fn odd_cli_paths_are_files_of_those_names_in_a_mount() {
     want.sort();
     assert_eq!(top, want);
     for (i, p) in paths.iter().enumerate() {
-        let got = std::fs::read_to_string(mount.point().join(p)).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        let got =
+            std::fs::read_to_string(mount.point().join(p)).unwrap_or_else(|e| panic!("{p:?}: {e}"));
         assert_eq!(got, format!("value {i}"), "{p:?}");
     }
     mount.finish();
@@ -356,5 +365,53 @@ fn odd_cli_paths_are_files_of_those_names_in_a_mount() {
     let listed = String::from_utf8(out.stdout).unwrap();
     let mut sorted: Vec<&str> = paths.to_vec();
     sorted.sort();
-    assert_eq!(listed, sorted.iter().map(|p| format!("{p}\n")).collect::<String>());
+    assert_eq!(
+        listed,
+        sorted.iter().map(|p| format!("{p}\n")).collect::<String>()
+    );
+}
+
+#[test]
+fn mounting_again_right_after_an_unmount_waits_for_the_previous_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("store");
+    let s = s.to_str().unwrap();
+    let point = tmp.path().join("mnt");
+    std::fs::create_dir(&point).unwrap();
+    let p = point.to_str().unwrap();
+    let unmount = || {
+        let st = Command::new("fusermount3")
+            .args(["-u", p])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let out = kvfs(&["mount", s, p], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Enough data that the daemon is still uploading when the next mount starts.
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(point.join("big"), &data).unwrap();
+    unmount();
+    let out = kvfs(&["mount", s, p], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(point.join("big")).unwrap(), data);
+    unmount();
+    // Let the last daemon finish before the directory goes away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = String::from_utf8(kvfs(&["stats", s], &[]).stdout).unwrap();
+        if stats
+            .lines()
+            .any(|l| l.starts_with("lease") && l.contains("released"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon kept the lease: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
