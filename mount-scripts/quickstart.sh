@@ -26,8 +26,9 @@ echo "== keys through the CLI, in $store"
 "$kvfs" scan "$store" --prefix users/
 
 # fusermount3 returns once the kernel lets go; the daemon then uploads what is left
-# and gives the writer lease back. Wait (at most 30 s) for that before the next
-# writer, or the store would still be in use.
+# and gives the writer lease back. A new mount waits for that by itself; a reader
+# such as `kvfs get` would see the store without the last writes, so wait (at most
+# 30 s) until the lease is released.
 unmount() {
     fusermount3 -u "$mnt"
     for _ in $(seq 300); do

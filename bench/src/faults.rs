@@ -15,8 +15,10 @@
 //! - `outage`: every request fails (503) for `--outage-secs` in the middle of the run,
 //!   shorter than the retry timeout: writes wait, with unflushed data bounded by
 //!   `--max-unflushed-bytes`, and carry on when it ends;
-//! - `outage_beyond_retry`: the outage does not end, and the retry timeout is
-//!   `--short-retry-secs`: syncs must fail with an error after about that long.
+//! - `outage_beyond_retry`: the outage outlasts the retry timeout
+//!   (`--short-retry-secs`): syncs must fail with an error after about that long;
+//!   when it ends, the same writer must carry on (a new write made durable:
+//!   `resumed_after_s`).
 //!
 //! After each scenario the faults are removed, the writer is closed, and a read-only
 //! open checks that every acknowledged put is there with its value. Reported: puts/s
@@ -160,6 +162,9 @@ struct Outcome {
     error: Option<(f64, String)>,
     /// How long the first sync that failed had been waiting.
     failed_sync_s: Option<f64>,
+    /// After a long outage: from the store answering again until a new write was
+    /// durable through the same writer.
+    resumed_s: Option<f64>,
     /// When the outage began and ended (seconds into the run).
     outage: Option<(f64, f64)>,
     /// (seconds, unflushed bytes, acknowledged puts) every few milliseconds.
@@ -382,18 +387,29 @@ async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchRe
     let elapsed = start.elapsed().as_secs_f64().min(seconds);
     handle.set(FaultConfig::default());
     server.faults().set(FaultConfig::default());
+    // The same writer carries on once the store answers: the queued data lands, in
+    // order, and a new write is durable after one sync.
+    let resumed_s = if s == Scenario::OutageBeyondRetry {
+        let back = Instant::now();
+        db.put(b"after-the-outage", b"1").await?;
+        db.sync()
+            .await
+            .map_err(|e| format!("{}: sync after the outage: {e}", s.name()))?;
+        Some(back.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     let retries = db.retries() - retries0;
     let requests = db.metrics().since(&metrics0).requests();
-    let closed = db.close().await;
-    if s != Scenario::OutageBeyondRetry {
-        closed.map_err(|e| format!("{}: close: {e}", s.name()))?;
-        // A clean close made every bulk put durable too.
-        if let Some(b) = progress.acked.last().filter(|_| bulk) {
-            b.fetch_max(
-                progress.bulk_written.load(Ordering::SeqCst),
-                Ordering::SeqCst,
-            );
-        }
+    db.close()
+        .await
+        .map_err(|e| format!("{}: close: {e}", s.name()))?;
+    // A clean close made every bulk put durable too.
+    if let Some(b) = progress.acked.last().filter(|_| bulk) {
+        b.fetch_max(
+            progress.bulk_written.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
     }
     drop(db);
     let acked: Vec<u64> = progress
@@ -426,6 +442,7 @@ async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchRe
         lost,
         error,
         failed_sync_s,
+        resumed_s,
         outage: outage_window,
         timeline,
     })
@@ -555,6 +572,7 @@ fn report(a: &FaultsArgs, outcomes: &[Outcome]) -> BenchResult<()> {
         "lost_after_reopen",
         "error_after_outage_s",
         "failed_sync_waited_s",
+        "resumed_after_s",
         "error",
     ];
     let mut table = Table::new(&title, &columns);
@@ -581,6 +599,7 @@ fn report(a: &FaultsArgs, outcomes: &[Outcome]) -> BenchResult<()> {
             o.lost.to_string(),
             after,
             o.failed_sync_s.map_or("-".into(), |t| format!("{t:.2}")),
+            o.resumed_s.map_or("-".into(), |t| format!("{t:.2}")),
             msg.clone(),
         ];
         let mut short = row.clone();

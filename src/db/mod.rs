@@ -178,6 +178,21 @@ const WINDOW_OVERLAP: u64 = 68 << 10;
 /// A readahead window of a run: object and window number.
 pub(crate) type WindowKey = (SegmentId, u64);
 
+/// Longest an interrupted command tries to give its lease back.
+pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn within_release_timeout(
+    release: impl std::future::Future<Output = Result<bool>>,
+) -> Result<bool> {
+    match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(format!(
+            "the object store did not answer within {} s; the lease expires by itself",
+            RELEASE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// What the durable-point channel carries.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Durable {
@@ -700,11 +715,15 @@ impl Db {
     /// Give back the writer lease of the store at `url` if this process holds it:
     /// for a command interrupted while [`Db::open`] was under way (the lease may be
     /// taken before the open returns a handle). Returns whether a lease was released.
+    /// Tries for at most [`RELEASE_TIMEOUT`]: an interrupted command should not wait
+    /// long for a store that does not answer (the lease then expires by itself).
     pub async fn release_lease_of_this_process(url: &str, opts: &Options) -> Result<bool> {
         let url = StoreUrl::parse(url)?;
         let backend = open_store(&url).await?;
-        let store: DynStore = Arc::new(RetryStore::new(backend, opts.retry.clone()));
-        lease::release_if_held_by_this_process(store).await
+        let mut policy = opts.retry.clone();
+        policy.max_elapsed = policy.max_elapsed.min(RELEASE_TIMEOUT);
+        let store: DynStore = Arc::new(RetryStore::new(backend, policy));
+        within_release_timeout(lease::release_if_held_by_this_process(store)).await
     }
 
     /// Open a store on an already constructed backend. The engine adds its own retry
@@ -1219,6 +1238,7 @@ impl Db {
     /// Stop at once, as a crash would (nothing more is uploaded, writes not yet
     /// durable are lost), but give the writer lease back so the next writer starts
     /// without waiting. For an interrupted command.
+    /// Tries to release for at most [`RELEASE_TIMEOUT`].
     pub async fn abort(&self) -> Result<()> {
         self.stop_like_a_crash();
         if !self.handle.shared.writable {
@@ -1227,7 +1247,9 @@ impl Db {
         let Some(mut lease) = self.handle.shared.lease.lock().await.take() else {
             return Ok(());
         };
-        lease.release().await
+        within_release_timeout(async move { lease.release().await.map(|()| true) })
+            .await
+            .map(|_| ())
     }
 
     /// Simulate a crash in tests: stop background work without flushing or releasing.
