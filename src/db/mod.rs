@@ -19,6 +19,7 @@
 mod cache;
 mod checkpointer;
 pub mod error;
+mod follower;
 mod fsck;
 pub mod gc;
 mod index;
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 pub use error::{Error, Result};
+pub use follower::{CatchUp, MANIFEST_EVERY as FOLLOW_MANIFEST_EVERY};
 pub use fsck::{FsckIssue, FsckReport};
 pub use gc::GcCounters;
 pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
@@ -243,6 +245,9 @@ pub(crate) struct Shared {
     /// Readahead windows being fetched from runs, so concurrent readers of one
     /// window share one GET.
     pub windows: Mutex<HashMap<WindowKey, Arc<tokio::sync::OnceCell<Bytes>>>>,
+    /// Follower rounds started, and the lock that runs them one at a time.
+    pub follow_rounds: tokio::sync::Mutex<u64>,
+    pub follow_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -757,6 +762,7 @@ impl Db {
                 closed: false,
                 objects: gc::objects::ObjectTable::new(started),
                 gc: gc::GcBook::default(),
+                position: opened.position,
             }),
             opts,
             durable,
@@ -768,6 +774,8 @@ impl Db {
             opened_in: started.elapsed(),
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
+            follow_rounds: tokio::sync::Mutex::new(0),
+            follow_lock: tokio::sync::Mutex::new(()),
         });
         {
             let st = shared.lock();
@@ -887,18 +895,34 @@ impl Db {
         let Some(mut at) = self.value_at(key)? else {
             return Ok(None);
         };
+        let mut caught_up = false;
         loop {
             match self.read_value(at).await {
                 // The object was deleted by GC after the key moved: read it again
-                // from its new place.
-                Err(Error::Store(StoreError::NotFound(n))) => match self.value_at(key)? {
-                    Some(now) if now != at => at = now,
-                    Some(_) => return Err(Error::Store(StoreError::NotFound(n))),
-                    None => return Ok(None),
-                },
+                // from its new place. A follower may not know the new place yet:
+                // it catches up with the writer (once) first.
+                Err(Error::Store(StoreError::NotFound(n))) => {
+                    if self.is_read_only() && !caught_up {
+                        caught_up = true;
+                        follower::catch_up(&self.handle.shared, true).await?;
+                    }
+                    match self.value_at(key)? {
+                        Some(now) if now != at => at = now,
+                        Some(_) => return Err(Error::Store(StoreError::NotFound(n))),
+                        None => return Ok(None),
+                    }
+                }
                 r => return r.map(Some),
             }
         }
+    }
+
+    /// Read-only handles: apply what the writer stored since this handle last looked
+    /// (one round of following, see `follower`). Cheap when nothing is new: one GET
+    /// of the next expected segment, and now and then one of the next manifest. A
+    /// writer's handle has nothing to follow.
+    pub async fn catch_up(&self) -> Result<CatchUp> {
+        follower::catch_up(&self.handle.shared, false).await
     }
 
     /// Where the value of `key` lies now, if it exists.

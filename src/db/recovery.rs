@@ -45,6 +45,60 @@ pub(crate) struct Opened {
     pub lease: Option<Lease>,
     /// Entry bytes replayed from the log (log since the checkpoint).
     pub replayed_bytes: u64,
+    /// Where a read-only handle goes on following the log (see `follower`).
+    pub position: Position,
+}
+
+/// How far into the store's history a handle has applied: the manifest it last
+/// read and the next log segment it expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub manifest: u64,
+    /// The epoch of the log range being followed, and its next sequence number.
+    pub epoch: u64,
+    pub next: u64,
+    /// The range's last sequence number when the manifest closed it.
+    pub last: Option<u64>,
+    /// More segments may appear in this range (it is open or not yet read to its end).
+    pub open: bool,
+}
+
+impl Position {
+    /// A writer's own log, which it does not follow.
+    fn writer(m: &Manifest) -> Position {
+        Position {
+            manifest: m.seq,
+            epoch: m.writer_epoch,
+            next: 1,
+            last: None,
+            open: false,
+        }
+    }
+}
+
+impl Loaded {
+    /// The position right after what was loaded.
+    fn position(&self) -> Position {
+        match &self.tail {
+            Some(t) => Position {
+                manifest: self.manifest.seq,
+                epoch: t.epoch,
+                next: t.last + 1,
+                last: None,
+                open: !t.fenced,
+            },
+            None => {
+                let r = self.manifest.ranges.last();
+                Position {
+                    manifest: self.manifest.seq,
+                    epoch: r.map_or(0, |r| r.epoch),
+                    next: r.map_or(1, |r| r.last.saturating_add(1)),
+                    last: r.map(|r| r.last),
+                    open: false,
+                }
+            }
+        }
+    }
 }
 
 /// The recovered open log range of the previous writer.
@@ -57,7 +111,7 @@ struct OpenTail {
     fenced: bool,
 }
 
-struct Loaded {
+pub(crate) struct Loaded {
     manifest: Manifest,
     index: Index,
     tail: Option<OpenTail>,
@@ -69,7 +123,9 @@ pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
         let loaded = load(&store, opts)
             .await?
             .ok_or_else(|| Error::NoStore(store.describe()))?;
+        let position = loaded.position();
         return Ok(Opened {
+            position,
             epoch: loaded.manifest.writer_epoch,
             index: loaded.index,
             manifest: loaded.manifest,
@@ -138,6 +194,7 @@ async fn take_over(store: &DynStore, opts: &Options) -> Result<Opened> {
                 return Ok(Opened {
                     epoch: 1,
                     index: Index::default(),
+                    position: Position::writer(&m),
                     manifest: m,
                     lease: None,
                     replayed_bytes: 0,
@@ -175,6 +232,7 @@ async fn take_over(store: &DynStore, opts: &Options) -> Result<Opened> {
             return Ok(Opened {
                 epoch: new_epoch,
                 index: loaded.index,
+                position: Position::writer(&m),
                 manifest: m,
                 lease: None,
                 replayed_bytes: loaded.replayed_bytes,
@@ -260,6 +318,18 @@ pub(crate) async fn read_manifest(store: &DynStore, n: u64) -> Result<Manifest> 
         )));
     }
     Ok(m)
+}
+
+/// Load the newest state: the latest manifest, its checkpoint and log; with the
+/// position right after it.
+pub(crate) async fn load_latest(
+    store: &DynStore,
+    opts: &Options,
+) -> Result<Option<(Manifest, Index, Position)>> {
+    Ok(load(store, opts).await?.map(|l| {
+        let p = l.position();
+        (l.manifest, l.index, p)
+    }))
 }
 
 async fn load(store: &DynStore, opts: &Options) -> Result<Option<Loaded>> {
@@ -404,6 +474,17 @@ fn apply_segment(
     data: &[u8],
     replayed: &mut u64,
 ) -> Result<bool> {
+    apply_segment_noting(index, id, data, replayed, &mut |_| {})
+}
+
+/// [`apply_segment`], telling `changed` every key it sets or removes.
+pub(crate) fn apply_segment_noting(
+    index: &mut Index,
+    id: SegmentId,
+    data: &[u8],
+    replayed: &mut u64,
+    changed: &mut dyn FnMut(&[u8]),
+) -> Result<bool> {
     let name = segment_name(id);
     let view = SegmentView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
     if view.id != id {
@@ -422,6 +503,7 @@ fn apply_segment(
         .map_err(|e| Error::corrupt(name.clone(), e))?;
     for e in entries {
         *replayed += encoded_len(&e) as u64;
+        changed(e.key);
         let meta = (!e.meta.is_empty()).then(|| Box::from(e.meta));
         match e.kind {
             EntryKind::Put => {

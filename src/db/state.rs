@@ -175,4 +175,6 @@ pub struct State {
     /// Known data objects and their sizes (for GC, stats and readahead).
     pub objects: ObjectTable,
     pub gc: GcBook,
+    /// How far a read-only handle has followed the store (see `follower`).
+    pub position: super::recovery::Position,
 }

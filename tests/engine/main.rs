@@ -10,6 +10,7 @@ mod crash;
 mod engine;
 mod faults;
 mod fencing;
+mod follow;
 mod gc;
 mod model;
 mod no_panics;

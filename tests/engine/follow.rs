@@ -1,0 +1,247 @@
+//! A read-only handle follows a writer: `Db::catch_up` applies new segments and
+//! manifests in order, across writer restarts, checkpoints and garbage collection,
+//! and reaches a fixed point when the writer is idle.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use kvfs::db::{CatchUp, Db, Options};
+use kvfs::store::DynStore;
+use proptest::prelude::*;
+
+use crate::common::{gc_opts, memory};
+
+/// Every key of `db` with its value, read with `get` (so a follower may catch up
+/// when an object it points to was collected).
+async fn read_all(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let keys = db
+        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, true)
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for (k, _) in keys {
+        let v = db.get(&k).await.unwrap().expect("listed key has a value");
+        out.insert(k, v.to_vec());
+    }
+    out
+}
+
+/// Catch up until a full cycle of rounds changes nothing; the rounds it took.
+async fn settle(f: &Db) -> usize {
+    let mut quiet = 0;
+    for round in 1..100 {
+        let c: CatchUp = f.catch_up().await.unwrap();
+        if c.is_empty() && c.manifests == 0 {
+            quiet += 1;
+            if quiet > kvfs::db::FOLLOW_MANIFEST_EVERY as usize {
+                return round;
+            }
+        } else {
+            quiet = 0;
+        }
+    }
+    panic!("the follower never settled");
+}
+
+async fn follower(store: &DynStore) -> Db {
+    Db::open_store(store.clone(), Options::read_only())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sees_writes_overwrites_and_deletes() {
+    let (_, store) = memory();
+    let w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    w.put(b"a", b"1").await.unwrap();
+    w.sync().await.unwrap();
+    let f = follower(&store).await;
+    assert_eq!(f.get(b"a").await.unwrap().unwrap(), &b"1"[..]);
+
+    w.put(b"b", b"2").await.unwrap();
+    w.put(b"a", b"one").await.unwrap();
+    w.sync().await.unwrap();
+    let c = f.catch_up().await.unwrap();
+    assert!(c.segments >= 1, "{c:?}");
+    assert!(c.changed.contains(&b"a".to_vec()) && c.changed.contains(&b"b".to_vec()));
+    assert_eq!(f.get(b"a").await.unwrap().unwrap(), &b"one"[..]);
+    assert_eq!(f.get(b"b").await.unwrap().unwrap(), &b"2"[..]);
+
+    w.delete(b"a").await.unwrap();
+    w.sync().await.unwrap();
+    f.catch_up().await.unwrap();
+    assert_eq!(f.get(b"a").await.unwrap(), None);
+    // Idle: rounds change nothing.
+    settle(&f).await;
+    let c = f.catch_up().await.unwrap();
+    assert!(c.is_empty(), "{c:?}");
+    w.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_crosses_writer_restarts_and_checkpoints() {
+    let (_, store) = memory();
+    let w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    w.put(b"gen", b"1").await.unwrap();
+    w.sync().await.unwrap();
+    let f = follower(&store).await;
+    for generation in 2..6u32 {
+        w.put(b"gen", generation.to_string().as_bytes())
+            .await
+            .unwrap();
+        for i in 0..200u32 {
+            w.put(
+                format!("k{generation}-{i}").as_bytes(),
+                &[generation as u8; 300],
+            )
+            .await
+            .unwrap();
+        }
+        if generation % 2 == 0 {
+            w.checkpoint().await.unwrap();
+        }
+        w.sync().await.unwrap();
+        settle(&f).await;
+        assert_eq!(
+            read_all(&f).await,
+            read_all(&w).await,
+            "generation {generation}"
+        );
+    }
+    // The writer closes and a new one (a new epoch) carries on.
+    w.close().await.unwrap();
+    let w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    w.put(b"gen", b"new writer").await.unwrap();
+    w.sync().await.unwrap();
+    settle(&f).await;
+    assert_eq!(f.get(b"gen").await.unwrap().unwrap(), &b"new writer"[..]);
+    assert_eq!(read_all(&f).await, read_all(&w).await);
+    w.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_right_while_gc_moves_and_deletes_objects() {
+    let (_, store) = memory();
+    let w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    for i in 0..400u32 {
+        w.put(format!("k{i:03}").as_bytes(), &[1u8; 200])
+            .await
+            .unwrap();
+    }
+    w.sync().await.unwrap();
+    let f = follower(&store).await;
+    // Most keys die; the survivors are moved by GC, whose grace period is 0, so the
+    // objects the follower knows are deleted at once.
+    for i in 0..400u32 {
+        if i % 10 != 0 {
+            w.delete(format!("k{i:03}").as_bytes()).await.unwrap();
+        }
+    }
+    w.sync().await.unwrap();
+    let done = w.gc(&mut |_| {}).await.unwrap();
+    assert!(
+        done.objects_rewritten > 0 || done.objects_deleted > 0,
+        "{done:?}"
+    );
+    // No catch-up yet: a read of a moved key finds its object gone, catches up and
+    // reads it from its new place.
+    assert_eq!(f.get(b"k000").await.unwrap().unwrap(), &[1u8; 200][..]);
+    settle(&f).await;
+    assert_eq!(read_all(&f).await, read_all(&w).await);
+    w.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_fell_far_behind_reloads() {
+    let (_, store) = memory();
+    let w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    w.put(b"old", b"1").await.unwrap();
+    w.sync().await.unwrap();
+    let f = follower(&store).await;
+    // Meanwhile: overwrites, checkpoints, a restart and GC remove everything the
+    // follower's position names.
+    for round in 0..3u32 {
+        for i in 0..300u32 {
+            w.put(format!("k{i}").as_bytes(), &[round as u8; 200])
+                .await
+                .unwrap();
+        }
+        w.checkpoint().await.unwrap();
+    }
+    w.delete(b"old").await.unwrap();
+    w.close().await.unwrap();
+    let w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+    w.gc(&mut |_| {}).await.unwrap();
+    w.put(b"new", b"2").await.unwrap();
+    w.sync().await.unwrap();
+    settle(&f).await;
+    assert_eq!(f.get(b"old").await.unwrap(), None);
+    assert_eq!(read_all(&f).await, read_all(&w).await);
+    w.close().await.unwrap();
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put(u8, u8),
+    Delete(u8),
+    Sync,
+    Checkpoint,
+    Gc,
+    Reopen,
+    CatchUp,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0u8..40, any::<u8>()).prop_map(|(k, v)| Step::Put(k, v)),
+        3 => (0u8..40).prop_map(Step::Delete),
+        2 => Just(Step::Sync),
+        1 => Just(Step::Checkpoint),
+        1 => Just(Step::Gc),
+        1 => Just(Step::Reopen),
+        3 => Just(Step::CatchUp),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    /// Whatever the writer does, repeated rounds bring the follower to the writer's
+    /// state and then change nothing (a fixed point).
+    #[test]
+    fn following_converges_to_the_writers_state(steps in proptest::collection::vec(step(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (_, store) = memory();
+            let mut w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+            w.put(b"first", b"x").await.unwrap();
+            w.sync().await.unwrap();
+            let f = follower(&store).await;
+            for s in steps {
+                match s {
+                    Step::Put(k, v) => w.put(&[b'k', k], &[v; 50]).await.unwrap(),
+                    Step::Delete(k) => w.delete(&[b'k', k]).await.unwrap(),
+                    Step::Sync => w.sync().await.unwrap(),
+                    Step::Checkpoint => w.checkpoint().await.unwrap(),
+                    Step::Gc => {
+                        w.gc(&mut |_| {}).await.unwrap();
+                    }
+                    Step::Reopen => {
+                        w.close().await.unwrap();
+                        w = Db::open_store(store.clone(), gc_opts()).await.unwrap();
+                    }
+                    Step::CatchUp => {
+                        f.catch_up().await.unwrap();
+                    }
+                }
+            }
+            w.sync().await.unwrap();
+            settle(&f).await;
+            assert_eq!(read_all(&f).await, read_all(&w).await);
+            w.close().await.unwrap();
+        });
+    }
+}
