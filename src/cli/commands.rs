@@ -610,6 +610,7 @@ mod mount {
                 return Ok(fail(e));
             }
         };
+        let follow = (args.read_only && !args.no_follow).then(|| ns.clone());
         let mut fs = KvfsFuse::new(ns, tokio::runtime::Handle::current());
         if args.no_xattrs {
             fs = fs.without_xattrs();
@@ -635,6 +636,12 @@ mod mount {
         };
         let mountpoint = mounted.mountpoint().to_path_buf();
         let unmounter = Arc::new(mounted.unmounter());
+        // Dropped when the session ends, which stops the follow loop.
+        let (_stop_following, stop) = tokio::sync::watch::channel(false);
+        if let Some(ns) = follow {
+            let interval = std::time::Duration::from_millis(args.follow_interval_ms.max(1));
+            tokio::spawn(fuse::follow::run(ns, mounted.notifier(), interval, stop));
+        }
         tokio::spawn(unmount_on_signal(
             signals,
             unmounter,

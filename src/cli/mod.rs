@@ -149,9 +149,19 @@ pub struct MountArgs {
     /// Stay in the foreground, logging to stderr.
     #[arg(long)]
     foreground: bool,
-    /// Mount read-only: no writer lease is taken, so a writer may hold the store.
+    /// Mount read-only: no writer lease is taken, so a writer may hold the store
+    /// (anywhere). The mount follows the writer: its durable changes show up here
+    /// within about a second.
     #[arg(long)]
     read_only: bool,
+    /// With --read-only: show the store as of the mount, without following the
+    /// writer.
+    #[arg(long, requires = "read_only")]
+    no_follow: bool,
+    /// With --read-only: look for the writer's changes this often (each look is
+    /// one GET, and one more every fourth time; 10,800 GETs an hour at 500 ms).
+    #[arg(long, default_value_t = 500, value_name = "MS", requires = "read_only")]
+    follow_interval_ms: u64,
     /// Let other users access the mount (non-root users need user_allow_other in
     /// /etc/fuse.conf).
     #[arg(long)]

@@ -127,6 +127,56 @@ pub fn orphan_ino(key: &[u8]) -> Option<u64> {
     (rest.len() == 8).then(|| number_at(rest, 0)).flatten()
 }
 
+/// What a file-system key records, and for which inode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyOf<'a> {
+    Super,
+    Inode(u64),
+    Dirent {
+        parent: u64,
+        name: &'a [u8],
+    },
+    Extent {
+        ino: u64,
+        offset: u64,
+    },
+    Xattr {
+        ino: u64,
+        name: &'a [u8],
+    },
+    Orphan(u64),
+    /// Not a key of this layout.
+    Other,
+}
+
+/// Classify a key of the namespace.
+pub fn key_of(key: &[u8]) -> KeyOf<'_> {
+    if key == SUPER_KEY {
+        return KeyOf::Super;
+    }
+    let Some(tag) = key.get(..2) else {
+        return KeyOf::Other;
+    };
+    let Some(ino) = number_at(key, 2) else {
+        return KeyOf::Other;
+    };
+    let rest = &key[10..];
+    match tag {
+        t if t == INODE_TAG && rest.is_empty() => KeyOf::Inode(ino),
+        t if t == DIRENT_TAG && !rest.is_empty() => KeyOf::Dirent {
+            parent: ino,
+            name: rest,
+        },
+        t if t == EXTENT_TAG && rest.len() == 8 => match number_at(rest, 0) {
+            Some(offset) => KeyOf::Extent { ino, offset },
+            None => KeyOf::Other,
+        },
+        t if t == XATTR_TAG && !rest.is_empty() => KeyOf::Xattr { ino, name: rest },
+        t if t == ORPHAN_TAG && rest.is_empty() => KeyOf::Orphan(ino),
+        _ => KeyOf::Other,
+    }
+}
+
 /// Whether a key belongs to the file system (every such key starts with byte 0).
 pub fn is_reserved(key: &[u8]) -> bool {
     key.first() == Some(&0)
@@ -154,6 +204,43 @@ pub fn check_name(name: &[u8]) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_classify_back_to_what_made_them() {
+        assert_eq!(key_of(SUPER_KEY), KeyOf::Super);
+        assert_eq!(key_of(&inode_key(7)), KeyOf::Inode(7));
+        assert_eq!(
+            key_of(&dirent_key(3, b"name")),
+            KeyOf::Dirent {
+                parent: 3,
+                name: b"name"
+            }
+        );
+        assert_eq!(
+            key_of(&extent_key(9, 1 << 20)),
+            KeyOf::Extent {
+                ino: 9,
+                offset: 1 << 20
+            }
+        );
+        assert_eq!(
+            key_of(&xattr_key(4, b"user.a")),
+            KeyOf::Xattr {
+                ino: 4,
+                name: b"user.a"
+            }
+        );
+        assert_eq!(key_of(&orphan_key(5)), KeyOf::Orphan(5));
+        for junk in [
+            &b""[..],
+            b"\0",
+            b"\0i12",
+            b"plain",
+            b"\0q\0\0\0\0\0\0\0\x01",
+        ] {
+            assert_eq!(key_of(junk), KeyOf::Other, "{junk:?}");
+        }
+    }
 
     #[test]
     fn keys_sort_and_parse() {

@@ -20,20 +20,20 @@
 //!   hands back stay meaningful while the directory changes.
 //!
 //! Choices the kernel sees:
-//! - Every entry and attribute is cached for [`TTL`]; `nlink` is 1 for everything,
-//!   directories included, so `find` does not use its leaf optimization; `atime` is
-//!   `mtime` and `crtime` is `ctime`; `blksize` is 4096 and `blocks` is `size / 512`
+//! - Every entry and attribute is cached for [`TTL`]; `atime`, `mtime`, `ctime` and
+//!   link counts are the namespace's; `blksize` is 4096 and `blocks` is `size / 512`
 //!   rounded up.
 //! - No write-back cache: every `write` reaches the namespace before it returns, each
 //!   `close` commits the file (`flush`), `fsync` makes it durable in the store.
-//! - Extended attributes are not supported: the handlers answer `ENOSYS`, which the
-//!   kernel remembers for the rest of the mount and turns into `EOPNOTSUPP` for the
-//!   caller, so `ls -l`, `cp -a` and `tar` stay quiet and no request is spent on them
-//!   (in particular not the `security.capability` lookup the kernel makes before each
-//!   write).
+//! - Extended attributes and POSIX ACLs are served unless the mount was started with
+//!   `--no-xattrs` (then the handlers answer `ENOSYS`, which the kernel remembers).
+//! - **following** (read-only mounts, [`follow`]): a loop applies the writer's new
+//!   log segments and manifests, refreshes open files and tells the kernel which
+//!   inodes and names to forget.
 //! - Permissions are checked by the kernel (`default_permissions`); `access` allows.
 
 mod adapter;
+pub mod follow;
 mod mount;
 
 pub use adapter::{file_attr, KvfsFuse, ShutdownHandle, TTL};

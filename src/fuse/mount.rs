@@ -127,6 +127,11 @@ impl Mounted {
         &self.mountpoint
     }
 
+    /// Something that sends cache invalidations to the kernel for this mount.
+    pub fn notifier(&self) -> fuser::Notifier {
+        self.session.notifier()
+    }
+
     /// Something that unmounts this file system from another thread.
     pub fn unmounter(&mut self) -> Unmounter {
         Unmounter {

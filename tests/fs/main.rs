@@ -10,6 +10,7 @@ mod cli;
 mod cli_args;
 mod concurrency;
 mod extents;
+mod follow;
 mod guards;
 mod mount;
 mod mount_crash;

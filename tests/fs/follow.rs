@@ -1,0 +1,201 @@
+//! Read-only mounts follow the writer: with a writer (a mount, or the engine in this
+//! process) and a follower mount on one S3 endpoint, new files, overwrites, deletes,
+//! renames and big files appear on the follower; it reads right while the writer
+//! churns and collects garbage with no grace period; it carries on after the writer
+//! is killed and replaced.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvfs::db::{Db, GcOptions, Options};
+use kvfs::fs::Namespace;
+
+use crate::common::mount::Mount;
+use crate::common::{S3Fixture, BUCKET};
+
+/// Wait (at most 30 s) until `check` holds on the follower.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never showed: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read(p: &Path) -> Option<Vec<u8>> {
+    std::fs::read(p).ok()
+}
+
+fn write_synced(p: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(p).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn sync_dir(p: &Path) {
+    std::fs::File::open(p).unwrap().sync_all().unwrap();
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_mount_shows_what_the_writer_mount_does() {
+    let fx = S3Fixture::start().await;
+    let env = fx.server.client_env();
+    let url = format!("s3://{BUCKET}/follow");
+    let tmp = tempfile::tempdir().unwrap();
+    let (wp, rp) = (tmp.path().join("w"), tmp.path().join("r"));
+    let writer = Mount::start(&url, &wp, &[], &env);
+    let w = writer.point().to_path_buf();
+    blocking({
+        let w = w.clone();
+        move || write_synced(&w.join("first"), b"before the follower")
+    })
+    .await;
+    let follower = Mount::start(&url, &rp, &["--read-only"], &env);
+    let r = follower.point().to_path_buf();
+    blocking(move || {
+        assert_eq!(read(&r.join("first")).unwrap(), b"before the follower");
+        // New files and directories.
+        std::fs::create_dir_all(w.join("dir/sub")).unwrap();
+        write_synced(&w.join("dir/sub/new"), b"new file");
+        sync_dir(&w.join("dir/sub"));
+        eventually("a new file", || {
+            read(&r.join("dir/sub/new")).as_deref() == Some(b"new file")
+        });
+        // An overwrite of an open file on the follower.
+        let mut held = std::fs::File::open(r.join("first")).unwrap();
+        write_synced(&w.join("first"), b"overwritten");
+        eventually("an overwrite", || {
+            read(&r.join("first")).as_deref() == Some(b"overwritten")
+        });
+        let mut via_open = String::new();
+        use std::io::{Read, Seek};
+        held.rewind().unwrap();
+        held.read_to_string(&mut via_open).unwrap();
+        assert_eq!(via_open, "overwritten");
+        drop(held);
+        // A big file (extents), written in pieces.
+        let big: Vec<u8> = (0..6u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        write_synced(&w.join("dir/big"), &big);
+        eventually("a big file", || {
+            read(&r.join("dir/big")).as_deref() == Some(&big[..])
+        });
+        // A directory rename and a delete.
+        std::fs::rename(w.join("dir"), w.join("moved")).unwrap();
+        std::fs::remove_file(w.join("first")).unwrap();
+        sync_dir(&w);
+        eventually("a renamed directory", || {
+            !r.join("dir").exists()
+                && read(&r.join("moved/sub/new")).as_deref() == Some(b"new file")
+                && read(&r.join("moved/big")).as_deref() == Some(&big[..])
+        });
+        eventually("a delete", || !r.join("first").exists());
+        // The follower refuses writes.
+        let err = std::fs::write(r.join("nope"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        follower.finish();
+        writer.finish();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_right_while_the_writer_churns_and_collects() {
+    let fx = S3Fixture::start().await;
+    let env = fx.server.client_env();
+    let url = format!("s3://{BUCKET}/churn");
+    // The writer: the engine in this process, cleaning with no grace period, so the
+    // objects the follower knows are deleted as soon as nothing needs them.
+    let opts = Options {
+        segment_bytes: 64 << 10,
+        gc: GcOptions {
+            background: false,
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    let db = Db::open_store(fx.store("churn"), opts).await.unwrap();
+    let ns = Namespace::new(db.clone(), (0, 0)).await.unwrap();
+    let content = |round: u32, i: u32| {
+        format!("round {round} file {i} ")
+            .repeat(1 + (i as usize % 50))
+            .into_bytes()
+    };
+    for i in 0..100 {
+        ns.put_file(format!("f/{i:03}").as_bytes(), &content(0, i), (0, 0))
+            .await
+            .unwrap();
+    }
+    ns.sync_all().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let follower = Mount::start(&url, &tmp.path().join("r"), &["--read-only"], &env);
+    let r = follower.point().to_path_buf();
+    for round in 1..6u32 {
+        for i in 0..100 {
+            if (i + round) % 3 == 0 {
+                ns.remove_file(format!("f/{i:03}").as_bytes())
+                    .await
+                    .unwrap();
+            } else {
+                ns.put_file(format!("f/{i:03}").as_bytes(), &content(round, i), (0, 0))
+                    .await
+                    .unwrap();
+            }
+        }
+        ns.sync_all().await.unwrap();
+        db.gc(&mut |_| {}).await.unwrap();
+        // Meanwhile, and after, every file the follower lists reads as one of the
+        // writer's versions, and it converges to the latest.
+        let r2 = r.clone();
+        blocking(move || {
+            eventually("the round's files", || {
+                (0..100u32).all(|i| {
+                    let want = ((i + round) % 3 != 0).then(|| content(round, i));
+                    read(&r2.join(format!("f/{i:03}"))) == want
+                })
+            })
+        })
+        .await;
+    }
+    ns.shutdown().await.unwrap();
+    blocking(move || follower.finish()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_carries_on_after_the_writer_is_killed_and_replaced() {
+    let fx = S3Fixture::start().await;
+    let env = fx.server.client_env();
+    let url = format!("s3://{BUCKET}/replaced");
+    let tmp = tempfile::tempdir().unwrap();
+    let (wp, rp) = (tmp.path().join("w"), tmp.path().join("r"));
+    let env2 = env.clone();
+    let url2 = url.clone();
+    blocking(move || {
+        let writer = Mount::start(&url2, &wp, &[], &env2);
+        write_synced(&writer.point().join("one"), b"from the first writer");
+        let follower = Mount::start(&url2, &rp, &["--read-only"], &env2);
+        let r = follower.point().to_path_buf();
+        assert_eq!(read(&r.join("one")).unwrap(), b"from the first writer");
+        writer.kill();
+        // The next writer takes over (same host: at once) and writes.
+        let writer = Mount::start(&url2, &wp, &[], &env2);
+        write_synced(&writer.point().join("two"), b"from the second writer");
+        eventually("the second writer's file", || {
+            read(&r.join("two")).as_deref() == Some(b"from the second writer")
+        });
+        assert_eq!(read(&r.join("one")).unwrap(), b"from the first writer");
+        writer.finish();
+        follower.finish();
+    })
+    .await;
+    drop(url);
+    drop(env);
+}
