@@ -8,6 +8,7 @@ mod crash_engine;
 mod crash_mount;
 mod engine;
 mod faults;
+mod follow;
 mod fs;
 mod fs_load;
 mod gc;
@@ -62,6 +63,9 @@ enum Command {
     /// Durable writes through the engine under injected S3 faults (errors, stalls,
     /// outages): throughput, retries, bounded memory, clean failure, nothing lost.
     Faults(faults::FaultsArgs),
+    /// Read-only mounts following a writer mount: lag from fsync to visibility
+    /// (p50/p99) and the requests of an idle follower, per follow interval.
+    Follow(follow::FollowArgs),
     /// The writer process the crash benchmark kills.
     #[command(hide = true)]
     CrashChild(crash_child::ChildArgs),
@@ -90,6 +94,7 @@ fn main() {
         Command::Gc(args) => rt.block_on(gc::run(args)),
         Command::Crash(args) => rt.block_on(crash::run(args)),
         Command::Faults(args) => rt.block_on(faults::run(args)),
+        Command::Follow(args) => rt.block_on(follow::run(args)),
         Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::fs::{Invalidation, Namespace};
 
 /// How often a read-only mount looks for the writer's changes, by default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Follow until `stop` changes or its sender is dropped.
 pub async fn run(

@@ -1,0 +1,244 @@
+//! `kvfs-bench follow`: read-only mounts that follow a writer mount, both on one S3
+//! endpoint with latency, for several follow intervals.
+//!
+//! - **lag**: the writer mount creates a file, writes a line and fsyncs it; the time
+//!   from the fsync's return until the follower shows the file with that content
+//!   (looked at every millisecond), `--samples` times: median and p99.
+//! - **idle cost**: requests the follower makes while nothing changes, over
+//!   `--idle-secs`, counted at the server (GET, HEAD and LIST: the idle writer only
+//!   PUTs its lease) and scaled to an hour, with their price at S3 request prices.
+//!
+//! Rows go to `follow.csv` and the lag of every sample to `follow.png` in `--out`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
+
+use crate::mount::{mount_kvfs, BenchResult};
+use crate::plot;
+use crate::report::{quantile, Table};
+
+#[derive(clap::Args, Debug)]
+pub struct FollowArgs {
+    /// Fsync'd files whose lag is measured, per interval.
+    #[arg(long, default_value_t = 60)]
+    samples: usize,
+    /// Follow intervals to compare (ms).
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000")]
+    intervals_ms: Vec<u64>,
+    /// Seconds the follower is watched while idle, per interval.
+    #[arg(long, default_value_t = 60)]
+    idle_secs: u64,
+    /// Latency the S3 server adds to every PUT and DELETE.
+    #[arg(long, default_value_t = 25)]
+    put_latency_ms: u64,
+    /// Latency the S3 server adds to every GET, HEAD and LIST.
+    #[arg(long, default_value_t = 15)]
+    get_latency_ms: u64,
+    /// A short run: 15 samples, 10 idle seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write follow.csv and follow.png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+struct Outcome {
+    interval_ms: u64,
+    lags_ms: Vec<f64>,
+    idle_secs: f64,
+    idle_gets: u64,
+    idle_lists: u64,
+    idle_puts: u64,
+    idle_cost_usd: f64,
+}
+
+pub async fn run(mut a: FollowArgs) -> BenchResult<()> {
+    if a.quick {
+        a.samples = a.samples.min(15);
+        a.idle_secs = a.idle_secs.min(10);
+    }
+    if a.samples == 0 || a.intervals_ms.is_empty() {
+        return Err("need --samples > 0 and at least one interval".into());
+    }
+    let work = std::env::temp_dir().join(format!("kvfs-bench-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let root = work.join("s3-follow");
+    std::fs::create_dir_all(&root)?;
+    let server = TestS3Server::start(
+        &root,
+        ServerOptions {
+            faults: FaultConfig {
+                put_latency: Duration::from_millis(a.put_latency_ms),
+                get_latency: Duration::from_millis(a.get_latency_ms),
+                ..FaultConfig::default()
+            },
+            ..ServerOptions::default()
+        },
+    )
+    .await?;
+    server.create_bucket("bench")?;
+    let mut outcomes = Vec::new();
+    for &interval in &a.intervals_ms {
+        let (samples, idle_secs) = (a.samples, a.idle_secs);
+        let work = work.clone();
+        let server = &server;
+        let o =
+            tokio::task::block_in_place(|| measure(server, &work, interval, samples, idle_secs))?;
+        eprintln!(
+            "interval {interval} ms: lag p50 {:.0} ms, p99 {:.0} ms; idle {:.0} GETs/h",
+            quantile(&o.lags_ms, 0.5),
+            quantile(&o.lags_ms, 0.99),
+            o.idle_gets as f64 * 3600.0 / o.idle_secs
+        );
+        outcomes.push(o);
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&work);
+    report(&a, &outcomes)
+}
+
+fn measure(
+    server: &TestS3Server,
+    work: &Path,
+    interval_ms: u64,
+    samples: usize,
+    idle_secs: u64,
+) -> BenchResult<Outcome> {
+    let store = format!("s3://bench/follow-{interval_ms}");
+    let wp = work.join(format!("w{interval_ms}"));
+    let rp = work.join(format!("r{interval_ms}"));
+    let writer = mount_kvfs(server, &store, &wp, &[])?;
+    // The follower needs a store to open: one file first.
+    write_synced(&writer.point.join("start"), b"start")?;
+    let interval = interval_ms.to_string();
+    let follower = mount_kvfs(
+        server,
+        &store,
+        &rp,
+        &["--read-only", "--follow-interval-ms", &interval],
+    )?;
+    let mut lags_ms = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let name = format!("f{i:04}");
+        let line = format!("sample {i} at interval {interval_ms}\n");
+        write_synced(&writer.point.join(&name), line.as_bytes())?;
+        let durable = Instant::now();
+        let seen = follower.point.join(&name);
+        loop {
+            if std::fs::read(&seen).is_ok_and(|c| c == line.as_bytes()) {
+                break;
+            }
+            if durable.elapsed() > Duration::from_secs(60) {
+                return Err(format!("{name} never showed on the follower").into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lags_ms.push(durable.elapsed().as_secs_f64() * 1e3);
+        // Spread the writes over the follow cycle.
+        std::thread::sleep(Duration::from_millis(37 + (i as u64 * 53) % 200));
+    }
+    // Idle: the writer stays mounted and writes nothing (it only renews its lease,
+    // with PUTs); every GET, HEAD and LIST is the follower's.
+    std::thread::sleep(Duration::from_millis(2 * interval_ms + 500));
+    let before = server.request_counts();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let idle = server.request_counts().since(&before);
+    let idle_secs = started.elapsed().as_secs_f64();
+    follower.unmount()?;
+    writer.unmount()?;
+    Ok(Outcome {
+        interval_ms,
+        lags_ms,
+        idle_secs,
+        idle_gets: idle.get + idle.head,
+        idle_lists: idle.list,
+        idle_puts: idle.put,
+        idle_cost_usd: kvfs_testkit::server::RequestCounts {
+            put: 0,
+            delete: 0,
+            other: 0,
+            ..idle
+        }
+        .cost_usd(),
+    })
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn report(a: &FollowArgs, outcomes: &[Outcome]) -> BenchResult<()> {
+    let title = format!(
+        "a read-only mount following a writer mount ({} samples; {} ms PUT / {} ms GET)",
+        a.samples, a.put_latency_ms, a.get_latency_ms
+    );
+    let columns = [
+        "follow_interval_ms",
+        "samples",
+        "lag_p50_ms",
+        "lag_p99_ms",
+        "lag_max_ms",
+        "idle_gets_per_hour",
+        "idle_lists_per_hour",
+        "writer_lease_puts_per_hour",
+        "idle_usd_per_month",
+    ];
+    let mut t = Table::new(&title, &columns);
+    for o in outcomes {
+        let per_hour = |n: u64| n as f64 * 3600.0 / o.idle_secs;
+        t.row(vec![
+            o.interval_ms.to_string(),
+            o.lags_ms.len().to_string(),
+            format!("{:.0}", quantile(&o.lags_ms, 0.5)),
+            format!("{:.0}", quantile(&o.lags_ms, 0.99)),
+            format!("{:.0}", quantile(&o.lags_ms, 1.0)),
+            format!("{:.0}", per_hour(o.idle_gets)),
+            format!("{:.0}", per_hour(o.idle_lists)),
+            format!("{:.0}", per_hour(o.idle_puts)),
+            format!(
+                "{:.3}",
+                o.idle_cost_usd * 3600.0 / o.idle_secs * 24.0 * 30.0
+            ),
+        ]);
+    }
+    print!("{}", t.render());
+    let Some(out) = &a.out else {
+        return Ok(());
+    };
+    t.write_csv(out, "follow")?;
+    eprintln!("wrote {}", out.join("follow.csv").display());
+    let series: Vec<plot::Series> = outcomes
+        .iter()
+        .map(|o| {
+            let mut sorted = o.lags_ms.clone();
+            sorted.sort_by(f64::total_cmp);
+            let n = sorted.len() as f64;
+            plot::Series {
+                name: format!("follow every {} ms", o.interval_ms),
+                points: sorted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, lag)| (*lag, (i + 1) as f64 / n * 100.0))
+                    .collect(),
+            }
+        })
+        .collect();
+    plot::lines(
+        &out.join("follow.png"),
+        &plot::Chart {
+            title: "Lag from fsync on the writer mount to visibility on a follower mount",
+            x_label: "lag (ms)",
+            y_label: "samples seen within (%)",
+            log_x: false,
+            log_y: false,
+        },
+        &series,
+    );
+    Ok(())
+}
