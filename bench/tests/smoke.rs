@@ -312,3 +312,34 @@ fn fs_load_experiments_run_and_write_csv() {
         assert!(csv.contains(measure), "{measure} missing from:\n{csv}");
     }
 }
+
+#[test]
+fn follow_benchmark_runs_and_writes_csv() {
+    require_kvfs_binary();
+    let (stdout, csv) = run_bench(
+        &[
+            "follow",
+            "--samples",
+            "3",
+            "--intervals-ms",
+            "100,300",
+            "--idle-secs",
+            "2",
+            "--put-latency-ms",
+            "1",
+            "--get-latency-ms",
+            "1",
+        ],
+        "follow",
+    );
+    assert!(stdout.contains("following a writer mount"), "{stdout}");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    for row in rows {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells[1], "3", "{row}");
+        let gets: f64 = cells[5].parse().unwrap();
+        assert!(gets > 0.0, "an idle follower still polls: {row}");
+        assert_eq!(cells[6], "0", "no LIST while idle: {row}");
+    }
+}
