@@ -242,6 +242,28 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
             let opts = gc.apply(tuning.options(&access));
             gc_command(&store, opts, access.read_options(), true, slot).await
         }
+        Command::Snapshots { store, access } => {
+            let db = Db::open(&store, access.read_options()).await?;
+            let list = db.snapshots().await?;
+            if list.is_empty() {
+                println!("no snapshots (a writer keeps them with --retain-secs)");
+                return Ok(0);
+            }
+            println!(
+                "{:>8}  {:<24}  {:<24}  complete",
+                "snapshot", "written", "state as of"
+            );
+            for s in list {
+                println!(
+                    "{:>8}  {:<24}  {:<24}  {}",
+                    s.seq,
+                    utc(s.created_unix_ms),
+                    utc(s.until_unix_ms),
+                    if s.complete { "yes" } else { "no (collected)" }
+                );
+            }
+            Ok(0)
+        }
         Command::Fsck { store, access } => {
             let db = Db::open(&store, access.read_options()).await?;
             let mut last = std::time::Instant::now();
@@ -330,6 +352,28 @@ async fn finish_write(db: &Db, result: Result<(), Error>) -> Result<(), Error> {
         m.put_bytes
     );
     Ok(())
+}
+
+/// A Unix time in milliseconds as an ISO 8601 UTC time.
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// The user and group of this process: the owner of files the CLI creates.
@@ -610,14 +654,15 @@ mod mount {
                 return Ok(fail(e));
             }
         };
-        let follow = (args.read_only && !args.no_follow).then(|| ns.clone());
+        let follow =
+            (args.read_only && !args.no_follow && args.snapshot.is_none()).then(|| ns.clone());
         let mut fs = KvfsFuse::new(ns, tokio::runtime::Handle::current());
         if args.no_xattrs {
             fs = fs.without_xattrs();
         }
         let shutdown = fs.shutdown_handle();
         let mopts = MountOptions {
-            read_only: args.read_only,
+            read_only: args.is_read_only(),
             allow_other: args.allow_other,
             ..MountOptions::default()
         };

@@ -100,6 +100,14 @@ enum Command {
         #[command(flatten)]
         access: Access,
     },
+    /// List the points in time that can be mounted with `kvfs mount --snapshot N`
+    /// (kept for --retain-secs by the writer), oldest first.
+    Snapshots {
+        #[arg(help = STORE_HELP)]
+        store: String,
+        #[command(flatten)]
+        access: Access,
+    },
     /// Read and verify every object; exit 1 on any problem.
     Fsck {
         #[arg(help = STORE_HELP)]
@@ -158,6 +166,10 @@ pub struct MountArgs {
     /// writer.
     #[arg(long, requires = "read_only")]
     no_follow: bool,
+    /// Mount snapshot N read-only: the store as it was at that point in time (see
+    /// `kvfs snapshots`).
+    #[arg(long, value_name = "N", conflicts_with_all = ["no_follow", "follow_interval_ms"])]
+    snapshot: Option<u64>,
     /// With --read-only: look for the writer's changes this often. Each look is a
     /// GET, plus two every fourth time: 5,400 GETs an hour at 1,000 ms (about $1.6
     /// a month at S3 prices), twice that at 500 ms.
@@ -190,6 +202,10 @@ pub struct MountArgs {
     /// Turn off garbage collection and compaction in the background.
     #[arg(long)]
     no_background_gc: bool,
+    /// Keep every point in time of the last this many seconds mountable with
+    /// --snapshot: garbage collection deletes nothing such a snapshot needs.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    retain_secs: u64,
     /// Internal: this process is the background server started by `kvfs mount`.
     #[arg(long, hide = true)]
     daemon_child: bool,
@@ -205,7 +221,17 @@ impl MountArgs {
         opts.read_only = self.read_only;
         opts.gc.grace = Duration::from_secs(self.gc_grace_secs);
         opts.gc.background = !self.no_background_gc;
+        opts.gc.retain = Duration::from_secs(self.retain_secs);
+        if self.snapshot.is_some() {
+            opts.read_only = true;
+            opts.snapshot = self.snapshot;
+        }
         opts
+    }
+
+    /// Whether the mount is read-only (asked for, or a snapshot).
+    fn is_read_only(&self) -> bool {
+        self.read_only || self.snapshot.is_some()
     }
 }
 
@@ -260,12 +286,17 @@ pub struct GcArgs {
     /// no read-only mount or reader of this store is running.
     #[arg(long, default_value_t = GcOptions::default().grace.as_secs(), value_name = "SECONDS")]
     gc_grace_secs: u64,
+    /// Delete nothing that a point in time of the last this many seconds needs (see
+    /// `kvfs snapshots`).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    retain_secs: u64,
 }
 
 impl GcArgs {
     pub fn apply(&self, mut opts: Options) -> Options {
         opts.gc.max_round_bytes = self.round_bytes;
         opts.gc.grace = Duration::from_secs(self.gc_grace_secs);
+        opts.gc.retain = Duration::from_secs(self.retain_secs);
         opts.gc.background = false;
         opts
     }

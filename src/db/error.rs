@@ -32,6 +32,8 @@ pub enum Error {
         count: usize,
         example: String,
     },
+    #[error("no such snapshot: {0}")]
+    NoSnapshot(String),
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
     #[error("store {store} is in use by another writer ({holder}); stop it first, or wait for its lease to expire")]

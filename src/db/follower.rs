@@ -56,10 +56,11 @@ impl CatchUp {
 
 /// One round (see the module documentation). `thorough`: also look for the next
 /// manifest, and check that this handle's own manifest still exists (a reader that
-/// found an object gone does this). A writer's handle has nothing to follow.
+/// found an object gone does this). A writer's handle, or a snapshot's, has nothing
+/// to follow.
 pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
     let mut out = CatchUp::default();
-    if sh.writable {
+    if sh.writable || sh.opts.snapshot.is_some() {
         return Ok(out);
     }
     let round = {

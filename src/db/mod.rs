@@ -26,6 +26,7 @@ mod index;
 pub mod lease;
 mod options;
 mod recovery;
+mod snapshots;
 mod state;
 mod stats;
 mod tasks;
@@ -44,6 +45,7 @@ pub use follower::{CatchUp, MANIFEST_EVERY as FOLLOW_MANIFEST_EVERY};
 pub use fsck::{FsckIssue, FsckReport};
 pub use gc::GcCounters;
 pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use snapshots::Snapshot;
 pub use stats::Stats;
 
 use crate::format::checkpoint::{IndexEntry, Location};
@@ -1295,6 +1297,11 @@ impl Db {
             sh.checkpoint_done.notify_waiters();
         }
         self.handle.shared.stop_tasks();
+    }
+
+    /// The points in time this store can show (`Options::snapshot`), oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        snapshots::list(&self.handle.shared).await
     }
 
     /// Counters and positions for `kvfs stats`.

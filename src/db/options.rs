@@ -45,6 +45,9 @@ pub struct Options {
     pub recovery_parallelism: usize,
     /// Open without taking the writer lease; writes fail with `ReadOnly`.
     pub read_only: bool,
+    /// Open snapshot `N` (manifest `N` as of when `N + 1` was written) instead of
+    /// the newest state; read-only, and not followed.
+    pub snapshot: Option<u64>,
     /// What this writer is (such as `mount at /mnt/data`), recorded in its lease so
     /// that a writer refused meanwhile can say where the store is in use.
     pub writer_label: Option<String>,
@@ -59,6 +62,9 @@ pub struct GcOptions {
     pub background: bool,
     /// How often the background worker considers doing something.
     pub interval: Duration,
+    /// Keep every point in time (snapshot) that was current within this long
+    /// readable: nothing it needs is deleted (see `gc::retention`). Zero keeps none.
+    pub retain: Duration,
     /// An object no longer needed is deleted only this long after it stopped being
     /// needed, so in-flight reads and recently opened readers can still fetch it.
     pub grace: Duration,
@@ -88,6 +94,7 @@ impl Default for GcOptions {
         GcOptions {
             background: true,
             interval: Duration::from_secs(5),
+            retain: Duration::ZERO,
             grace: Duration::from_secs(60),
             clean_below_fill: 0.7,
             min_age: Duration::from_secs(30),
@@ -117,6 +124,7 @@ impl Default for Options {
             recovery_parallelism: 8,
             read_only: false,
             writer_label: None,
+            snapshot: None,
             gc: GcOptions::default(),
         }
     }

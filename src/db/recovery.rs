@@ -119,6 +119,28 @@ pub(crate) struct Loaded {
 }
 
 pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
+    if let Some(n) = opts.snapshot {
+        if !opts.read_only {
+            return Err(Error::InvalidOption {
+                option: "snapshot",
+                problem: "a snapshot opens read-only".to_string(),
+            });
+        }
+        if latest_manifest(&store).await?.is_none() {
+            return Err(Error::NoStore(store.describe()));
+        }
+        let loaded = load_snapshot(&store, opts, n).await?;
+        let mut position = loaded.position();
+        position.open = false;
+        return Ok(Opened {
+            position,
+            epoch: loaded.manifest.writer_epoch,
+            index: loaded.index,
+            manifest: loaded.manifest,
+            lease: None,
+            replayed_bytes: loaded.replayed_bytes,
+        });
+    }
     if opts.read_only {
         let loaded = load(&store, opts)
             .await?
@@ -345,6 +367,69 @@ async fn load(store: &DynStore, opts: &Options) -> Result<Option<Loaded>> {
         return Ok(None);
     };
     let manifest = read_manifest(store, n).await?;
+    load_from(store, opts, manifest).await.map(Some)
+}
+
+/// The state of snapshot `n`: manifest `n` read as of the moment manifest `n + 1`
+/// was written (see [`snapshot_ranges`]). The newest manifest is no snapshot: it
+/// is the live state.
+pub(crate) async fn load_snapshot(store: &DynStore, opts: &Options, n: u64) -> Result<Loaded> {
+    let manifest = match read_manifest(store, n).await {
+        Ok(m) => m,
+        Err(Error::Store(StoreError::NotFound(_))) => {
+            return Err(Error::NoSnapshot(format!(
+                "manifest {n} does not exist (any more); `kvfs snapshots` lists what can be mounted"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let next = match read_manifest(store, n + 1).await {
+        Ok(m) => m,
+        Err(Error::Store(StoreError::NotFound(_))) => {
+            return Err(Error::NoSnapshot(format!(
+                "manifest {n} is the newest: it is the live state, not a snapshot (mount without --snapshot)"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let mut m = manifest;
+    m.ranges = snapshot_ranges(&m, &next);
+    load_from(store, opts, m).await.map_err(|e| match e {
+        Error::Inconsistent(why) => Error::NoSnapshot(format!(
+            "snapshot {n} is no longer complete ({why}); keep snapshots with --retain-secs"
+        )),
+        e => e,
+    })
+}
+
+/// The log ranges of manifest `m` as of the moment its successor `next` was
+/// written: an open range ends where `next`'s range of the same writer starts
+/// (that writer's checkpoint began there, after everything `m`'s checkpoint saw was
+/// durable, so the state is exact), or where `next` closed it. If `next` has no range
+/// of that writer (a checkpoint folded all of it in), the range stays open: its
+/// writer has stopped, so it is read to its end.
+pub(crate) fn snapshot_ranges(m: &Manifest, next: &Manifest) -> Vec<LogRange> {
+    m.ranges
+        .iter()
+        .map(|r| {
+            if !r.is_open() {
+                return *r;
+            }
+            match next.ranges.iter().find(|x| x.epoch == r.epoch) {
+                Some(x) if x.is_open() => LogRange {
+                    last: x.first.saturating_sub(1),
+                    ..*r
+                },
+                Some(x) => LogRange { last: x.last, ..*r },
+                None => *r,
+            }
+        })
+        .collect()
+}
+
+/// Load the state manifest `manifest` describes: its checkpoint, then its log.
+async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Result<Loaded> {
+    let n = manifest.seq;
     let mut index = match manifest.checkpoint {
         Some(c) => {
             let name = checkpoint_name(c);
@@ -447,12 +532,12 @@ async fn load(store: &DynStore, opts: &Options) -> Result<Option<Loaded>> {
             });
         }
     }
-    Ok(Some(Loaded {
+    Ok(Loaded {
         manifest,
         index,
         tail,
         replayed_bytes,
-    }))
+    })
 }
 
 async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {

@@ -14,4 +14,5 @@ mod follow;
 mod gc;
 mod model;
 mod no_panics;
+mod snapshots;
 mod store_conformance;

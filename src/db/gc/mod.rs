@@ -23,10 +23,11 @@
 //!   (`kvfs gc`, `kvfs compact`).
 //!
 //! Old manifests and checkpoints (all but the current ones) are retired and deleted
-//! the same way.
+//! the same way. Nothing a retained snapshot needs is deleted (`retention`).
 
 pub mod objects;
 pub mod policy;
+pub(crate) mod retention;
 pub(crate) mod worker;
 
 use std::fmt;
@@ -114,4 +115,9 @@ pub struct GcBook {
     /// Objects a round found not worth rewriting (the runs would not have been
     /// smaller), with their stored live bytes then: left alone until those change.
     pub not_worth: std::collections::HashMap<SegmentId, u64>,
+    /// Creation times of manifests (by number) and what each retained snapshot
+    /// needs (see `retention`); both never change.
+    pub manifest_created: std::collections::HashMap<u64, u64>,
+    pub snapshot_pins:
+        std::collections::HashMap<u64, std::sync::Arc<std::collections::HashSet<String>>>,
 }

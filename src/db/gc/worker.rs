@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::policy::{self, Choice, ObjectStat, PolicyConfig, Reason};
+use super::retention;
 use super::{in_log_window, GcCounters, EMPTY_SEGMENT_LEN};
 use crate::db::error::{Error, Result};
 use crate::db::index::ValueAt;
@@ -388,6 +389,16 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         log::info!("not deleting: the store's manifest moved on; will look again");
         return Ok(0);
     }
+    // What retained snapshots need stays (retired) until they expire.
+    let pinned = retention::pinned(sh).await?;
+    let objects: Vec<(SegmentId, u64)> = objects
+        .into_iter()
+        .filter(|(id, _)| !pinned.contains(&segment_name(*id)))
+        .collect();
+    let metadata: Vec<String> = metadata
+        .into_iter()
+        .filter(|k| !pinned.contains(k))
+        .collect();
     let mut deleted = 0u64;
     for (id, size) in objects {
         check_writer(sh)?;
