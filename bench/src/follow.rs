@@ -8,7 +8,14 @@
 //!   `--idle-secs`, counted at the server (GET, HEAD and LIST: the idle writer only
 //!   PUTs its lease) and scaled to an hour, with their price at S3 request prices.
 //!
-//! Rows go to `follow.csv` and the lag of every sample to `follow.png` in `--out`.
+//! - **retention cost**: a writer (the engine in this process) overwrites
+//!   `--retention-keys` values continuously, checkpointing and collecting garbage
+//!   every few seconds, once per retention period in `--retain-secs` (all at once,
+//!   on separate prefixes): stored bytes over `--retention-run-secs`, against the
+//!   live bytes.
+//!
+//! Rows go to `follow.csv`, the lag of every sample to `follow.png`, the stored
+//! bytes to `follow_retention.csv` and `follow_retention.png`, in `--out`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,7 +44,16 @@ pub struct FollowArgs {
     /// Latency the S3 server adds to every GET, HEAD and LIST.
     #[arg(long, default_value_t = 15)]
     get_latency_ms: u64,
-    /// A short run: 15 samples, 10 idle seconds.
+    /// Retention periods to compare (seconds; 0 keeps no snapshot).
+    #[arg(long, value_delimiter = ',', default_value = "0,30,120")]
+    retain_secs: Vec<u64>,
+    /// How long the retention workload runs.
+    #[arg(long, default_value_t = 150)]
+    retention_run_secs: u64,
+    /// Keys the retention workload overwrites (512-byte values).
+    #[arg(long, default_value_t = 4000)]
+    retention_keys: u32,
+    /// A short run: 15 samples, 10 idle seconds, retention 0/5/10 s over 20 s.
     #[arg(long)]
     quick: bool,
     /// Where to write follow.csv and follow.png.
@@ -59,6 +75,8 @@ pub async fn run(mut a: FollowArgs) -> BenchResult<()> {
     if a.quick {
         a.samples = a.samples.min(15);
         a.idle_secs = a.idle_secs.min(10);
+        a.retain_secs = vec![0, 5, 10];
+        a.retention_run_secs = a.retention_run_secs.min(20);
     }
     if a.samples == 0 || a.intervals_ms.is_empty() {
         return Err("need --samples > 0 and at least one interval".into());
@@ -95,9 +113,155 @@ pub async fn run(mut a: FollowArgs) -> BenchResult<()> {
         );
         outcomes.push(o);
     }
+    let retention = retention_cost(&server, &a).await?;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&work);
-    report(&a, &outcomes)
+    report(&a, &outcomes)?;
+    report_retention(&a, &retention)
+}
+
+/// Stored bytes over time of one retention period.
+struct Retention {
+    retain_secs: u64,
+    /// (seconds, stored bytes, live bytes)
+    timeline: Vec<(f64, u64, u64)>,
+}
+
+async fn retention_cost(server: &TestS3Server, a: &FollowArgs) -> BenchResult<Vec<Retention>> {
+    let mut runs = Vec::new();
+    for &retain in &a.retain_secs {
+        let store: kvfs::store::DynStore =
+            std::sync::Arc::new(kvfs::store::s3::S3Store::from_client(
+                server.client(),
+                "bench",
+                &format!("retention-{retain}"),
+            ));
+        let (keys, secs) = (a.retention_keys.max(1), a.retention_run_secs);
+        runs.push(tokio::spawn(async move {
+            retention_run(store, retain, keys, secs)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    let mut out = Vec::new();
+    for r in runs {
+        out.push(r.await??);
+    }
+    Ok(out)
+}
+
+async fn retention_run(
+    store: kvfs::store::DynStore,
+    retain: u64,
+    keys: u32,
+    secs: u64,
+) -> BenchResult<Retention> {
+    use kvfs::db::{Db, GcOptions, Options};
+    let opts = Options {
+        segment_bytes: 256 << 10,
+        checkpoint_bytes: 1 << 20,
+        gc: GcOptions {
+            background: false,
+            grace: Duration::ZERO,
+            retain: Duration::from_secs(retain),
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    let db = Db::open_store(store, opts).await?;
+    let start = Instant::now();
+    let mut timeline = Vec::new();
+    let mut next_gc = Duration::from_secs(5);
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let k = (i.wrapping_mul(2654435761) % u64::from(keys)) as u32;
+        let value = format!("{i:016} ").repeat(31);
+        db.put(format!("key{k:06}").as_bytes(), &value.as_bytes()[..512])
+            .await?;
+        i += 1;
+        if i % 200 == 0 {
+            db.sync().await?;
+            // About 1 MiB/s of overwrites.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if start.elapsed() >= next_gc {
+            db.sync().await?;
+            db.gc(&mut |_| {}).await?;
+            let s = db.stats().await?;
+            timeline.push((start.elapsed().as_secs_f64(), s.stored_bytes, s.live_bytes));
+            next_gc += Duration::from_secs(5);
+        }
+    }
+    db.close().await?;
+    Ok(Retention {
+        retain_secs: retain,
+        timeline,
+    })
+}
+
+fn report_retention(a: &FollowArgs, runs: &[Retention]) -> BenchResult<()> {
+    let title = format!(
+        "stored bytes under overwrites ({} keys of 512 B, about 1 MiB/s, GC every 5 s) by retention period",
+        a.retention_keys
+    );
+    let mut t = Table::new(
+        &title,
+        &["retain_secs", "seconds", "stored_bytes", "live_bytes"],
+    );
+    for r in runs {
+        for (sec, stored, live) in &r.timeline {
+            t.row(vec![
+                r.retain_secs.to_string(),
+                format!("{sec:.0}"),
+                stored.to_string(),
+                live.to_string(),
+            ]);
+        }
+    }
+    let mut summary = Table::new(
+        "retention cost at the end of the run",
+        &["retain_secs", "stored_mib", "live_mib", "stored_per_live"],
+    );
+    for r in runs {
+        if let Some((_, stored, live)) = r.timeline.last() {
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            summary.row(vec![
+                r.retain_secs.to_string(),
+                format!("{:.1}", mib(*stored)),
+                format!("{:.1}", mib(*live)),
+                format!("{:.2}", *stored as f64 / (*live).max(1) as f64),
+            ]);
+        }
+    }
+    print!("{}", summary.render());
+    let Some(out) = &a.out else {
+        return Ok(());
+    };
+    t.write_csv(out, "follow_retention")?;
+    eprintln!("wrote {}", out.join("follow_retention.csv").display());
+    let series: Vec<plot::Series> = runs
+        .iter()
+        .map(|r| plot::Series {
+            name: format!("--retain-secs {}", r.retain_secs),
+            points: r
+                .timeline
+                .iter()
+                .map(|(s, b, _)| (*s, *b as f64 / (1 << 20) as f64))
+                .collect(),
+        })
+        .collect();
+    plot::lines(
+        &out.join("follow_retention.png"),
+        &plot::Chart {
+            title: "Stored bytes of a store under overwrites, by retention period",
+            x_label: "seconds",
+            y_label: "stored MiB",
+            log_x: false,
+            log_y: false,
+        },
+        &series,
+    );
+    Ok(())
 }
 
 fn measure(
@@ -110,7 +274,9 @@ fn measure(
     let store = format!("s3://bench/follow-{interval_ms}");
     let wp = work.join(format!("w{interval_ms}"));
     let rp = work.join(format!("r{interval_ms}"));
-    let writer = mount_kvfs(server, &store, &wp, &[])?;
+    // No background GC on the writer: while idle, its only requests are lease PUTs,
+    // so every GET and LIST counted then is the follower's.
+    let writer = mount_kvfs(server, &store, &wp, &["--no-background-gc"])?;
     // The follower needs a store to open: one file first.
     write_synced(&writer.point.join("start"), b"start")?;
     let interval = interval_ms.to_string();
@@ -142,7 +308,7 @@ fn measure(
     }
     // Idle: the writer stays mounted and writes nothing (it only renews its lease,
     // with PUTs); every GET, HEAD and LIST is the follower's.
-    std::thread::sleep(Duration::from_millis(2 * interval_ms + 500));
+    std::thread::sleep(Duration::from_millis(2 * interval_ms + 3000));
     let before = server.request_counts();
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_secs));
