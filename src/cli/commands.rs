@@ -818,3 +818,15 @@ mod mount {
         std::process::exit(code);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn unix_times_print_as_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_735_872_999), "2026-11-26T23:31:12Z");
+    }
+}

@@ -199,3 +199,78 @@ async fn a_follower_carries_on_after_the_writer_is_killed_and_replaced() {
     drop(url);
     drop(env);
 }
+
+#[test]
+fn a_snapshot_mount_keeps_its_point_in_time_while_the_store_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("store");
+    let s = s.to_str().unwrap();
+    let kvfs = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::mount::KVFS)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Each command opens and closes the store: manifests 1-2, then 3-4.
+    kvfs(&["put", s, "file", "version 1"]);
+    kvfs(&["put", s, "other", "kept in the snapshot"]);
+    let listed = kvfs(&["snapshots", s]);
+    // Snapshot 2 is the store right before manifest 3: after the first put.
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("2") && l.ends_with("yes")),
+        "{listed}"
+    );
+    let point = tmp.path().join("snap");
+    let snap = Mount::start(s, &point, &["--snapshot", "2"], &[]);
+    let p = snap.point().to_path_buf();
+    assert_eq!(read(&p.join("file")).unwrap(), b"version 1");
+    assert!(!p.join("other").exists());
+    // The store moves on and is collected, keeping what the last 10 minutes need.
+    kvfs(&["put", s, "file", "version 2"]);
+    kvfs(&["delete", s, "other"]);
+    kvfs(&["gc", s, "--retain-secs", "600", "--gc-grace-secs", "0"]);
+    kvfs(&["compact", s, "--retain-secs", "600", "--gc-grace-secs", "0"]);
+    std::thread::sleep(Duration::from_millis(1500)); // past the kernel's cache time-out
+    assert_eq!(read(&p.join("file")).unwrap(), b"version 1");
+    assert!(!p.join("other").exists());
+    // A second snapshot mount of the same point, after the collection.
+    let point2 = tmp.path().join("snap2");
+    let snap2 = Mount::start(s, &point2, &["--snapshot", "2"], &[]);
+    assert_eq!(read(&snap2.point().join("file")).unwrap(), b"version 1");
+    let err = std::fs::write(snap2.point().join("file"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    snap2.finish();
+    snap.finish();
+    assert_eq!(kvfs(&["get", s, "file"]), "version 2");
+    // The newest manifest is no snapshot.
+    let newest: u64 = kvfs(&["stats", s])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("manifest ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("stats names the manifest");
+    let out = std::process::Command::new(crate::common::mount::KVFS)
+        .args([
+            "mount",
+            s,
+            point.to_str().unwrap(),
+            "--snapshot",
+            &newest.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("newest"));
+}
