@@ -629,6 +629,12 @@ mod mount {
         let store = absolute_store(&args.store);
         let mut opts = args.options();
         opts.writer_label = Some(format!("mount at {}", mountpoint.display()));
+        if let Some(super::super::SnapshotSpec::At(t)) = args.snapshot {
+            match snapshot_at(&store, &args, t).await {
+                Ok(n) => opts.snapshot = Some(n),
+                Err(msg) => return Ok(fail(msg)),
+            }
+        }
         // A signal while the store opens (which may wait for an unreachable store)
         // stops here, before anything is mounted.
         let mut signals = signals;
@@ -712,6 +718,29 @@ mod mount {
                 let _ = shutdown.shutdown().await;
                 Ok(code)
             }
+        }
+    }
+
+    /// The newest snapshot whose state is from Unix time `t` (ms) or earlier.
+    async fn snapshot_at(store: &str, args: &MountArgs, t: u64) -> Result<u64, String> {
+        let db = Db::open(store, args.access.read_options())
+            .await
+            .map_err(|e| e.to_string())?;
+        let list = db.snapshots().await.map_err(|e| e.to_string())?;
+        let chosen = list.iter().rev().find(|s| s.until_unix_ms <= t);
+        match chosen {
+            Some(s) => {
+                log::info!(
+                    "snapshot {} shows the store as of {}",
+                    s.seq,
+                    super::utc(s.until_unix_ms)
+                );
+                Ok(s.seq)
+            }
+            None => Err(format!(
+                "no snapshot of {store} is from {} or earlier (`kvfs snapshots` lists them)",
+                super::utc(t)
+            )),
         }
     }
 

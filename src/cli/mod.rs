@@ -166,10 +166,12 @@ pub struct MountArgs {
     /// writer.
     #[arg(long, requires = "read_only")]
     no_follow: bool,
-    /// Mount snapshot N read-only: the store as it was at that point in time (see
-    /// `kvfs snapshots`).
-    #[arg(long, value_name = "N", conflicts_with_all = ["no_follow", "follow_interval_ms"])]
-    snapshot: Option<u64>,
+    /// Mount a snapshot read-only: N (see `kvfs snapshots`), or a UTC time such as
+    /// 2026-11-26T21:30:00Z for the newest snapshot whose state is from that time
+    /// or earlier.
+    #[arg(long, value_name = "N|TIME", value_parser = parse_snapshot,
+          conflicts_with_all = ["no_follow", "follow_interval_ms"])]
+    snapshot: Option<SnapshotSpec>,
     /// With --read-only: look for the writer's changes this often. Each look is a
     /// GET, plus two every fourth time: 5,400 GETs an hour at 1,000 ms (about $1.6
     /// a month at S3 prices), twice that at 500 ms.
@@ -222,9 +224,12 @@ impl MountArgs {
         opts.gc.grace = Duration::from_secs(self.gc_grace_secs);
         opts.gc.background = !self.no_background_gc;
         opts.gc.retain = Duration::from_secs(self.retain_secs);
-        if self.snapshot.is_some() {
+        if let Some(spec) = self.snapshot {
             opts.read_only = true;
-            opts.snapshot = self.snapshot;
+            // A time is resolved to a number by the mount, which lists snapshots.
+            if let SnapshotSpec::Seq(n) = spec {
+                opts.snapshot = Some(n);
+            }
         }
         opts
     }
@@ -233,6 +238,47 @@ impl MountArgs {
     fn is_read_only(&self) -> bool {
         self.read_only || self.snapshot.is_some()
     }
+}
+
+/// Which snapshot `--snapshot` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSpec {
+    Seq(u64),
+    /// The newest snapshot whose state is from this Unix time (ms) or earlier.
+    At(u64),
+}
+
+fn parse_snapshot(s: &str) -> Result<SnapshotSpec, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(SnapshotSpec::Seq(n));
+    }
+    parse_utc(s).map(SnapshotSpec::At).ok_or_else(|| {
+        format!("{s:?} is neither a snapshot number nor a UTC time like 2026-11-26T21:30:00Z")
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (or with a space, or without seconds) as Unix ms.
+fn parse_utc(s: &str) -> Option<u64> {
+    let s = s.trim().trim_end_matches('Z');
+    let (date, time) = s.split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (h, min) = (t.next()??, t.next()??);
+    let sec = t.next().map_or(Some(0), |x| x)?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
+    u64::try_from(secs).ok().map(|s| s * 1000)
 }
 
 /// How every command reaches its store.
@@ -482,6 +528,31 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("kvfs: {e}");
             1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_named_by_number_or_utc_time() {
+        assert_eq!(parse_snapshot("12"), Ok(SnapshotSpec::Seq(12)));
+        assert_eq!(
+            parse_snapshot("2026-11-26T23:31:12Z"),
+            Ok(SnapshotSpec::At(1_795_735_872_000))
+        );
+        assert_eq!(
+            parse_snapshot("2000-02-29 00:00"),
+            Ok(SnapshotSpec::At(951_782_400_000))
+        );
+        assert_eq!(
+            parse_snapshot("1970-01-01T00:00:00Z"),
+            Ok(SnapshotSpec::At(0))
+        );
+        for bad in ["", "yesterday", "2026-13-01T00:00Z", "2026-11-26", "-3"] {
+            assert!(parse_snapshot(bad).is_err(), "{bad:?}");
         }
     }
 }
