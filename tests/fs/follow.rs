@@ -274,3 +274,55 @@ fn a_snapshot_mount_keeps_its_point_in_time_while_the_store_changes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("newest"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_past_the_grace_period_reloads_by_itself() {
+    let fx = S3Fixture::start().await;
+    let env = fx.server.client_env();
+    let url = format!("s3://{BUCKET}/stopped");
+    let opts = Options {
+        gc: GcOptions {
+            background: false,
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    let db = Db::open_store(fx.store("stopped"), opts).await.unwrap();
+    let ns = Namespace::new(db.clone(), (0, 0)).await.unwrap();
+    for i in 0..50 {
+        ns.put_file(format!("f{i}").as_bytes(), b"old", (0, 0))
+            .await
+            .unwrap();
+    }
+    ns.sync_all().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let follower = Mount::start(&url, &tmp.path().join("r"), &["--read-only"], &env);
+    let r = follower.point().to_path_buf();
+    let pid = follower.pid() as i32;
+    let r2 = r.clone();
+    blocking(move || assert_eq!(read(&r2.join("f0")).unwrap(), b"old")).await;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Meanwhile everything the follower knew is rewritten and collected, the old
+    // manifests included.
+    for i in 0..50 {
+        ns.put_file(format!("f{i}").as_bytes(), b"new", (0, 0))
+            .await
+            .unwrap();
+    }
+    ns.sync_all().await.unwrap();
+    db.checkpoint().await.unwrap();
+    db.gc(&mut |_| {}).await.unwrap();
+    db.compact(&mut |_| {}).await.unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    blocking(move || {
+        eventually("the new contents after a reload", || {
+            (0..50).all(|i| read(&r.join(format!("f{i}"))).as_deref() == Some(b"new"))
+        });
+        follower.finish();
+    })
+    .await;
+    ns.shutdown().await.unwrap();
+}
