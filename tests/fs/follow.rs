@@ -326,3 +326,32 @@ async fn a_follower_stopped_past_the_grace_period_reloads_by_itself() {
     .await;
     ns.shutdown().await.unwrap();
 }
+
+#[test]
+fn cli_readers_see_the_newest_durable_state_of_a_mounted_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("store");
+    let s = s.to_str().unwrap().to_string();
+    let writer = Mount::start(&s, &tmp.path().join("w"), &[], &[]);
+    let w = writer.point().to_path_buf();
+    let kvfs = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::mount::KVFS)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    std::fs::create_dir(w.join("d")).unwrap();
+    write_synced(&w.join("d/f"), b"first");
+    assert_eq!(kvfs(&["get", &s, "d/f"]), "first");
+    write_synced(&w.join("d/f"), b"second");
+    write_synced(&w.join("d/g"), b"another");
+    assert_eq!(kvfs(&["get", &s, "d/f"]), "second");
+    assert_eq!(kvfs(&["scan", &s, "--keys-only"]), "d/f\nd/g\n");
+    writer.finish();
+}
