@@ -77,6 +77,20 @@ impl Position {
 }
 
 impl Loaded {
+    /// A read-only handle on what was loaded; `follow`: it may follow the writer.
+    fn opened_read_only(self, follow: bool) -> Opened {
+        let mut position = self.position();
+        position.open &= follow;
+        Opened {
+            position,
+            epoch: self.manifest.writer_epoch,
+            index: self.index,
+            manifest: self.manifest,
+            lease: None,
+            replayed_bytes: self.replayed_bytes,
+        }
+    }
+
     /// The position right after what was loaded.
     fn position(&self) -> Position {
         match &self.tail {
@@ -129,31 +143,15 @@ pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
         if latest_manifest(&store).await?.is_none() {
             return Err(Error::NoStore(store.describe()));
         }
-        let loaded = load_snapshot(&store, opts, n).await?;
-        let mut position = loaded.position();
-        position.open = false;
-        return Ok(Opened {
-            position,
-            epoch: loaded.manifest.writer_epoch,
-            index: loaded.index,
-            manifest: loaded.manifest,
-            lease: None,
-            replayed_bytes: loaded.replayed_bytes,
-        });
+        return Ok(load_snapshot(&store, opts, n)
+            .await?
+            .opened_read_only(false));
     }
     if opts.read_only {
         let loaded = load(&store, opts)
             .await?
             .ok_or_else(|| Error::NoStore(store.describe()))?;
-        let position = loaded.position();
-        return Ok(Opened {
-            position,
-            epoch: loaded.manifest.writer_epoch,
-            index: loaded.index,
-            manifest: loaded.manifest,
-            lease: None,
-            replayed_bytes: loaded.replayed_bytes,
-        });
+        return Ok(loaded.opened_read_only(true));
     }
     refuse_foreign_location(&store).await?;
     let mut lease =

@@ -57,6 +57,25 @@ pub async fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .collect()
 }
 
+/// Every key and value of `db`, each value read with `get` (so a read-only handle
+/// catches up when an object it points to was collected; panics on a read error).
+pub async fn contents_by_get(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let keys = db
+        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, true)
+        .await
+        .expect("scan");
+    let mut out = BTreeMap::new();
+    for (k, _) in keys {
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("a listed key has a value");
+        out.insert(k, v.to_vec());
+    }
+    out
+}
+
 /// A memory store, as itself and as a [`DynStore`].
 pub fn memory() -> (Arc<MemoryStore>, DynStore) {
     let m = Arc::new(MemoryStore::new());

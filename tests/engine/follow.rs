@@ -2,29 +2,11 @@
 //! manifests in order, across writer restarts, checkpoints and garbage collection,
 //! and reaches a fixed point when the writer is idle.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-
 use kvfs::db::{CatchUp, Db, Options};
 use kvfs::store::DynStore;
 use proptest::prelude::*;
 
-use crate::common::{gc_opts, memory};
-
-/// Every key of `db` with its value, read with `get` (so a follower may catch up
-/// when an object it points to was collected).
-async fn read_all(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let keys = db
-        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, true)
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for (k, _) in keys {
-        let v = db.get(&k).await.unwrap().expect("listed key has a value");
-        out.insert(k, v.to_vec());
-    }
-    out
-}
+use crate::common::{contents_by_get, gc_opts, memory};
 
 /// Catch up until a full cycle of rounds changes nothing; the rounds it took.
 async fn settle(f: &Db) -> usize {
@@ -103,8 +85,8 @@ async fn a_follower_crosses_writer_restarts_and_checkpoints() {
         w.sync().await.unwrap();
         settle(&f).await;
         assert_eq!(
-            read_all(&f).await,
-            read_all(&w).await,
+            contents_by_get(&f).await,
+            contents_by_get(&w).await,
             "generation {generation}"
         );
     }
@@ -115,7 +97,7 @@ async fn a_follower_crosses_writer_restarts_and_checkpoints() {
     w.sync().await.unwrap();
     settle(&f).await;
     assert_eq!(f.get(b"gen").await.unwrap().unwrap(), &b"new writer"[..]);
-    assert_eq!(read_all(&f).await, read_all(&w).await);
+    assert_eq!(contents_by_get(&f).await, contents_by_get(&w).await);
     w.close().await.unwrap();
 }
 
@@ -147,7 +129,7 @@ async fn a_follower_reads_right_while_gc_moves_and_deletes_objects() {
     // reads it from its new place.
     assert_eq!(f.get(b"k000").await.unwrap().unwrap(), &[1u8; 200][..]);
     settle(&f).await;
-    assert_eq!(read_all(&f).await, read_all(&w).await);
+    assert_eq!(contents_by_get(&f).await, contents_by_get(&w).await);
     w.close().await.unwrap();
 }
 
@@ -176,7 +158,7 @@ async fn a_follower_that_fell_far_behind_reloads() {
     w.sync().await.unwrap();
     settle(&f).await;
     assert_eq!(f.get(b"old").await.unwrap(), None);
-    assert_eq!(read_all(&f).await, read_all(&w).await);
+    assert_eq!(contents_by_get(&f).await, contents_by_get(&w).await);
     w.close().await.unwrap();
 }
 
@@ -240,7 +222,7 @@ proptest! {
             }
             w.sync().await.unwrap();
             settle(&f).await;
-            assert_eq!(read_all(&f).await, read_all(&w).await);
+            assert_eq!(contents_by_get(&f).await, contents_by_get(&w).await);
             w.close().await.unwrap();
         });
     }

@@ -3,25 +3,12 @@
 //! reaches a fixed point; without retention they go.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::time::Duration;
 
 use kvfs::db::{Db, Error, Options};
 use kvfs::store::DynStore;
 
-use crate::common::{gc_opts, memory};
-
-async fn read_all(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let keys = db
-        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, true)
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for (k, _) in keys {
-        out.insert(k.clone(), db.get(&k).await.unwrap().unwrap().to_vec());
-    }
-    out
-}
+use crate::common::{contents_by_get, gc_opts, memory};
 
 async fn open_snapshot(store: &DynStore, n: u64) -> Result<Db, Error> {
     Db::open_store(
@@ -52,7 +39,7 @@ async fn history(w: &Db, generations: u32) -> Vec<(u64, BTreeMap<Vec<u8>, Vec<u8
             }
         }
         w.sync().await.unwrap();
-        let before = read_all(w).await;
+        let before = contents_by_get(w).await;
         w.checkpoint().await.unwrap();
         let seq = w.stats().await.unwrap().manifest_seq;
         states.push((seq, before));
@@ -82,7 +69,7 @@ async fn retained_snapshots_show_their_moment_after_gc() {
             "{n} not listed: {listed:?}"
         );
         let snap = open_snapshot(&store, n).await.unwrap();
-        assert_eq!(&read_all(&snap).await, want, "snapshot {n}");
+        assert_eq!(&contents_by_get(&snap).await, want, "snapshot {n}");
         // A snapshot does not follow.
         assert!(snap.catch_up().await.unwrap().is_empty());
     }

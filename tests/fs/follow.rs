@@ -40,6 +40,20 @@ fn sync_dir(p: &Path) {
     std::fs::File::open(p).unwrap().sync_all().unwrap();
 }
 
+/// Run `kvfs ARGS`, require success, return its standard output.
+fn kvfs(args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::common::mount::KVFS)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
@@ -205,18 +219,6 @@ fn a_snapshot_mount_keeps_its_point_in_time_while_the_store_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let s = tmp.path().join("store");
     let s = s.to_str().unwrap();
-    let kvfs = |args: &[&str]| {
-        let out = std::process::Command::new(crate::common::mount::KVFS)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     // Each command opens and closes the store: manifests 1-2, then 3-4.
     kvfs(&["put", s, "file", "version 1"]);
     kvfs(&["put", s, "other", "kept in the snapshot"]);
@@ -334,18 +336,6 @@ fn cli_readers_see_the_newest_durable_state_of_a_mounted_store() {
     let s = s.to_str().unwrap().to_string();
     let writer = Mount::start(&s, &tmp.path().join("w"), &[], &[]);
     let w = writer.point().to_path_buf();
-    let kvfs = |args: &[&str]| {
-        let out = std::process::Command::new(crate::common::mount::KVFS)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     std::fs::create_dir(w.join("d")).unwrap();
     write_synced(&w.join("d/f"), b"first");
     assert_eq!(kvfs(&["get", &s, "d/f"]), "first");
