@@ -218,10 +218,18 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
             out.flush().map_err(stdout_err)?;
             Ok(0)
         }
-        Command::Stats { store, access } => {
+        Command::Stats {
+            store,
+            json,
+            access,
+        } => {
             let db = Db::open(&store, access.read_options()).await?;
             let stats = db.stats().await?;
-            println!("{stats}");
+            if json {
+                println!("{:#}", stats.to_json());
+            } else {
+                println!("{stats}");
+            }
             Ok(0)
         }
         Command::Gc {

@@ -97,6 +97,9 @@ enum Command {
     Stats {
         #[arg(help = STORE_HELP)]
         store: String,
+        /// Print the figures as one JSON document.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         access: Access,
     },

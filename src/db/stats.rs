@@ -52,6 +52,58 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The same figures as the text form, as a JSON document (`kvfs stats --json`;
+    /// the fields are listed in docs/SEMANTICS.md, "Statistics").
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.requests;
+        serde_json::json!({
+            "store": self.store,
+            "keys": self.keys,
+            "live_bytes": self.live_bytes,
+            "stored_bytes": self.stored_bytes,
+            "objects": self.objects,
+            "segments": { "count": self.segments, "bytes": self.segment_bytes },
+            "runs": { "count": self.runs, "bytes": self.run_bytes },
+            "space_amplification": self.space_amplification(),
+            "fill_histogram": {
+                "empty": self.fill_histogram[0],
+                "under_25": self.fill_histogram[1],
+                "25_to_50": self.fill_histogram[2],
+                "50_to_75": self.fill_histogram[3],
+                "75_and_over": self.fill_histogram[4],
+            },
+            "reclaimable": { "objects": self.unneeded_objects, "bytes": self.unneeded_bytes },
+            "checkpoints": { "count": self.checkpoints, "bytes": self.checkpoint_bytes },
+            "manifests": self.manifests,
+            "other_objects": self.other_objects,
+            "manifest": self.manifest_seq,
+            "checkpoint": self.checkpoint,
+            "writer_epoch": self.writer_epoch,
+            "log_ranges": self.log_ranges.iter().map(|l| serde_json::json!({
+                "epoch": l.epoch,
+                "first": l.first,
+                "last": (!l.is_open()).then_some(l.last),
+            })).collect::<Vec<_>>(),
+            "lease": self.lease.as_ref().map(|l| serde_json::json!({
+                "host": l.host,
+                "pid": l.pid,
+                "label": l.label,
+                "released": l.released,
+                "renewed_unix_ms": l.renewed_unix_ms,
+                "ttl_ms": l.ttl_ms,
+            })),
+            "open_seconds": self.open_time.as_secs_f64(),
+            "index_slots": self.index_slots,
+            "current_checkpoint_bytes": self.current_checkpoint_bytes,
+            "requests": {
+                "put": r.puts, "put_bytes": r.put_bytes,
+                "get": r.gets, "get_bytes": r.get_bytes,
+                "list": r.lists, "delete": r.deletes, "errors": r.errors,
+                "estimated_usd": r.cost_usd(),
+            },
+        })
+    }
+
     /// Bytes of data objects (segments and runs) per live byte.
     pub fn space_amplification(&self) -> f64 {
         if self.live_bytes == 0 {

@@ -811,3 +811,24 @@ fn settings_that_cannot_work_are_refused_naming_the_flag() {
     assert!(err.contains("invalid --max-unflushed-bytes"), "{err}");
     assert!(!path.exists(), "a refused command created the store");
 }
+
+#[test]
+fn stats_json_has_the_same_figures_as_the_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("store");
+    let s = s.to_str().unwrap();
+    Run::new(&["put", s, "a/b", "hello"]).output().ok();
+    let text = Run::new(&["stats", s]).output().ok();
+    let json: serde_json::Value =
+        serde_json::from_str(&Run::new(&["stats", s, "--json"]).output().ok()).unwrap();
+    assert_eq!(json["store"], s);
+    assert_eq!(json["keys"].to_string(), stats_field(&text, "keys"));
+    assert_eq!(
+        json["manifest"].to_string(),
+        stats_field(&text, "manifest ")
+    );
+    assert_eq!(json["lease"]["released"], true);
+    assert_eq!(json["lease"]["label"], "kvfs put");
+    assert!(json["stored_bytes"].as_u64().unwrap() > 0);
+    assert!(json["requests"]["estimated_usd"].as_f64().is_some());
+}
