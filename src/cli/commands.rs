@@ -274,15 +274,10 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
         }
         Command::Fsck { store, access } => {
             let db = Db::open(&store, access.read_options()).await?;
-            let mut last = std::time::Instant::now();
-            let report = db
-                .fsck(&mut |msg| {
-                    if last.elapsed().as_secs() >= 1 {
-                        eprintln!("fsck: {msg}");
-                        last = std::time::Instant::now();
-                    }
-                })
-                .await?;
+            let mut shown =
+                super::progress::Progress::new("fsck", Some(std::time::Duration::from_secs(1)));
+            let report = db.fsck(&mut |msg| shown.step(msg)).await?;
+            drop(shown);
             println!(
                 "checked {} objects ({} bytes): {} segments, {} runs, {} checkpoints, {} manifests, {} entries; {} live keys verified",
                 report.objects,
@@ -319,12 +314,14 @@ async fn gc_command(
     let what = if compact { "compact" } else { "gc" };
     let db = open_writer(store, opts, what, slot).await?;
     let before = db.stats().await?;
-    let mut progress = |msg: &str| eprintln!("{what}: {msg}");
+    let mut shown = super::progress::Progress::new(what, None);
+    let mut progress = |msg: &str| shown.step(msg);
     let result = if compact {
         db.compact(&mut progress).await
     } else {
         db.gc(&mut progress).await
     };
+    drop(shown);
     let closed = db.close().await;
     let done = result?;
     closed?;

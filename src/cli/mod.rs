@@ -5,6 +5,7 @@
 //! error.
 
 mod commands;
+mod progress;
 
 use std::time::Duration;
 
