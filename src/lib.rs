@@ -21,5 +21,6 @@ pub mod db;
 pub mod format;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
 pub mod process;
 pub mod store;

@@ -303,8 +303,10 @@ fn measure(
             std::thread::sleep(Duration::from_millis(1));
         }
         lags_ms.push(durable.elapsed().as_secs_f64() * 1e3);
-        // Spread the writes over the follow cycle.
-        std::thread::sleep(Duration::from_millis(37 + (i as u64 * 53) % 200));
+        // The next write lands at an evenly spread phase of the follow cycle (the
+        // visibility just seen happened right after a round).
+        let phase = (i as f64 * 0.618_034).fract() * interval_ms as f64;
+        std::thread::sleep(Duration::from_millis(phase as u64));
     }
     // Idle: the writer stays mounted and writes nothing (it only renews its lease,
     // with PUTs); every GET, HEAD and LIST is the follower's.

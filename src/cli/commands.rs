@@ -653,6 +653,13 @@ mod mount {
                 return Ok(fail(format!("{name} before the mount was ready: stopped")));
             }
         };
+        if let Some(addr) = args.metrics_addr {
+            if let Err(e) = kvfs::metrics::install(addr) {
+                let _ = db.close().await;
+                return Ok(fail(e));
+            }
+            tokio::spawn(kvfs::metrics::sample(db.clone()));
+        }
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         let owner = unsafe { (libc::getuid(), libc::getgid()) };
         let ns = match Namespace::new(db.clone(), owner).await {

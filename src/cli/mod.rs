@@ -189,6 +189,10 @@ pub struct MountArgs {
     /// is there is hidden until the store is unmounted).
     #[arg(long)]
     allow_nonempty: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (such as 127.0.0.1:9187;
+    /// the metrics are listed in docs/SEMANTICS.md).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// In the background, append the log to this file (default: discard it).
     #[arg(long, value_name = "FILE")]
     log_file: Option<std::path::PathBuf>,

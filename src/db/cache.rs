@@ -26,6 +26,9 @@ pub struct ByteCache {
     lru: LruCache<CacheKey, Bytes>,
     bytes: usize,
     capacity: usize,
+    /// Lookups that found their item, and those that did not.
+    pub hits: u64,
+    pub misses: u64,
 }
 
 impl ByteCache {
@@ -34,11 +37,18 @@ impl ByteCache {
             lru: LruCache::unbounded(),
             bytes: 0,
             capacity,
+            hits: 0,
+            misses: 0,
         }
     }
 
     pub fn get(&mut self, key: &CacheKey) -> Option<Bytes> {
-        self.lru.get(key).cloned()
+        let found = self.lru.get(key).cloned();
+        match found {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        found
     }
 
     /// Insert, evicting least recently used items to stay within capacity. Items larger

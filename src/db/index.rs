@@ -59,6 +59,8 @@ pub struct Index {
     /// Released slots, lowest first.
     free: BinaryHeap<Reverse<u32>>,
     live_bytes: u64,
+    /// Sum of the lengths of all keys (for the memory estimate).
+    key_bytes: u64,
 }
 
 fn entry_bytes(key: &[u8], e: &IndexEntry) -> u64 {
@@ -86,6 +88,7 @@ impl Index {
         for (k, e) in c.entries {
             // The checkpoint decoder guarantees every slot is in the table.
             ix.add_live(&k, &e);
+            ix.key_bytes += k.len() as u64;
             ix.map.insert(k, e);
         }
         // Checkpoints of earlier versions list every object ever written.
@@ -228,15 +231,22 @@ impl Index {
     pub fn insert(&mut self, key: &[u8], entry: IndexEntry) {
         self.add_live(key, &entry);
         // One traversal; the boxed key is dropped again when the key exists.
-        if let Some(old) = self.map.insert(key.into(), entry) {
-            self.sub_live(key, &old);
+        match self.map.insert(key.into(), entry) {
+            Some(old) => self.sub_live(key, &old),
+            None => self.key_bytes += key.len() as u64,
         }
     }
 
     pub fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.map.remove(key) {
             self.sub_live(key, &old);
+            self.key_bytes -= key.len() as u64;
         }
+    }
+
+    /// Sum of the lengths of all keys.
+    pub fn key_bytes(&self) -> u64 {
+        self.key_bytes
     }
 
     pub fn len(&self) -> usize {

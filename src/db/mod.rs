@@ -182,6 +182,32 @@ const WINDOW_OVERLAP: u64 = 68 << 10;
 /// A readahead window of a run: object and window number.
 pub(crate) type WindowKey = (SegmentId, u64);
 
+/// Index heap bytes per key beyond the key itself, as measured (EXPERIMENTS.md,
+/// "Engine"): the basis of [`Figures::index_estimated_bytes`].
+pub const INDEX_BYTES_PER_KEY: u64 = 69;
+
+/// A handle's current figures (see [`Db::figures`]); counters count since it opened.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub requests: crate::store::metered::Metrics,
+    pub retries: u64,
+    pub gc: GcCounters,
+    pub unflushed_bytes: u64,
+    pub uploads_in_flight: u64,
+    /// Uploads are failing and being retried (an outage).
+    pub store_unanswered: bool,
+    pub keys: u64,
+    pub index_estimated_bytes: u64,
+    pub live_bytes: u64,
+    /// Bytes of the data objects (segments and runs) this handle knows of.
+    pub data_object_bytes: u64,
+    pub cache_bytes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub lease_renewals: u64,
+    pub lease_renewal_failures: u64,
+}
+
 /// Longest an interrupted command tries to give its lease back.
 pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -250,6 +276,9 @@ pub(crate) struct Shared {
     /// Follower rounds started, and the lock that runs them one at a time.
     pub follow_rounds: tokio::sync::Mutex<u64>,
     pub follow_lock: tokio::sync::Mutex<()>,
+    /// Lease renewals that worked, and those that failed.
+    pub lease_renewals: std::sync::atomic::AtomicU64,
+    pub lease_renewal_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -778,6 +807,8 @@ impl Db {
             windows: Mutex::new(HashMap::new()),
             follow_rounds: tokio::sync::Mutex::new(0),
             follow_lock: tokio::sync::Mutex::new(()),
+            lease_renewals: Default::default(),
+            lease_renewal_failures: Default::default(),
         });
         {
             let st = shared.lock();
@@ -888,7 +919,10 @@ impl Db {
 
     /// Wait until every write that returned before this call is durable.
     pub async fn sync(&self) -> Result<()> {
-        self.handle.shared.sync().await
+        let started = Instant::now();
+        let r = self.handle.shared.sync().await;
+        metrics::histogram!("kvfs_sync_seconds").record(started.elapsed().as_secs_f64());
+        r
     }
 
     /// The value of `key`, or `None`.
@@ -1325,6 +1359,33 @@ impl Db {
     /// What GC and compaction did through this handle so far.
     pub fn gc_counters(&self) -> GcCounters {
         self.handle.shared.lock().gc.counters
+    }
+
+    /// What this handle is doing now, from memory (no request): for metrics.
+    pub fn figures(&self) -> Figures {
+        let sh = &self.handle.shared;
+        let stall = sh.durable.borrow().stall.is_some();
+        let st = sh.lock();
+        Figures {
+            requests: sh.meter.snapshot(),
+            retries: sh.retry.retries(),
+            gc: st.gc.counters,
+            unflushed_bytes: st.log.unflushed_bytes as u64,
+            uploads_in_flight: st.log.inflight.len() as u64,
+            store_unanswered: stall,
+            keys: st.index.len() as u64,
+            index_estimated_bytes: st.index.key_bytes()
+                + st.index.len() as u64 * INDEX_BYTES_PER_KEY,
+            live_bytes: st.index.live_bytes(),
+            data_object_bytes: st.objects.iter().map(|(_, o)| o.size).sum(),
+            cache_bytes: st.cache.bytes() as u64,
+            cache_hits: st.cache.hits,
+            cache_misses: st.cache.misses,
+            lease_renewals: sh.lease_renewals.load(std::sync::atomic::Ordering::Relaxed),
+            lease_renewal_failures: sh
+                .lease_renewal_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Read and verify every object of the store.

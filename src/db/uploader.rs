@@ -234,7 +234,13 @@ pub(crate) async fn renew_lease(sh: Arc<Shared>) {
         tokio::time::sleep(period).await;
         let mut guard = sh.lease.lock().await;
         let Some(lease) = guard.as_mut() else { return };
-        match lease.renew().await {
+        let renewed = lease.renew().await;
+        let counter = match renewed {
+            Ok(()) => &sh.lease_renewals,
+            Err(_) => &sh.lease_renewal_failures,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match renewed {
             Ok(()) => {}
             Err(e @ Error::Fenced(_)) => {
                 drop(guard);

@@ -12,6 +12,7 @@ mod concurrency;
 mod extents;
 mod follow;
 mod guards;
+mod metrics;
 mod mount;
 mod mount_crash;
 mod mount_model;
