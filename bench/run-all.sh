@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the figures in docs/EXPERIMENTS.md. Usage: bench/run-all.sh [--quick]
 # Results go to docs/results/ (CSV, and PNG charts) and are printed as tables.
-# A full run takes about half an hour; --quick a few minutes.
+# A full run takes about three quarters of an hour; --quick a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=()
@@ -58,3 +58,6 @@ echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs, rclone), t
 
 echo "== gc: space amplification under overwrites; cold directory scan before and after compaction"
 "$bench" gc "${quick[@]}" --out "$out"
+
+echo "== followers: lag of read-only mounts, idle requests, retention cost"
+"$bench" follow "${quick[@]}" --out "$out"
