@@ -179,8 +179,10 @@ fn note_stall(sh: &Shared, name: &str, e: &StoreError) {
         Some(s) => s.error = e.to_string(),
         None => {
             first = true;
+            // The upload has been failing for the whole retry timeout already.
+            let now = Instant::now();
             d.stall = Some(Stall {
-                since: Instant::now(),
+                since: now.checked_sub(sh.opts.retry.max_elapsed).unwrap_or(now),
                 error: e.to_string(),
             });
         }
