@@ -54,6 +54,23 @@ fn kvfs(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A writer in this process on `prefix` of the fixture's bucket, collecting garbage
+/// on demand with no grace period, with its namespace.
+async fn collecting_writer(fx: &S3Fixture, prefix: &str) -> (Db, Namespace) {
+    let opts = Options {
+        segment_bytes: 64 << 10,
+        gc: GcOptions {
+            background: false,
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    let db = Db::open_store(fx.store(prefix), opts).await.unwrap();
+    let ns = Namespace::new(db.clone(), (0, 0)).await.unwrap();
+    (db, ns)
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
@@ -127,17 +144,7 @@ async fn a_follower_reads_right_while_the_writer_churns_and_collects() {
     let url = format!("s3://{BUCKET}/churn");
     // The writer: the engine in this process, cleaning with no grace period, so the
     // objects the follower knows are deleted as soon as nothing needs them.
-    let opts = Options {
-        segment_bytes: 64 << 10,
-        gc: GcOptions {
-            background: false,
-            grace: Duration::ZERO,
-            ..GcOptions::default()
-        },
-        ..Options::default()
-    };
-    let db = Db::open_store(fx.store("churn"), opts).await.unwrap();
-    let ns = Namespace::new(db.clone(), (0, 0)).await.unwrap();
+    let (db, ns) = collecting_writer(&fx, "churn").await;
     let content = |round: u32, i: u32| {
         format!("round {round} file {i} ")
             .repeat(1 + (i as usize % 50))
@@ -282,16 +289,7 @@ async fn a_follower_stopped_past_the_grace_period_reloads_by_itself() {
     let fx = S3Fixture::start().await;
     let env = fx.server.client_env();
     let url = format!("s3://{BUCKET}/stopped");
-    let opts = Options {
-        gc: GcOptions {
-            background: false,
-            grace: Duration::ZERO,
-            ..GcOptions::default()
-        },
-        ..Options::default()
-    };
-    let db = Db::open_store(fx.store("stopped"), opts).await.unwrap();
-    let ns = Namespace::new(db.clone(), (0, 0)).await.unwrap();
+    let (db, ns) = collecting_writer(&fx, "stopped").await;
     for i in 0..50 {
         ns.put_file(format!("f{i}").as_bytes(), b"old", (0, 0))
             .await
