@@ -208,6 +208,15 @@ pub struct Figures {
     pub lease_renewal_failures: u64,
 }
 
+/// When a waiter that started now gives up on a store that does not answer: after
+/// `limit`, or (for a limit too large to add) in about a century.
+fn give_up_at(limit: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// Longest an interrupted command tries to give its lease back.
 pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -357,7 +366,7 @@ impl Shared {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
-        let deadline = Instant::now() + self.opts.retry.max_elapsed;
+        let deadline = give_up_at(self.opts.retry.max_elapsed);
         loop {
             // Register for a wake-up before checking, so none is missed.
             let notified = self.space_freed.notified();
@@ -606,7 +615,7 @@ impl Shared {
     /// store does not answer (a [`Stall`]), gives up after the retry timeout; the
     /// data stays queued.
     pub async fn wait_durable(&self, seq: u64) -> Result<()> {
-        let deadline = Instant::now() + self.opts.retry.max_elapsed;
+        let deadline = give_up_at(self.opts.retry.max_elapsed);
         let mut rx = self.durable.subscribe();
         loop {
             let stalled = {

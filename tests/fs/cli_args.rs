@@ -87,9 +87,15 @@ proptest! {
         }
         let mut args = vec![COMMANDS[cmd].to_string(), store.to_str().unwrap().to_string()];
         args.extend(positional);
-        let options: Vec<String> = options.into_iter().flatten().collect();
-        // gc and compact wait out the grace period (60 s by default) before deleting.
-        if matches!(COMMANDS[cmd], "gc" | "compact") && !options.iter().any(|o| o == "--gc-grace-secs") {
+        // gc and compact wait out the grace period before deleting (as long as asked:
+        // a random one could be hours): no grace for them.
+        let collects = matches!(COMMANDS[cmd], "gc" | "compact");
+        let options: Vec<String> = options
+            .into_iter()
+            .filter(|o| !(collects && o[0] == "--gc-grace-secs"))
+            .flatten()
+            .collect();
+        if collects {
             args.extend(["--gc-grace-secs".to_string(), "0".to_string()]);
         }
         args.extend(options);

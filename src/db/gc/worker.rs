@@ -357,7 +357,7 @@ fn longest_wait(sh: &Shared) -> Duration {
     let metadata = st.gc.metadata_retired.values().copied();
     objects
         .chain(metadata)
-        .map(|since| (since + grace).saturating_duration_since(now))
+        .map(|since| grace.saturating_sub(now.saturating_duration_since(since)))
         .max()
         .unwrap_or_default()
 }
