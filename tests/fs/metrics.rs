@@ -127,3 +127,14 @@ fn a_metrics_address_in_use_is_refused_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn every_metric_is_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SEMANTICS.md"))
+        .expect("docs/SEMANTICS.md");
+    for (name, kind, _) in METRICS {
+        let kind = format!("{kind:?}").to_lowercase();
+        let row = format!("| `{name}` | {kind} |");
+        assert!(doc.contains(&row), "docs/SEMANTICS.md lacks the row {row}");
+    }
+}
