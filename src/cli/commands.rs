@@ -478,15 +478,10 @@ mod mount {
                 inserted = true;
             }
         }
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("kvfs: cannot start the async runtime: {e}");
-                return 1;
-            }
+        let Some(runtime) =
+            crate::cli::build_runtime(tokio::runtime::Builder::new_current_thread())
+        else {
+            return 1;
         };
         runtime.block_on(wait_for_daemon(exe, args))
     }

@@ -475,6 +475,17 @@ async fn interrupted() -> (&'static str, i32) {
     }
 }
 
+/// The async runtime `builder` makes, with every driver; on failure says why.
+fn build_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("kvfs: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -497,15 +508,8 @@ pub fn main() -> i32 {
             return commands::spawn_mount_daemon();
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kvfs: cannot start the async runtime: {e}");
-            return 1;
-        }
+    let Some(runtime) = build_runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return 1;
     };
     let slot = commands::WriterSlot::default();
     let outcome = runtime.block_on(async {

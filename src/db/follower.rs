@@ -63,11 +63,10 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
     if sh.writable || sh.opts.snapshot.is_some() {
         return Ok(out);
     }
-    let round = {
-        let mut rounds = sh.follow_rounds.lock().await;
-        *rounds += 1;
-        *rounds
-    };
+    let round = sh
+        .follow_rounds
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
     // Rounds run one at a time: a reader that retries after a missing object waits
     // for a round under way rather than repeating its requests.
     let _one = sh.follow_lock.lock().await;

@@ -283,7 +283,7 @@ pub(crate) struct Shared {
     /// window share one GET.
     pub windows: Mutex<HashMap<WindowKey, Arc<tokio::sync::OnceCell<Bytes>>>>,
     /// Follower rounds started, and the lock that runs them one at a time.
-    pub follow_rounds: tokio::sync::Mutex<u64>,
+    pub follow_rounds: std::sync::atomic::AtomicU64,
     pub follow_lock: tokio::sync::Mutex<()>,
     /// Lease renewals that worked, and those that failed.
     pub lease_renewals: std::sync::atomic::AtomicU64,
@@ -814,7 +814,7 @@ impl Db {
             opened_in: started.elapsed(),
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
-            follow_rounds: tokio::sync::Mutex::new(0),
+            follow_rounds: Default::default(),
             follow_lock: tokio::sync::Mutex::new(()),
             lease_renewals: Default::default(),
             lease_renewal_failures: Default::default(),
@@ -1386,7 +1386,7 @@ impl Db {
             index_estimated_bytes: st.index.key_bytes()
                 + st.index.len() as u64 * INDEX_BYTES_PER_KEY,
             live_bytes: st.index.live_bytes(),
-            data_object_bytes: st.objects.iter().map(|(_, o)| o.size).sum(),
+            data_object_bytes: st.objects.bytes(),
             cache_bytes: st.cache.bytes() as u64,
             cache_hits: st.cache.hits,
             cache_misses: st.cache.misses,

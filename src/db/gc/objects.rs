@@ -37,6 +37,8 @@ pub struct DataObject {
 #[derive(Debug)]
 pub struct ObjectTable {
     objects: BTreeMap<SegmentId, DataObject>,
+    /// Sum of the sizes of `objects`.
+    bytes: u64,
     /// Birth time given to objects found by listing.
     opened: Instant,
     /// `seg/` and `run/` have been listed.
@@ -51,6 +53,7 @@ impl ObjectTable {
     pub fn new(opened: Instant) -> Self {
         ObjectTable {
             objects: BTreeMap::new(),
+            bytes: 0,
             opened,
             listed: false,
             runs_listed: false,
@@ -60,7 +63,7 @@ impl ObjectTable {
 
     /// Record an object this process wrote.
     pub fn insert_new(&mut self, id: SegmentId, size: u64) {
-        self.objects.insert(
+        let old = self.objects.insert(
             id,
             DataObject {
                 size,
@@ -68,16 +71,25 @@ impl ObjectTable {
                 retired: None,
             },
         );
+        self.bytes = self.bytes + size - old.map_or(0, |o| o.size);
     }
 
     /// Record an object found by listing (kept as is when already known).
     pub fn insert_listed(&mut self, id: SegmentId, size: u64) {
         let opened = self.opened;
-        self.objects.entry(id).or_insert(DataObject {
-            size,
-            born: opened,
-            retired: None,
-        });
+        if let std::collections::btree_map::Entry::Vacant(e) = self.objects.entry(id) {
+            e.insert(DataObject {
+                size,
+                born: opened,
+                retired: None,
+            });
+            self.bytes += size;
+        }
+    }
+
+    /// Sum of the sizes of the known objects.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub fn size(&self, id: SegmentId) -> Option<u64> {
@@ -85,7 +97,9 @@ impl ObjectTable {
     }
 
     pub fn remove(&mut self, id: SegmentId) {
-        self.objects.remove(&id);
+        if let Some(o) = self.objects.remove(&id) {
+            self.bytes -= o.size;
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&SegmentId, &DataObject)> {
