@@ -1,6 +1,7 @@
 //! Errors of the engine.
 
 use crate::format::FormatError;
+use crate::store::encoding::EncodingError;
 use crate::store::StoreError;
 
 /// Every way a [`crate::db::Db`] operation can fail.
@@ -18,6 +19,8 @@ pub enum Error {
     ValueTooLarge { size: usize, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Encoding(#[from] EncodingError),
     #[error("corrupt object {object}: {source}")]
     Corrupt {
         object: String,

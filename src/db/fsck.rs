@@ -121,6 +121,11 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
                     report.issue(&obj.key, e.to_string());
                 }
             }
+            ObjectKind::Encoding => {
+                if let Err(e) = crate::format::encoding::EncodingRecord::decode(&data) {
+                    report.issue(&obj.key, e.to_string());
+                }
+            }
             ObjectKind::Unknown => {}
         }
     }

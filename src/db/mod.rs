@@ -53,6 +53,7 @@ use crate::format::names::{segment_name, SegmentId};
 use crate::format::segment::{
     decode_value, delete_len, link_len, put_len, stored_value_len, MAX_META_LEN,
 };
+use crate::store::encoding::open_encoded;
 use crate::store::metered::{Meter, MeteredStore};
 use crate::store::retry::RetryStore;
 use crate::store::{open_store, DynStore, StoreError, StoreUrl};
@@ -266,6 +267,8 @@ pub(crate) struct Shared {
     pub store: DynStore,
     pub meter: Arc<Meter>,
     pub retry: Arc<RetryStore>,
+    /// Whether the store is encrypted, and how new objects are compressed.
+    pub encoding: crate::store::encoding::Encoding,
     pub opts: Options,
     pub epoch: u64,
     pub writable: bool,
@@ -779,7 +782,8 @@ impl Db {
         let metered = MeteredStore::new(backend);
         let meter = metered.meter();
         let retry = Arc::new(RetryStore::new(Arc::new(metered), opts.retry.clone()));
-        let store: DynStore = retry.clone();
+        let writer = !opts.read_only && opts.snapshot.is_none();
+        let (store, encoding) = open_encoded(retry.clone(), &opts.encoding, writer).await?;
         let opened = recovery::open(store.clone(), &opts).await?;
         let epoch = opened.epoch;
         let writable = opened.lease.is_some();
@@ -788,6 +792,7 @@ impl Db {
             store,
             meter,
             retry,
+            encoding,
             epoch,
             writable,
             state: Mutex::new(State {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::error::{Error, Result};
+use crate::store::encoding::EncodingOptions;
 use crate::store::retry::RetryPolicy;
 
 /// Smallest accepted `segment_bytes`.
@@ -53,6 +54,8 @@ pub struct Options {
     pub writer_label: Option<String>,
     /// Garbage collection and compaction.
     pub gc: GcOptions,
+    /// Encryption key and compression (see `store::encoding`).
+    pub encoding: EncodingOptions,
 }
 
 /// Settings of the cleaner and of compaction (see `db::gc`).
@@ -126,6 +129,7 @@ impl Default for Options {
             writer_label: None,
             snapshot: None,
             gc: GcOptions::default(),
+            encoding: EncodingOptions::default(),
         }
     }
 }

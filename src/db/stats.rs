@@ -9,6 +9,7 @@ use super::lease::{peek, LeaseInfo};
 use super::Shared;
 use crate::format::manifest::LogRange;
 use crate::format::names::{parse_name, ObjectKind};
+use crate::store::encoding::Encoding;
 use crate::store::metered::Metrics;
 
 #[derive(Clone, Debug)]
@@ -18,7 +19,12 @@ pub struct Stats {
     /// Sum of key and value lengths of live keys.
     pub live_bytes: u64,
     pub objects: u64,
+    /// Bytes the object store holds (after compression and encryption).
     pub stored_bytes: u64,
+    /// The same objects' plain bytes (before compression and encryption).
+    pub plain_bytes: u64,
+    /// Whether the store is encrypted, and how this handle compresses.
+    pub encoding: Encoding,
     pub segments: u64,
     pub segment_bytes: u64,
     pub runs: u64,
@@ -61,6 +67,9 @@ impl Stats {
             "keys": self.keys,
             "live_bytes": self.live_bytes,
             "stored_bytes": self.stored_bytes,
+            "plain_bytes": self.plain_bytes,
+            "encrypted": self.encoding.encrypted,
+            "compression": self.encoding.compression.name(),
             "objects": self.objects,
             "segments": { "count": self.segments, "bytes": self.segment_bytes },
             "runs": { "count": self.runs, "bytes": self.run_bytes },
@@ -142,7 +151,9 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
         keys,
         live_bytes,
         objects: listed.len() as u64,
-        stored_bytes: listed.iter().map(|o| o.size).sum(),
+        stored_bytes: listed.iter().map(|o| o.stored_size).sum(),
+        plain_bytes: listed.iter().map(|o| o.size).sum(),
+        encoding: sh.encoding,
         segments: 0,
         segment_bytes: 0,
         runs: 0,
@@ -194,7 +205,7 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
                 }
             }
             ObjectKind::Manifest(_) => s.manifests += 1,
-            ObjectKind::Lease => {}
+            ObjectKind::Lease | ObjectKind::Encoding => {}
             ObjectKind::Unknown => s.other_objects += 1,
         }
     }
@@ -211,6 +222,18 @@ impl fmt::Display for Stats {
             f,
             "stored bytes     {} in {} objects",
             self.stored_bytes, self.objects
+        )?;
+        writeln!(
+            f,
+            "encoding         {}, compression {} ({} plain bytes stored as {})",
+            if self.encoding.encrypted {
+                "encrypted"
+            } else {
+                "not encrypted"
+            },
+            self.encoding.compression,
+            self.plain_bytes,
+            self.stored_bytes
         )?;
         writeln!(
             f,

@@ -6,6 +6,8 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod encoding;
+pub mod envelope;
 pub mod manifest;
 pub mod names;
 pub mod run;
@@ -30,6 +32,8 @@ pub enum FormatError {
         stored: u32,
         computed: u32,
     },
+    #[error("{what}: chunk {chunk} failed authentication (a wrong key, a changed byte, or an object stored under another name)")]
+    Authentication { what: &'static str, chunk: u64 },
     #[error("{what}: {reason}")]
     Invalid { what: &'static str, reason: String },
 }

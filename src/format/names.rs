@@ -7,6 +7,7 @@
 //! | `ckpt/NNNNNNNNNNNNNNNNNNNN`   | checkpoint published by manifest `NNN…`     |
 //! | `manifest/NNNNNNNNNNNNNNNNNNNN` | manifest number `NNN…`                    |
 //! | `lease`                       | the writer lease (JSON)                     |
+//! | `encoding`                    | how the store encrypts and compresses (`format::encoding`) |
 //!
 //! Numbers are zero-padded to 20 decimal digits so that key order is numeric order.
 
@@ -94,6 +95,8 @@ pub enum ObjectKind {
     Checkpoint(u64),
     Manifest(u64),
     Lease,
+    /// The store's encoding record.
+    Encoding,
     /// Not a name kvfs writes (a foreign object in the prefix).
     Unknown,
 }
@@ -110,6 +113,9 @@ fn parse_num(s: &str) -> Option<u64> {
 pub fn parse_name(name: &str) -> ObjectKind {
     if name == LEASE {
         return ObjectKind::Lease;
+    }
+    if name == super::encoding::ENCODING {
+        return ObjectKind::Encoding;
     }
     if let Some(rest) = name.strip_prefix(SEGMENT_DIR) {
         if let Some((e, s)) = rest.split_once('-') {

@@ -253,7 +253,11 @@ impl LocalStore {
                 }
             } else if ft.is_file() && rel.starts_with(prefix) {
                 let size = entry.metadata().map_err(|e| io_err(&path, e))?.len();
-                out.push(ObjectMeta { key: rel, size });
+                out.push(ObjectMeta {
+                    key: rel,
+                    size,
+                    stored_size: size,
+                });
             }
         }
         Ok(())

@@ -83,6 +83,7 @@ impl ObjectStore for MemoryStore {
             .map(|(k, (d, _))| ObjectMeta {
                 key: k.clone(),
                 size: d.len() as u64,
+                stored_size: d.len() as u64,
             })
             .collect())
     }

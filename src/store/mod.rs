@@ -7,7 +7,7 @@
 //! - **backend**: a type that talks to real storage ([`s3::S3Store`],
 //!   [`local::LocalStore`], [`memory::MemoryStore`]).
 //! - **layer**: a type that wraps any [`ObjectStore`] and adds behaviour
-//!   ([`retry::RetryStore`], [`metered::MeteredStore`]; the fault-injection layer of
+//!   ([`envelope::EnvelopeStore`], [`retry::RetryStore`], [`metered::MeteredStore`]; the fault-injection layer of
 //!   the tests and experiments, `FaultyStore`, lives in the `kvfs-testkit` crate).
 //!
 //! Every backend offers the same conditional-write semantics:
@@ -16,6 +16,8 @@
 //! current etag differs (S3 `If-Match`). kvfs builds its single-writer guarantee on
 //! these two operations.
 
+pub mod encoding;
+pub mod envelope;
 pub mod local;
 pub mod memory;
 pub mod metered;
@@ -48,8 +50,11 @@ pub enum PutMode {
 pub struct ObjectMeta {
     /// Key relative to the store prefix.
     pub key: String,
-    /// Size in bytes.
+    /// Size in bytes, as the layer above sees it (after the envelope layer: the
+    /// object's plain size).
     pub size: u64,
+    /// Bytes the object store holds for it.
+    pub stored_size: u64,
 }
 
 /// An object's bytes with its etag.
@@ -78,6 +83,10 @@ pub enum StoreError {
     /// The requested byte range lies outside the object.
     #[error("invalid range {range:?} for object {key}")]
     InvalidRange { key: String, range: Range<u64> },
+    /// An object that cannot be opened: it fails authentication (a wrong key, a
+    /// changed byte, an object stored under another name) or is corrupt.
+    #[error("cannot open object {key}: {problem}")]
+    Undecodable { key: String, problem: String },
     /// Local I/O failure of the directory backend.
     #[error("local storage I/O error on {path}: {message}")]
     Io { path: String, message: String },

@@ -347,9 +347,11 @@ impl ObjectStore for S3Store {
                 if rel.is_empty() || rel.ends_with('/') {
                     continue;
                 }
+                let size = obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
                 result.push(ObjectMeta {
                     key: rel.to_string(),
-                    size: obj.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    size,
+                    stored_size: size,
                 });
             }
             match (out.is_truncated(), out.next_continuation_token()) {

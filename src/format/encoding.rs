@@ -1,0 +1,157 @@
+//! The store's encoding record (object `encoding`): whether the store is encrypted,
+//! with a key check that tells a right key from a wrong one before anything else is
+//! read, and the compression writers use by default.
+//!
+//! A store without this object has only plain objects (no envelopes). The record is
+//! written once, create-if-absent, when a store is created encrypted or when
+//! compression is first chosen for it; a writer that is told another compression
+//! replaces it (`If-Match`). It is never encrypted itself: it holds no secret, and
+//! the key check is sealed with the key it checks.
+
+use super::codec::{check_trailer, read_header, write_header, write_trailer, PutLe, Reader};
+use super::envelope::{Cipher, Compression, NONCE_LEN, TAG_LEN};
+use super::FormatResult;
+
+pub const MAGIC: &[u8; 8] = b"KVFSENC1";
+pub const END_MAGIC: &[u8; 8] = b"KVFSENCE";
+pub const VERSION: u16 = 1;
+/// The object name of the record.
+pub const ENCODING: &str = "encoding";
+
+const FLAG_ENCRYPTED: u16 = 1;
+/// What the key check seals.
+const KEY_CHECK_PLAIN: &[u8; 16] = b"kvfs key check 1";
+const KEY_CHECK_AD: &[u8] = b"kvfs encoding record";
+const WHAT: &str = "encoding record";
+
+/// The decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodingRecord {
+    /// Compression writers use unless told otherwise.
+    pub compression: Compression,
+    /// For an encrypted store: the nonce and sealed bytes of the key check.
+    pub key_check: Option<([u8; NONCE_LEN], Vec<u8>)>,
+}
+
+impl EncodingRecord {
+    /// A record for a new store; `cipher` makes it encrypted (with `nonce`, fresh
+    /// random bytes, for its key check).
+    pub fn new(
+        compression: Compression,
+        cipher: Option<&Cipher>,
+        nonce: [u8; NONCE_LEN],
+    ) -> EncodingRecord {
+        EncodingRecord {
+            compression,
+            key_check: cipher.map(|c| (nonce, c.seal(&nonce, KEY_CHECK_AD, KEY_CHECK_PLAIN))),
+        }
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.key_check.is_some()
+    }
+
+    /// Whether `cipher` is the key this store is encrypted with.
+    pub fn key_matches(&self, cipher: &Cipher) -> bool {
+        match &self.key_check {
+            Some((nonce, sealed)) => cipher
+                .open(nonce, KEY_CHECK_AD, sealed)
+                .is_some_and(|p| p == KEY_CHECK_PLAIN),
+            None => false,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        let flags = if self.is_encrypted() {
+            FLAG_ENCRYPTED
+        } else {
+            0
+        };
+        write_header(&mut out, MAGIC, VERSION, flags);
+        out.put_u8(self.compression.to_byte());
+        if let Some((nonce, sealed)) = &self.key_check {
+            out.extend_from_slice(nonce);
+            out.extend_from_slice(sealed);
+        }
+        write_trailer(&mut out, END_MAGIC);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> FormatResult<EncodingRecord> {
+        let body = check_trailer(buf, END_MAGIC, WHAT)?;
+        let mut r = Reader::new(body, WHAT);
+        let flags = read_header(&mut r, MAGIC, VERSION)?;
+        if flags & !FLAG_ENCRYPTED != 0 {
+            return Err(r.invalid(format!("unknown flags {flags:#06x}")));
+        }
+        let code = r.u8()?;
+        let compression = Compression::from_byte(code)
+            .ok_or_else(|| r.invalid(format!("unknown compression {code}")))?;
+        let key_check = if flags & FLAG_ENCRYPTED != 0 {
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(r.bytes(NONCE_LEN)?);
+            let sealed = r.bytes(KEY_CHECK_PLAIN.len() + TAG_LEN)?.to_vec();
+            Some((nonce, sealed))
+        } else {
+            None
+        };
+        if r.remaining() != 0 {
+            return Err(r.invalid(format!("{} unexpected trailing bytes", r.remaining())));
+        }
+        Ok(EncodingRecord {
+            compression,
+            key_check,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::envelope::KEY_LEN;
+    use proptest::prelude::*;
+
+    #[test]
+    fn roundtrips_and_checks_keys() {
+        let key = Cipher::new(&[1; KEY_LEN]);
+        let other = Cipher::new(&[2; KEY_LEN]);
+        let rec = EncodingRecord::new(Compression::Zstd, Some(&key), [4; NONCE_LEN]);
+        let back = EncodingRecord::decode(&rec.encode()).unwrap();
+        assert_eq!(back, rec);
+        assert!(back.is_encrypted() && back.key_matches(&key) && !back.key_matches(&other));
+        let plain = EncodingRecord::new(Compression::None, None, [0; NONCE_LEN]);
+        let back = EncodingRecord::decode(&plain.encode()).unwrap();
+        assert!(!back.is_encrypted() && !back.key_matches(&key));
+        assert_eq!(back.compression, Compression::None);
+    }
+
+    #[test]
+    fn corruption_is_an_error() {
+        let rec = EncodingRecord::new(
+            Compression::Zstd,
+            Some(&Cipher::new(&[1; KEY_LEN])),
+            [4; NONCE_LEN],
+        );
+        let bytes = rec.encode();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(EncodingRecord::decode(&bad).is_err(), "byte {i}");
+        }
+        for n in 0..bytes.len() {
+            assert!(EncodingRecord::decode(&bytes[..n]).is_err(), "length {n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = EncodingRecord::decode(&bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            write_trailer(&mut framed, END_MAGIC);
+            let _ = EncodingRecord::decode(&framed);
+        }
+    }
+}

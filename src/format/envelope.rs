@@ -1,0 +1,749 @@
+//! Envelopes: how an object is stored when its store compresses or encrypts.
+//!
+//! Vocabulary:
+//! - **plain bytes**: an object as the engine wrote it (a segment, a run, a
+//!   checkpoint, a manifest). **Stored bytes**: what the object store holds.
+//! - **envelope**: the stored form of a compressed or encrypted object: an
+//!   **envelope header** followed by the object's **chunks**.
+//! - **chunk**: [`CHUNK_BYTES`] consecutive plain bytes (the last one may be
+//!   shorter), compressed on its own when that makes it smaller, then encrypted on its
+//!   own when the store is encrypted. A ranged read fetches and opens only the chunks
+//!   it covers.
+//! - **chunk table**: one entry per chunk in the header: its stored length (with a
+//!   flag saying whether it is compressed) and the CRC-32C of its stored bytes, so
+//!   plain offsets map to stored offsets without reading any chunk.
+//! - **sealing**: XChaCha20-Poly1305 with a random 24-byte nonce per object (chunk `i`
+//!   uses the nonce with `i` XORed into its last 8 bytes). Each chunk's associated
+//!   data binds the object's name, the fixed part of its header (so its length and
+//!   chunk count), the chunk's number and its table entry: a chunk moved to another
+//!   place, another object or another name fails to open, and so does a truncated
+//!   object.
+//!
+//! Objects that are neither compressed nor encrypted are stored as plain bytes, with
+//! no envelope; every kvfs object starts with its own `KVFS…` magic, so the two are
+//! told apart by their first 8 bytes. docs/FORMAT.md ("Envelopes") has the layout.
+
+use std::fmt;
+use std::ops::Range;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use super::codec::{read_header, write_header, PutLe, Reader};
+use super::{FormatError, FormatResult};
+
+pub const MAGIC: &[u8; 8] = b"KVFSENV1";
+pub const VERSION: u16 = 1;
+/// Plain bytes per chunk.
+pub const CHUNK_BYTES: u32 = 64 << 10;
+/// Bytes of the nonce of an encrypted object.
+pub const NONCE_LEN: usize = 24;
+/// Bytes of the authentication tag of each encrypted chunk.
+pub const TAG_LEN: usize = 16;
+/// Bytes of an encryption key.
+pub const KEY_LEN: usize = 32;
+/// Bytes of the header before the chunk table: common header (16), chunk size (4),
+/// plain length (8), chunk count (4), nonce (24).
+pub const FIXED_LEN: usize = 56;
+/// Bytes of one chunk-table entry.
+pub const ENTRY_LEN: usize = 8;
+/// The smallest possible envelope: a header with an empty table and its CRC.
+pub const MIN_LEN: usize = FIXED_LEN + 4;
+
+/// Flag bit: the chunks are encrypted.
+const FLAG_ENCRYPTED: u16 = 1;
+/// Flag bits 8..16: the codec of the compressed chunks.
+const CODEC_SHIFT: u16 = 8;
+/// Bit 31 of a table entry's length: the chunk is compressed.
+const COMPRESSED_BIT: u32 = 1 << 31;
+/// zstd level used for chunks (zstd's default: fast, and a good ratio on text).
+const ZSTD_LEVEL: i32 = 3;
+
+const WHAT: &str = "envelope";
+
+/// How the chunks of new objects are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    None,
+    Zstd,
+}
+
+impl Compression {
+    fn code(self) -> u16 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+
+    fn from_code(code: u16) -> Option<Compression> {
+        match code {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in the store's encoding record.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Compression> {
+        match s {
+            "none" => Some(Compression::None),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_byte(self) -> u8 {
+        self.code() as u8
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<Compression> {
+        Compression::from_code(b as u16)
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An encryption key, ready to seal and open (its bytes are never printed).
+#[derive(Clone)]
+pub struct Cipher(XChaCha20Poly1305);
+
+impl Cipher {
+    pub fn new(key: &[u8; KEY_LEN]) -> Cipher {
+        Cipher(XChaCha20Poly1305::new(key.into()))
+    }
+
+    /// Encrypt `plain` with `nonce`, binding `ad`; returns ciphertext and tag.
+    pub(crate) fn seal(&self, nonce: &[u8; NONCE_LEN], ad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let payload = Payload {
+            msg: plain,
+            aad: ad,
+        };
+        // Encryption fails only for messages beyond 256 GiB; chunks are 64 KiB.
+        self.0
+            .encrypt(XNonce::from_slice(nonce), payload)
+            .unwrap_or_default()
+    }
+
+    /// Decrypt and authenticate; `None` when the tag does not match.
+    pub(crate) fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ad: &[u8],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
+        let payload = Payload {
+            msg: sealed,
+            aad: ad,
+        };
+        self.0.decrypt(XNonce::from_slice(nonce), payload).ok()
+    }
+}
+
+impl fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cipher(..)")
+    }
+}
+
+/// One chunk-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    stored_len: u32,
+    compressed: bool,
+    crc: u32,
+}
+
+impl Entry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u32(self.stored_len | if self.compressed { COMPRESSED_BIT } else { 0 });
+        out.put_u32(self.crc);
+    }
+}
+
+/// The decoded header of an envelope: everything needed to find and open any chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    encrypted: bool,
+    codec: Compression,
+    chunk_bytes: u32,
+    plain_len: u64,
+    nonce: [u8; NONCE_LEN],
+    /// The fixed part of the header, bound into every chunk's associated data.
+    fixed: [u8; FIXED_LEN],
+    entries: Vec<Entry>,
+    /// `offsets[i]` is where chunk `i` starts in the stored bytes; one more entry
+    /// marks the end.
+    offsets: Vec<u64>,
+}
+
+/// Whether stored bytes start like an envelope.
+pub fn is_envelope(stored_prefix: &[u8]) -> bool {
+    stored_prefix.len() >= MAGIC.len() && &stored_prefix[..MAGIC.len()] == MAGIC
+}
+
+/// The whole header length of the envelope whose first [`FIXED_LEN`] bytes are
+/// given (so a reader knows how much to fetch before it can parse the table).
+pub fn header_len(fixed: &[u8]) -> FormatResult<usize> {
+    let mut r = Reader::new(fixed, WHAT);
+    read_header(&mut r, MAGIC, VERSION)?;
+    r.bytes(4 + 8)?;
+    let count = r.u32()? as usize;
+    Ok(FIXED_LEN + count * ENTRY_LEN + 4)
+}
+
+fn chunk_nonce(base: &[u8; NONCE_LEN], index: u64) -> [u8; NONCE_LEN] {
+    let mut nonce = *base;
+    for (n, b) in nonce[NONCE_LEN - 8..].iter_mut().zip(index.to_le_bytes()) {
+        *n ^= b;
+    }
+    nonce
+}
+
+fn chunk_ad(name: &str, fixed: &[u8; FIXED_LEN], index: u64, entry: &Entry) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(name.len() + FIXED_LEN + 32);
+    ad.extend_from_slice(b"kvfs chunk");
+    ad.put_u32(name.len() as u32);
+    ad.extend_from_slice(name.as_bytes());
+    ad.extend_from_slice(fixed);
+    ad.put_u64(index);
+    entry.encode(&mut ad);
+    ad
+}
+
+/// Encode `plain` as the envelope stored under `name`. `cipher` encrypts (with
+/// `nonce`, which must be fresh random bytes); `compression` compresses each chunk
+/// that it makes smaller.
+pub fn seal(
+    name: &str,
+    plain: &[u8],
+    compression: Compression,
+    cipher: Option<&Cipher>,
+    nonce: [u8; NONCE_LEN],
+) -> Vec<u8> {
+    let chunk_bytes = CHUNK_BYTES as usize;
+    let count = plain.len().div_ceil(chunk_bytes);
+    let nonce = if cipher.is_some() {
+        nonce
+    } else {
+        [0; NONCE_LEN]
+    };
+    let mut flags = compression.code() << CODEC_SHIFT;
+    if cipher.is_some() {
+        flags |= FLAG_ENCRYPTED;
+    }
+    let mut fixed_buf = Vec::with_capacity(FIXED_LEN);
+    write_header(&mut fixed_buf, MAGIC, VERSION, flags);
+    fixed_buf.put_u32(CHUNK_BYTES);
+    fixed_buf.put_u64(plain.len() as u64);
+    fixed_buf.put_u32(count as u32);
+    fixed_buf.extend_from_slice(&nonce);
+    let mut fixed = [0u8; FIXED_LEN];
+    fixed.copy_from_slice(&fixed_buf);
+
+    let mut entries = Vec::with_capacity(count);
+    let mut body = Vec::with_capacity(plain.len() / 2 + 64);
+    for (i, chunk) in plain.chunks(chunk_bytes).enumerate() {
+        let packed = match compression {
+            Compression::Zstd => zstd::bulk::compress(chunk, ZSTD_LEVEL)
+                .ok()
+                .filter(|c| c.len() < chunk.len()),
+            Compression::None => None,
+        };
+        let compressed = packed.is_some();
+        let inner = packed.as_deref().unwrap_or(chunk);
+        let stored_len = (inner.len() + if cipher.is_some() { TAG_LEN } else { 0 }) as u32;
+        let sealed = match cipher {
+            Some(c) => {
+                // The CRC is of the sealed bytes, which the AD cannot contain yet:
+                // it binds the entry with a zero CRC.
+                let ad_entry = Entry {
+                    stored_len,
+                    compressed,
+                    crc: 0,
+                };
+                let ad = chunk_ad(name, &fixed, i as u64, &ad_entry);
+                c.seal(&chunk_nonce(&nonce, i as u64), &ad, inner)
+            }
+            None => inner.to_vec(),
+        };
+        entries.push(Entry {
+            stored_len,
+            compressed,
+            crc: crc32c::crc32c(&sealed),
+        });
+        body.extend_from_slice(&sealed);
+    }
+    let mut out = Vec::with_capacity(FIXED_LEN + count * ENTRY_LEN + 4 + body.len());
+    out.extend_from_slice(&fixed);
+    for e in &entries {
+        e.encode(&mut out);
+    }
+    let crc = crc32c::crc32c(&out);
+    out.put_u32(crc);
+    out.extend_from_slice(&body);
+    out
+}
+
+impl Layout {
+    /// Parse an envelope header (at least [`header_len`] bytes of the object; more
+    /// are ignored). `stored_len`, when known, is checked against the table.
+    pub fn decode(stored: &[u8], stored_len: Option<u64>) -> FormatResult<Layout> {
+        let mut r = Reader::new(stored, WHAT);
+        let flags = read_header(&mut r, MAGIC, VERSION)?;
+        let encrypted = flags & FLAG_ENCRYPTED != 0;
+        if flags & !(FLAG_ENCRYPTED | (0xff << CODEC_SHIFT)) != 0 {
+            return Err(r.invalid(format!("unknown flags {flags:#06x}")));
+        }
+        let codec = Compression::from_code(flags >> CODEC_SHIFT)
+            .ok_or_else(|| r.invalid(format!("unknown compression {}", flags >> CODEC_SHIFT)))?;
+        let chunk_bytes = r.u32()?;
+        if chunk_bytes == 0 || chunk_bytes > 1 << 30 {
+            return Err(r.invalid(format!("chunk size {chunk_bytes}")));
+        }
+        let plain_len = r.u64()?;
+        let count = r.u32()? as u64;
+        if count != plain_len.div_ceil(chunk_bytes as u64) {
+            return Err(r.invalid(format!(
+                "{count} chunks cannot hold {plain_len} bytes in chunks of {chunk_bytes}"
+            )));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(r.bytes(NONCE_LEN)?);
+        let mut fixed = [0u8; FIXED_LEN];
+        fixed.copy_from_slice(&stored[..FIXED_LEN]);
+        let table_len = (count as usize)
+            .checked_mul(ENTRY_LEN)
+            .ok_or_else(|| r.invalid("chunk table too large"))?;
+        if r.remaining() < table_len + 4 {
+            return Err(FormatError::Truncated {
+                what: WHAT,
+                offset: r.pos(),
+                needed: table_len + 4 - r.remaining(),
+            });
+        }
+        let header_end = FIXED_LEN + table_len;
+        let stored_crc = u32::from_le_bytes(
+            stored[header_end..header_end + 4]
+                .try_into()
+                .map_err(|_| r.invalid("header checksum"))?,
+        );
+        let computed = crc32c::crc32c(&stored[..header_end]);
+        if stored_crc != computed {
+            return Err(FormatError::Checksum {
+                what: WHAT,
+                stored: stored_crc,
+                computed,
+            });
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        let mut offsets = Vec::with_capacity(count as usize + 1);
+        let mut at = (header_end + 4) as u64;
+        offsets.push(at);
+        let overhead = if encrypted { TAG_LEN as u64 } else { 0 };
+        for i in 0..count {
+            let word = r.u32()?;
+            let crc = r.u32()?;
+            let entry = Entry {
+                stored_len: word & !COMPRESSED_BIT,
+                compressed: word & COMPRESSED_BIT != 0,
+                crc,
+            };
+            let plain = chunk_plain_len(plain_len, chunk_bytes, i);
+            let len = entry.stored_len as u64;
+            let fits = if entry.compressed {
+                codec != Compression::None && len >= overhead
+            } else {
+                len == plain + overhead
+            };
+            if !fits {
+                return Err(r.invalid(format!(
+                    "chunk {i}: stored length {len} does not fit {plain} plain bytes"
+                )));
+            }
+            at += len;
+            offsets.push(at);
+            entries.push(entry);
+        }
+        if let Some(total) = stored_len {
+            if total != at {
+                return Err(r.invalid(format!(
+                    "the chunk table covers {at} bytes but the object has {total}"
+                )));
+            }
+        }
+        Ok(Layout {
+            encrypted,
+            codec,
+            chunk_bytes,
+            plain_len,
+            nonce,
+            fixed,
+            entries,
+            offsets,
+        })
+    }
+
+    /// Length of the object's plain bytes.
+    pub fn plain_len(&self) -> u64 {
+        self.plain_len
+    }
+
+    /// Length of the stored object (header and chunks).
+    pub fn stored_len(&self) -> u64 {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Number of chunks stored compressed.
+    pub fn compressed_chunks(&self) -> usize {
+        self.entries.iter().filter(|e| e.compressed).count()
+    }
+
+    /// The chunks that hold plain bytes `range` (which must lie within the object
+    /// and not be empty).
+    pub fn chunks_for(&self, range: &Range<u64>) -> Range<usize> {
+        let c = self.chunk_bytes as u64;
+        (range.start / c) as usize..range.end.div_ceil(c) as usize
+    }
+
+    /// Where chunks `chunks` lie in the stored bytes.
+    pub fn stored_range(&self, chunks: &Range<usize>) -> Range<u64> {
+        self.offsets[chunks.start]..self.offsets[chunks.end]
+    }
+
+    /// The plain bytes of `chunks`, from their stored bytes (exactly
+    /// [`Layout::stored_range`] of them). `name` is the object's name.
+    pub fn open_chunks(
+        &self,
+        name: &str,
+        cipher: Option<&Cipher>,
+        chunks: Range<usize>,
+        stored: &[u8],
+    ) -> FormatResult<Vec<u8>> {
+        let base = self.offsets[chunks.start];
+        let first_plain = chunks.start as u64 * self.chunk_bytes as u64;
+        let last_plain = (chunks.end as u64 * self.chunk_bytes as u64).min(self.plain_len);
+        let mut out = Vec::with_capacity(last_plain.saturating_sub(first_plain) as usize);
+        for i in chunks {
+            let (Some(e), Some(&start), Some(&end)) = (
+                self.entries.get(i),
+                self.offsets.get(i),
+                self.offsets.get(i + 1),
+            ) else {
+                return Err(FormatError::Invalid {
+                    what: WHAT,
+                    reason: format!("no chunk {i}"),
+                });
+            };
+            let (from, to) = ((start - base) as usize, (end - base) as usize);
+            let Some(bytes) = stored.get(from..to) else {
+                return Err(FormatError::Truncated {
+                    what: WHAT,
+                    offset: stored.len(),
+                    needed: to - stored.len().min(to),
+                });
+            };
+            let computed = crc32c::crc32c(bytes);
+            if computed != e.crc {
+                return Err(FormatError::Checksum {
+                    what: WHAT,
+                    stored: e.crc,
+                    computed,
+                });
+            }
+            let opened;
+            let inner: &[u8] = match (self.encrypted, cipher) {
+                (false, _) => bytes,
+                (true, None) => {
+                    return Err(FormatError::Invalid {
+                        what: WHAT,
+                        reason: "the object is encrypted and no key was given".to_string(),
+                    })
+                }
+                (true, Some(c)) => {
+                    let ad_entry = Entry { crc: 0, ..*e };
+                    let ad = chunk_ad(name, &self.fixed, i as u64, &ad_entry);
+                    opened = c
+                        .open(&chunk_nonce(&self.nonce, i as u64), &ad, bytes)
+                        .ok_or(FormatError::Authentication {
+                            what: WHAT,
+                            chunk: i as u64,
+                        })?;
+                    &opened
+                }
+            };
+            let plain = chunk_plain_len(self.plain_len, self.chunk_bytes, i as u64) as usize;
+            if e.compressed {
+                let unpacked =
+                    zstd::bulk::decompress(inner, plain).map_err(|err| FormatError::Invalid {
+                        what: WHAT,
+                        reason: format!("chunk {i} does not decompress: {err}"),
+                    })?;
+                if unpacked.len() != plain {
+                    return Err(FormatError::Invalid {
+                        what: WHAT,
+                        reason: format!(
+                            "chunk {i} decompresses to {} bytes, not {plain}",
+                            unpacked.len()
+                        ),
+                    });
+                }
+                out.extend_from_slice(&unpacked);
+            } else {
+                out.extend_from_slice(inner);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plain bytes `range` of the object, given the stored bytes of the chunks that
+    /// hold it ([`Layout::stored_range`] of [`Layout::chunks_for`]).
+    pub fn open_range(
+        &self,
+        name: &str,
+        cipher: Option<&Cipher>,
+        range: &Range<u64>,
+        stored: &[u8],
+    ) -> FormatResult<Vec<u8>> {
+        let chunks = self.chunks_for(range);
+        let first_plain = chunks.start as u64 * self.chunk_bytes as u64;
+        let mut plain = self.open_chunks(name, cipher, chunks, stored)?;
+        let from = (range.start - first_plain) as usize;
+        let to = (range.end - first_plain) as usize;
+        if to > plain.len() {
+            return Err(FormatError::Invalid {
+                what: WHAT,
+                reason: format!("range {range:?} lies beyond the object"),
+            });
+        }
+        plain.truncate(to);
+        plain.drain(..from);
+        Ok(plain)
+    }
+}
+
+fn chunk_plain_len(plain_len: u64, chunk_bytes: u32, index: u64) -> u64 {
+    let c = chunk_bytes as u64;
+    plain_len.saturating_sub(index * c).min(c)
+}
+
+/// Decode a whole envelope stored under `name` to its plain bytes.
+pub fn open(name: &str, stored: &[u8], cipher: Option<&Cipher>) -> FormatResult<Vec<u8>> {
+    let layout = Layout::decode(stored, Some(stored.len() as u64))?;
+    let body = &stored[layout.offsets[0] as usize..];
+    layout.open_chunks(name, cipher, 0..layout.entries.len(), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cipher() -> Cipher {
+        Cipher::new(&[7; KEY_LEN])
+    }
+
+    fn text(n: usize) -> Vec<u8> {
+        b"the quick brown fox jumps over the lazy dog. "
+            .iter()
+            .cycle()
+            .take(n)
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn roundtrips_every_combination() {
+        for n in [
+            0,
+            1,
+            100,
+            CHUNK_BYTES as usize,
+            CHUNK_BYTES as usize * 3 + 17,
+        ] {
+            let plain = text(n);
+            for comp in [Compression::None, Compression::Zstd] {
+                for c in [None, Some(cipher())] {
+                    let stored = seal("seg/a", &plain, comp, c.as_ref(), [9; NONCE_LEN]);
+                    assert!(is_envelope(&stored));
+                    assert_eq!(
+                        header_len(&stored[..FIXED_LEN]).unwrap() as u64,
+                        Layout::decode(&stored, None).unwrap().offsets[0]
+                    );
+                    assert_eq!(open("seg/a", &stored, c.as_ref()).unwrap(), plain);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compresses_text_and_leaves_random_bytes_alone() {
+        let plain = text(1 << 20);
+        let stored = seal("run/x", &plain, Compression::Zstd, None, [0; NONCE_LEN]);
+        assert!(stored.len() < plain.len() / 20, "{}", stored.len());
+        let layout = Layout::decode(&stored, Some(stored.len() as u64)).unwrap();
+        assert_eq!(layout.compressed_chunks(), 16);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let stored = seal("run/y", &noise, Compression::Zstd, None, [0; NONCE_LEN]);
+        let layout = Layout::decode(&stored, Some(stored.len() as u64)).unwrap();
+        assert_eq!(layout.compressed_chunks(), 0);
+        assert_eq!(open("run/y", &stored, None).unwrap(), noise);
+    }
+
+    #[test]
+    fn ranged_reads_open_only_their_chunks() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let c = cipher();
+        let stored = seal("run/r", &plain, Compression::Zstd, Some(&c), [3; NONCE_LEN]);
+        let layout = Layout::decode(&stored[..stored.len().min(4096)], None).unwrap();
+        for range in [
+            0..1,
+            65_535..65_537,
+            131_072..131_073,
+            10..299_999,
+            299_999..300_000,
+        ] {
+            let chunks = layout.chunks_for(&range);
+            let sr = layout.stored_range(&chunks);
+            let got = layout
+                .open_range(
+                    "run/r",
+                    Some(&c),
+                    &range,
+                    &stored[sr.start as usize..sr.end as usize],
+                )
+                .unwrap();
+            assert_eq!(got, &plain[range.start as usize..range.end as usize]);
+        }
+    }
+
+    #[test]
+    fn wrong_key_swapped_name_and_tampering_fail() {
+        let plain = text(200_000);
+        let c = cipher();
+        let stored = seal("seg/a", &plain, Compression::None, Some(&c), [1; NONCE_LEN]);
+        let wrong = Cipher::new(&[8; KEY_LEN]);
+        assert!(matches!(
+            open("seg/a", &stored, Some(&wrong)),
+            Err(FormatError::Authentication { chunk: 0, .. })
+        ));
+        assert!(matches!(
+            open("seg/b", &stored, Some(&c)),
+            Err(FormatError::Authentication { .. })
+        ));
+        assert!(open("seg/a", &stored, None).is_err());
+        // A flipped byte in a chunk whose CRC is fixed up still fails authentication.
+        let layout = Layout::decode(&stored, None).unwrap();
+        let mut bad = stored.clone();
+        let at = layout.offsets[1] as usize + 5;
+        bad[at] ^= 1;
+        let crc = crc32c::crc32c(&bad[layout.offsets[1] as usize..layout.offsets[2] as usize]);
+        let entry_at = FIXED_LEN + ENTRY_LEN + 4;
+        bad[entry_at..entry_at + 4].copy_from_slice(&crc.to_le_bytes());
+        let header_end = FIXED_LEN + layout.entries.len() * ENTRY_LEN;
+        let hcrc = crc32c::crc32c(&bad[..header_end]);
+        bad[header_end..header_end + 4].copy_from_slice(&hcrc.to_le_bytes());
+        assert!(matches!(
+            open("seg/a", &bad, Some(&c)),
+            Err(FormatError::Authentication { chunk: 1, .. })
+        ));
+        // Two chunks swapped, with the table fixed up, fail too.
+        let mut swapped = stored.clone();
+        let (a, b) = (layout.offsets[0] as usize, layout.offsets[1] as usize);
+        let first = stored[a..b].to_vec();
+        let second = stored[b..b + (b - a)].to_vec();
+        swapped[a..b].copy_from_slice(&second);
+        swapped[b..b + (b - a)].copy_from_slice(&first);
+        for (i, chunk) in [&second, &first].iter().enumerate() {
+            let at = FIXED_LEN + i * ENTRY_LEN + 4;
+            swapped[at..at + 4].copy_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
+        }
+        let hcrc = crc32c::crc32c(&swapped[..header_end]);
+        swapped[header_end..header_end + 4].copy_from_slice(&hcrc.to_le_bytes());
+        assert!(matches!(
+            open("seg/a", &swapped, Some(&c)),
+            Err(FormatError::Authentication { .. })
+        ));
+    }
+
+    #[test]
+    fn every_flipped_byte_and_every_truncation_is_an_error() {
+        let plain = text(5000);
+        for c in [None, Some(cipher())] {
+            let stored = seal("m", &plain, Compression::Zstd, c.as_ref(), [2; NONCE_LEN]);
+            for i in 0..stored.len() {
+                let mut bad = stored.clone();
+                bad[i] ^= 0x40;
+                assert!(open("m", &bad, c.as_ref()).is_err(), "byte {i}");
+            }
+            for n in 0..stored.len() {
+                assert!(open("m", &stored[..n], c.as_ref()).is_err(), "length {n}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let c = cipher();
+            let mut input = MAGIC.to_vec();
+            input.extend_from_slice(&bytes);
+            let _ = open("x", &bytes, Some(&c));
+            let _ = open("x", &input, Some(&c));
+            let _ = open("x", &input, None);
+            let _ = header_len(&input);
+            if let Ok(layout) = Layout::decode(&input, None) {
+                if layout.plain_len > 0 {
+                    let range = 0..layout.plain_len.min(10);
+                    let chunks = layout.chunks_for(&range);
+                    let _ = layout.open_range("x", Some(&c), &range, &input);
+                    let _ = layout.stored_range(&chunks);
+                }
+            }
+        }
+
+        #[test]
+        fn any_plain_bytes_roundtrip(plain in proptest::collection::vec(any::<u8>(), 0..200_000),
+                                     zstd in any::<bool>(), encrypt in any::<bool>(),
+                                     start in any::<u64>(), len in 1u64..100_000) {
+            let c = cipher();
+            let comp = if zstd { Compression::Zstd } else { Compression::None };
+            let cipher = encrypt.then_some(&c);
+            let stored = seal("n", &plain, comp, cipher, [5; NONCE_LEN]);
+            prop_assert_eq!(&open("n", &stored, cipher).unwrap(), &plain);
+            if !plain.is_empty() {
+                let start = start % plain.len() as u64;
+                let end = (start + len).min(plain.len() as u64);
+                let range = start..end;
+                let layout = Layout::decode(&stored, Some(stored.len() as u64)).unwrap();
+                let sr = layout.stored_range(&layout.chunks_for(&range));
+                let got = layout.open_range("n", cipher, &range, &stored[sr.start as usize..sr.end as usize]).unwrap();
+                prop_assert_eq!(&got[..], &plain[start as usize..end as usize]);
+            }
+        }
+    }
+}

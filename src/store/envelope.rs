@@ -1,0 +1,468 @@
+//! Envelope layer: compresses and encrypts objects on their way to the store, and
+//! opens them on their way back, so the engine above sees plain bytes only.
+//!
+//! Vocabulary (see `format::envelope` for the byte layout):
+//! - **layout**: what the layer knows about one stored object: either *plain* (no
+//!   envelope; its size) or an envelope's decoded header (its chunk table). Layouts
+//!   are learnt when the layer writes an object, reads it whole, lists it, or probes
+//!   it, and forgotten when it deletes it. They take about 8 bytes per 64 KiB stored.
+//! - **probe**: a ranged GET of the first [`PROBE_BYTES`] of an object whose layout
+//!   is not known yet, before a ranged read or to list its plain size. A ranged read
+//!   of an object this process neither wrote, listed nor read therefore costs one GET
+//!   more the first time.
+//! - **passed-through objects**: the lease and the encoding record are stored as
+//!   they are (they hold nothing secret, and must be readable without a key).
+//!
+//! Every object the layer writes is an envelope when it encrypts or compresses; it
+//! reads plain objects and envelopes alike, so a store can mix them (objects written
+//! before compression was chosen stay as they were until GC rewrites them).
+//! [`ObjectMeta::size`] is the plain size; [`ObjectMeta::stored_size`] is what the
+//! store holds.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use crate::format::encoding::ENCODING;
+use crate::format::envelope::{self, Cipher, Compression, Layout, MIN_LEN, NONCE_LEN};
+use crate::format::names::LEASE;
+
+/// Bytes read by a probe: the header of an envelope of up to about 32 MiB at once.
+pub const PROBE_BYTES: u64 = 4096;
+/// Probes run in parallel when listing.
+const LIST_PROBES: usize = 16;
+/// Objects at least this large are sealed and opened off the async threads.
+const BLOCKING_BYTES: usize = 256 << 10;
+
+/// Fills a buffer with random bytes (nonces). Injectable for tests.
+pub type Random = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
+
+/// Random bytes from the operating system's generator (through `rand`'s thread-local
+/// generator, which it seeds).
+pub fn os_random() -> Random {
+    Arc::new(|buf: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), buf))
+}
+
+/// What the layer knows about one stored object.
+#[derive(Clone, Debug)]
+enum Known {
+    Plain(u64),
+    Envelope(Arc<Layout>),
+}
+
+impl Known {
+    fn plain_len(&self) -> u64 {
+        match self {
+            Known::Plain(n) => *n,
+            Known::Envelope(l) => l.plain_len(),
+        }
+    }
+}
+
+/// Wraps a store: seals what is written, opens what is read.
+pub struct EnvelopeStore {
+    inner: DynStore,
+    cipher: Option<Cipher>,
+    compression: Compression,
+    random: Random,
+    known: Mutex<HashMap<String, Known>>,
+}
+
+impl fmt::Debug for EnvelopeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeStore")
+            .field("inner", &self.inner)
+            .field("encrypted", &self.cipher.is_some())
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
+fn passed_through(key: &str) -> bool {
+    key == LEASE || key == ENCODING
+}
+
+fn undecodable(key: &str, e: impl fmt::Display) -> StoreError {
+    StoreError::Undecodable {
+        key: key.to_string(),
+        problem: e.to_string(),
+    }
+}
+
+impl EnvelopeStore {
+    pub fn new(
+        inner: DynStore,
+        cipher: Option<Cipher>,
+        compression: Compression,
+        random: Random,
+    ) -> EnvelopeStore {
+        EnvelopeStore {
+            inner,
+            cipher,
+            compression,
+            random,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether new objects are stored as plain bytes.
+    fn writes_plain(&self) -> bool {
+        self.cipher.is_none() && self.compression == Compression::None
+    }
+
+    fn remember(&self, key: &str, known: Known) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), known);
+    }
+
+    fn forget(&self, key: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn recall(&self, key: &str) -> Option<Known> {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The layout of `key`, probing the object if it is not known. `stored_size`,
+    /// when known (from a listing), saves reading past the end of small objects.
+    async fn layout(&self, key: &str, stored_size: Option<u64>) -> StoreResult<Known> {
+        if let Some(k) = self.recall(key) {
+            return Ok(k);
+        }
+        let prefix = match stored_size {
+            Some(size) if size < MIN_LEN as u64 => {
+                let known = Known::Plain(size);
+                self.remember(key, known.clone());
+                return Ok(known);
+            }
+            Some(size) => self.inner.get_range(key, 0..size.min(PROBE_BYTES)).await?,
+            None => match self.inner.get_range(key, 0..PROBE_BYTES).await {
+                Ok(b) => b,
+                // Smaller than a probe: read it whole (and learn it from that).
+                Err(StoreError::InvalidRange { .. }) => {
+                    let got = self.inner.get(key).await?;
+                    self.open_whole(key, got.data).await?;
+                    return self.recall(key).ok_or_else(|| {
+                        StoreError::NotFound(format!("{key} (deleted while read)"))
+                    });
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let known = if envelope::is_envelope(&prefix) {
+            let need = envelope::header_len(&prefix).map_err(|e| undecodable(key, e))?;
+            let header = if need as u64 > prefix.len() as u64 {
+                self.inner.get_range(key, 0..need as u64).await?
+            } else {
+                prefix
+            };
+            let layout = Layout::decode(&header, stored_size).map_err(|e| undecodable(key, e))?;
+            Known::Envelope(Arc::new(layout))
+        } else {
+            match stored_size {
+                Some(size) => Known::Plain(size),
+                // A plain object read in ranges: its size is not needed.
+                None => Known::Plain(u64::MAX),
+            }
+        };
+        self.remember(key, known.clone());
+        Ok(known)
+    }
+
+    /// Plain bytes of a whole stored object, learning its layout.
+    async fn open_whole(&self, key: &str, stored: Bytes) -> StoreResult<Bytes> {
+        if !envelope::is_envelope(&stored) {
+            self.remember(key, Known::Plain(stored.len() as u64));
+            return Ok(stored);
+        }
+        let cipher = self.cipher.clone();
+        let name = key.to_string();
+        let len = stored.len();
+        let work = move || {
+            let layout = Layout::decode(&stored, Some(stored.len() as u64))?;
+            let body = &stored[layout.stored_range(&(0..0)).start as usize..];
+            let chunks = 0..layout.chunks_for(&(0..layout.plain_len())).end;
+            let plain = layout.open_chunks(&name, cipher.as_ref(), chunks, body)?;
+            Ok::<_, crate::format::FormatError>((layout, plain))
+        };
+        let (layout, plain) = if len >= BLOCKING_BYTES {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| undecodable(key, e))?
+        } else {
+            work()
+        }
+        .map_err(|e| undecodable(key, e))?;
+        self.remember(key, Known::Envelope(Arc::new(layout)));
+        Ok(Bytes::from(plain))
+    }
+
+    async fn read_range(&self, key: &str, range: Range<u64>, known: Known) -> StoreResult<Bytes> {
+        match known {
+            Known::Plain(_) => self.inner.get_range(key, range).await,
+            Known::Envelope(layout) => {
+                if range.end > layout.plain_len() {
+                    return Err(StoreError::InvalidRange {
+                        key: key.to_string(),
+                        range,
+                    });
+                }
+                let stored = self
+                    .inner
+                    .get_range(key, layout.stored_range(&layout.chunks_for(&range)))
+                    .await?;
+                layout
+                    .open_range(key, self.cipher.as_ref(), &range, &stored)
+                    .map(Bytes::from)
+                    .map_err(|e| undecodable(key, e))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for EnvelopeStore {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
+        if passed_through(key) || self.writes_plain() {
+            let len = data.len() as u64;
+            let etag = self.inner.put(key, data, mode).await?;
+            if !passed_through(key) {
+                self.remember(key, Known::Plain(len));
+            }
+            return Ok(etag);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        (self.random)(&mut nonce);
+        let cipher = self.cipher.clone();
+        let compression = self.compression;
+        let name = key.to_string();
+        let data_len = data.len();
+        let work = move || envelope::seal(&name, &data, compression, cipher.as_ref(), nonce);
+        let sealed = if data_len >= BLOCKING_BYTES {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| undecodable(key, e))?
+        } else {
+            work()
+        };
+        let layout =
+            Layout::decode(&sealed, Some(sealed.len() as u64)).map_err(|e| undecodable(key, e))?;
+        let etag = self.inner.put(key, Bytes::from(sealed), mode).await?;
+        self.remember(key, Known::Envelope(Arc::new(layout)));
+        Ok(etag)
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        let got = self.inner.get(key).await?;
+        if passed_through(key) {
+            return Ok(got);
+        }
+        let data = self.open_whole(key, got.data).await?;
+        Ok(GetResult {
+            data,
+            etag: got.etag,
+        })
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        if passed_through(key) {
+            return self.inner.get_range(key, range).await;
+        }
+        if range.start >= range.end {
+            if range.start > range.end {
+                return Err(StoreError::InvalidRange {
+                    key: key.to_string(),
+                    range,
+                });
+            }
+            return Ok(Bytes::new());
+        }
+        let cached = self.recall(key).is_some();
+        let known = self.layout(key, None).await?;
+        match self.read_range(key, range.clone(), known).await {
+            // An object deleted and written again under its name since its layout was
+            // learnt: learn it again, once.
+            Err(StoreError::Undecodable { .. } | StoreError::InvalidRange { .. }) if cached => {
+                self.forget(key);
+                let known = self.layout(key, None).await?;
+                self.read_range(key, range, known).await
+            }
+            other => other,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        let listed = self.inner.list(prefix).await?;
+        stream::iter(listed)
+            .map(|meta| async move {
+                if passed_through(&meta.key) {
+                    return Ok(meta);
+                }
+                let known = self.layout(&meta.key, Some(meta.stored_size)).await;
+                let size = match known {
+                    Ok(Known::Plain(_)) => meta.stored_size,
+                    Ok(k) => k.plain_len(),
+                    // Deleted since it was listed: report it as listed.
+                    Err(StoreError::NotFound(_) | StoreError::InvalidRange { .. }) => {
+                        meta.stored_size
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok(ObjectMeta { size, ..meta })
+            })
+            .buffered(LIST_PROBES)
+            .try_collect()
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await?;
+        self.forget(key);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::envelope::KEY_LEN;
+    use crate::store::memory::MemoryStore;
+
+    fn layer(inner: DynStore, encrypt: bool, compression: Compression) -> EnvelopeStore {
+        let cipher = encrypt.then(|| Cipher::new(&[3; KEY_LEN]));
+        EnvelopeStore::new(inner, cipher, compression, os_random())
+    }
+
+    #[tokio::test]
+    async fn roundtrips_whole_ranged_and_listed() {
+        for (encrypt, compression) in [
+            (false, Compression::Zstd),
+            (true, Compression::None),
+            (true, Compression::Zstd),
+        ] {
+            let inner: DynStore = Arc::new(MemoryStore::new());
+            let plain: Vec<u8> = (0..200_000u32).map(|i| (i / 7 % 256) as u8).collect();
+            let writer = layer(inner.clone(), encrypt, compression);
+            writer
+                .put("run/a", Bytes::from(plain.clone()), PutMode::CreateNew)
+                .await
+                .unwrap();
+            writer
+                .put("lease", Bytes::from_static(b"{}"), PutMode::Overwrite)
+                .await
+                .unwrap();
+            assert_eq!(inner.get("lease").await.unwrap().data, &b"{}"[..]);
+            // A second layer knows nothing: it probes.
+            let reader = layer(inner.clone(), encrypt, compression);
+            let got = reader.get_range("run/a", 70_000..140_001).await.unwrap();
+            assert_eq!(&got[..], &plain[70_000..140_001]);
+            assert!(matches!(
+                reader.get_range("run/a", 0..200_001).await,
+                Err(StoreError::InvalidRange { .. })
+            ));
+            let listed = layer(inner.clone(), encrypt, compression)
+                .list("run/")
+                .await
+                .unwrap();
+            assert_eq!(listed[0].size, 200_000);
+            assert_eq!(
+                listed[0].stored_size,
+                inner.list("run/").await.unwrap()[0].stored_size
+            );
+            assert_eq!(&reader.get("run/a").await.unwrap().data[..], &plain[..]);
+            // Small objects, smaller than a probe, read in ranges.
+            writer
+                .put(
+                    "manifest/1",
+                    Bytes::from_static(b"hello"),
+                    PutMode::CreateNew,
+                )
+                .await
+                .unwrap();
+            let fresh = layer(inner.clone(), encrypt, compression);
+            assert_eq!(
+                &fresh.get_range("manifest/1", 1..3).await.unwrap()[..],
+                b"el"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_plain_objects_among_envelopes() {
+        let inner: DynStore = Arc::new(MemoryStore::new());
+        inner
+            .put(
+                "seg/p",
+                Bytes::from_static(b"KVFSSEG1 plain object"),
+                PutMode::CreateNew,
+            )
+            .await
+            .unwrap();
+        let l = layer(inner.clone(), false, Compression::Zstd);
+        l.put(
+            "seg/z",
+            Bytes::from(vec![b'a'; 100_000]),
+            PutMode::CreateNew,
+        )
+        .await
+        .unwrap();
+        assert!(inner.get("seg/z").await.unwrap().data.len() < 1000);
+        let fresh = layer(inner.clone(), false, Compression::None);
+        assert_eq!(
+            &fresh.get_range("seg/p", 0..8).await.unwrap()[..],
+            b"KVFSSEG1"
+        );
+        assert_eq!(fresh.get("seg/z").await.unwrap().data.len(), 100_000);
+        let sizes: Vec<u64> = fresh
+            .list("seg/")
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.size)
+            .collect();
+        assert_eq!(sizes, vec![21, 100_000]);
+    }
+
+    #[tokio::test]
+    async fn an_object_written_again_is_learnt_again() {
+        let inner: DynStore = Arc::new(MemoryStore::new());
+        let l = layer(inner.clone(), true, Compression::Zstd);
+        let other = layer(inner.clone(), true, Compression::Zstd);
+        l.put(
+            "ckpt/1",
+            Bytes::from(vec![1u8; 300_000]),
+            PutMode::CreateNew,
+        )
+        .await
+        .unwrap();
+        assert_eq!(other.get_range("ckpt/1", 5..6).await.unwrap()[0], 1);
+        l.delete("ckpt/1").await.unwrap();
+        l.put(
+            "ckpt/1",
+            Bytes::from(vec![2u8; 300_000]),
+            PutMode::CreateNew,
+        )
+        .await
+        .unwrap();
+        assert_eq!(other.get_range("ckpt/1", 5..6).await.unwrap()[0], 2);
+    }
+}
