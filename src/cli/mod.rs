@@ -12,7 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use kvfs::db::{GcOptions, Options};
-use kvfs::store::retry::RetryPolicy;
+use kvfs::format::envelope::Compression;
+use kvfs::store::encoding::EncryptionKey;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -296,15 +297,38 @@ pub struct Access {
     /// reported on stderr after about 2 s and every 10 s).
     #[arg(long, default_value_t = Options::default().retry.max_elapsed.as_secs(), value_name = "SECONDS")]
     retry_timeout_secs: u64,
+    /// The store's encryption key: a file of 32 random bytes (`head -c 32
+    /// /dev/urandom > FILE`) or 64 hex digits. A new store given a key is encrypted;
+    /// an encrypted store cannot be opened without it.
+    #[arg(long, env = "KVFS_ENCRYPTION_KEY_FILE", value_name = "FILE", value_parser = parse_key_file)]
+    encryption_key_file: Option<EncryptionKey>,
+}
+
+fn parse_key_file(path: &str) -> Result<EncryptionKey, String> {
+    EncryptionKey::from_file(std::path::Path::new(path)).map_err(|e| e.to_string())
 }
 
 impl Access {
     /// Engine options of a command that only reads.
     pub fn read_options(&self) -> Options {
         let mut opts = Options::read_only();
-        opts.retry.max_elapsed = Duration::from_secs(self.retry_timeout_secs);
+        self.apply(&mut opts);
         opts
     }
+
+    fn apply(&self, opts: &mut Options) {
+        opts.retry.max_elapsed = Duration::from_secs(self.retry_timeout_secs);
+        opts.encoding.key = self.encryption_key_file.clone();
+    }
+}
+
+/// `--compression`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CompressionArg {
+    /// Store new objects as they are.
+    None,
+    /// Compress new objects with zstd, in 64 KiB chunks.
+    Zstd,
 }
 
 /// Engine settings for commands that write. Defaults come from
@@ -323,6 +347,11 @@ pub struct Tuning {
     /// Most data written but not yet uploaded; writers wait beyond it.
     #[arg(long, default_value_t = Options::default().max_unflushed_bytes, value_name = "BYTES")]
     max_unflushed_bytes: usize,
+    /// Compress the objects this command writes: zstd or none. Without it, the
+    /// store's choice (none for a new store); given to a writer, it becomes the
+    /// store's choice. Objects already stored keep theirs.
+    #[arg(long, value_enum, value_name = "zstd|none")]
+    compression: Option<CompressionArg>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -361,21 +390,23 @@ impl Tuning {
     /// turns it on).
     pub fn options(&self, access: &Access) -> Options {
         let d = Options::default();
-        Options {
+        let mut opts = Options {
             segment_bytes: self.segment_bytes,
             flush_interval: Duration::from_millis(self.flush_interval_ms),
             cache_bytes: self.cache_bytes,
             max_unflushed_bytes: self.max_unflushed_bytes,
-            retry: RetryPolicy {
-                max_elapsed: Duration::from_secs(access.retry_timeout_secs),
-                ..d.retry
-            },
             gc: GcOptions {
                 background: false,
                 ..d.gc
             },
             ..d
-        }
+        };
+        access.apply(&mut opts);
+        opts.encoding.compression = self.compression.map(|c| match c {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Zstd => Compression::Zstd,
+        });
+        opts
     }
 }
 

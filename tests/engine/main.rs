@@ -7,6 +7,7 @@ mod common;
 
 mod convergence;
 mod crash;
+mod encoding;
 mod engine;
 mod faults;
 mod fencing;
