@@ -410,6 +410,13 @@ impl Layout {
         self.encrypted
     }
 
+    /// About how many bytes of memory this layout takes.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Layout>()
+            + self.entries.len() * std::mem::size_of::<Entry>()
+            + self.offsets.len() * std::mem::size_of::<u64>()
+    }
+
     /// Number of chunks stored compressed.
     pub fn compressed_chunks(&self) -> usize {
         self.entries.iter().filter(|e| e.compressed).count()

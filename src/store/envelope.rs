@@ -5,7 +5,10 @@
 //! - **layout**: what the layer knows about one stored object: either *plain* (no
 //!   envelope; its size) or an envelope's decoded header (its chunk table). Layouts
 //!   are learnt when the layer writes an object, reads it whole, lists it, or probes
-//!   it, and forgotten when it deletes it. They take about 8 bytes per 64 KiB stored.
+//!   it, and forgotten when it deletes it. They take about 20 bytes per 64 KiB
+//!   stored; at most [`LAYOUT_CACHE_BYTES`] are kept (least recently used go first,
+//!   and are probed again when needed), so a mount that runs for months while other
+//!   processes write and delete stays bounded.
 //! - **probe**: a ranged GET of the first [`PROBE_BYTES`] of an object whose layout
 //!   is not known yet, before a ranged read or to list its plain size. A ranged read
 //!   of an object this process neither wrote, listed nor read therefore costs one GET
@@ -19,7 +22,6 @@
 //! [`ObjectMeta::size`] is the plain size; [`ObjectMeta::stored_size`] is what the
 //! store holds.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
+use lru::LruCache;
 
 use super::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 use crate::format::encoding::ENCODING;
@@ -35,6 +38,8 @@ use crate::format::names::LEASE;
 
 /// Bytes read by a probe: the header of an envelope of up to about 32 MiB at once.
 pub const PROBE_BYTES: u64 = 4096;
+/// Memory kept for layouts (enough for about 3 TiB of stored objects).
+pub const LAYOUT_CACHE_BYTES: usize = 64 << 20;
 /// Probes run in parallel when listing.
 const LIST_PROBES: usize = 16;
 /// Objects at least this large are sealed and opened off the async threads.
@@ -57,6 +62,14 @@ enum Known {
 }
 
 impl Known {
+    fn memory_bytes(&self, key: &str) -> usize {
+        let own = match self {
+            Known::Plain(_) => 0,
+            Known::Envelope(l) => l.memory_bytes(),
+        };
+        own + key.len() + 64
+    }
+
     fn plain_len(&self) -> u64 {
         match self {
             Known::Plain(n) => *n,
@@ -71,7 +84,35 @@ pub struct EnvelopeStore {
     cipher: Option<Cipher>,
     compression: Compression,
     random: Random,
-    known: Mutex<HashMap<String, Known>>,
+    known: Mutex<Layouts>,
+}
+
+/// Known layouts, least recently used first out, within [`LAYOUT_CACHE_BYTES`].
+struct Layouts {
+    map: LruCache<String, Known>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Layouts {
+    fn insert(&mut self, key: &str, known: Known) {
+        self.bytes += known.memory_bytes(key);
+        if let Some(old) = self.map.put(key.to_string(), known) {
+            self.bytes -= old.memory_bytes(key);
+        }
+        while self.bytes > self.budget {
+            let Some((k, old)) = self.map.pop_lru() else {
+                break;
+            };
+            self.bytes -= old.memory_bytes(&k);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.map.pop(key) {
+            self.bytes -= old.memory_bytes(key);
+        }
+    }
 }
 
 impl fmt::Debug for EnvelopeStore {
@@ -107,8 +148,23 @@ impl EnvelopeStore {
             cipher,
             compression,
             random,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Layouts {
+                map: LruCache::unbounded(),
+                bytes: 0,
+                budget: LAYOUT_CACHE_BYTES,
+            }),
         }
+    }
+
+    /// Keep at most `bytes` of layouts (instead of [`LAYOUT_CACHE_BYTES`]).
+    pub fn with_layout_budget(self, bytes: usize) -> EnvelopeStore {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).budget = bytes;
+        self
+    }
+
+    /// Bytes of memory the known layouts take now.
+    pub fn layout_bytes(&self) -> usize {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// Whether new objects are stored as plain bytes.
@@ -120,7 +176,7 @@ impl EnvelopeStore {
         self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string(), known);
+            .insert(key, known);
     }
 
     fn forget(&self, key: &str) {
@@ -134,6 +190,7 @@ impl EnvelopeStore {
         self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .map
             .get(key)
             .cloned()
     }
@@ -440,6 +497,38 @@ mod tests {
             .map(|m| m.size)
             .collect();
         assert_eq!(sizes, vec![21, 100_000]);
+    }
+
+    #[tokio::test]
+    async fn layouts_stay_within_their_budget() {
+        let inner: DynStore = Arc::new(MemoryStore::new());
+        let l = layer(inner.clone(), true, Compression::Zstd).with_layout_budget(20_000);
+        for i in 0..300u32 {
+            let data = Bytes::from(vec![i as u8; 70_000 + i as usize]);
+            l.put(&format!("seg/{i:04}"), data, PutMode::CreateNew)
+                .await
+                .unwrap();
+            assert!(l.layout_bytes() <= 20_000, "{}", l.layout_bytes());
+        }
+        // Forgotten layouts are probed again.
+        for i in [0u32, 150, 299] {
+            let got = l
+                .get_range(&format!("seg/{i:04}"), 69_000..70_000)
+                .await
+                .unwrap();
+            assert!(got.iter().all(|b| *b == i as u8));
+        }
+        let listed = l.list("seg/").await.unwrap();
+        assert_eq!(listed.len(), 300);
+        assert!(listed
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.size == 70_000 + i as u64));
+        assert!(l.layout_bytes() <= 20_000);
+        for i in 0..300u32 {
+            l.delete(&format!("seg/{i:04}")).await.unwrap();
+        }
+        assert_eq!(l.layout_bytes(), 0);
     }
 
     #[tokio::test]
