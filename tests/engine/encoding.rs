@@ -12,7 +12,7 @@ use kvfs::db::{Db, Error, Options};
 use kvfs::format::envelope::Compression;
 use kvfs::store::encoding::{EncodingError, EncryptionKey};
 use kvfs::store::local::LocalStore;
-use kvfs::store::{DynStore, ObjectStore, PutMode, StoreError};
+use kvfs::store::{DynStore, PutMode, StoreError};
 
 use crate::common::{contents_by_get, gc_opts, memory, S3Fixture};
 
@@ -30,6 +30,14 @@ fn with(
     opts.encoding.key = key;
     opts.encoding.compression = compression;
     opts
+}
+
+/// The error of an open that must fail.
+fn refused(opened: Result<Db, Error>) -> Error {
+    match opened {
+        Ok(_) => panic!("the store was opened"),
+        Err(e) => e,
+    }
 }
 
 fn read_only(key: Option<EncryptionKey>) -> Options {
@@ -172,10 +180,7 @@ async fn a_missing_or_wrong_key_is_refused_at_once() {
         (read_only(Some(key(2))), "wrong"),
         (with(gc_opts(), Some(key(2)), None), "wrong"),
     ] {
-        let err = Db::open_store(raw.clone(), opts)
-            .await
-            .err()
-            .expect("refused");
+        let err = refused(Db::open_store(raw.clone(), opts).await);
         let text = err.to_string();
         match what {
             "missing" => assert!(
@@ -194,10 +199,7 @@ async fn a_missing_or_wrong_key_is_refused_at_once() {
     // A key for a plain store is refused too: a store is encrypted from its creation.
     let (_, plain) = memory();
     fill(&plain, gc_opts()).await;
-    let err = Db::open_store(plain.clone(), with(gc_opts(), Some(key(1)), None))
-        .await
-        .err()
-        .expect("refused");
+    let err = refused(Db::open_store(plain.clone(), with(gc_opts(), Some(key(1)), None)).await);
     assert!(
         matches!(err, Error::Encoding(EncodingError::NotEncrypted { .. })),
         "{err}"
@@ -350,10 +352,7 @@ async fn a_key_for_an_empty_prefix_with_other_objects_creates_nothing() {
     )
     .await
     .unwrap();
-    let err = Db::open_store(raw.clone(), with(gc_opts(), Some(key(1)), None))
-        .await
-        .err()
-        .expect("refused");
+    let err = refused(Db::open_store(raw.clone(), with(gc_opts(), Some(key(1)), None)).await);
     assert!(matches!(err, Error::NotAStore { .. }), "{err}");
     assert!(matches!(
         raw.get("encoding").await,

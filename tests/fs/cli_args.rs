@@ -61,7 +61,10 @@ fn option() -> impl Strategy<Value = Vec<String>> {
         with_text("--compression"),
         Just(vec!["--compression".to_string(), "zstd".to_string()]),
         with_text("--encryption-key-file"),
-        Just(vec!["--encryption-key-file".to_string(), "/dev/null".to_string()]),
+        Just(vec![
+            "--encryption-key-file".to_string(),
+            "/dev/null".to_string()
+        ]),
         Just(vec!["-v".to_string()]),
     ]
 }
