@@ -157,3 +157,22 @@ impl S3Fixture {
         Arc::new(self.s3_store(prefix))
     }
 }
+
+/// Every file under `dir` (recursively) with its bytes: what a local-directory store
+/// holds.
+pub fn files_with_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let data = std::fs::read(&p).expect("read");
+                out.push((p, data));
+            }
+        }
+    }
+    out
+}

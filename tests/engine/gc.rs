@@ -18,19 +18,10 @@ async fn check_clean(db: &Db) {
 
 /// Every byte of every file under `dir`.
 fn store_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.extend(std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    crate::common::files_with_bytes(dir)
+        .into_iter()
+        .flat_map(|(_, data)| data)
+        .collect()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

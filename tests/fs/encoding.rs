@@ -11,19 +11,10 @@ use crate::common::mount::{is_mounted, Mount, KVFS};
 
 /// Bytes of every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
+    crate::common::files_with_bytes(dir)
+        .into_iter()
+        .map(|(p, d)| (p.display().to_string(), d))
+        .collect()
 }
 
 /// Log-like text: the same few line shapes with changing numbers.
