@@ -359,3 +359,38 @@ async fn a_key_for_an_empty_prefix_with_other_objects_creates_nothing() {
         Err(StoreError::NotFound(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_an_encrypted_compressed_store_keeps_up_through_gc() {
+    let (_, raw) = memory();
+    let k = Some(key(4));
+    let w = Db::open_store(
+        raw.clone(),
+        with(gc_opts(), k.clone(), Some(Compression::Zstd)),
+    )
+    .await
+    .unwrap();
+    w.put(b"first", b"1").await.unwrap();
+    w.sync().await.unwrap();
+    let f = Db::open_store(raw.clone(), read_only(k)).await.unwrap();
+    for round in 0..4u32 {
+        for i in 0..300u32 {
+            let v = format!("round {round} value {i} ").repeat(20);
+            w.put(format!("k{i:03}").as_bytes(), v.as_bytes())
+                .await
+                .unwrap();
+        }
+        w.sync().await.unwrap();
+        w.compact(&mut |_| {}).await.unwrap();
+        w.gc(&mut |_| {}).await.unwrap();
+        for _ in 0..2 * kvfs::db::FOLLOW_MANIFEST_EVERY {
+            f.catch_up().await.unwrap();
+        }
+        assert_eq!(
+            contents_by_get(&f).await,
+            contents_by_get(&w).await,
+            "round {round}"
+        );
+    }
+    w.close().await.unwrap();
+}
