@@ -61,6 +61,9 @@ struct ChildSpec {
     checkpoint_loop: bool,
     /// Also run compaction and GC (no grace period) in a loop.
     gc_loop: bool,
+    /// Encrypt with this key and compress with zstd (see [`Target::encrypted`]).
+    #[serde(default)]
+    key: Option<[u8; 32]>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -106,6 +109,7 @@ async fn child_main(spec: ChildSpec) {
         },
         ..writer_options()
     };
+    let opts = encoded(opts, spec.key);
     let db = Db::open(&spec.url, opts)
         .await
         .unwrap_or_else(|e| die(format!("open {}: {e}", spec.url)));
@@ -114,6 +118,15 @@ async fn child_main(spec: ChildSpec) {
         gc: spec.gc_loop,
     };
     run_writer(db, spec.seed, loops).await
+}
+
+/// `opts` encrypting with `key` (if any) and compressing.
+fn encoded(mut opts: Options, key: Option<[u8; 32]>) -> Options {
+    if let Some(k) = key {
+        opts.encoding.key = Some(kvfs::store::encoding::EncryptionKey::from_bytes(&k));
+        opts.encoding.compression = Some(kvfs::format::envelope::Compression::Zstd);
+    }
+    opts
 }
 
 /// Writer options of every writer in these tests. The lease TTL is far longer than
@@ -182,6 +195,8 @@ struct Target {
     env: Vec<(String, String)>,
     /// How the parent opens it.
     open: Arc<dyn Fn() -> DynStore + Send + Sync>,
+    /// The key of an encrypted (and compressed) store.
+    key: Option<[u8; 32]>,
 }
 
 impl Target {
@@ -193,6 +208,15 @@ impl Target {
             open: Arc::new(move || {
                 Arc::new(kvfs::store::local::LocalStore::open(&p).expect("local store")) as DynStore
             }),
+            key: None,
+        }
+    }
+
+    /// The same store, encrypted and compressed by every writer and reader.
+    fn encrypted(self) -> Target {
+        Target {
+            key: Some([0x42; 32]),
+            ..self
         }
     }
 
@@ -209,10 +233,12 @@ impl Target {
             open: Arc::new(move || {
                 Arc::new(S3Store::from_client(client.clone(), &b, &p)) as DynStore
             }),
+            key: None,
         }
     }
 
     async fn try_open(&self, opts: Options) -> kvfs::db::Result<Db> {
+        let opts = encoded(opts, self.key);
         match tokio::time::timeout(EVENT_TIMEOUT, Db::open_store((self.open)(), opts)).await {
             Ok(r) => r,
             Err(_) => panic!(
@@ -353,6 +379,7 @@ async fn crash_trials(target: Target, plan: Plan, scratch: &Path, label: &str) {
             checkpoint_bytes: plan.checkpoint_bytes,
             checkpoint_loop: plan.checkpoint_loop,
             gc_loop: plan.gc_loop,
+            key: target.key,
         };
         let kill = match trial {
             // Usually while the first writer is still creating the store.
@@ -586,6 +613,15 @@ async fn crash_local_store_during_gc_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let target = Target::local(&dir.path().join("store"));
     crash_trials(target, collecting(14), dir.path(), "local, gc").await;
+}
+
+/// An encrypted, compressed store: every envelope written before a kill opens after
+/// it, and GC still converges over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_encrypted_local_store_during_gc_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::local(&dir.path().join("store")).encrypted();
+    crash_trials(target, collecting(8), dir.path(), "local, encrypted, gc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
