@@ -61,3 +61,6 @@ echo "== gc: space amplification under overwrites; cold directory scan before an
 
 echo "== followers: lag of read-only mounts, idle requests, retention cost"
 "$bench" follow "${quick[@]}" --out "$out"
+
+echo "== encoding: throughput cost of compression and encryption"
+"$bench" encoding "${quick[@]}" --out "$out"

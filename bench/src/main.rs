@@ -6,6 +6,7 @@ mod crash;
 mod crash_child;
 mod crash_engine;
 mod crash_mount;
+mod encoding;
 mod engine;
 mod faults;
 mod follow;
@@ -66,6 +67,10 @@ enum Command {
     /// Read-only mounts following a writer mount: lag from fsync to visibility
     /// (p50/p99) and the requests of an idle follower, per follow interval.
     Follow(follow::FollowArgs),
+    /// The throughput cost of compression and encryption: plain, zstd, encrypted and
+    /// both, through the engine and through a mount, on local directory stores: MB/s
+    /// written and read back, and stored bytes.
+    Encoding(encoding::EncodingArgs),
     /// The writer process the crash benchmark kills.
     #[command(hide = true)]
     CrashChild(crash_child::ChildArgs),
@@ -95,6 +100,7 @@ fn main() {
         Command::Crash(args) => rt.block_on(crash::run(args)),
         Command::Faults(args) => rt.block_on(faults::run(args)),
         Command::Follow(args) => rt.block_on(follow::run(args)),
+        Command::Encoding(args) => rt.block_on(encoding::run(args)),
         Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {

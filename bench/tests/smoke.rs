@@ -343,3 +343,63 @@ fn follow_benchmark_runs_and_writes_csv() {
         assert_eq!(cells[6], "0", "no LIST while idle: {row}");
     }
 }
+
+#[test]
+fn encoding_benchmark_runs_and_writes_csv() {
+    // The mount runs need FUSE; CI installs fuse3. Skipped only without /dev/fuse.
+    let mut args = vec![
+        "encoding",
+        "--quick",
+        "--engine-mib",
+        "2",
+        "--text-mib",
+        "1",
+        "--mount-mib",
+        "2",
+        "--sync-mib",
+        "1",
+    ];
+    let mount = std::path::Path::new("/dev/fuse").exists();
+    if mount {
+        require_kvfs_binary();
+    } else {
+        eprintln!("/dev/fuse missing: encoding benchmark without its mount runs");
+        args.push("--no-mount");
+    }
+    let (stdout, csv) = run_bench(&args, "encoding");
+    assert!(stdout.contains("ratio_to_plain"), "{stdout}");
+    assert!(
+        csv.starts_with(
+            "mode,phase,mb_per_s,ratio_to_plain,stored_per_plain_bytes,stored_mib,runs\n"
+        ),
+        "{csv}"
+    );
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    // Engine write and read of mixed and of text-only data, and the mount's write
+    // and read: each in four modes.
+    let phases = if mount { 6 } else { 4 };
+    assert_eq!(rows.len(), 4 * phases, "{csv}");
+    let mut modes: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    modes.sort_unstable();
+    modes.dedup();
+    assert_eq!(
+        modes,
+        ["encrypted", "encrypted+zstd", "plain", "zstd"],
+        "{csv}"
+    );
+    for row in &rows {
+        let rate: f64 = row[2].parse().unwrap();
+        assert!(rate > 0.0, "{row:?}");
+        let stored_per_plain: f64 = row[4].parse().unwrap();
+        match row[0] {
+            "plain" => assert_eq!(row[3], "1.00", "{row:?}"),
+            // Half the mixed data is log text, which zstd shrinks several times.
+            "zstd" | "encrypted+zstd" => assert!(stored_per_plain < 0.8, "{row:?}"),
+            _ => assert!(stored_per_plain >= 0.99, "{row:?}"),
+        }
+    }
+}
