@@ -26,8 +26,10 @@
 use std::fmt;
 use std::ops::Range;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use bytes::Bytes;
+
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
 use super::codec::{read_header, write_header, PutLe, Reader};
 use super::{FormatError, FormatResult};
@@ -135,6 +137,35 @@ impl Cipher {
         self.0
             .encrypt(XNonce::from_slice(nonce), payload)
             .unwrap_or_default()
+    }
+
+    /// Encrypt `buf` in place; returns the tag.
+    fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        // Fails only for messages beyond 256 GiB; chunks are 64 KiB.
+        if let Ok(t) = self
+            .0
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), ad, buf)
+        {
+            tag.copy_from_slice(&t);
+        }
+        tag
+    }
+
+    /// Decrypt `buf` in place and check `tag`; false (and `buf` garbage) when the
+    /// tag does not match.
+    fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> bool {
+        tag.len() == TAG_LEN
+            && self
+                .0
+                .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, buf, Tag::from_slice(tag))
+                .is_ok()
     }
 
     /// Decrypt and authenticate; `None` when the tag does not match.
@@ -255,36 +286,38 @@ pub fn seal(
 
     let mut entries = Vec::with_capacity(count);
     let mut body = Vec::with_capacity(plain.len() / 2 + 64);
+    // One compression context for every chunk (setting one up allocates).
+    let mut compressor = match compression {
+        Compression::Zstd => zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+        Compression::None => None,
+    };
+    let mut packed = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk_bytes));
     for (i, chunk) in plain.chunks(chunk_bytes).enumerate() {
-        let packed = match compression {
-            Compression::Zstd => zstd::bulk::compress(chunk, ZSTD_LEVEL)
-                .ok()
-                .filter(|c| c.len() < chunk.len()),
-            Compression::None => None,
-        };
-        let compressed = packed.is_some();
-        let inner = packed.as_deref().unwrap_or(chunk);
-        let stored_len = (inner.len() + if cipher.is_some() { TAG_LEN } else { 0 }) as u32;
-        let sealed = match cipher {
-            Some(c) => {
-                // The CRC is of the sealed bytes, which the AD cannot contain yet:
-                // it binds the entry with a zero CRC.
-                let ad_entry = Entry {
-                    stored_len,
-                    compressed,
-                    crc: 0,
-                };
-                let ad = chunk_ad(name, &fixed, i as u64, &ad_entry);
-                c.seal(&chunk_nonce(&nonce, i as u64), &ad, inner)
-            }
-            None => inner.to_vec(),
-        };
-        entries.push(Entry {
-            stored_len,
-            compressed,
-            crc: crc32c::crc32c(&sealed),
+        packed.clear();
+        let compressed = compressor.as_mut().is_some_and(|c| {
+            c.compress_to_buffer(chunk, &mut packed).is_ok() && packed.len() < chunk.len()
         });
-        body.extend_from_slice(&sealed);
+        let inner: &[u8] = if compressed { &packed } else { chunk };
+        let start = body.len();
+        body.extend_from_slice(inner);
+        if let Some(c) = cipher {
+            let stored_len = (inner.len() + TAG_LEN) as u32;
+            // The CRC is of the sealed bytes, which the AD cannot contain yet:
+            // it binds the entry with a zero CRC.
+            let ad_entry = Entry {
+                stored_len,
+                compressed,
+                crc: 0,
+            };
+            let ad = chunk_ad(name, &fixed, i as u64, &ad_entry);
+            let tag = c.seal_in_place(&chunk_nonce(&nonce, i as u64), &ad, &mut body[start..]);
+            body.extend_from_slice(&tag);
+        }
+        entries.push(Entry {
+            stored_len: (body.len() - start) as u32,
+            compressed,
+            crc: crc32c::crc32c(&body[start..]),
+        });
     }
     let mut out = Vec::with_capacity(FIXED_LEN + count * ENTRY_LEN + 4 + body.len());
     out.extend_from_slice(&fixed);
@@ -446,17 +479,20 @@ impl Layout {
         let base = self.offsets[chunks.start];
         let first_plain = chunks.start as u64 * self.chunk_bytes as u64;
         let last_plain = (chunks.end as u64 * self.chunk_bytes as u64).min(self.plain_len);
-        let mut out = Vec::with_capacity(last_plain.saturating_sub(first_plain) as usize);
+        let mut out = vec![0u8; last_plain.saturating_sub(first_plain) as usize];
+        let mut at = 0usize;
+        // One decompression context for every chunk, and one buffer for decrypting
+        // compressed chunks: each chunk is copied once, into `out` or that buffer.
+        let mut decompressor = None;
+        let mut scratch = Vec::new();
+        let invalid = |reason: String| FormatError::Invalid { what: WHAT, reason };
         for i in chunks {
             let (Some(e), Some(&start), Some(&end)) = (
                 self.entries.get(i),
                 self.offsets.get(i),
                 self.offsets.get(i + 1),
             ) else {
-                return Err(FormatError::Invalid {
-                    what: WHAT,
-                    reason: format!("no chunk {i}"),
-                });
+                return Err(invalid(format!("no chunk {i}")));
             };
             let (from, to) = ((start - base) as usize, (end - base) as usize);
             let Some(bytes) = stored.get(from..to) else {
@@ -474,46 +510,69 @@ impl Layout {
                     computed,
                 });
             }
-            let opened;
-            let inner: &[u8] = match (self.encrypted, cipher) {
-                (false, _) => bytes,
-                (true, None) => {
-                    return Err(FormatError::Invalid {
-                        what: WHAT,
-                        reason: "the object is encrypted and no key was given".to_string(),
-                    })
+            let plain = chunk_plain_len(self.plain_len, self.chunk_bytes, i as u64) as usize;
+            let Some(dst) = out.get_mut(at..at + plain) else {
+                return Err(invalid(format!("chunk {i} lies beyond the object")));
+            };
+            at += plain;
+            // The chunk's bytes without its tag, decrypted: in `dst` when they are the
+            // plain bytes, else in `scratch`.
+            let sealed_len = bytes.len() - if self.encrypted { TAG_LEN } else { 0 };
+            let (body, tag) = bytes.split_at(sealed_len);
+            let inner: &[u8] = match (self.encrypted, e.compressed) {
+                (false, false) => {
+                    dst.copy_from_slice(body);
+                    continue;
                 }
-                (true, Some(c)) => {
+                (false, true) => body,
+                (true, _) => {
+                    let Some(c) = cipher else {
+                        return Err(invalid(
+                            "the object is encrypted and no key was given".to_string(),
+                        ));
+                    };
                     let ad_entry = Entry { crc: 0, ..*e };
                     let ad = chunk_ad(name, &self.fixed, i as u64, &ad_entry);
-                    opened = c
-                        .open(&chunk_nonce(&self.nonce, i as u64), &ad, bytes)
-                        .ok_or(FormatError::Authentication {
+                    let nonce = chunk_nonce(&self.nonce, i as u64);
+                    let target: &mut [u8] = if e.compressed {
+                        scratch.clear();
+                        scratch.extend_from_slice(body);
+                        &mut scratch
+                    } else {
+                        dst.copy_from_slice(body);
+                        dst
+                    };
+                    if !c.open_in_place(&nonce, &ad, target, tag) {
+                        return Err(FormatError::Authentication {
                             what: WHAT,
                             chunk: i as u64,
-                        })?;
-                    &opened
+                        });
+                    }
+                    if !e.compressed {
+                        continue;
+                    }
+                    &scratch
                 }
             };
-            let plain = chunk_plain_len(self.plain_len, self.chunk_bytes, i as u64) as usize;
-            if e.compressed {
-                let unpacked =
-                    zstd::bulk::decompress(inner, plain).map_err(|err| FormatError::Invalid {
-                        what: WHAT,
-                        reason: format!("chunk {i} does not decompress: {err}"),
-                    })?;
-                if unpacked.len() != plain {
-                    return Err(FormatError::Invalid {
-                        what: WHAT,
-                        reason: format!(
-                            "chunk {i} decompresses to {} bytes, not {plain}",
-                            unpacked.len()
-                        ),
-                    });
-                }
-                out.extend_from_slice(&unpacked);
-            } else {
-                out.extend_from_slice(inner);
+            if decompressor.is_none() {
+                decompressor = Some(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|err| invalid(format!("zstd: {err}")))?,
+                );
+            }
+            let Some(d) = decompressor.as_mut() else {
+                continue;
+            };
+            let Some(dst) = out.get_mut(at - plain..at) else {
+                return Err(invalid(format!("chunk {i} lies beyond the object")));
+            };
+            let n = d
+                .decompress_to_buffer(inner, dst)
+                .map_err(|err| invalid(format!("chunk {i} does not decompress: {err}")))?;
+            if n != plain {
+                return Err(invalid(format!(
+                    "chunk {i} decompresses to {n} bytes, not {plain}"
+                )));
             }
         }
         Ok(out)
@@ -527,21 +586,19 @@ impl Layout {
         cipher: Option<&Cipher>,
         range: &Range<u64>,
         stored: &[u8],
-    ) -> FormatResult<Vec<u8>> {
+    ) -> FormatResult<Bytes> {
         let chunks = self.chunks_for(range);
         let first_plain = chunks.start as u64 * self.chunk_bytes as u64;
-        let mut plain = self.open_chunks(name, cipher, chunks, stored)?;
+        let plain = self.open_chunks(name, cipher, chunks, stored)?;
         let from = (range.start - first_plain) as usize;
         let to = (range.end - first_plain) as usize;
-        if to > plain.len() {
+        if to > plain.len() || from > to {
             return Err(FormatError::Invalid {
                 what: WHAT,
                 reason: format!("range {range:?} lies beyond the object"),
             });
         }
-        plain.truncate(to);
-        plain.drain(..from);
-        Ok(plain)
+        Ok(Bytes::from(plain).slice(from..to))
     }
 }
 

@@ -285,7 +285,6 @@ impl EnvelopeStore {
                     .await?;
                 layout
                     .open_range(key, self.cipher.as_ref(), &range, &stored)
-                    .map(Bytes::from)
                     .map_err(|e| undecodable(key, e))
             }
         }
