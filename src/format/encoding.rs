@@ -43,7 +43,12 @@ impl EncodingRecord {
     ) -> EncodingRecord {
         EncodingRecord {
             compression,
-            key_check: cipher.map(|c| (nonce, c.seal(&nonce, KEY_CHECK_AD, KEY_CHECK_PLAIN))),
+            key_check: cipher.map(|c| {
+                let mut sealed = KEY_CHECK_PLAIN.to_vec();
+                let tag = c.seal_in_place(&nonce, KEY_CHECK_AD, &mut sealed);
+                sealed.extend_from_slice(&tag);
+                (nonce, sealed)
+            }),
         }
     }
 
@@ -54,9 +59,12 @@ impl EncodingRecord {
     /// Whether `cipher` is the key this store is encrypted with.
     pub fn key_matches(&self, cipher: &Cipher) -> bool {
         match &self.key_check {
-            Some((nonce, sealed)) => cipher
-                .open(nonce, KEY_CHECK_AD, sealed)
-                .is_some_and(|p| p == KEY_CHECK_PLAIN),
+            Some((nonce, sealed)) => {
+                let (body, tag) = sealed.split_at(sealed.len().saturating_sub(TAG_LEN));
+                let mut plain = body.to_vec();
+                cipher.open_in_place(nonce, KEY_CHECK_AD, &mut plain, tag)
+                    && plain == KEY_CHECK_PLAIN
+            }
             None => false,
         }
     }

@@ -28,7 +28,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
 use super::codec::{read_header, write_header, PutLe, Reader};
@@ -127,20 +127,13 @@ impl Cipher {
         Cipher(XChaCha20Poly1305::new(key.into()))
     }
 
-    /// Encrypt `plain` with `nonce`, binding `ad`; returns ciphertext and tag.
-    pub(crate) fn seal(&self, nonce: &[u8; NONCE_LEN], ad: &[u8], plain: &[u8]) -> Vec<u8> {
-        let payload = Payload {
-            msg: plain,
-            aad: ad,
-        };
-        // Encryption fails only for messages beyond 256 GiB; chunks are 64 KiB.
-        self.0
-            .encrypt(XNonce::from_slice(nonce), payload)
-            .unwrap_or_default()
-    }
-
     /// Encrypt `buf` in place; returns the tag.
-    fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    pub(crate) fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
         let mut tag = [0u8; TAG_LEN];
         // Fails only for messages beyond 256 GiB; chunks are 64 KiB.
         if let Ok(t) = self
@@ -154,7 +147,7 @@ impl Cipher {
 
     /// Decrypt `buf` in place and check `tag`; false (and `buf` garbage) when the
     /// tag does not match.
-    fn open_in_place(
+    pub(crate) fn open_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         ad: &[u8],
@@ -166,20 +159,6 @@ impl Cipher {
                 .0
                 .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, buf, Tag::from_slice(tag))
                 .is_ok()
-    }
-
-    /// Decrypt and authenticate; `None` when the tag does not match.
-    pub(crate) fn open(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        ad: &[u8],
-        sealed: &[u8],
-    ) -> Option<Vec<u8>> {
-        let payload = Payload {
-            msg: sealed,
-            aad: ad,
-        };
-        self.0.decrypt(XNonce::from_slice(nonce), payload).ok()
     }
 }
 
@@ -254,16 +233,16 @@ fn chunk_ad(name: &str, fixed: &[u8; FIXED_LEN], index: u64, entry: &Entry) -> V
     ad
 }
 
-/// Encode `plain` as the envelope stored under `name`. `cipher` encrypts (with
-/// `nonce`, which must be fresh random bytes); `compression` compresses each chunk
-/// that it makes smaller.
+/// Encode `plain` as the envelope stored under `name`, with its layout. `cipher`
+/// encrypts (with `nonce`, which must be fresh random bytes); `compression`
+/// compresses each chunk that it makes smaller.
 pub fn seal(
     name: &str,
     plain: &[u8],
     compression: Compression,
     cipher: Option<&Cipher>,
     nonce: [u8; NONCE_LEN],
-) -> Vec<u8> {
+) -> (Vec<u8>, Layout) {
     let chunk_bytes = CHUNK_BYTES as usize;
     let count = plain.len().div_ceil(chunk_bytes);
     let nonce = if cipher.is_some() {
@@ -275,17 +254,20 @@ pub fn seal(
     if cipher.is_some() {
         flags |= FLAG_ENCRYPTED;
     }
-    let mut fixed_buf = Vec::with_capacity(FIXED_LEN);
-    write_header(&mut fixed_buf, MAGIC, VERSION, flags);
-    fixed_buf.put_u32(CHUNK_BYTES);
-    fixed_buf.put_u64(plain.len() as u64);
-    fixed_buf.put_u32(count as u32);
-    fixed_buf.extend_from_slice(&nonce);
+    let header_len = FIXED_LEN + count * ENTRY_LEN + 4;
+    // The header first, its table and CRC filled in once the chunks are written
+    // after it.
+    let mut out = Vec::with_capacity(header_len + plain.len() / 2 + 64);
+    write_header(&mut out, MAGIC, VERSION, flags);
+    out.put_u32(CHUNK_BYTES);
+    out.put_u64(plain.len() as u64);
+    out.put_u32(count as u32);
+    out.extend_from_slice(&nonce);
     let mut fixed = [0u8; FIXED_LEN];
-    fixed.copy_from_slice(&fixed_buf);
+    fixed.copy_from_slice(&out);
+    out.resize(header_len, 0);
 
     let mut entries = Vec::with_capacity(count);
-    let mut body = Vec::with_capacity(plain.len() / 2 + 64);
     // One compression context for every chunk (setting one up allocates).
     let mut compressor = match compression {
         Compression::Zstd => zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
@@ -298,8 +280,8 @@ pub fn seal(
             c.compress_to_buffer(chunk, &mut packed).is_ok() && packed.len() < chunk.len()
         });
         let inner: &[u8] = if compressed { &packed } else { chunk };
-        let start = body.len();
-        body.extend_from_slice(inner);
+        let start = out.len();
+        out.extend_from_slice(inner);
         if let Some(c) = cipher {
             let stored_len = (inner.len() + TAG_LEN) as u32;
             // The CRC is of the sealed bytes, which the AD cannot contain yet:
@@ -310,24 +292,31 @@ pub fn seal(
                 crc: 0,
             };
             let ad = chunk_ad(name, &fixed, i as u64, &ad_entry);
-            let tag = c.seal_in_place(&chunk_nonce(&nonce, i as u64), &ad, &mut body[start..]);
-            body.extend_from_slice(&tag);
+            let tag = c.seal_in_place(&chunk_nonce(&nonce, i as u64), &ad, &mut out[start..]);
+            out.extend_from_slice(&tag);
         }
         entries.push(Entry {
-            stored_len: (body.len() - start) as u32,
+            stored_len: (out.len() - start) as u32,
             compressed,
-            crc: crc32c::crc32c(&body[start..]),
+            crc: crc32c::crc32c(&out[start..]),
         });
     }
-    let mut out = Vec::with_capacity(FIXED_LEN + count * ENTRY_LEN + 4 + body.len());
-    out.extend_from_slice(&fixed);
+    let mut table = Vec::with_capacity(count * ENTRY_LEN);
     for e in &entries {
-        e.encode(&mut out);
+        e.encode(&mut table);
     }
-    let crc = crc32c::crc32c(&out);
-    out.put_u32(crc);
-    out.extend_from_slice(&body);
-    out
+    out[FIXED_LEN..FIXED_LEN + table.len()].copy_from_slice(&table);
+    let crc = crc32c::crc32c(&out[..header_len - 4]);
+    out[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
+    let layout = Layout::new(
+        cipher.is_some(),
+        compression,
+        CHUNK_BYTES,
+        plain.len() as u64,
+        fixed,
+        entries,
+    );
+    (out, layout)
 }
 
 impl Layout {
@@ -353,8 +342,7 @@ impl Layout {
                 "{count} chunks cannot hold {plain_len} bytes in chunks of {chunk_bytes}"
             )));
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(r.bytes(NONCE_LEN)?);
+        r.bytes(NONCE_LEN)?;
         let mut fixed = [0u8; FIXED_LEN];
         fixed.copy_from_slice(&stored[..FIXED_LEN]);
         let table_len = (count as usize)
@@ -382,9 +370,6 @@ impl Layout {
             });
         }
         let mut entries = Vec::with_capacity(count as usize);
-        let mut offsets = Vec::with_capacity(count as usize + 1);
-        let mut at = (header_end + 4) as u64;
-        offsets.push(at);
         let overhead = if encrypted { TAG_LEN as u64 } else { 0 };
         for i in 0..count {
             let word = r.u32()?;
@@ -406,18 +391,39 @@ impl Layout {
                     "chunk {i}: stored length {len} does not fit {plain} plain bytes"
                 )));
             }
-            at += len;
-            offsets.push(at);
             entries.push(entry);
         }
+        let layout = Layout::new(encrypted, codec, chunk_bytes, plain_len, fixed, entries);
         if let Some(total) = stored_len {
+            let at = layout.offsets[layout.entries.len()];
             if total != at {
                 return Err(r.invalid(format!(
                     "the chunk table covers {at} bytes but the object has {total}"
                 )));
             }
         }
-        Ok(Layout {
+        Ok(layout)
+    }
+
+    /// A layout from its parts; chunk offsets follow from the table.
+    fn new(
+        encrypted: bool,
+        codec: Compression,
+        chunk_bytes: u32,
+        plain_len: u64,
+        fixed: [u8; FIXED_LEN],
+        entries: Vec<Entry>,
+    ) -> Layout {
+        let mut offsets = Vec::with_capacity(entries.len() + 1);
+        let mut at = (FIXED_LEN + entries.len() * ENTRY_LEN + 4) as u64;
+        offsets.push(at);
+        for e in &entries {
+            at += e.stored_len as u64;
+            offsets.push(at);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&fixed[FIXED_LEN - NONCE_LEN..]);
+        Layout {
             encrypted,
             codec,
             chunk_bytes,
@@ -426,21 +432,12 @@ impl Layout {
             fixed,
             entries,
             offsets,
-        })
+        }
     }
 
     /// Length of the object's plain bytes.
     pub fn plain_len(&self) -> u64 {
         self.plain_len
-    }
-
-    /// Length of the stored object (header and chunks).
-    pub fn stored_len(&self) -> u64 {
-        self.offsets.last().copied().unwrap_or(0)
-    }
-
-    pub fn is_encrypted(&self) -> bool {
-        self.encrypted
     }
 
     /// About how many bytes of memory this layout takes.
@@ -607,17 +604,35 @@ fn chunk_plain_len(plain_len: u64, chunk_bytes: u32, index: u64) -> u64 {
     plain_len.saturating_sub(index * c).min(c)
 }
 
-/// Decode a whole envelope stored under `name` to its plain bytes.
-pub fn open(name: &str, stored: &[u8], cipher: Option<&Cipher>) -> FormatResult<Vec<u8>> {
+/// Decode a whole envelope stored under `name`: its layout and plain bytes.
+pub fn open(name: &str, stored: &[u8], cipher: Option<&Cipher>) -> FormatResult<(Layout, Vec<u8>)> {
     let layout = Layout::decode(stored, Some(stored.len() as u64))?;
     let body = &stored[layout.offsets[0] as usize..];
-    layout.open_chunks(name, cipher, 0..layout.entries.len(), body)
+    let plain = layout.open_chunks(name, cipher, 0..layout.entries.len(), body)?;
+    Ok((layout, plain))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn open_plain(name: &str, stored: &[u8], cipher: Option<&Cipher>) -> FormatResult<Vec<u8>> {
+        open(name, stored, cipher).map(|(_, plain)| plain)
+    }
+
+    #[test]
+    fn seal_returns_the_layout_that_decoding_finds() {
+        let plain = vec![b'z'; 150_000];
+        let c = cipher();
+        for cipher in [None, Some(&c)] {
+            let (stored, layout) = seal("run/l", &plain, Compression::Zstd, cipher, [6; NONCE_LEN]);
+            assert_eq!(
+                Layout::decode(&stored, Some(stored.len() as u64)).unwrap(),
+                layout
+            );
+        }
+    }
 
     fn cipher() -> Cipher {
         Cipher::new(&[7; KEY_LEN])
@@ -644,13 +659,13 @@ mod tests {
             let plain = text(n);
             for comp in [Compression::None, Compression::Zstd] {
                 for c in [None, Some(cipher())] {
-                    let stored = seal("seg/a", &plain, comp, c.as_ref(), [9; NONCE_LEN]);
+                    let stored = seal("seg/a", &plain, comp, c.as_ref(), [9; NONCE_LEN]).0;
                     assert!(is_envelope(&stored));
                     assert_eq!(
                         header_len(&stored[..FIXED_LEN]).unwrap() as u64,
                         Layout::decode(&stored, None).unwrap().offsets[0]
                     );
-                    assert_eq!(open("seg/a", &stored, c.as_ref()).unwrap(), plain);
+                    assert_eq!(open_plain("seg/a", &stored, c.as_ref()).unwrap(), plain);
                 }
             }
         }
@@ -659,7 +674,7 @@ mod tests {
     #[test]
     fn compresses_text_and_leaves_random_bytes_alone() {
         let plain = text(1 << 20);
-        let stored = seal("run/x", &plain, Compression::Zstd, None, [0; NONCE_LEN]);
+        let stored = seal("run/x", &plain, Compression::Zstd, None, [0; NONCE_LEN]).0;
         assert!(stored.len() < plain.len() / 20, "{}", stored.len());
         let layout = Layout::decode(&stored, Some(stored.len() as u64)).unwrap();
         assert_eq!(layout.compressed_chunks(), 16);
@@ -672,17 +687,17 @@ mod tests {
                 (x >> 32) as u8
             })
             .collect();
-        let stored = seal("run/y", &noise, Compression::Zstd, None, [0; NONCE_LEN]);
+        let stored = seal("run/y", &noise, Compression::Zstd, None, [0; NONCE_LEN]).0;
         let layout = Layout::decode(&stored, Some(stored.len() as u64)).unwrap();
         assert_eq!(layout.compressed_chunks(), 0);
-        assert_eq!(open("run/y", &stored, None).unwrap(), noise);
+        assert_eq!(open_plain("run/y", &stored, None).unwrap(), noise);
     }
 
     #[test]
     fn ranged_reads_open_only_their_chunks() {
         let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let c = cipher();
-        let stored = seal("run/r", &plain, Compression::Zstd, Some(&c), [3; NONCE_LEN]);
+        let stored = seal("run/r", &plain, Compression::Zstd, Some(&c), [3; NONCE_LEN]).0;
         let layout = Layout::decode(&stored[..stored.len().min(4096)], None).unwrap();
         for range in [
             0..1,
@@ -709,17 +724,17 @@ mod tests {
     fn wrong_key_swapped_name_and_tampering_fail() {
         let plain = text(200_000);
         let c = cipher();
-        let stored = seal("seg/a", &plain, Compression::None, Some(&c), [1; NONCE_LEN]);
+        let stored = seal("seg/a", &plain, Compression::None, Some(&c), [1; NONCE_LEN]).0;
         let wrong = Cipher::new(&[8; KEY_LEN]);
         assert!(matches!(
-            open("seg/a", &stored, Some(&wrong)),
+            open_plain("seg/a", &stored, Some(&wrong)),
             Err(FormatError::Authentication { chunk: 0, .. })
         ));
         assert!(matches!(
-            open("seg/b", &stored, Some(&c)),
+            open_plain("seg/b", &stored, Some(&c)),
             Err(FormatError::Authentication { .. })
         ));
-        assert!(open("seg/a", &stored, None).is_err());
+        assert!(open_plain("seg/a", &stored, None).is_err());
         // A flipped byte in a chunk whose CRC is fixed up still fails authentication.
         let layout = Layout::decode(&stored, None).unwrap();
         let mut bad = stored.clone();
@@ -732,7 +747,7 @@ mod tests {
         let hcrc = crc32c::crc32c(&bad[..header_end]);
         bad[header_end..header_end + 4].copy_from_slice(&hcrc.to_le_bytes());
         assert!(matches!(
-            open("seg/a", &bad, Some(&c)),
+            open_plain("seg/a", &bad, Some(&c)),
             Err(FormatError::Authentication { chunk: 1, .. })
         ));
         // Two chunks swapped, with the table fixed up, fail too.
@@ -749,7 +764,7 @@ mod tests {
         let hcrc = crc32c::crc32c(&swapped[..header_end]);
         swapped[header_end..header_end + 4].copy_from_slice(&hcrc.to_le_bytes());
         assert!(matches!(
-            open("seg/a", &swapped, Some(&c)),
+            open_plain("seg/a", &swapped, Some(&c)),
             Err(FormatError::Authentication { .. })
         ));
     }
@@ -758,14 +773,17 @@ mod tests {
     fn every_flipped_byte_and_every_truncation_is_an_error() {
         let plain = text(5000);
         for c in [None, Some(cipher())] {
-            let stored = seal("m", &plain, Compression::Zstd, c.as_ref(), [2; NONCE_LEN]);
+            let stored = seal("m", &plain, Compression::Zstd, c.as_ref(), [2; NONCE_LEN]).0;
             for i in 0..stored.len() {
                 let mut bad = stored.clone();
                 bad[i] ^= 0x40;
-                assert!(open("m", &bad, c.as_ref()).is_err(), "byte {i}");
+                assert!(open_plain("m", &bad, c.as_ref()).is_err(), "byte {i}");
             }
             for n in 0..stored.len() {
-                assert!(open("m", &stored[..n], c.as_ref()).is_err(), "length {n}");
+                assert!(
+                    open_plain("m", &stored[..n], c.as_ref()).is_err(),
+                    "length {n}"
+                );
             }
         }
     }
@@ -776,9 +794,9 @@ mod tests {
             let c = cipher();
             let mut input = MAGIC.to_vec();
             input.extend_from_slice(&bytes);
-            let _ = open("x", &bytes, Some(&c));
-            let _ = open("x", &input, Some(&c));
-            let _ = open("x", &input, None);
+            let _ = open_plain("x", &bytes, Some(&c));
+            let _ = open_plain("x", &input, Some(&c));
+            let _ = open_plain("x", &input, None);
             let _ = header_len(&input);
             if let Ok(layout) = Layout::decode(&input, None) {
                 if layout.plain_len > 0 {
@@ -797,8 +815,8 @@ mod tests {
             let c = cipher();
             let comp = if zstd { Compression::Zstd } else { Compression::None };
             let cipher = encrypt.then_some(&c);
-            let stored = seal("n", &plain, comp, cipher, [5; NONCE_LEN]);
-            prop_assert_eq!(&open("n", &stored, cipher).unwrap(), &plain);
+            let stored = seal("n", &plain, comp, cipher, [5; NONCE_LEN]).0;
+            prop_assert_eq!(&open_plain("n", &stored, cipher).unwrap(), &plain);
             if !plain.is_empty() {
                 let start = start % plain.len() as u64;
                 let end = (start + len).min(plain.len() as u64);

@@ -57,24 +57,18 @@ pub fn os_random() -> Random {
 /// What the layer knows about one stored object.
 #[derive(Clone, Debug)]
 enum Known {
-    Plain(u64),
+    /// Stored as its plain bytes (no envelope).
+    Plain,
     Envelope(Arc<Layout>),
 }
 
 impl Known {
     fn memory_bytes(&self, key: &str) -> usize {
         let own = match self {
-            Known::Plain(_) => 0,
+            Known::Plain => 0,
             Known::Envelope(l) => l.memory_bytes(),
         };
         own + key.len() + 64
-    }
-
-    fn plain_len(&self) -> u64 {
-        match self {
-            Known::Plain(n) => *n,
-            Known::Envelope(l) => l.plain_len(),
-        }
     }
 }
 
@@ -195,17 +189,14 @@ impl EnvelopeStore {
             .cloned()
     }
 
-    /// The layout of `key`, probing the object if it is not known. `stored_size`,
-    /// when known (from a listing), saves reading past the end of small objects.
-    async fn layout(&self, key: &str, stored_size: Option<u64>) -> StoreResult<Known> {
-        if let Some(k) = self.recall(key) {
-            return Ok(k);
-        }
+    /// Learn the layout of `key` from its first bytes (one ranged GET; two for an
+    /// envelope whose header is longer than a probe). `stored_size`, when known (from
+    /// a listing), saves reading past the end of small objects.
+    async fn probe(&self, key: &str, stored_size: Option<u64>) -> StoreResult<Known> {
         let prefix = match stored_size {
             Some(size) if size < MIN_LEN as u64 => {
-                let known = Known::Plain(size);
-                self.remember(key, known.clone());
-                return Ok(known);
+                self.remember(key, Known::Plain);
+                return Ok(Known::Plain);
             }
             Some(size) => self.inner.get_range(key, 0..size.min(PROBE_BYTES)).await?,
             None => match self.inner.get_range(key, 0..PROBE_BYTES).await {
@@ -213,17 +204,14 @@ impl EnvelopeStore {
                 // Smaller than a probe: read it whole (and learn it from that).
                 Err(StoreError::InvalidRange { .. }) => {
                     let got = self.inner.get(key).await?;
-                    self.open_whole(key, got.data).await?;
-                    return self.recall(key).ok_or_else(|| {
-                        StoreError::NotFound(format!("{key} (deleted while read)"))
-                    });
+                    return Ok(self.open_whole(key, got.data).await?.1);
                 }
                 Err(e) => return Err(e),
             },
         };
         let known = if envelope::is_envelope(&prefix) {
             let need = envelope::header_len(&prefix).map_err(|e| undecodable(key, e))?;
-            let header = if need as u64 > prefix.len() as u64 {
+            let header = if need > prefix.len() {
                 self.inner.get_range(key, 0..need as u64).await?
             } else {
                 prefix
@@ -231,47 +219,34 @@ impl EnvelopeStore {
             let layout = Layout::decode(&header, stored_size).map_err(|e| undecodable(key, e))?;
             Known::Envelope(Arc::new(layout))
         } else {
-            match stored_size {
-                Some(size) => Known::Plain(size),
-                // A plain object read in ranges: its size is not needed.
-                None => Known::Plain(u64::MAX),
-            }
+            Known::Plain
         };
         self.remember(key, known.clone());
         Ok(known)
     }
 
-    /// Plain bytes of a whole stored object, learning its layout.
-    async fn open_whole(&self, key: &str, stored: Bytes) -> StoreResult<Bytes> {
+    /// Plain bytes of a whole stored object, learning (and returning) its layout.
+    async fn open_whole(&self, key: &str, stored: Bytes) -> StoreResult<(Bytes, Known)> {
         if !envelope::is_envelope(&stored) {
-            self.remember(key, Known::Plain(stored.len() as u64));
-            return Ok(stored);
+            self.remember(key, Known::Plain);
+            return Ok((stored, Known::Plain));
         }
         let cipher = self.cipher.clone();
         let name = key.to_string();
-        let len = stored.len();
-        let work = move || {
-            let layout = Layout::decode(&stored, Some(stored.len() as u64))?;
-            let body = &stored[layout.stored_range(&(0..0)).start as usize..];
-            let chunks = 0..layout.chunks_for(&(0..layout.plain_len())).end;
-            let plain = layout.open_chunks(&name, cipher.as_ref(), chunks, body)?;
-            Ok::<_, crate::format::FormatError>((layout, plain))
-        };
-        let (layout, plain) = if len >= BLOCKING_BYTES {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| undecodable(key, e))?
-        } else {
-            work()
-        }
+        let heavy = stored.len() >= BLOCKING_BYTES;
+        let (layout, plain) = off_thread(key, heavy, move || {
+            envelope::open(&name, &stored, cipher.as_ref())
+        })
+        .await?
         .map_err(|e| undecodable(key, e))?;
-        self.remember(key, Known::Envelope(Arc::new(layout)));
-        Ok(Bytes::from(plain))
+        let known = Known::Envelope(Arc::new(layout));
+        self.remember(key, known.clone());
+        Ok((Bytes::from(plain), known))
     }
 
     async fn read_range(&self, key: &str, range: Range<u64>, known: Known) -> StoreResult<Bytes> {
         match known {
-            Known::Plain(_) => self.inner.get_range(key, range).await,
+            Known::Plain => self.inner.get_range(key, range).await,
             Known::Envelope(layout) => {
                 if range.end > layout.plain_len() {
                     return Err(StoreError::InvalidRange {
@@ -295,10 +270,9 @@ impl EnvelopeStore {
 impl ObjectStore for EnvelopeStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
         if passed_through(key) || self.writes_plain() {
-            let len = data.len() as u64;
             let etag = self.inner.put(key, data, mode).await?;
             if !passed_through(key) {
-                self.remember(key, Known::Plain(len));
+                self.remember(key, Known::Plain);
             }
             return Ok(etag);
         }
@@ -307,17 +281,11 @@ impl ObjectStore for EnvelopeStore {
         let cipher = self.cipher.clone();
         let compression = self.compression;
         let name = key.to_string();
-        let data_len = data.len();
-        let work = move || envelope::seal(&name, &data, compression, cipher.as_ref(), nonce);
-        let sealed = if data_len >= BLOCKING_BYTES {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| undecodable(key, e))?
-        } else {
-            work()
-        };
-        let layout =
-            Layout::decode(&sealed, Some(sealed.len() as u64)).map_err(|e| undecodable(key, e))?;
+        let heavy = data.len() >= BLOCKING_BYTES;
+        let (sealed, layout) = off_thread(key, heavy, move || {
+            envelope::seal(&name, &data, compression, cipher.as_ref(), nonce)
+        })
+        .await?;
         let etag = self.inner.put(key, Bytes::from(sealed), mode).await?;
         self.remember(key, Known::Envelope(Arc::new(layout)));
         Ok(etag)
@@ -328,7 +296,7 @@ impl ObjectStore for EnvelopeStore {
         if passed_through(key) {
             return Ok(got);
         }
-        let data = self.open_whole(key, got.data).await?;
+        let (data, _) = self.open_whole(key, got.data).await?;
         Ok(GetResult {
             data,
             etag: got.etag,
@@ -348,14 +316,16 @@ impl ObjectStore for EnvelopeStore {
             }
             return Ok(Bytes::new());
         }
-        let cached = self.recall(key).is_some();
-        let known = self.layout(key, None).await?;
+        let Some(known) = self.recall(key) else {
+            let known = self.probe(key, None).await?;
+            return self.read_range(key, range, known).await;
+        };
         match self.read_range(key, range.clone(), known).await {
             // An object deleted and written again under its name since its layout was
             // learnt: learn it again, once.
-            Err(StoreError::Undecodable { .. } | StoreError::InvalidRange { .. }) if cached => {
+            Err(StoreError::Undecodable { .. } | StoreError::InvalidRange { .. }) => {
                 self.forget(key);
-                let known = self.layout(key, None).await?;
+                let known = self.probe(key, None).await?;
                 self.read_range(key, range, known).await
             }
             other => other,
@@ -369,12 +339,15 @@ impl ObjectStore for EnvelopeStore {
                 if passed_through(&meta.key) {
                     return Ok(meta);
                 }
-                let known = self.layout(&meta.key, Some(meta.stored_size)).await;
+                let known = match self.recall(&meta.key) {
+                    Some(k) => Ok(k),
+                    None => self.probe(&meta.key, Some(meta.stored_size)).await,
+                };
                 let size = match known {
-                    Ok(Known::Plain(_)) => meta.stored_size,
-                    Ok(k) => k.plain_len(),
+                    Ok(Known::Envelope(layout)) => layout.plain_len(),
                     // Deleted since it was listed: report it as listed.
-                    Err(StoreError::NotFound(_) | StoreError::InvalidRange { .. }) => {
+                    Ok(Known::Plain)
+                    | Err(StoreError::NotFound(_) | StoreError::InvalidRange { .. }) => {
                         meta.stored_size
                     }
                     Err(e) => return Err(e),
@@ -394,6 +367,22 @@ impl ObjectStore for EnvelopeStore {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+/// Run `work` on the blocking thread pool when it is `heavy` (sealing or opening a
+/// large object), else here.
+async fn off_thread<T: Send + 'static>(
+    key: &str,
+    heavy: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> StoreResult<T> {
+    if heavy {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| undecodable(key, e))
+    } else {
+        Ok(work())
     }
 }
 
