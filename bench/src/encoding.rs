@@ -158,10 +158,7 @@ impl Mode {
     /// `kvfs mount` flags of this mode (given to both mounts: the second needs the
     /// key, and the store remembers its compression anyway).
     fn mount_flags(self, key_file: &Path) -> BenchResult<Vec<String>> {
-        let compression = match self.compression() {
-            Compression::Zstd => "zstd",
-            Compression::None => "none",
-        };
+        let compression = self.compression().name();
         let mut flags = vec![
             "--no-background-gc".to_string(),
             "--compression".to_string(),

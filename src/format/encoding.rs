@@ -77,7 +77,7 @@ impl EncodingRecord {
             0
         };
         write_header(&mut out, MAGIC, VERSION, flags);
-        out.put_u8(self.compression.to_byte());
+        out.put_u8(self.compression.code() as u8);
         if let Some((nonce, sealed)) = &self.key_check {
             out.extend_from_slice(nonce);
             out.extend_from_slice(sealed);
@@ -94,7 +94,7 @@ impl EncodingRecord {
             return Err(r.invalid(format!("unknown flags {flags:#06x}")));
         }
         let code = r.u8()?;
-        let compression = Compression::from_byte(code)
+        let compression = Compression::from_code(code as u16)
             .ok_or_else(|| r.invalid(format!("unknown compression {code}")))?;
         let key_check = if flags & FLAG_ENCRYPTED != 0 {
             let mut nonce = [0u8; NONCE_LEN];

@@ -72,14 +72,14 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             Compression::None => 0,
             Compression::Zstd => 1,
         }
     }
 
-    fn from_code(code: u16) -> Option<Compression> {
+    pub(crate) fn from_code(code: u16) -> Option<Compression> {
         match code {
             0 => Some(Compression::None),
             1 => Some(Compression::Zstd),
@@ -93,22 +93,6 @@ impl Compression {
             Compression::None => "none",
             Compression::Zstd => "zstd",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Compression> {
-        match s {
-            "none" => Some(Compression::None),
-            "zstd" => Some(Compression::Zstd),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn to_byte(self) -> u8 {
-        self.code() as u8
-    }
-
-    pub(crate) fn from_byte(b: u8) -> Option<Compression> {
-        Compression::from_code(b as u16)
     }
 }
 
