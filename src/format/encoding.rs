@@ -19,9 +19,13 @@ pub const VERSION: u16 = 1;
 pub const ENCODING: &str = "encoding";
 
 const FLAG_ENCRYPTED: u16 = 1;
+/// Flag: the store's envelopes are bound to it (version 2 only); its key check
+/// binds this flag, so clearing it makes the key check fail.
+const FLAG_BOUND: u16 = 2;
 /// What the key check seals.
 const KEY_CHECK_PLAIN: &[u8; 16] = b"kvfs key check 1";
 const KEY_CHECK_AD: &[u8] = b"kvfs encoding record";
+const KEY_CHECK_AD_BOUND: &[u8] = b"kvfs encoding record, bound envelopes";
 const WHAT: &str = "encoding record";
 
 /// The decoded record.
@@ -29,8 +33,13 @@ const WHAT: &str = "encoding record";
 pub struct EncodingRecord {
     /// Compression writers use unless told otherwise.
     pub compression: Compression,
-    /// For an encrypted store: the nonce and sealed bytes of the key check.
+    /// For an encrypted store: the nonce and sealed bytes of the key check. The
+    /// nonce is random and fresh for each store: it is the store's identity, which
+    /// every envelope of a bound store binds.
     pub key_check: Option<([u8; NONCE_LEN], Vec<u8>)>,
+    /// Whether the store reads only envelopes bound to it (every encrypted store
+    /// created since envelopes have a version 2; older ones also read version 1).
+    pub bound: bool,
 }
 
 impl EncodingRecord {
@@ -45,11 +54,17 @@ impl EncodingRecord {
             compression,
             key_check: cipher.map(|c| {
                 let mut sealed = KEY_CHECK_PLAIN.to_vec();
-                let tag = c.seal_in_place(&nonce, KEY_CHECK_AD, &mut sealed);
+                let tag = c.seal_in_place(&nonce, KEY_CHECK_AD_BOUND, &mut sealed);
                 sealed.extend_from_slice(&tag);
                 (nonce, sealed)
             }),
+            bound: cipher.is_some(),
         }
+    }
+
+    /// The store's identity (the key check's nonce), if it is encrypted.
+    pub fn store_id(&self) -> Option<&[u8; NONCE_LEN]> {
+        self.key_check.as_ref().map(|(nonce, _)| nonce)
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -62,8 +77,12 @@ impl EncodingRecord {
             Some((nonce, sealed)) => {
                 let (body, tag) = sealed.split_at(sealed.len().saturating_sub(TAG_LEN));
                 let mut plain = body.to_vec();
-                cipher.open_in_place(nonce, KEY_CHECK_AD, &mut plain, tag)
-                    && plain == KEY_CHECK_PLAIN
+                let ad = if self.bound {
+                    KEY_CHECK_AD_BOUND
+                } else {
+                    KEY_CHECK_AD
+                };
+                cipher.open_in_place(nonce, ad, &mut plain, tag) && plain == KEY_CHECK_PLAIN
             }
             None => false,
         }
@@ -71,11 +90,13 @@ impl EncodingRecord {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
-        let flags = if self.is_encrypted() {
-            FLAG_ENCRYPTED
-        } else {
-            0
-        };
+        let mut flags = 0;
+        if self.is_encrypted() {
+            flags |= FLAG_ENCRYPTED;
+        }
+        if self.bound {
+            flags |= FLAG_BOUND;
+        }
         write_header(&mut out, MAGIC, VERSION, flags);
         out.put_u8(self.compression.code() as u8);
         if let Some((nonce, sealed)) = &self.key_check {
@@ -90,8 +111,12 @@ impl EncodingRecord {
         let body = check_trailer(buf, END_MAGIC, WHAT)?;
         let mut r = Reader::new(body, WHAT);
         let flags = read_header(&mut r, MAGIC, VERSION)?;
-        if flags & !FLAG_ENCRYPTED != 0 {
+        if flags & !(FLAG_ENCRYPTED | FLAG_BOUND) != 0 {
             return Err(r.invalid(format!("unknown flags {flags:#06x}")));
+        }
+        let bound = flags & FLAG_BOUND != 0;
+        if bound && flags & FLAG_ENCRYPTED == 0 {
+            return Err(r.invalid("bound envelopes in a store that is not encrypted"));
         }
         let code = r.u8()?;
         let compression = Compression::from_code(code as u16)
@@ -110,6 +135,7 @@ impl EncodingRecord {
         Ok(EncodingRecord {
             compression,
             key_check,
+            bound,
         })
     }
 }
@@ -132,6 +158,32 @@ mod tests {
         let back = EncodingRecord::decode(&plain.encode()).unwrap();
         assert!(!back.is_encrypted() && !back.key_matches(&key));
         assert_eq!(back.compression, Compression::None);
+    }
+
+    #[test]
+    fn the_bound_flag_cannot_be_cleared_and_old_records_still_open() {
+        let key = Cipher::new(&[1; KEY_LEN]);
+        let rec = EncodingRecord::new(Compression::None, Some(&key), [4; NONCE_LEN]);
+        assert!(rec.bound);
+        assert_eq!(rec.store_id(), Some(&[4; NONCE_LEN]));
+        // Clearing the flag (and fixing the checksum) makes the key check fail.
+        let downgraded = EncodingRecord {
+            bound: false,
+            ..rec.clone()
+        };
+        let back = EncodingRecord::decode(&downgraded.encode()).unwrap();
+        assert!(!back.key_matches(&key));
+        // A record written before envelopes were bound: sealed without the flag.
+        let mut sealed = KEY_CHECK_PLAIN.to_vec();
+        let tag = key.seal_in_place(&[6; NONCE_LEN], KEY_CHECK_AD, &mut sealed);
+        sealed.extend_from_slice(&tag);
+        let old = EncodingRecord {
+            compression: Compression::Zstd,
+            key_check: Some(([6; NONCE_LEN], sealed)),
+            bound: false,
+        };
+        let back = EncodingRecord::decode(&old.encode()).unwrap();
+        assert!(back.key_matches(&key) && !back.bound);
     }
 
     #[test]

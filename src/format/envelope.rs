@@ -14,10 +14,19 @@
 //!   plain offsets map to stored offsets without reading any chunk.
 //! - **sealing**: XChaCha20-Poly1305 with a random 24-byte nonce per object (chunk `i`
 //!   uses the nonce with `i` XORed into its last 8 bytes). Each chunk's associated
-//!   data binds the object's name, the fixed part of its header (so its length and
-//!   chunk count), the chunk's number and its table entry: a chunk moved to another
-//!   place, another object or another name fails to open, and so does a truncated
-//!   object.
+//!   data binds the store's identity, the object's name, the fixed part of its
+//!   header (so its length and chunk count), the chunk's number and its table entry:
+//!   a chunk moved to another place, another object, another name or another store
+//!   fails to open, and so does a truncated object.
+//! - **header tag**: in an encrypted envelope (version 2), a tag over the whole
+//!   header (fixed part and chunk table) with the store's identity and the object's
+//!   name, so the header is authenticated on its own, also for an object with no
+//!   chunk at all.
+//! - **store identity**: random bytes chosen when an encrypted store is created (the
+//!   nonce of its key check, `format::encoding`); a [`Cipher`] carries it, so one key
+//!   used for two stores cannot move objects between them.
+//! - **sealed**: an envelope that authenticates under a store's cipher
+//!   ([`Layout::check_sealed`]). An encrypted store reads nothing else.
 //!
 //! Objects that are neither compressed nor encrypted are stored as plain bytes, with
 //! no envelope; every kvfs object starts with its own `KVFS…` magic, so the two are
@@ -25,6 +34,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -35,7 +45,10 @@ use super::codec::{read_header, write_header, PutLe, Reader};
 use super::{FormatError, FormatResult};
 
 pub const MAGIC: &[u8; 8] = b"KVFSENV1";
-pub const VERSION: u16 = 1;
+/// The version written. Version 1 (no store identity, no header tag) is still read.
+pub const VERSION: u16 = 2;
+/// The first version, read but no longer written.
+const VERSION_1: u16 = 1;
 /// Plain bytes per chunk.
 pub const CHUNK_BYTES: u32 = 64 << 10;
 /// Bytes of the nonce of an encrypted object.
@@ -102,13 +115,35 @@ impl fmt::Display for Compression {
     }
 }
 
-/// An encryption key, ready to seal and open (its bytes are never printed).
+/// An encryption key, ready to seal and open (its bytes are never printed), and the
+/// identity of the store it seals for.
 #[derive(Clone)]
-pub struct Cipher(XChaCha20Poly1305);
+pub struct Cipher {
+    aead: XChaCha20Poly1305,
+    store: Arc<[u8]>,
+}
 
 impl Cipher {
+    /// A cipher for `key`, bound to no store yet (see [`Cipher::for_store`]).
     pub fn new(key: &[u8; KEY_LEN]) -> Cipher {
-        Cipher(XChaCha20Poly1305::new(key.into()))
+        Cipher {
+            aead: XChaCha20Poly1305::new(key.into()),
+            store: Arc::from(&[][..]),
+        }
+    }
+
+    /// The same key, sealing and opening the objects of the store whose identity is
+    /// `store`.
+    pub fn for_store(&self, store: &[u8]) -> Cipher {
+        Cipher {
+            aead: self.aead.clone(),
+            store: Arc::from(store),
+        }
+    }
+
+    /// The identity of the store this cipher is bound to (empty if none).
+    pub fn store(&self) -> &[u8] {
+        &self.store
     }
 
     /// Encrypt `buf` in place; returns the tag.
@@ -121,7 +156,7 @@ impl Cipher {
         let mut tag = [0u8; TAG_LEN];
         // Fails only for messages beyond 256 GiB; chunks are 64 KiB.
         if let Ok(t) = self
-            .0
+            .aead
             .encrypt_in_place_detached(XNonce::from_slice(nonce), ad, buf)
         {
             tag.copy_from_slice(&t);
@@ -140,7 +175,7 @@ impl Cipher {
     ) -> bool {
         tag.len() == TAG_LEN
             && self
-                .0
+                .aead
                 .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, buf, Tag::from_slice(tag))
                 .is_ok()
     }
@@ -170,6 +205,7 @@ impl Entry {
 /// The decoded header of an envelope: everything needed to find and open any chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
+    version: u16,
     encrypted: bool,
     codec: Compression,
     chunk_bytes: u32,
@@ -178,6 +214,8 @@ pub struct Layout {
     /// The fixed part of the header, bound into every chunk's associated data.
     fixed: [u8; FIXED_LEN],
     entries: Vec<Entry>,
+    /// The header tag (encrypted envelopes of version 2).
+    header_tag: Option<[u8; TAG_LEN]>,
     /// `offsets[i]` is where chunk `i` starts in the stored bytes; one more entry
     /// marks the end.
     offsets: Vec<u64>,
@@ -192,10 +230,53 @@ pub fn is_envelope(stored_prefix: &[u8]) -> bool {
 /// given (so a reader knows how much to fetch before it can parse the table).
 pub fn header_len(fixed: &[u8]) -> FormatResult<usize> {
     let mut r = Reader::new(fixed, WHAT);
-    read_header(&mut r, MAGIC, VERSION)?;
+    let (version, flags) = read_any_header(&mut r, fixed)?;
     r.bytes(4 + 8)?;
     let count = r.u32()? as usize;
-    Ok(FIXED_LEN + count * ENTRY_LEN + 4)
+    Ok(table_end(count) + tag_len(version, flags & FLAG_ENCRYPTED != 0) + 4)
+}
+
+/// The common header of an envelope of either version: (version, flags).
+fn read_any_header(r: &mut Reader<'_>, stored: &[u8]) -> FormatResult<(u16, u16)> {
+    let version = match stored.get(8..10) {
+        Some([1, 0]) => VERSION_1,
+        _ => VERSION,
+    };
+    let flags = read_header(r, MAGIC, version)?;
+    Ok((version, flags))
+}
+
+/// Where the chunk table of `count` chunks ends.
+fn table_end(count: usize) -> usize {
+    FIXED_LEN + count * ENTRY_LEN
+}
+
+/// Bytes of the header tag in an envelope of `version`.
+fn tag_len(version: u16, encrypted: bool) -> usize {
+    if version >= 2 && encrypted {
+        TAG_LEN
+    } else {
+        0
+    }
+}
+
+/// The header tag's nonce: the object's nonce with all bits of its last 8 bytes
+/// flipped (chunk numbers never reach that).
+fn header_nonce(base: &[u8; NONCE_LEN]) -> [u8; NONCE_LEN] {
+    chunk_nonce(base, u64::MAX)
+}
+
+/// Associated data of the header tag: the store, the name and the header bytes
+/// before the tag (fixed part and chunk table).
+fn header_ad(store: &[u8], name: &str, header: &[u8]) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(store.len() + name.len() + header.len() + 24);
+    ad.extend_from_slice(b"kvfs header");
+    ad.put_u32(store.len() as u32);
+    ad.extend_from_slice(store);
+    ad.put_u32(name.len() as u32);
+    ad.extend_from_slice(name.as_bytes());
+    ad.extend_from_slice(header);
+    ad
 }
 
 fn chunk_nonce(base: &[u8; NONCE_LEN], index: u64) -> [u8; NONCE_LEN] {
@@ -206,9 +287,20 @@ fn chunk_nonce(base: &[u8; NONCE_LEN], index: u64) -> [u8; NONCE_LEN] {
     nonce
 }
 
-fn chunk_ad(name: &str, fixed: &[u8; FIXED_LEN], index: u64, entry: &Entry) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(name.len() + FIXED_LEN + 32);
+fn chunk_ad(
+    version: u16,
+    store: &[u8],
+    name: &str,
+    fixed: &[u8; FIXED_LEN],
+    index: u64,
+    entry: &Entry,
+) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(store.len() + name.len() + FIXED_LEN + 36);
     ad.extend_from_slice(b"kvfs chunk");
+    if version >= 2 {
+        ad.put_u32(store.len() as u32);
+        ad.extend_from_slice(store);
+    }
     ad.put_u32(name.len() as u32);
     ad.extend_from_slice(name.as_bytes());
     ad.extend_from_slice(fixed);
@@ -238,7 +330,8 @@ pub fn seal(
     if cipher.is_some() {
         flags |= FLAG_ENCRYPTED;
     }
-    let header_len = FIXED_LEN + count * ENTRY_LEN + 4;
+    let tag_at = table_end(count);
+    let header_len = tag_at + tag_len(VERSION, cipher.is_some()) + 4;
     // The header first, its table and CRC filled in once the chunks are written
     // after it.
     let mut out = Vec::with_capacity(header_len + plain.len() / 2 + 64);
@@ -275,7 +368,7 @@ pub fn seal(
                 compressed,
                 crc: 0,
             };
-            let ad = chunk_ad(name, &fixed, i as u64, &ad_entry);
+            let ad = chunk_ad(VERSION, c.store(), name, &fixed, i as u64, &ad_entry);
             let tag = c.seal_in_place(&chunk_nonce(&nonce, i as u64), &ad, &mut out[start..]);
             out.extend_from_slice(&tag);
         }
@@ -289,10 +382,19 @@ pub fn seal(
     for e in &entries {
         e.encode(&mut table);
     }
-    out[FIXED_LEN..FIXED_LEN + table.len()].copy_from_slice(&table);
+    out[FIXED_LEN..tag_at].copy_from_slice(&table);
+    let mut header_tag = None;
+    if let Some(c) = cipher {
+        let ad = header_ad(c.store(), name, &out[..tag_at]);
+        let tag = c.seal_in_place(&header_nonce(&nonce), &ad, &mut []);
+        out[tag_at..tag_at + TAG_LEN].copy_from_slice(&tag);
+        header_tag = Some(tag);
+    }
     let crc = crc32c::crc32c(&out[..header_len - 4]);
     out[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
     let layout = Layout::new(
+        VERSION,
+        header_tag,
         cipher.is_some(),
         compression,
         CHUNK_BYTES,
@@ -308,7 +410,7 @@ impl Layout {
     /// are ignored). `stored_len`, when known, is checked against the table.
     pub fn decode(stored: &[u8], stored_len: Option<u64>) -> FormatResult<Layout> {
         let mut r = Reader::new(stored, WHAT);
-        let flags = read_header(&mut r, MAGIC, VERSION)?;
+        let (version, flags) = read_any_header(&mut r, stored)?;
         let encrypted = flags & FLAG_ENCRYPTED != 0;
         if flags & !(FLAG_ENCRYPTED | (0xff << CODEC_SHIFT)) != 0 {
             return Err(r.invalid(format!("unknown flags {flags:#06x}")));
@@ -332,14 +434,15 @@ impl Layout {
         let table_len = (count as usize)
             .checked_mul(ENTRY_LEN)
             .ok_or_else(|| r.invalid("chunk table too large"))?;
-        if r.remaining() < table_len + 4 {
+        let tag = tag_len(version, encrypted);
+        if r.remaining() < table_len + tag + 4 {
             return Err(FormatError::Truncated {
                 what: WHAT,
                 offset: r.pos(),
-                needed: table_len + 4 - r.remaining(),
+                needed: table_len + tag + 4 - r.remaining(),
             });
         }
-        let header_end = FIXED_LEN + table_len;
+        let header_end = FIXED_LEN + table_len + tag;
         let stored_crc = u32::from_le_bytes(
             stored[header_end..header_end + 4]
                 .try_into()
@@ -377,7 +480,21 @@ impl Layout {
             }
             entries.push(entry);
         }
-        let layout = Layout::new(encrypted, codec, chunk_bytes, plain_len, fixed, entries);
+        let header_tag = (tag > 0).then(|| {
+            let mut t = [0u8; TAG_LEN];
+            t.copy_from_slice(&stored[header_end - TAG_LEN..header_end]);
+            t
+        });
+        let layout = Layout::new(
+            version,
+            header_tag,
+            encrypted,
+            codec,
+            chunk_bytes,
+            plain_len,
+            fixed,
+            entries,
+        );
         if let Some(total) = stored_len {
             let at = layout.offsets[layout.entries.len()];
             if total != at {
@@ -390,7 +507,10 @@ impl Layout {
     }
 
     /// A layout from its parts; chunk offsets follow from the table.
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        version: u16,
+        header_tag: Option<[u8; TAG_LEN]>,
         encrypted: bool,
         codec: Compression,
         chunk_bytes: u32,
@@ -399,7 +519,7 @@ impl Layout {
         entries: Vec<Entry>,
     ) -> Layout {
         let mut offsets = Vec::with_capacity(entries.len() + 1);
-        let mut at = (FIXED_LEN + entries.len() * ENTRY_LEN + 4) as u64;
+        let mut at = (table_end(entries.len()) + tag_len(version, encrypted) + 4) as u64;
         offsets.push(at);
         for e in &entries {
             at += e.stored_len as u64;
@@ -408,6 +528,7 @@ impl Layout {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&fixed[FIXED_LEN - NONCE_LEN..]);
         Layout {
+            version,
             encrypted,
             codec,
             chunk_bytes,
@@ -415,8 +536,53 @@ impl Layout {
             nonce,
             fixed,
             entries,
+            header_tag,
             offsets,
         }
+    }
+
+    /// Check that this envelope, stored under `name`, was sealed with `cipher` for
+    /// its store: it is encrypted, and its header tag authenticates (version 2). An
+    /// envelope of version 1 (no store identity) is accepted only when `legacy` is
+    /// true and it has a chunk (whose tag authenticates its header); its chunks
+    /// are still checked as they are opened.
+    pub fn check_sealed(&self, name: &str, cipher: &Cipher, legacy: bool) -> FormatResult<()> {
+        let refuse = |reason: &str| {
+            Err(FormatError::Invalid {
+                what: WHAT,
+                reason: format!("not sealed with this store's key: {reason}"),
+            })
+        };
+        if !self.encrypted {
+            return refuse("an unencrypted envelope");
+        }
+        if self.version == VERSION_1 {
+            if !legacy {
+                return refuse("an envelope of version 1, not bound to this store");
+            }
+            if self.entries.is_empty() {
+                return refuse("an envelope of version 1 with no chunk");
+            }
+            return Ok(());
+        }
+        let Some(tag) = self.header_tag else {
+            return refuse("no header tag");
+        };
+        let mut header = Vec::with_capacity(table_end(self.entries.len()));
+        header.extend_from_slice(&self.fixed);
+        for e in &self.entries {
+            e.encode(&mut header);
+        }
+        let ad = header_ad(cipher.store(), name, &header);
+        if !cipher.open_in_place(&header_nonce(&self.nonce), &ad, &mut [], &tag) {
+            return Err(FormatError::HeaderAuthentication { what: WHAT });
+        }
+        Ok(())
+    }
+
+    /// The envelope format version of this object.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Length of the object's plain bytes.
@@ -513,7 +679,14 @@ impl Layout {
                         ));
                     };
                     let ad_entry = Entry { crc: 0, ..*e };
-                    let ad = chunk_ad(name, &self.fixed, i as u64, &ad_entry);
+                    let ad = chunk_ad(
+                        self.version,
+                        c.store(),
+                        name,
+                        &self.fixed,
+                        i as u64,
+                        &ad_entry,
+                    );
                     let nonce = chunk_nonce(&self.nonce, i as u64);
                     let target: &mut [u8] = if e.compressed {
                         scratch.clear();
@@ -579,7 +752,13 @@ impl Layout {
                 reason: format!("range {range:?} lies beyond the object"),
             });
         }
-        Ok(Bytes::from(plain).slice(from..to))
+        // A copy when the range is a part of its chunks: a slice would keep every
+        // byte of them alive as long as the caller keeps the range (in a cache, say).
+        if from == 0 && to == plain.len() {
+            Ok(Bytes::from(plain))
+        } else {
+            Ok(Bytes::copy_from_slice(&plain[from..to]))
+        }
     }
 }
 
@@ -588,9 +767,18 @@ fn chunk_plain_len(plain_len: u64, chunk_bytes: u32, index: u64) -> u64 {
     plain_len.saturating_sub(index * c).min(c)
 }
 
-/// Decode a whole envelope stored under `name`: its layout and plain bytes.
-pub fn open(name: &str, stored: &[u8], cipher: Option<&Cipher>) -> FormatResult<(Layout, Vec<u8>)> {
+/// Decode a whole envelope stored under `name`: its layout and plain bytes. With a
+/// `cipher`, only an envelope sealed with it is opened ([`Layout::check_sealed`]).
+pub fn open(
+    name: &str,
+    stored: &[u8],
+    cipher: Option<&Cipher>,
+    legacy: bool,
+) -> FormatResult<(Layout, Vec<u8>)> {
     let layout = Layout::decode(stored, Some(stored.len() as u64))?;
+    if let Some(c) = cipher {
+        layout.check_sealed(name, c, legacy)?;
+    }
     let body = &stored[layout.offsets[0] as usize..];
     let plain = layout.open_chunks(name, cipher, 0..layout.entries.len(), body)?;
     Ok((layout, plain))
@@ -602,7 +790,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn open_plain(name: &str, stored: &[u8], cipher: Option<&Cipher>) -> FormatResult<Vec<u8>> {
-        open(name, stored, cipher).map(|(_, plain)| plain)
+        open(name, stored, cipher, false).map(|(_, plain)| plain)
     }
 
     #[test]
@@ -678,6 +866,30 @@ mod tests {
     }
 
     #[test]
+    fn a_small_range_holds_only_its_own_bytes() {
+        let plain = text(3 * CHUNK_BYTES as usize);
+        let c = cipher();
+        for comp in [Compression::None, Compression::Zstd] {
+            let stored = seal("run/s", &plain, comp, Some(&c), [3; NONCE_LEN]).0;
+            let layout = Layout::decode(&stored, None).unwrap();
+            let range = 70_000..71_024;
+            let sr = layout.stored_range(&layout.chunks_for(&range));
+            let got = layout
+                .open_range(
+                    "run/s",
+                    Some(&c),
+                    &range,
+                    &stored[sr.start as usize..sr.end as usize],
+                )
+                .unwrap();
+            assert_eq!(&got[..], &plain[70_000..71_024]);
+            // Unique and no larger than the range: not a view into the 64 KiB chunk.
+            let owned = got.try_into_mut().expect("the range owns its bytes");
+            assert!(owned.capacity() <= 2 * 1024, "{}", owned.capacity());
+        }
+    }
+
+    #[test]
     fn ranged_reads_open_only_their_chunks() {
         let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let c = cipher();
@@ -712,11 +924,11 @@ mod tests {
         let wrong = Cipher::new(&[8; KEY_LEN]);
         assert!(matches!(
             open_plain("seg/a", &stored, Some(&wrong)),
-            Err(FormatError::Authentication { chunk: 0, .. })
+            Err(FormatError::HeaderAuthentication { .. })
         ));
         assert!(matches!(
             open_plain("seg/b", &stored, Some(&c)),
-            Err(FormatError::Authentication { .. })
+            Err(FormatError::HeaderAuthentication { .. })
         ));
         assert!(open_plain("seg/a", &stored, None).is_err());
         // A flipped byte in a chunk whose CRC is fixed up still fails authentication.
@@ -727,12 +939,24 @@ mod tests {
         let crc = crc32c::crc32c(&bad[layout.offsets[1] as usize..layout.offsets[2] as usize]);
         let entry_at = FIXED_LEN + ENTRY_LEN + 4;
         bad[entry_at..entry_at + 4].copy_from_slice(&crc.to_le_bytes());
-        let header_end = FIXED_LEN + layout.entries.len() * ENTRY_LEN;
+        let header_end = layout.offsets[0] as usize - 4;
         let hcrc = crc32c::crc32c(&bad[..header_end]);
         bad[header_end..header_end + 4].copy_from_slice(&hcrc.to_le_bytes());
+        // The changed table fails the header tag.
         assert!(matches!(
             open_plain("seg/a", &bad, Some(&c)),
-            Err(FormatError::Authentication { chunk: 1, .. })
+            Err(FormatError::HeaderAuthentication { .. })
+        ));
+        // Opening the chunk alone (a layout from the original header) fails its tag.
+        let sr = layout.stored_range(&(1..2));
+        assert!(matches!(
+            layout.open_chunks(
+                "seg/a",
+                Some(&c),
+                1..2,
+                &bad[sr.start as usize..sr.end as usize]
+            ),
+            Err(FormatError::Authentication { chunk: 1, .. }) | Err(FormatError::Checksum { .. })
         ));
         // Two chunks swapped, with the table fixed up, fail too.
         let mut swapped = stored.clone();
@@ -749,8 +973,106 @@ mod tests {
         swapped[header_end..header_end + 4].copy_from_slice(&hcrc.to_le_bytes());
         assert!(matches!(
             open_plain("seg/a", &swapped, Some(&c)),
-            Err(FormatError::Authentication { .. })
+            Err(FormatError::Authentication { .. } | FormatError::HeaderAuthentication { .. })
         ));
+    }
+
+    /// An encrypted envelope of version 1 (no header tag, no store identity), as the
+    /// first envelope format wrote it.
+    fn seal_version_1(name: &str, plain: &[u8], c: &Cipher, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let count = plain.len().div_ceil(CHUNK_BYTES as usize);
+        let mut out = Vec::new();
+        write_header(&mut out, MAGIC, VERSION_1, FLAG_ENCRYPTED);
+        out.put_u32(CHUNK_BYTES);
+        out.put_u64(plain.len() as u64);
+        out.put_u32(count as u32);
+        out.extend_from_slice(&nonce);
+        let mut fixed = [0u8; FIXED_LEN];
+        fixed.copy_from_slice(&out);
+        let mut chunks = Vec::new();
+        for (i, chunk) in plain.chunks(CHUNK_BYTES as usize).enumerate() {
+            let stored_len = (chunk.len() + TAG_LEN) as u32;
+            let ad_entry = Entry {
+                stored_len,
+                compressed: false,
+                crc: 0,
+            };
+            let ad = chunk_ad(VERSION_1, &[], name, &fixed, i as u64, &ad_entry);
+            let mut body = chunk.to_vec();
+            let tag = c.seal_in_place(&chunk_nonce(&nonce, i as u64), &ad, &mut body);
+            body.extend_from_slice(&tag);
+            Entry {
+                stored_len,
+                compressed: false,
+                crc: crc32c::crc32c(&body),
+            }
+            .encode(&mut out);
+            chunks.extend_from_slice(&body);
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&chunks);
+        out
+    }
+
+    /// Clear the encrypted flag of an envelope and fix its header CRC (what anyone
+    /// with write access to the bucket can do).
+    fn clear_encrypted_flag(stored: &mut [u8]) {
+        let header_end = header_len(&stored[..FIXED_LEN]).unwrap() - 4;
+        stored[10] &= !(FLAG_ENCRYPTED as u8);
+        let crc = crc32c::crc32c(&stored[..header_end]);
+        stored[header_end..header_end + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn only_envelopes_sealed_for_the_store_open_with_its_key() {
+        let key = cipher();
+        let store_a = key.for_store(b"store a");
+        let store_b = key.for_store(b"store b");
+        for n in [0usize, 10, 100_000] {
+            let plain = text(n);
+            let sealed = seal(
+                "seg/1",
+                &plain,
+                Compression::Zstd,
+                Some(&store_a),
+                [2; NONCE_LEN],
+            )
+            .0;
+            assert_eq!(open_plain("seg/1", &sealed, Some(&store_a)).unwrap(), plain);
+            // Another store with the same key, or another name.
+            assert!(matches!(
+                open_plain("seg/1", &sealed, Some(&store_b)),
+                Err(FormatError::HeaderAuthentication { .. })
+            ));
+            assert!(open_plain("seg/2", &sealed, Some(&store_a)).is_err());
+            // A compressed (unencrypted) envelope, or one whose flag was cleared.
+            let unencrypted = seal("seg/1", &plain, Compression::Zstd, None, [0; NONCE_LEN]).0;
+            let err = open_plain("seg/1", &unencrypted, Some(&store_a)).unwrap_err();
+            assert!(err.to_string().contains("not sealed"), "{err}");
+            let mut cleared = sealed.clone();
+            clear_encrypted_flag(&mut cleared);
+            assert!(open_plain("seg/1", &cleared, Some(&store_a)).is_err());
+            // A changed header tag.
+            let mut tagged = sealed.clone();
+            let at = header_len(&sealed[..FIXED_LEN]).unwrap() - 5;
+            tagged[at] ^= 1;
+            let crc = crc32c::crc32c(&tagged[..at + 1]);
+            tagged[at + 1..at + 5].copy_from_slice(&crc.to_le_bytes());
+            assert!(matches!(
+                open_plain("seg/1", &tagged, Some(&store_a)),
+                Err(FormatError::HeaderAuthentication { .. })
+            ));
+            // Version 1: read only in a legacy store, and only with a chunk.
+            let old = seal_version_1("seg/1", &plain, &key, [4; NONCE_LEN]);
+            assert!(open("seg/1", &old, Some(&store_a), false).is_err());
+            let legacy = open("seg/1", &old, Some(&store_a), true);
+            if n == 0 {
+                assert!(legacy.is_err());
+            } else {
+                assert_eq!(legacy.unwrap().1, plain);
+            }
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum FormatError {
     },
     #[error("{what}: chunk {chunk} failed authentication (a wrong key, a changed byte, or an object stored under another name)")]
     Authentication { what: &'static str, chunk: u64 },
+    #[error("{what}: the header failed authentication (not sealed with this store's key, or stored under another name)")]
+    HeaderAuthentication { what: &'static str },
     #[error("{what}: {reason}")]
     Invalid { what: &'static str, reason: String },
 }

@@ -197,7 +197,12 @@ pub async fn open_encoded(
         if !writable || (!empty && (opts.key.is_some() || !holds_store)) {
             // Nothing to record: a reader of a plain store, or a prefix holding other
             // things (opening it will refuse, naming them).
-            return Ok(layer(store, opts, opts.compression.unwrap_or_default()));
+            return Ok(layer(
+                store,
+                opts,
+                opts.compression.unwrap_or_default(),
+                None,
+            ));
         }
         let mut nonce = [0u8; NONCE_LEN];
         (opts.random)(&mut nonce);
@@ -242,7 +247,7 @@ pub async fn open_encoded(
     if writable && compression != record.compression {
         let updated = EncodingRecord {
             compression,
-            ..record
+            ..record.clone()
         };
         match store
             .put(
@@ -259,20 +264,35 @@ pub async fn open_encoded(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(layer(store, opts, compression))
+    if record.is_encrypted() && !record.bound {
+        log::warn!(
+            "store {describe} was encrypted before envelopes were bound to their store: it \
+             also reads older envelopes, which an object of another store sealed with the \
+             same key could replace (docs/SEMANTICS.md, \"Encryption: what it protects\")"
+        );
+    }
+    Ok(layer(store, opts, compression, Some(&record)))
 }
 
 fn layer(
     store: DynStore,
     opts: &EncodingOptions,
     compression: Compression,
+    record: Option<&EncodingRecord>,
 ) -> (DynStore, Encoding) {
-    let layered: DynStore = Arc::new(EnvelopeStore::new(
-        store,
-        opts.key.as_ref().map(|k| k.cipher().clone()),
-        compression,
-        opts.random.clone(),
-    ));
+    // The cipher seals for this store: its identity is the record's key-check nonce.
+    let cipher = opts
+        .key
+        .as_ref()
+        .map(|k| match record.and_then(|r| r.store_id()) {
+            Some(id) => k.cipher().for_store(id),
+            None => k.cipher().clone(),
+        });
+    let legacy = record.is_some_and(|r| r.is_encrypted() && !r.bound);
+    let layered: DynStore = Arc::new(
+        EnvelopeStore::new(store, cipher, compression, opts.random.clone())
+            .with_legacy_envelopes(legacy),
+    );
     let encoding = Encoding {
         encrypted: opts.key.is_some(),
         compression,

@@ -16,9 +16,13 @@
 //! - **passed-through objects**: the lease and the encoding record are stored as
 //!   they are (they hold nothing secret, and must be readable without a key).
 //!
-//! Every object the layer writes is an envelope when it encrypts or compresses; it
-//! reads plain objects and envelopes alike, so a store can mix them (objects written
-//! before compression was chosen stay as they were until GC rewrites them).
+//! Every object the layer writes is an envelope when it encrypts or compresses. A
+//! layer that only compresses reads plain objects and envelopes alike, so a store
+//! can mix them (objects written before compression was chosen stay as they were
+//! until GC rewrites them). A layer that encrypts reads **only sealed envelopes**
+//! (`Layout::check_sealed`): a plain object, an unencrypted envelope, or an
+//! envelope sealed with another key, for another store or under another name is an
+//! error naming the object, whether it is read whole, in ranges or probed.
 //! [`ObjectMeta::size`] is the plain size; [`ObjectMeta::stored_size`] is what the
 //! store holds.
 
@@ -76,6 +80,9 @@ impl Known {
 pub struct EnvelopeStore {
     inner: DynStore,
     cipher: Option<Cipher>,
+    /// Whether envelopes of version 1 (not bound to a store) are read: only in
+    /// encrypted stores created before envelopes were bound.
+    legacy: bool,
     compression: Compression,
     random: Random,
     known: Mutex<Layouts>,
@@ -140,6 +147,7 @@ impl EnvelopeStore {
         EnvelopeStore {
             inner,
             cipher,
+            legacy: false,
             compression,
             random,
             known: Mutex::new(Layouts {
@@ -148,6 +156,13 @@ impl EnvelopeStore {
                 budget: LAYOUT_CACHE_BYTES,
             }),
         }
+    }
+
+    /// Also read encrypted envelopes of version 1 (a store created before envelopes
+    /// were bound to their store).
+    pub fn with_legacy_envelopes(mut self, legacy: bool) -> EnvelopeStore {
+        self.legacy = legacy;
+        self
     }
 
     /// Keep at most `bytes` of layouts (instead of [`LAYOUT_CACHE_BYTES`]).
@@ -189,12 +204,31 @@ impl EnvelopeStore {
             .cloned()
     }
 
+    /// What an object read as `known` may be: in an encrypted store, only an
+    /// envelope sealed for this store under this name.
+    fn check(&self, key: &str, known: &Known) -> StoreResult<()> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(());
+        };
+        match known {
+            Known::Plain => Err(StoreError::Undecodable {
+                key: key.to_string(),
+                problem: "not sealed with this store's key: a plain object in an encrypted store"
+                    .to_string(),
+            }),
+            Known::Envelope(layout) => layout
+                .check_sealed(key, cipher, self.legacy)
+                .map_err(|e| undecodable(key, e)),
+        }
+    }
+
     /// Learn the layout of `key` from its first bytes (one ranged GET; two for an
     /// envelope whose header is longer than a probe). `stored_size`, when known (from
     /// a listing), saves reading past the end of small objects.
     async fn probe(&self, key: &str, stored_size: Option<u64>) -> StoreResult<Known> {
         let prefix = match stored_size {
             Some(size) if size < MIN_LEN as u64 => {
+                self.check(key, &Known::Plain)?;
                 self.remember(key, Known::Plain);
                 return Ok(Known::Plain);
             }
@@ -221,6 +255,7 @@ impl EnvelopeStore {
         } else {
             Known::Plain
         };
+        self.check(key, &known)?;
         self.remember(key, known.clone());
         Ok(known)
     }
@@ -228,14 +263,16 @@ impl EnvelopeStore {
     /// Plain bytes of a whole stored object, learning (and returning) its layout.
     async fn open_whole(&self, key: &str, stored: Bytes) -> StoreResult<(Bytes, Known)> {
         if !envelope::is_envelope(&stored) {
+            self.check(key, &Known::Plain)?;
             self.remember(key, Known::Plain);
             return Ok((stored, Known::Plain));
         }
         let cipher = self.cipher.clone();
+        let legacy = self.legacy;
         let name = key.to_string();
         let heavy = stored.len() >= BLOCKING_BYTES;
         let (layout, plain) = off_thread(key, heavy, move || {
-            envelope::open(&name, &stored, cipher.as_ref())
+            envelope::open(&name, &stored, cipher.as_ref(), legacy)
         })
         .await?
         .map_err(|e| undecodable(key, e))?;
@@ -346,10 +383,14 @@ impl ObjectStore for EnvelopeStore {
                 let size = match known {
                     Ok(Known::Envelope(layout)) => layout.plain_len(),
                     // Deleted since it was listed: report it as listed.
+                    // Deleted since it was listed, or not an object of this store
+                    // (reading it fails, naming it): report it as listed.
                     Ok(Known::Plain)
-                    | Err(StoreError::NotFound(_) | StoreError::InvalidRange { .. }) => {
-                        meta.stored_size
-                    }
+                    | Err(
+                        StoreError::NotFound(_)
+                        | StoreError::InvalidRange { .. }
+                        | StoreError::Undecodable { .. },
+                    ) => meta.stored_size,
                     Err(e) => return Err(e),
                 };
                 Ok(ObjectMeta { size, ..meta })
@@ -485,6 +526,65 @@ mod tests {
             .map(|m| m.size)
             .collect();
         assert_eq!(sizes, vec![21, 100_000]);
+    }
+
+    #[tokio::test]
+    async fn an_encrypting_layer_reads_only_objects_sealed_for_its_store() {
+        let inner: DynStore = Arc::new(MemoryStore::new());
+        let key = Cipher::new(&[3; KEY_LEN]);
+        let ours = EnvelopeStore::new(
+            inner.clone(),
+            Some(key.for_store(b"ours")),
+            Compression::None,
+            os_random(),
+        );
+        let theirs = EnvelopeStore::new(
+            inner.clone(),
+            Some(key.for_store(b"theirs")),
+            Compression::None,
+            os_random(),
+        );
+        let compressing = layer(inner.clone(), false, Compression::Zstd);
+        let big = Bytes::from(vec![7u8; 100_000]);
+        inner
+            .put(
+                "seg/plain",
+                Bytes::from_static(b"KVFSSEG1 plain"),
+                PutMode::CreateNew,
+            )
+            .await
+            .unwrap();
+        theirs
+            .put("seg/theirs", big.clone(), PutMode::CreateNew)
+            .await
+            .unwrap();
+        compressing
+            .put("seg/zstd", big.clone(), PutMode::CreateNew)
+            .await
+            .unwrap();
+        ours.put("seg/ours", big.clone(), PutMode::CreateNew)
+            .await
+            .unwrap();
+        for name in ["seg/plain", "seg/theirs", "seg/zstd"] {
+            let fresh = EnvelopeStore::new(
+                inner.clone(),
+                Some(key.for_store(b"ours")),
+                Compression::None,
+                os_random(),
+            );
+            for err in [
+                fresh.get(name).await.map(|_| ()).unwrap_err(),
+                fresh.get_range(name, 1..5).await.map(|_| ()).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(&err, StoreError::Undecodable { key, .. } if key == name),
+                    "{name}: {err}"
+                );
+            }
+            // Listing does not fail on them; reading them does.
+            assert_eq!(fresh.list("seg/").await.unwrap().len(), 4);
+        }
+        assert_eq!(ours.get("seg/ours").await.unwrap().data, big);
     }
 
     #[tokio::test]

@@ -173,3 +173,96 @@ fn an_encrypted_mount_round_trips_and_refuses_a_missing_or_wrong_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Copy every file under `from` to the same path under `to`, replacing what is there.
+fn copy_over(from: &Path, to: &Path) -> Vec<String> {
+    let mut copied = Vec::new();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+            copied.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    copied
+}
+
+#[test]
+fn objects_of_a_plain_store_copied_into_an_encrypted_one_are_refused_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    let enc = tmp.path().join("enc");
+    let plain = tmp.path().join("plain");
+    let (enc_s, plain_s) = (enc.to_str().unwrap(), plain.to_str().unwrap());
+    let run = |args: &[&str]| {
+        let out = kvfs(args, &[]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["put", enc_s, "k", "secret", "--encryption-key-file", key_s]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["put", plain_s, "k", "injected"]);
+    assert_eq!(code, Some(0), "{text}");
+    // The same segment names in both stores: the plain store's replace the
+    // encrypted store's.
+    let copied = copy_over(&plain.join("seg"), &enc.join("seg"));
+    assert!(!copied.is_empty());
+    let (code, text) = run(&["get", enc_s, "k", "--encryption-key-file", key_s]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("injected"), "{text}");
+    assert!(text.contains("not sealed with this store's key"), "{text}");
+    assert!(copied.iter().any(|n| text.contains(n.as_str())), "{text}");
+    let (code, text) = run(&["fsck", enc_s, "--encryption-key-file", key_s]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not sealed with this store's key"), "{text}");
+}
+
+#[test]
+fn an_object_of_another_store_with_the_same_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    std::fs::write(&key, [5u8; 32]).unwrap();
+    let key_s = key.to_str().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    for (store, value) in [(&a, "from a"), (&b, "from b")] {
+        let out = kvfs(
+            &[
+                "put",
+                store.to_str().unwrap(),
+                "k",
+                value,
+                "--encryption-key-file",
+                key_s,
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    copy_over(&a.join("seg"), &b.join("seg"));
+    let out = kvfs(
+        &[
+            "get",
+            b.to_str().unwrap(),
+            "k",
+            "--encryption-key-file",
+            key_s,
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("from a"));
+    assert!(err.contains("authentication"), "{err}");
+}
