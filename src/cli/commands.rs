@@ -660,6 +660,7 @@ mod mount {
         let ns = match Namespace::new(db.clone(), owner).await {
             Ok(mut ns) => {
                 ns.set_atime_mode(args.atime);
+                ns.set_file_buffer_limit(args.file_buffer_bytes);
                 Arc::new(ns)
             }
             Err(e) => {

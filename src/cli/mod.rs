@@ -201,6 +201,12 @@ pub struct MountArgs {
     /// a day after the last update), noatime (never), strictatime (every read).
     #[arg(long, value_enum, default_value_t = kvfs::fs::AtimeMode::Relatime)]
     atime: kvfs::fs::AtimeMode,
+    /// Bytes that open files may buffer in memory, all together, before the largest
+    /// is committed to the store (written data not yet committed, and small files'
+    /// content). With --max-unflushed-bytes and --cache-bytes this bounds the
+    /// daemon's data memory (docs/SEMANTICS.md, "Memory").
+    #[arg(long, default_value_t = kvfs::fs::DEFAULT_FILE_BUFFER_BYTES, value_name = "BYTES")]
+    file_buffer_bytes: usize,
     /// Serve no extended attributes (nor POSIX ACLs): `ls -l` of a large directory
     /// then makes no request per file for them (two otherwise).
     #[arg(long)]

@@ -42,8 +42,10 @@ const PURGE_BATCH: usize = 4096;
 /// What a read does after planning under the file's lock.
 enum ReadPlan {
     Done(Bytes),
-    /// Inline content not in memory: fetch the inode's value.
+    /// Inline content not in memory: fetch the inode's value (valid if no commit
+    /// came meanwhile).
     Inline {
+        generation: u64,
         end: u64,
     },
     Extents {
@@ -69,7 +71,10 @@ impl Namespace {
         if attr.nlink == 0 {
             return Err(FsError::NotFound);
         }
-        let s = Arc::new(std::sync::Mutex::new(FileState::new(attr)));
+        let s = Arc::new(std::sync::Mutex::new(FileState::new(
+            attr,
+            self.buffers.clone(),
+        )));
         files.insert(ino, s.clone());
         Ok(s)
     }
@@ -113,7 +118,16 @@ impl Namespace {
     }
 
     /// Fetch an inline file's content into its state, unless a commit came between.
-    async fn load_inline(&self, ino: u64, state: &SharedFile, generation: u64) -> FsResult<()> {
+    /// Room is made first for the content and `then` bytes a write adds after it.
+    async fn load_inline(
+        &self,
+        ino: u64,
+        state: &SharedFile,
+        generation: u64,
+        then: usize,
+    ) -> FsResult<()> {
+        let size = lock_file(state).attr.size.min(INLINE_MAX) as usize;
+        self.make_room_for_buffers(size + then).await?;
         let value = self.db.get(&inode_key(ino)).await?.unwrap_or_default();
         let mut st = lock_file(state);
         if st.content.is_none() && st.generation == generation && !st.attr.extents {
@@ -148,7 +162,7 @@ impl Namespace {
                 Self::needs_content(&st, size == 0 || st.attr.extents)
             };
             if let Some(g) = need {
-                self.load_inline(ino, state, g).await?;
+                self.load_inline(ino, state, g, 0).await?;
                 continue;
             }
             let mut st = lock_file(state);
@@ -199,8 +213,13 @@ impl Namespace {
             };
             match plan {
                 ReadPlan::Done(b) => return Ok(b),
-                ReadPlan::Inline { end } => {
+                ReadPlan::Inline { generation, end } => {
                     let value = self.db.get(&inode_key(ino)).await?.unwrap_or_default();
+                    // A commit meanwhile (the file grew into extents, say) may have
+                    // changed what the value holds: plan again.
+                    if lock_file(&state).generation != generation {
+                        continue;
+                    }
                     let mut out = vec![0u8; (end - offset) as usize];
                     let e = (end as usize).min(value.len());
                     if (offset as usize) < e {
@@ -282,7 +301,10 @@ impl Namespace {
                 Some(c) => ReadPlan::Done(Bytes::copy_from_slice(
                     &c[offset as usize..(end as usize).min(c.len())],
                 )),
-                None => ReadPlan::Inline { end },
+                None => ReadPlan::Inline {
+                    generation: st.generation,
+                    end,
+                },
             });
         }
         let stored_end = end.min(st.cut.unwrap_or(u64::MAX));
@@ -454,6 +476,7 @@ impl Namespace {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(FsError::TooLarge)?;
+        self.make_room_for_buffers(data.len()).await?;
         let state = self.file_state(ino)?;
         let commit_now = loop {
             let need = {
@@ -464,7 +487,7 @@ impl Namespace {
                 Self::needs_content(&st, offset == 0 && end >= st.attr.size)
             };
             if let Some(g) = need {
-                self.load_inline(ino, &state, g).await?;
+                self.load_inline(ino, &state, g, data.len()).await?;
                 continue;
             }
             let mut st = lock_file(&state);
@@ -498,6 +521,47 @@ impl Namespace {
             self.commit(ino).await?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// Keep the bytes all open files buffer within the namespace's bound before a
+    /// write adds `incoming` more: while over it, the file that buffers the most is
+    /// committed (its dirty bytes move to the engine, whose own bound makes this wait
+    /// for uploads when needed), or, when it has nothing to commit, its inline
+    /// content is dropped (read again when needed). Each step frees what the
+    /// largest file holds, so this ends; a write larger than the bound proceeds once
+    /// nothing else is buffered.
+    pub(super) async fn make_room_for_buffers(&self, incoming: usize) -> FsResult<()> {
+        loop {
+            let held = self.file_buffer_bytes();
+            if held == 0 || held + incoming <= self.buffer_limit {
+                return Ok(());
+            }
+            let largest = self
+                .files()
+                .iter()
+                .map(|(ino, s)| (lock_file(s).buffered(), *ino, s.clone()))
+                .max_by_key(|(bytes, _, _)| *bytes);
+            let Some((bytes, ino, state)) = largest else {
+                return Ok(());
+            };
+            if bytes == 0 {
+                return Ok(());
+            }
+            let changed = lock_file(&state).changed;
+            if changed {
+                self.commit(ino).await?;
+            }
+            let mut st = lock_file(&state);
+            if !st.changed && st.content.is_some() {
+                // Committed (or never changed): the stored value has it all.
+                st.content = None;
+            }
+            if st.buffered() >= bytes {
+                // Changed again meanwhile by its writers; they are over the bound
+                // too and commit it themselves. Let this write go on.
+                return Ok(());
+            }
+        }
     }
 
     /// Turn the file's unsaved state into one engine batch (not yet durable).

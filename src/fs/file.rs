@@ -12,8 +12,13 @@
 //!   commit; stored extents from there on no longer count.
 //! - **generation**: counts commits; a read that fetched extents while a commit
 //!   happened starts again.
+//! - **buffers**: the bytes a file's state holds in memory (dirty ranges and inline
+//!   content). Every state counts its own into one counter per namespace, updated
+//!   each time the state's lock is released (`FileGuard`), so the namespace can keep
+//!   all open files' buffers within one bound (`Namespace::make_room_for_buffers`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -178,13 +183,18 @@ pub struct FileState {
     /// Extent windows (offset / `MAX_EXTENT`) that commits changed since the file
     /// was last checked for extents worth merging.
     pub touched: BTreeSet<u64>,
+    /// The namespace's count of buffered bytes, and what this state added to it.
+    buffers: Arc<AtomicUsize>,
+    accounted: usize,
 }
 
 /// Windows remembered per file for merging; past this, the rest are not checked.
 pub const MAX_TOUCHED: usize = 4096;
 
 impl FileState {
-    pub fn new(attr: Attr) -> FileState {
+    /// The state of a file with attributes `attr`, counting its buffers in
+    /// `buffers`.
+    pub fn new(attr: Attr, buffers: Arc<AtomicUsize>) -> FileState {
         FileState {
             attr,
             stored: attr,
@@ -196,7 +206,34 @@ impl FileState {
             generation: 0,
             readahead: Readahead::default(),
             touched: BTreeSet::new(),
+            buffers,
+            accounted: 0,
         }
+    }
+
+    /// Bytes of memory this state holds for content: dirty ranges and inline
+    /// content.
+    pub fn buffered(&self) -> usize {
+        self.dirty.bytes() + self.content.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Bring the namespace's count up to date with this state's buffers.
+    pub fn account(&mut self) {
+        let now = self.buffered();
+        if now > self.accounted {
+            self.buffers
+                .fetch_add(now - self.accounted, Ordering::Relaxed);
+        } else if now < self.accounted {
+            self.buffers
+                .fetch_sub(self.accounted - now, Ordering::Relaxed);
+        }
+        self.accounted = now;
+    }
+}
+
+impl Drop for FileState {
+    fn drop(&mut self) {
+        self.buffers.fetch_sub(self.accounted, Ordering::Relaxed);
     }
 }
 

@@ -21,5 +21,7 @@ pub use data::{INLINE_MAX, MAX_FILE_SIZE, READAHEAD_MAX};
 pub use error::{FsError, FsResult};
 pub use follow::Invalidation;
 pub use kv::split_key;
-pub use namespace::{AtimeMode, DirEntry, FsStats, Namespace, RenameFlags, SetAttr};
+pub use namespace::{
+    AtimeMode, DirEntry, FsStats, Namespace, RenameFlags, SetAttr, DEFAULT_FILE_BUFFER_BYTES,
+};
 pub use xattr::{XattrFlags, XATTR_NAME_MAX, XATTR_SIZE_MAX};

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -94,7 +95,14 @@ pub struct Namespace {
     pub(super) files: Mutex<HashMap<u64, SharedFile>>,
     inos: Mutex<InoRange>,
     pub(super) atime: AtimeMode,
+    /// Bytes all open files' states buffer (dirty ranges, inline content).
+    pub(super) buffers: Arc<AtomicUsize>,
+    /// The bound on `buffers` that writes keep to (see `make_room_for_buffers`).
+    pub(super) buffer_limit: usize,
 }
+
+/// Default bound on the bytes open files buffer before they are committed.
+pub const DEFAULT_FILE_BUFFER_BYTES: usize = 128 << 20;
 
 pub(super) fn name_err(e: NameError) -> FsError {
     match e {
@@ -107,8 +115,30 @@ pub(super) fn now() -> SystemTime {
     SystemTime::now()
 }
 
-pub(super) fn lock_file(s: &SharedFile) -> MutexGuard<'_, FileState> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
+/// A locked open-file state; releasing it counts the state's buffers.
+pub(super) struct FileGuard<'a>(MutexGuard<'a, FileState>);
+
+impl std::ops::Deref for FileGuard<'_> {
+    type Target = FileState;
+    fn deref(&self) -> &FileState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for FileGuard<'_> {
+    fn deref_mut(&mut self) -> &mut FileState {
+        &mut self.0
+    }
+}
+
+impl Drop for FileGuard<'_> {
+    fn drop(&mut self) {
+        self.0.account();
+    }
+}
+
+pub(super) fn lock_file(s: &SharedFile) -> FileGuard<'_> {
+    FileGuard(s.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The operation that stores `attr` as the inode's record, keeping its value.
@@ -137,7 +167,7 @@ pub(super) fn ops_len(ops: &[BatchOp]) -> usize {
 /// lock of its open-file state if it has one (so a commit cannot interleave).
 pub(super) struct Touched<'a> {
     pub attr: Attr,
-    state: Option<MutexGuard<'a, FileState>>,
+    state: Option<FileGuard<'a>>,
 }
 
 impl Touched<'_> {
@@ -191,6 +221,8 @@ impl Namespace {
                 until: next.max(FIRST_INO),
             }),
             atime: AtimeMode::default(),
+            buffers: Arc::new(AtomicUsize::new(0)),
+            buffer_limit: DEFAULT_FILE_BUFFER_BYTES,
         };
         if !ns.db.is_read_only() {
             ns.purge_orphans().await?;
@@ -205,6 +237,17 @@ impl Namespace {
     /// Choose when reads update access times (before the namespace is shared).
     pub fn set_atime_mode(&mut self, mode: AtimeMode) {
         self.atime = mode;
+    }
+
+    /// Bound the bytes that open files buffer in memory, all together (before the
+    /// namespace is shared; [`DEFAULT_FILE_BUFFER_BYTES`] otherwise).
+    pub fn set_file_buffer_limit(&mut self, bytes: usize) {
+        self.buffer_limit = bytes;
+    }
+
+    /// Bytes that open files buffer in memory now (dirty ranges, inline content).
+    pub fn file_buffer_bytes(&self) -> usize {
+        self.buffers.load(Ordering::Relaxed)
     }
 
     pub(super) fn writable(&self) -> FsResult<()> {

@@ -597,3 +597,72 @@ async fn a_store_with_keys_outside_the_layout_is_refused_clearly() {
     assert!(err.to_string().contains("namespace layout"), "{err}");
     db.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_files_written_at_once_buffer_within_the_bound() {
+    let (_, store) = memory();
+    let mut ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER)
+        .await
+        .unwrap();
+    let limit = 4 << 20;
+    ns.set_file_buffer_limit(limit);
+    let ns = std::sync::Arc::new(ns);
+    // 64 files open at once, each written 1 MiB in 64 KiB writes, taking turns
+    // (each stays below the 8 MiB at which a file commits itself), and 32 small files
+    // kept open with their content loaded.
+    let piece = 64 * 1024;
+    let mut files = Vec::new();
+    for f in 0..64u32 {
+        let name = format!("big{f}");
+        let ino = ns
+            .create(ROOT_INO, name.as_bytes(), 0o644, OWNER)
+            .await
+            .unwrap()
+            .ino;
+        ns.open(ino, false).await.unwrap();
+        files.push(ino);
+    }
+    let mut small = Vec::new();
+    for f in 0..32u32 {
+        let name = format!("small{f}");
+        let ino = ns
+            .create(ROOT_INO, name.as_bytes(), 0o644, OWNER)
+            .await
+            .unwrap()
+            .ino;
+        ns.open(ino, false).await.unwrap();
+        ns.write(ino, 0, &vec![f as u8; 60_000]).await.unwrap();
+        small.push(ino);
+    }
+    let mut peak = 0;
+    for round in 0..16u64 {
+        for (i, &ino) in files.iter().enumerate() {
+            let data = vec![(i as u64 * 16 + round) as u8; piece];
+            ns.write(ino, round * piece as u64, &data).await.unwrap();
+            peak = peak.max(ns.file_buffer_bytes());
+        }
+    }
+    assert!(
+        peak <= limit,
+        "open files buffered {peak} bytes, bound {limit}"
+    );
+    for (i, &ino) in files.iter().enumerate() {
+        for round in [0u64, 7, 15] {
+            let back = ns
+                .read(ino, round * piece as u64, piece as u32)
+                .await
+                .unwrap();
+            assert!(back.iter().all(|b| *b == (i as u64 * 16 + round) as u8));
+        }
+        ns.release(ino).await.unwrap();
+    }
+    for (f, &ino) in small.iter().enumerate() {
+        assert_eq!(
+            ns.read(ino, 0, 60_000).await.unwrap(),
+            vec![f as u8; 60_000]
+        );
+        ns.release(ino).await.unwrap();
+    }
+    assert_eq!(ns.file_buffer_bytes(), 0);
+    ns.shutdown().await.unwrap();
+}
