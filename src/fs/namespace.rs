@@ -15,7 +15,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use super::attr::{Attr, Dirent, Kind, Super};
+use super::attr::{Attr, Dirent, Kind, Super, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::file::FileState;
 use super::keys::{
@@ -509,7 +509,7 @@ impl Namespace {
         target: &[u8],
         owner: (u32, u32),
     ) -> FsResult<Attr> {
-        if target.is_empty() || target.len() > 4095 {
+        if target.is_empty() || target.len() as u64 > SYMLINK_MAX {
             return Err(FsError::Invalid("symlink target length"));
         }
         self.make(
