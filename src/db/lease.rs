@@ -2,8 +2,8 @@
 //!
 //! The lease is the object `lease`, a small JSON document naming the holder (host,
 //! boot id, PID namespace and process id), when it was last renewed, and whether it
-//! was released. It is always
-//! replaced with `If-Match` on the etag read before, so exactly one contender wins.
+//! was released. It is always replaced with `If-Match` on the etag read before, so
+//! exactly one contender wins.
 //!
 //! The lease keeps a *live* writer from being displaced by accident; it is not what
 //! keeps the store safe. Safety comes from writer epochs and fence segments (see
