@@ -8,6 +8,56 @@ pub fn this_host() -> String {
         .unwrap_or_else(|| "unknown-host".to_string())
 }
 
+/// Where a process id means something: the host name, the kernel's boot and the PID
+/// namespace. Two containers may share a host name (and even a kernel) yet number
+/// their processes apart; a pid says which process it is only where all three match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIdentity {
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id`: new at every boot. `None` if unreadable.
+    pub boot_id: Option<String>,
+    /// The inode of `/proc/self/ns/pid`, which names the PID namespace. `None` if
+    /// unreadable.
+    pub pid_ns: Option<u64>,
+}
+
+impl HostIdentity {
+    /// The identity of this process's host, boot and PID namespace.
+    pub fn current() -> HostIdentity {
+        HostIdentity {
+            host: this_host(),
+            boot_id: boot_id(),
+            pid_ns: pid_namespace(),
+        }
+    }
+
+    /// Whether a pid recorded by `other` names a process that this one can look up
+    /// (with [`pid_alive`]): same host name, same boot and same PID namespace, each
+    /// known on both sides. Anything unknown counts as a different host.
+    pub fn shares_pids_with(&self, other: &HostIdentity) -> bool {
+        self.host == other.host
+            && self.boot_id.is_some()
+            && self.boot_id == other.boot_id
+            && self.pid_ns.is_some()
+            && self.pid_ns == other.pid_ns
+    }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if readable.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The inode number of this process's PID namespace (`/proc/self/ns/pid`), if
+/// readable.
+pub fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
 /// Whether process `pid` on this host is running (a zombie counts as gone).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
@@ -75,6 +125,31 @@ fn unescape_mountinfo(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_host_has_an_identity_that_shares_pids_only_with_itself() {
+        let me = HostIdentity::current();
+        // Linux: both are readable.
+        assert!(me.boot_id.is_some() && me.pid_ns.is_some(), "{me:?}");
+        assert!(me.shares_pids_with(&me.clone()));
+        let other_ns = HostIdentity {
+            pid_ns: me.pid_ns.map(|n| n + 1),
+            ..me.clone()
+        };
+        assert!(!me.shares_pids_with(&other_ns));
+        let other_boot = HostIdentity {
+            boot_id: Some("another boot".into()),
+            ..me.clone()
+        };
+        assert!(!me.shares_pids_with(&other_boot));
+        let unknown = HostIdentity {
+            boot_id: None,
+            pid_ns: None,
+            ..me.clone()
+        };
+        assert!(!me.shares_pids_with(&unknown));
+        assert!(!unknown.shares_pids_with(&unknown.clone()));
+    }
 
     #[test]
     fn the_root_is_mounted_and_a_fresh_directory_is_not() {

@@ -1,8 +1,9 @@
 //! The writer lease: who may write to a store prefix right now.
 //!
-//! The lease is the object `lease`, a small JSON document naming the holder (host and
-//! process id), when it was last renewed, and whether it was released. It is always
-//! replaced with `If-Match` on the etag read before, so exactly one contender wins.
+//! The lease is the object `lease`, a small JSON document naming the holder (host,
+//! boot id, PID namespace and process id), when it was last renewed, and whether it
+//! was released. It is always replaced with `If-Match` on the etag read before, so
+//! exactly one contender wins.
 //!
 //! The lease keeps a *live* writer from being displaced by accident; it is not what
 //! keeps the store safe. Safety comes from writer epochs and fence segments (see
@@ -16,6 +17,13 @@
 //! - held by another host: watch it. A live holder renews every `ttl / 3`; if the
 //!   etag changes, the holder is live and we refuse. If it stays unchanged for `ttl`
 //!   (measured on our own clock), the holder is gone and we take over.
+//!
+//! "This host" means the same host name, boot id and PID namespace
+//! ([`HostIdentity::shares_pids_with`]): only then does the holder's pid name a
+//! process we can look up. Containers sharing a host name but not a PID namespace,
+//! or a holder from before a reboot, count as other hosts, and so does a lease
+//! written before these fields existed (it lacks them): their leases are waited out,
+//! never taken at once on the strength of a pid looked up in the wrong place.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use crate::format::names::LEASE;
-pub use crate::process::{pid_alive, this_host};
+pub use crate::process::{pid_alive, this_host, HostIdentity};
 use crate::store::{DynStore, PutMode, StoreError};
 
 /// The lease document.
@@ -35,6 +43,12 @@ pub struct LeaseInfo {
     pub kvfs_lease: u32,
     pub host: String,
     pub pid: u32,
+    /// The holder's boot id (absent in older leases; see [`HostIdentity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The inode of the holder's PID namespace (absent in older leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u64>,
     /// Unique per acquisition, so two holders never write identical documents.
     pub nonce: u64,
     pub renewed_unix_ms: u64,
@@ -51,7 +65,33 @@ const FLUSH_WAIT: Duration = Duration::from_secs(120);
 /// The label of a mount's lease: `mount at PATH`.
 const MOUNT_LABEL: &str = "mount at ";
 
+/// Who takes a lease: the host identity and the process id written into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub identity: HostIdentity,
+    pub pid: u32,
+}
+
+impl Holder {
+    /// This process.
+    pub fn this_process() -> Holder {
+        Holder {
+            identity: HostIdentity::current(),
+            pid: std::process::id(),
+        }
+    }
+}
+
 impl LeaseInfo {
+    /// Where the holder runs.
+    pub fn identity(&self) -> HostIdentity {
+        HostIdentity {
+            host: self.host.clone(),
+            boot_id: self.boot_id.clone(),
+            pid_ns: self.pid_ns,
+        }
+    }
+
     /// The lease of a mount whose mount point is no longer mounted (on this host):
     /// the daemon is finishing its uploads after an unmount.
     fn is_unmounted_mount(&self) -> bool {
@@ -104,11 +144,24 @@ impl Lease {
     /// renewing (logging what it waits for). Refuses a live holder with
     /// [`Error::Locked`].
     pub async fn acquire(store: DynStore, ttl: Duration, label: Option<String>) -> Result<Lease> {
+        Self::acquire_as(store, ttl, label, Holder::this_process()).await
+    }
+
+    /// [`Lease::acquire`] for `holder`, which decides which leases are of this host
+    /// (their pids looked up with [`pid_alive`]) and is written into the lease.
+    pub async fn acquire_as(
+        store: DynStore,
+        ttl: Duration,
+        label: Option<String>,
+        holder: Holder,
+    ) -> Result<Lease> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let mine = LeaseInfo {
             kvfs_lease: 1,
-            host: this_host(),
-            pid: std::process::id(),
+            host: holder.identity.host.clone(),
+            pid: holder.pid,
+            boot_id: holder.identity.boot_id.clone(),
+            pid_ns: holder.identity.pid_ns,
             nonce: rand::random(),
             renewed_unix_ms: now_unix_ms(),
             ttl_ms,
@@ -136,7 +189,7 @@ impl Lease {
             let held = LeaseInfo::decode(&current.data)?;
             let take = if held.released {
                 true
-            } else if held.host == mine.host {
+            } else if holder.identity.shares_pids_with(&held.identity()) {
                 if held.pid != mine.pid && !pid_alive(held.pid) {
                     log::warn!(
                         "previous writer ({}) is no longer running; taking over",
@@ -257,13 +310,19 @@ impl Lease {
 /// Mark the lease released if it names this host and process and is not released
 /// yet (compare-and-swap on its etag). Returns whether it did.
 pub async fn release_if_held_by_this_process(store: DynStore) -> Result<bool> {
+    release_if_held_by(store, &Holder::this_process()).await
+}
+
+/// [`release_if_held_by_this_process`] for `holder`: the lease must carry exactly
+/// what `holder` writes into a lease.
+async fn release_if_held_by(store: DynStore, holder: &Holder) -> Result<bool> {
     let current = match store.get(LEASE).await {
         Ok(g) => g,
         Err(StoreError::NotFound(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
     let info = LeaseInfo::decode(&current.data)?;
-    if info.released || info.host != this_host() || info.pid != std::process::id() {
+    if info.released || info.identity() != holder.identity || info.pid != holder.pid {
         return Ok(false);
     }
     let mut lease = Lease {
@@ -281,5 +340,154 @@ pub async fn peek(store: &DynStore) -> Result<Option<LeaseInfo>> {
         Ok(g) => Ok(Some(LeaseInfo::decode(&g.data)?)),
         Err(StoreError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const TTL: Duration = Duration::from_secs(30);
+    /// A pid no process has (above any `pid_max`).
+    const DEAD_PID: u32 = i32::MAX as u32;
+
+    fn store() -> DynStore {
+        Arc::new(MemoryStore::new())
+    }
+
+    /// A holder on host `box` (boot `b1`) in PID namespace `pid_ns`.
+    fn holder(pid_ns: u64, pid: u32) -> Holder {
+        Holder {
+            identity: HostIdentity {
+                host: "box".into(),
+                boot_id: Some("b1".into()),
+                pid_ns: Some(pid_ns),
+            },
+            pid,
+        }
+    }
+
+    /// Take the lease as `h` and leave it held, as a process killed with it would.
+    async fn held_by(store: &DynStore, h: Holder) -> Lease {
+        Lease::acquire_as(store.clone(), TTL, None, h)
+            .await
+            .unwrap()
+    }
+
+    /// Acquire as `h`; the outcome and how long it took on tokio's (paused) clock.
+    async fn timed_acquire(store: &DynStore, h: Holder) -> (Result<Lease>, Duration) {
+        let start = Instant::now();
+        let r = Lease::acquire_as(store.clone(), TTL, None, h).await;
+        (r, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_pid_of_this_host_and_namespace_is_taken_at_once() {
+        let store = store();
+        held_by(&store, holder(100, DEAD_PID)).await;
+        let (r, waited) = timed_acquire(&store, holder(100, std::process::id())).await;
+        let lease = r.unwrap();
+        assert!(waited < TTL, "waited {waited:?}");
+        assert_eq!(lease.info().pid_ns, Some(100));
+        assert_eq!(lease.info().boot_id.as_deref(), Some("b1"));
+    }
+
+    /// Two containers named alike: the holder's pid means nothing in the other's PID
+    /// namespace, so the other waits out the TTL instead of taking the lease.
+    #[tokio::test(start_paused = true)]
+    async fn same_host_name_in_another_pid_namespace_waits_out_the_ttl() {
+        let store = store();
+        held_by(&store, holder(100, DEAD_PID)).await;
+        let (r, waited) = timed_acquire(&store, holder(200, std::process::id())).await;
+        r.unwrap();
+        assert!(waited >= TTL, "took the lease after {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_holder_in_another_pid_namespace_is_not_displaced() {
+        let store = store();
+        let mut live = held_by(&store, holder(100, DEAD_PID)).await;
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TTL / 3).await;
+                if live.renew().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (r, _) = timed_acquire(&store, holder(200, std::process::id())).await;
+        renewer.abort();
+        match r {
+            Err(Error::Locked { holder, .. }) => assert!(holder.contains("box"), "{holder}"),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_boot_waits_out_the_ttl() {
+        let store = store();
+        let mut before_reboot = holder(100, DEAD_PID);
+        before_reboot.identity.boot_id = Some("b0".into());
+        held_by(&store, before_reboot).await;
+        let (r, waited) = timed_acquire(&store, holder(100, std::process::id())).await;
+        r.unwrap();
+        assert!(waited >= TTL, "took the lease after {waited:?}");
+    }
+
+    /// A lease written before boot ids and PID namespaces were recorded still reads,
+    /// and counts as another host's.
+    #[tokio::test(start_paused = true)]
+    async fn an_old_lease_without_the_identity_fields_waits_out_the_ttl() {
+        let store = store();
+        let old = format!(
+            r#"{{"kvfs_lease": 1, "host": "box", "pid": {DEAD_PID}, "nonce": 7,
+                "renewed_unix_ms": 1, "ttl_ms": {}, "released": false}}"#,
+            TTL.as_millis()
+        );
+        store
+            .put(LEASE, Bytes::from(old), PutMode::CreateNew)
+            .await
+            .unwrap();
+        let info = peek(&store).await.unwrap().unwrap();
+        assert_eq!((info.boot_id, info.pid_ns), (None, None));
+        let (r, waited) = timed_acquire(&store, holder(100, std::process::id())).await;
+        r.unwrap();
+        assert!(waited >= TTL, "took the lease after {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_exact_holder_releases_on_interrupt() {
+        let store = store();
+        let me = holder(100, std::process::id());
+        held_by(&store, me.clone()).await;
+        // The same pid number in another PID namespace is another process.
+        assert!(!release_if_held_by(store.clone(), &holder(200, me.pid))
+            .await
+            .unwrap());
+        assert!(!peek(&store).await.unwrap().unwrap().released);
+        assert!(release_if_held_by(store.clone(), &me).await.unwrap());
+        assert!(peek(&store).await.unwrap().unwrap().released);
+    }
+
+    #[test]
+    fn the_identity_round_trips_through_the_document() {
+        let info = LeaseInfo {
+            kvfs_lease: 1,
+            host: "box".into(),
+            pid: 9,
+            boot_id: Some("b1".into()),
+            pid_ns: Some(4026531836),
+            nonce: 1,
+            renewed_unix_ms: 2,
+            ttl_ms: 3,
+            released: false,
+            label: None,
+        };
+        let decoded = LeaseInfo::decode(&info.encode()).unwrap();
+        assert_eq!(decoded, info);
+        assert_eq!(decoded.identity(), holder(4026531836, 9).identity);
     }
 }

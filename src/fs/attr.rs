@@ -13,9 +13,15 @@
 //! Kinds: 1 file, 2 directory, 3 symlink, 4 FIFO, 5 socket, 6 character device,
 //! 7 block device. `parent` is the directory holding a directory (0 for other kinds,
 //! which may have several names).
+//!
+//! Decoders bound every length a record claims by what it can hold: a file without
+//! extents (its content inline in the inode's value) is at most [`INLINE_MAX`] bytes
+//! and a symlink's target at most [`SYMLINK_MAX`]; a record claiming more is
+//! corrupt, so no caller sizes a buffer from a hostile number.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::data::INLINE_MAX;
 use crate::format::codec::{PutLe, Reader};
 use crate::format::{FormatError, FormatResult};
 
@@ -25,6 +31,8 @@ pub const ENCODED_LEN: usize = 65;
 pub const LAYOUT: u8 = 2;
 /// Flag: the file's content lives in extents, not in the inode's value.
 const FLAG_EXTENTS: u8 = 1;
+/// Longest symlink target (`PATH_MAX` less its terminating zero).
+pub const SYMLINK_MAX: u64 = 4095;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -167,6 +175,18 @@ impl Attr {
         };
         if r.remaining() != 0 {
             return Err(r.invalid("trailing bytes"));
+        }
+        if kind == Kind::File && !attr.extents && attr.size > INLINE_MAX {
+            return Err(r.invalid(format!(
+                "inline file of {} bytes (at most {INLINE_MAX})",
+                attr.size
+            )));
+        }
+        if kind == Kind::Symlink && attr.size > SYMLINK_MAX {
+            return Err(r.invalid(format!(
+                "symlink target of {} bytes (at most {SYMLINK_MAX})",
+                attr.size
+            )));
         }
         Ok(attr)
     }
@@ -311,7 +331,96 @@ mod tests {
         assert!(Super::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
+    fn inline_file(size: u64) -> Attr {
+        Attr {
+            size,
+            ..Attr::new(5, Kind::File, 0o644, (0, 0), UNIX_EPOCH)
+        }
+    }
+
+    /// A hostile record: an inline file claiming a terabyte. Decoding it is an error,
+    /// so nothing sizes a buffer by it.
+    #[test]
+    fn an_inline_file_claiming_more_than_inline_max_is_corrupt() {
+        let err = Attr::decode(5, &inline_file(1 << 40).encode()).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Invalid { .. }) && err.to_string().contains("inline"),
+            "{err}"
+        );
+        assert!(Attr::decode(5, &inline_file(INLINE_MAX + 1).encode()).is_err());
+        assert_eq!(
+            Attr::decode(5, &inline_file(INLINE_MAX).encode()).unwrap(),
+            inline_file(INLINE_MAX)
+        );
+        // The same size in extents is a large file, as it should be.
+        let large = Attr {
+            extents: true,
+            ..inline_file(1 << 40)
+        };
+        assert_eq!(Attr::decode(5, &large.encode()).unwrap(), large);
+        // Sizes of kinds with no content are not lengths of anything read.
+        let dir = Attr {
+            size: 1 << 40,
+            ..Attr::new(5, Kind::Dir, 0o755, (0, 0), UNIX_EPOCH)
+        };
+        assert_eq!(Attr::decode(5, &dir.encode()).unwrap(), dir);
+    }
+
+    #[test]
+    fn a_symlink_claiming_a_target_longer_than_symlink_max_is_corrupt() {
+        let link = |size| Attr {
+            size,
+            ..Attr::new(5, Kind::Symlink, 0o777, (0, 0), UNIX_EPOCH)
+        };
+        assert_eq!(
+            Attr::decode(5, &link(SYMLINK_MAX).encode()).unwrap(),
+            link(SYMLINK_MAX)
+        );
+        assert!(Attr::decode(5, &link(SYMLINK_MAX + 1).encode()).is_err());
+        assert!(Attr::decode(5, &link(u64::MAX).encode()).is_err());
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::File),
+            Just(Kind::Dir),
+            Just(Kind::Symlink),
+            Just(Kind::Fifo),
+            Just(Kind::Socket),
+            Just(Kind::CharDev),
+            Just(Kind::BlockDev),
+        ]
+    }
+
     proptest! {
+        /// Well-formed records with any numbers: each decodes to itself or is
+        /// refused, and what decodes claims no length beyond its bound.
+        #[test]
+        fn decoded_lengths_are_bounded(
+            kind in kind(),
+            extents in any::<bool>(),
+            size in prop_oneof![0..2 * INLINE_MAX, any::<u64>()],
+            nlink in any::<u32>(),
+        ) {
+            let a = Attr {
+                extents,
+                nlink,
+                size,
+                ..Attr::new(9, kind, 0o640, (1, 2), UNIX_EPOCH)
+            };
+            match Attr::decode(9, &a.encode()) {
+                Ok(d) => {
+                    prop_assert_eq!(d, a);
+                    prop_assert!(d.kind != Kind::File || d.extents || d.size <= INLINE_MAX);
+                    prop_assert!(d.kind != Kind::Symlink || d.size <= SYMLINK_MAX);
+                }
+                Err(_) => prop_assert!(
+                    (kind == Kind::File && !extents && size > INLINE_MAX)
+                        || (kind == Kind::Symlink && size > SYMLINK_MAX)
+                ),
+            }
+        }
+
         #[test]
         fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..80), len in any::<u32>()) {
             let _ = Attr::decode(1, &data);

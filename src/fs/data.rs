@@ -27,6 +27,7 @@ use super::namespace::{
     apply_set, lock_file, now, ops_len, AtimeMode, Namespace, SetAttr, SharedFile,
 };
 use crate::db::{prefix_successor, BatchOp, Db};
+use crate::format::FormatError;
 
 /// Files up to this size keep their content inline.
 pub const INLINE_MAX: u64 = 64 * 1024;
@@ -131,8 +132,23 @@ impl Namespace {
         let value = self.db.get(&inode_key(ino)).await?.unwrap_or_default();
         let mut st = lock_file(state);
         if st.content.is_none() && st.generation == generation && !st.attr.extents {
+            // Decoding bounds an inline size (`Attr::decode`); a value longer than
+            // that bound is no inline content either. Never size a buffer by either.
+            let size = st.attr.size;
+            if size > INLINE_MAX || value.len() as u64 > INLINE_MAX {
+                return Err(FsError::Corrupt {
+                    what: format!("inode {ino}"),
+                    source: FormatError::Invalid {
+                        what: "inline content",
+                        reason: format!(
+                            "{size} bytes claimed, {} stored (at most {INLINE_MAX})",
+                            value.len()
+                        ),
+                    },
+                });
+            }
             let mut c = value.to_vec();
-            c.resize(st.attr.size as usize, 0);
+            c.resize(size as usize, 0);
             st.content = Some(c);
         }
         Ok(())

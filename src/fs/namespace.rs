@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use super::attr::{Attr, Dirent, Kind, Super};
+use super::attr::{Attr, Dirent, Kind, Super, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::file::FileState;
 use super::keys::{
@@ -552,7 +552,7 @@ impl Namespace {
         target: &[u8],
         owner: (u32, u32),
     ) -> FsResult<Attr> {
-        if target.is_empty() || target.len() > 4095 {
+        if target.is_empty() || target.len() as u64 > SYMLINK_MAX {
             return Err(FsError::Invalid("symlink target length"));
         }
         self.make(

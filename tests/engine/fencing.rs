@@ -151,6 +151,8 @@ async fn live_remote_writer_is_not_displaced() {
         kvfs_lease: 1,
         host: "another-host".into(),
         pid: 42,
+        boot_id: None,
+        pid_ns: None,
         nonce: 1,
         renewed_unix_ms: now_unix_ms(),
         ttl_ms: 600,

@@ -666,3 +666,45 @@ async fn many_files_written_at_once_buffer_within_the_bound() {
     assert_eq!(ns.file_buffer_bytes(), 0);
     ns.shutdown().await.unwrap();
 }
+
+/// A corrupt or hostile inode record claiming a terabyte of inline content: every
+/// operation on the file fails with an I/O error instead of sizing a buffer by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_file_claiming_a_terabyte_is_corrupt_not_allocated() {
+    let (_, store) = memory();
+    let ns = Namespace::new(
+        Db::open_store(store.clone(), small_opts()).await.unwrap(),
+        OWNER,
+    )
+    .await
+    .unwrap();
+    let ino = ns.create(ROOT_INO, b"f", 0o644, OWNER).await.unwrap().ino;
+    ns.write(ino, 0, b"small").await.unwrap();
+    ns.release(ino).await.unwrap();
+    let mut attr = ns.getattr(ino).await.unwrap();
+    assert!(!attr.extents);
+    attr.size = 1 << 40;
+    ns.db()
+        .write_batch(&[kvfs::db::BatchOp::PutMeta {
+            key: kvfs::fs::keys::inode_key(ino),
+            meta: attr.encode(),
+            value: b"small".to_vec(),
+        }])
+        .await
+        .unwrap();
+    let corrupt = |r: Result<_, FsError>| match r {
+        Err(e @ FsError::Corrupt { .. }) => assert_eq!(e.errno(), libc::EIO),
+        Err(e) => panic!("expected a corrupt record, got {e}"),
+        Ok(_) => panic!("a terabyte inline file was accepted"),
+    };
+    corrupt(ns.getattr(ino).await.map(drop));
+    corrupt(ns.open(ino, false).await.map(drop));
+    corrupt(ns.write(ino, 1, b"x").await.map(drop));
+    corrupt(ns.read(ino, 0, 4096).await.map(drop));
+    // The rest of the namespace is unharmed.
+    let other = ns.create(ROOT_INO, b"g", 0o644, OWNER).await.unwrap().ino;
+    ns.write(other, 0, b"fine").await.unwrap();
+    assert_eq!(&ns.read(other, 0, 16).await.unwrap()[..], b"fine");
+    ns.release(other).await.unwrap();
+    ns.shutdown().await.unwrap();
+}
