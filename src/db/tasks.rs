@@ -175,29 +175,36 @@ mod tests {
         t.abort_all();
     }
 
-    /// Collects what tasks report.
-    fn reports() -> (
-        Arc<Mutex<Vec<Outcome>>>,
-        impl Fn() -> Box<dyn FnOnce(Outcome) + Send>,
-    ) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        let report = move || -> Box<dyn FnOnce(Outcome) + Send> {
-            let s = s.clone();
-            Box::new(move |o| s.lock().unwrap().push(o))
-        };
-        (seen, report)
+    /// What tasks reported.
+    type Seen = Arc<Mutex<Vec<Outcome>>>;
+
+    /// A report function that records into `seen`.
+    fn reporter(seen: &Seen) -> impl FnOnce(Outcome) + Send + 'static {
+        let seen = seen.clone();
+        move |o| seen.lock().unwrap().push(o)
     }
 
     #[tokio::test]
     async fn a_panic_is_reported_with_its_message() {
-        let (seen, report) = reports();
+        let seen = Seen::default();
         let mut t = TaskSet::default();
-        t.spawn(Kind::Work, async { panic!("static message") }, report());
+        t.spawn(
+            Kind::Work,
+            async { panic!("static message") },
+            reporter(&seen),
+        );
         let n = 7;
-        t.spawn(Kind::Loop, async move { panic!("formatted {n}") }, report());
-        t.spawn(Kind::Work, async { std::panic::panic_any(42u32) }, report());
-        t.spawn(Kind::Gc, async {}, report());
+        t.spawn(
+            Kind::Loop,
+            async move { panic!("formatted {n}") },
+            reporter(&seen),
+        );
+        t.spawn(
+            Kind::Work,
+            async { std::panic::panic_any(42u32) },
+            reporter(&seen),
+        );
+        t.spawn(Kind::Gc, async {}, reporter(&seen));
         for kind in [Kind::Work, Kind::Loop, Kind::Gc] {
             drain(t.take(kind), false).await;
         }
@@ -216,9 +223,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_task_reports_nothing() {
-        let (seen, report) = reports();
+        let seen = Seen::default();
         let mut t = TaskSet::default();
-        t.spawn(Kind::Loop, std::future::pending(), report());
+        t.spawn(Kind::Loop, std::future::pending(), reporter(&seen));
         tokio::task::yield_now().await;
         drain(t.take(Kind::Loop), true).await;
         assert!(seen.lock().unwrap().is_empty());
