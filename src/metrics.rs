@@ -143,6 +143,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "writer lease renewals, by `result` (ok, failed)",
     ),
+    (
+        "kvfs_writer_poisoned",
+        Kind::Gauge,
+        "1 once the writer has stopped after a failure (a refused upload, a fence, a failed background task): every later write and fsync fails with EIO until a remount; else 0",
+    ),
+    (
+        "kvfs_background_task_failures_total",
+        Kind::Counter,
+        "background tasks (the uploader, the lease renewer, the cleaner, an upload, a checkpoint) that panicked or ended unexpectedly; each poisons the writer",
+    ),
 ];
 
 /// Install the exporter, listening on `addr`. Call from within the async runtime,
@@ -219,4 +229,6 @@ pub fn record(db: &Db) {
     counter!("kvfs_gc_bytes_deleted_total").absolute(f.gc.bytes_deleted);
     counter!("kvfs_lease_renewals_total", "result" => "ok").absolute(f.lease_renewals);
     counter!("kvfs_lease_renewals_total", "result" => "failed").absolute(f.lease_renewal_failures);
+    gauge!("kvfs_writer_poisoned").set(if f.poisoned { 1.0 } else { 0.0 });
+    counter!("kvfs_background_task_failures_total").absolute(f.task_failures);
 }

@@ -22,6 +22,8 @@ pub mod error;
 mod follower;
 mod fsck;
 pub mod gc;
+#[cfg(feature = "test-hooks")]
+mod hooks;
 mod index;
 pub mod lease;
 mod options;
@@ -44,6 +46,8 @@ pub use error::{Error, Result};
 pub use follower::{CatchUp, MANIFEST_EVERY as FOLLOW_MANIFEST_EVERY};
 pub use fsck::{FsckIssue, FsckReport};
 pub use gc::GcCounters;
+#[cfg(feature = "test-hooks")]
+pub use hooks::TaskFault;
 pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use snapshots::Snapshot;
 pub use stats::Stats;
@@ -207,6 +211,11 @@ pub struct Figures {
     pub cache_misses: u64,
     pub lease_renewals: u64,
     pub lease_renewal_failures: u64,
+    /// The writer is poisoned: every later write and sync fails (a refused upload, a
+    /// fence, a background task that failed).
+    pub poisoned: bool,
+    /// Background tasks that panicked or ended unexpectedly.
+    pub task_failures: u64,
 }
 
 /// When a waiter that started now gives up on a store that does not answer: after
@@ -291,6 +300,10 @@ pub(crate) struct Shared {
     /// Lease renewals that worked, and those that failed.
     pub lease_renewals: std::sync::atomic::AtomicU64,
     pub lease_renewal_failures: std::sync::atomic::AtomicU64,
+    /// Background tasks that panicked or ended unexpectedly (see `task_ended`).
+    pub task_failures: std::sync::atomic::AtomicU64,
+    #[cfg(feature = "test-hooks")]
+    pub hooks: hooks::Hooks,
 }
 
 impl Shared {
@@ -319,16 +332,51 @@ impl Shared {
             .abort_all();
     }
 
-    /// Start a background task of `kind` (see `tasks`).
+    /// Start a background task of `kind` (see `tasks`), called `name` in errors (such
+    /// as "the uploader"). How it ends is reported to [`Shared::task_ended`].
     pub(crate) fn spawn(
-        &self,
+        self: &Arc<Self>,
         kind: tasks::Kind,
+        name: impl Into<String>,
         fut: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
+        let name = name.into();
+        // Weak: the task set lives in `Shared`, and must not keep it alive.
+        let sh = Arc::downgrade(self);
+        let report = move |outcome| {
+            if let Some(sh) = sh.upgrade() {
+                sh.task_ended(kind, &name, outcome);
+            }
+        };
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .spawn(kind, fut);
+            .spawn(kind, fut, report);
+    }
+
+    /// A background task ended by itself. A panic, or a loop (or the cleaner) that
+    /// returns while the writer is open, poisons the writer with an error naming the
+    /// task and the cause, and wakes every waiter: nothing that depends on the task
+    /// waits for it in vain.
+    fn task_ended(&self, kind: tasks::Kind, name: &str, outcome: tasks::Outcome) {
+        let failure = match outcome {
+            tasks::Outcome::Panicked(message) => format!("{name} panicked: {message}"),
+            tasks::Outcome::Returned if kind == tasks::Kind::Work => return,
+            tasks::Outcome::Returned => {
+                let st = self.lock();
+                // Loops end by themselves once the writer is poisoned or closed, and
+                // the cleaner once it closes.
+                if st.poisoned.is_some() || st.closing || st.closed {
+                    return;
+                }
+                format!("{name} ended unexpectedly")
+            }
+        };
+        self.task_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let err = Error::Poisoned(format!("background task failed: {failure}"));
+        let mut st = self.lock();
+        self.poison(&mut st, err);
     }
 
     /// Wait for the tasks of `kind` to end, cancelling them first with `abort`.
@@ -648,8 +696,9 @@ impl Shared {
 
 /// The life of a handle: `Open` → `Closing` (close has begun: writes are refused,
 /// everything written is being flushed) → `Closed`. `Poisoned`: a write failed for
-/// good (or the writer was fenced); every later write fails with that error, and
-/// `close` only stops the tasks and releases the lease.
+/// good, the writer was fenced, or a background task panicked or ended unexpectedly;
+/// every later write and sync fails with that error, and `close` returns it after
+/// stopping the tasks and releasing the lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lifecycle {
     Open,
@@ -823,6 +872,9 @@ impl Db {
             follow_lock: tokio::sync::Mutex::new(()),
             lease_renewals: Default::default(),
             lease_renewal_failures: Default::default(),
+            task_failures: Default::default(),
+            #[cfg(feature = "test-hooks")]
+            hooks: Default::default(),
         });
         {
             let st = shared.lock();
@@ -846,10 +898,22 @@ impl Db {
             );
         }
         if writable {
-            shared.spawn(tasks::Kind::Loop, uploader::run(shared.clone()));
-            shared.spawn(tasks::Kind::Loop, uploader::renew_lease(shared.clone()));
+            shared.spawn(
+                tasks::Kind::Loop,
+                "the uploader",
+                uploader::run(shared.clone()),
+            );
+            shared.spawn(
+                tasks::Kind::Loop,
+                "the lease renewer",
+                uploader::renew_lease(shared.clone()),
+            );
             if shared.opts.gc.background {
-                shared.spawn(tasks::Kind::Gc, gc::worker::run_background(shared.clone()));
+                shared.spawn(
+                    tasks::Kind::Gc,
+                    "the background cleaner",
+                    gc::worker::run_background(shared.clone()),
+                );
             }
         }
         Ok(Db {
@@ -1333,6 +1397,15 @@ impl Db {
         self.stop_like_a_crash();
     }
 
+    /// Make a background task fail (see [`TaskFault`]), to test what depends on it.
+    /// Only with the `test-hooks` feature; not part of the stable API.
+    #[cfg(feature = "test-hooks")]
+    pub fn inject(&self, fault: TaskFault) {
+        let sh = &self.handle.shared;
+        sh.hooks.arm(fault);
+        sh.wake_uploader.notify_one();
+    }
+
     fn stop_like_a_crash(&self) {
         {
             let sh = &self.handle.shared;
@@ -1399,6 +1472,12 @@ impl Db {
             lease_renewal_failures: sh
                 .lease_renewal_failures
                 .load(std::sync::atomic::Ordering::Relaxed),
+            // A handle stopped like a crash is marked with `Closed`, not a failure.
+            poisoned: st
+                .poisoned
+                .as_ref()
+                .is_some_and(|e| !matches!(e, Error::Closed)),
+            task_failures: sh.task_failures.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

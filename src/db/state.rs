@@ -7,8 +7,9 @@
 //! - **durable point**: the highest sequence number `d` of this writer's epoch such
 //!   that segments `1..=d` have all been stored. Only the contiguous prefix counts:
 //!   recovery never replays a segment after a gap.
-//! - **poisoned**: a failed upload or a fence stops all later writes with that error;
-//!   nothing after a hole in the log could ever become durable.
+//! - **poisoned**: a failed upload, a fence or a failed background task (see
+//!   `tasks`) stops all later writes and syncs with that error; nothing after a hole
+//!   in the log could ever become durable.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tokio::time::Instant;

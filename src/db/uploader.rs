@@ -31,6 +31,16 @@ pub(crate) async fn run(sh: Arc<Shared>) {
         let notified = sh.wake_uploader.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        #[cfg(feature = "test-hooks")]
+        {
+            use super::hooks::TaskFault;
+            if sh.hooks.fire(TaskFault::UploaderPanics) {
+                panic!("injected panic in the uploader loop");
+            }
+            if sh.hooks.fire(TaskFault::UploaderReturns) {
+                return;
+            }
+        }
         let (starts, pause) = {
             let mut st = sh.lock();
             if st.poisoned.is_some() {
@@ -89,7 +99,8 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             (starts, pause.max(Duration::from_millis(1)))
         };
         for seg in starts {
-            sh.spawn(Kind::Work, upload(sh.clone(), seg));
+            let name = format!("the upload of {}", segment_name(seg.id));
+            sh.spawn(Kind::Work, name, upload(sh.clone(), seg));
         }
         tokio::select! {
             _ = &mut notified => {}
@@ -115,6 +126,10 @@ const STALL_PAUSE: Duration = Duration::from_secs(1);
 /// the writer carries on once the store is back. A fence or a refusal (4xx) poisons.
 async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
     let name = segment_name(seg.id);
+    #[cfg(feature = "test-hooks")]
+    if sh.hooks.fire(super::hooks::TaskFault::UploadPanics) {
+        panic!("injected panic in the upload of {name}");
+    }
     let mut again = false;
     loop {
         let result = put_segment(&sh, &name, &seg.data, again).await;
@@ -225,7 +240,11 @@ fn landed(sh: &Arc<Shared>, mut st: std::sync::MutexGuard<'_, super::state::Stat
     if want_checkpoint {
         st.checkpoint_running = true;
         drop(st);
-        sh.spawn(Kind::Work, checkpointer::run_background(sh.clone()));
+        sh.spawn(
+            Kind::Work,
+            "a background checkpoint",
+            checkpointer::run_background(sh.clone()),
+        );
     }
 }
 

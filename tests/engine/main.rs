@@ -17,3 +17,4 @@ mod model;
 mod no_panics;
 mod snapshots;
 mod store_conformance;
+mod task_failure;
