@@ -11,7 +11,7 @@
 //! reads sequentially gets the next extents fetched ahead of it (a window that grows
 //! to [`READAHEAD_MAX`]), several ranged GETs in flight.
 
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -274,7 +274,7 @@ impl Namespace {
                             Err(e) => failed = Some(e),
                         }
                     }
-                    if lock_file(&state).generation != generation {
+                    if !self.still_valid(ino, &state, generation, offset..end, &pieces)? {
                         continue;
                     }
                     if let Some(e) = failed {
@@ -296,6 +296,32 @@ impl Namespace {
                 }
             }
         }
+    }
+
+    /// Whether what a read planned at `generation` and fetched is still what the
+    /// file holds in `range`: no commit since then changed a byte of it, and the
+    /// extents that hold it are the same (a commit elsewhere may re-key the extent a
+    /// piece was read from). So a reader is not restarted by commits to other parts
+    /// of the file (`tail -f` of a file appended and synced faster than a GET).
+    fn still_valid(
+        &self,
+        ino: u64,
+        state: &SharedFile,
+        generation: u64,
+        range: Range<u64>,
+        pieces: &[(Piece, Fetch)],
+    ) -> FsResult<bool> {
+        let st = lock_file(state);
+        if st.generation == generation {
+            return Ok(true);
+        }
+        if !st.unchanged_since(generation, &range) {
+            return Ok(false);
+        }
+        let stored_end = range.end.min(st.cut.unwrap_or(u64::MAX));
+        let map = self.extent_map(ino, range.start, stored_end)?;
+        let now = extents::pieces(&map, range.start, stored_end);
+        Ok(now.len() == pieces.len() && now.iter().zip(pieces).all(|(a, (b, _))| a == b))
     }
 
     fn plan_read(
@@ -478,7 +504,7 @@ impl Namespace {
                 if !self.db.try_write_batch(&ops)? {
                     return Ok(());
                 }
-                st.generation += 1;
+                st.changed_ranges(Some(std::iter::once(start..end).collect()));
                 st.readahead.fetches.clear();
                 generation = st.generation;
             }
@@ -605,6 +631,15 @@ impl Namespace {
                 room = ops_len(&ops);
                 continue;
             }
+            // What this commit changed: the dirty ranges and everything from a cut
+            // on (an inline file: all of it).
+            let changed_ranges = st.attr.extents.then(|| {
+                st.dirty
+                    .ranges()
+                    .map(|(o, d)| o..o + d.len() as u64)
+                    .chain(st.cut.map(|c| c..u64::MAX))
+                    .collect::<Vec<_>>()
+            });
             if st.attr.extents {
                 let changed: Vec<(u64, u64)> = st
                     .dirty
@@ -625,7 +660,7 @@ impl Namespace {
             st.cut = None;
             st.changed = false;
             st.stored = st.attr;
-            st.generation += 1;
+            st.changed_ranges(changed_ranges);
             st.readahead.fetches.clear();
             return Ok(());
         }

@@ -11,13 +11,15 @@
 //! - **cut**: the smallest size an extent file was truncated to since its last
 //!   commit; stored extents from there on no longer count.
 //! - **generation**: counts commits; a read that fetched extents while a commit
-//!   happened starts again.
+//!   happened starts again, unless the **changes** (the byte ranges each recent
+//!   commit changed) show that no commit since it planned touched its range.
 //! - **buffers**: the bytes a file's state holds in memory (dirty ranges and inline
 //!   content). Every state counts its own into one counter per namespace, updated
 //!   each time the state's lock is released (`FileGuard`), so the namespace can keep
 //!   all open files' buffers within one bound (`Namespace::make_room_for_buffers`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -183,10 +185,18 @@ pub struct FileState {
     /// Extent windows (offset / `MAX_EXTENT`) that commits changed since the file
     /// was last checked for extents worth merging.
     pub touched: BTreeSet<u64>,
+    /// Byte ranges changed by recent commits: (generation the commit made, range),
+    /// oldest first, at most [`MAX_CHANGES`].
+    changes: VecDeque<(u64, Range<u64>)>,
+    /// Every change after this generation is in `changes`.
+    changes_from: u64,
     /// The namespace's count of buffered bytes, and what this state added to it.
     buffers: Arc<AtomicUsize>,
     accounted: usize,
 }
+
+/// Changed ranges remembered per file (for reads that overlapped commits).
+pub const MAX_CHANGES: usize = 64;
 
 /// Windows remembered per file for merging; past this, the rest are not checked.
 pub const MAX_TOUCHED: usize = 4096;
@@ -206,9 +216,44 @@ impl FileState {
             generation: 0,
             readahead: Readahead::default(),
             touched: BTreeSet::new(),
+            changes: VecDeque::new(),
+            changes_from: 0,
             buffers,
             accounted: 0,
         }
+    }
+
+    /// A commit changed `ranges` of the file (all of it when `ranges` is `None`):
+    /// a new generation.
+    pub fn changed_ranges(&mut self, ranges: Option<Vec<Range<u64>>>) {
+        self.generation += 1;
+        match ranges {
+            Some(ranges) => {
+                for r in ranges {
+                    self.changes.push_back((self.generation, r));
+                }
+            }
+            None => {
+                self.changes.clear();
+                self.changes_from = self.generation;
+            }
+        }
+        while self.changes.len() > MAX_CHANGES {
+            if let Some((g, _)) = self.changes.pop_front() {
+                self.changes_from = self.changes_from.max(g);
+            }
+        }
+    }
+
+    /// Whether no commit after `generation` changed a byte of `range`.
+    pub fn unchanged_since(&self, generation: u64, range: &Range<u64>) -> bool {
+        generation == self.generation
+            || (generation >= self.changes_from
+                && self
+                    .changes
+                    .iter()
+                    .filter(|(g, _)| *g > generation)
+                    .all(|(_, r)| r.end <= range.start || range.end <= r.start))
     }
 
     /// Bytes of memory this state holds for content: dirty ranges and inline

@@ -67,7 +67,8 @@ impl Namespace {
             st.stored = attr;
         }
         st.content = None;
-        st.generation += 1;
+        // The writer's changes: which bytes is not known here.
+        st.changed_ranges(None);
         st.readahead.fetches.clear();
     }
 }

@@ -249,3 +249,76 @@ async fn fragmented_and_mostly_dead_extents_are_merged_at_last_close() {
     assert!(content(&ns, ino).await == model);
     ns.shutdown().await.unwrap();
 }
+
+/// `tail -f` of a file appended and synced more often than one GET takes: a read of
+/// an earlier part of the file finishes, although commits to other parts land while
+/// it fetches (it used to start again after each of them, and never finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_not_restarted_by_commits_to_other_parts_of_the_file() {
+    use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let (_, mem) = memory();
+    let faults = FaultControl::seeded(FaultConfig::default(), 3);
+    let store: DynStore = Arc::new(FaultyStore::new(mem, faults.clone()));
+    let ino = {
+        let ns = open(&store).await;
+        let ino = ns.create(ROOT_INO, b"log", 0o644, OWNER).await.unwrap().ino;
+        ns.open(ino, false).await.unwrap();
+        ns.write(ino, 0, &vec![b'a'; 2 << 20]).await.unwrap();
+        ns.release(ino).await.unwrap();
+        ns.shutdown().await.unwrap();
+        ino
+    };
+    release_lease(store.as_ref()).await;
+    // Reopened with no cache: the read below must GET its extent.
+    let ns = Arc::new(
+        Namespace::new(
+            Db::open_store(
+                store.clone(),
+                Options {
+                    cache_bytes: 0,
+                    ..opts()
+                },
+            )
+            .await
+            .unwrap(),
+            OWNER,
+        )
+        .await
+        .unwrap(),
+    );
+    ns.open(ino, false).await.unwrap();
+    faults.update(|c| c.get_latency = Duration::from_millis(150));
+    let read_done = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (ns, read_done) = (ns.clone(), read_done.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut size = 2u64 << 20;
+            let mut appends = 0u32;
+            while !read_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                ns.write(ino, size, &[b'b'; 100]).await.unwrap();
+                ns.fsync(ino).await.unwrap();
+                size += 100;
+                appends += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (appends, read_done.load(Ordering::SeqCst))
+        })
+    };
+    let got = ns.read(ino, 1000, 64 << 10).await.unwrap();
+    read_done.store(true, Ordering::SeqCst);
+    let (appends, appender_saw_the_read_end) = appender.await.unwrap();
+    assert!(got.iter().all(|b| *b == b'a') && got.len() == 64 << 10);
+    assert!(appends > 0, "nothing was appended while the read fetched");
+    assert!(
+        appender_saw_the_read_end,
+        "the read finished only after the appends stopped ({appends} appends)"
+    );
+    faults.update(|c| c.get_latency = Duration::ZERO);
+    ns.release(ino).await.unwrap();
+    ns.shutdown().await.unwrap();
+}
