@@ -19,9 +19,18 @@
 //! own (whose absence means GC collected the history between it and the newest
 //! manifest: then reload). When the log being followed has ended (its writer closed
 //! it), the next manifest is looked for every round instead of the segment. A LIST
-//! only when reloading. So 1.5 GETs a round at most: 10,800 an hour at 500 ms. Rounds run one at a time; the state lock
-//! is taken only to apply a fetched segment or swap in a reloaded index, never
-//! across a request.
+//! only when reloading. So 1.5 GETs a round at most: 10,800 an hour at 500 ms.
+//!
+//! Rounds run one at a time, under an async lock held across their requests (the
+//! state lock is taken only to apply a fetched segment or swap in a reloaded index,
+//! never across a request).
+//!
+//! Whoever runs a round (the follow loop, or a read that found its object gone),
+//! what it applied (changed keys, segments, manifests, a reload) is added to the
+//! state's `followed`, which the next [`Db::catch_up`](super::Db::catch_up) takes
+//! and reports, so a mount refreshes open files for those keys too.
+
+use std::sync::atomic::Ordering;
 
 use super::error::{Error, Result};
 use super::recovery::{self, Position};
@@ -54,24 +63,44 @@ impl CatchUp {
     }
 }
 
+/// The most keys kept for the next [`Db::catch_up`](super::Db::catch_up) to report
+/// (rounds run by reads add theirs even when nobody drains them); past it the keys
+/// are dropped and everything counts as changed, as after a reload.
+pub const MAX_PENDING_KEYS: usize = 100_000;
+
+/// Add what a round applied to what the next [`Db::catch_up`](super::Db::catch_up)
+/// reports.
+fn note(pending: &mut CatchUp, segments: u64, manifests: u64, changed: Vec<Vec<u8>>) {
+    pending.segments += segments;
+    pending.manifests += manifests;
+    if pending.reloaded {
+        return;
+    }
+    pending.changed.extend(changed);
+    if pending.changed.len() > MAX_PENDING_KEYS {
+        pending.changed = Vec::new();
+        pending.reloaded = true;
+    }
+}
+
 /// One round (see the module documentation). `thorough`: also look for the next
 /// manifest, and check that this handle's own manifest still exists (a reader that
-/// found an object gone does this). A writer's handle, or a snapshot's, has nothing
-/// to follow.
-pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
-    let mut out = CatchUp::default();
+/// found an object gone does this). What it applies is added to the state's
+/// `followed`, for the next [`Db::catch_up`](super::Db::catch_up) to report. A
+/// writer's handle, or a snapshot's, has nothing to follow.
+pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<()> {
     if sh.writable || sh.opts.snapshot.is_some() {
-        return Ok(out);
+        return Ok(());
     }
-    let round = sh
-        .follow_rounds
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    // Rounds run one at a time: a reader that retries after a missing object waits
-    // for a round under way rather than repeating its requests.
+    let round = sh.follow_rounds.fetch_add(1, Ordering::Relaxed) + 1;
+    // Rounds run one at a time.
     let _one = sh.follow_lock.lock().await;
+    run_round(sh, thorough || round % MANIFEST_EVERY == 0).await
+}
+
+/// One round, under the follow lock.
+async fn run_round(sh: &Shared, mut look_for_manifest: bool) -> Result<()> {
     let mut pos = sh.lock().position;
-    let mut look_for_manifest = thorough || round % MANIFEST_EVERY == 0;
     let check_own_manifest = look_for_manifest;
     loop {
         let ranges = sh.lock().manifest.ranges.clone();
@@ -96,8 +125,7 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
                     )?;
                     if applied {
                         pos.next += 1;
-                        out.segments += 1;
-                        out.changed.extend(changed);
+                        note(&mut st.followed, 1, 0, changed);
                     } else {
                         // A fence: this writer's log ended; a manifest says what follows.
                         pos.open = false;
@@ -107,7 +135,7 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
                 }
                 Err(StoreError::NotFound(_)) if end.is_some() => {
                     // Part of a closed range, and gone: collected after a checkpoint.
-                    return reload(sh, out).await;
+                    return reload(sh).await;
                 }
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -134,7 +162,7 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
             }
         }
         if pos.open && !look_for_manifest {
-            return Ok(out);
+            return Ok(());
         }
         let next = match recovery::read_manifest(&sh.store, pos.manifest + 1).await {
             Ok(m) => m,
@@ -143,25 +171,25 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
                 // too, it fell behind what the store keeps (the next one was
                 // collected as well).
                 if !check_own_manifest {
-                    return Ok(out);
+                    return Ok(());
                 }
                 return match sh.store.get(&manifest_name(pos.manifest)).await {
-                    Err(StoreError::NotFound(_)) => reload(sh, out).await,
+                    Err(StoreError::NotFound(_)) => reload(sh).await,
                     Err(e) => Err(e.into()),
-                    Ok(_) => Ok(out),
+                    Ok(_) => Ok(()),
                 };
             }
             Err(e) => return Err(e),
         };
         if !continues(&next, &pos) {
-            return reload(sh, out).await;
+            return reload(sh).await;
         }
-        out.manifests += 1;
         pos.manifest = next.seq;
         {
             let mut st = sh.lock();
             st.manifest = next;
             st.position = pos;
+            note(&mut st.followed, 0, 1, Vec::new());
         }
         // Look for a newer one still.
         look_for_manifest = true;
@@ -179,7 +207,7 @@ fn continues(m: &Manifest, pos: &Position) -> bool {
 }
 
 /// Replace the index with the newest state of the store.
-async fn reload(sh: &Shared, mut out: CatchUp) -> Result<CatchUp> {
+async fn reload(sh: &Shared) -> Result<()> {
     let (manifest, index, position) = recovery::load_latest(&sh.store, &sh.opts)
         .await?
         .ok_or_else(|| Error::NoStore(sh.store.describe()))?;
@@ -191,9 +219,10 @@ async fn reload(sh: &Shared, mut out: CatchUp) -> Result<CatchUp> {
     st.index = index;
     st.manifest = manifest;
     st.position = position;
-    out.reloaded = true;
-    out.manifests += 1;
-    Ok(out)
+    st.followed.reloaded = true;
+    st.followed.changed = Vec::new();
+    note(&mut st.followed, 0, 1, Vec::new());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -857,6 +857,7 @@ impl Db {
                 objects: gc::objects::ObjectTable::new(started),
                 gc: gc::GcBook::default(),
                 position: opened.position,
+                followed: CatchUp::default(),
             }),
             opts,
             durable,
@@ -1032,11 +1033,23 @@ impl Db {
     }
 
     /// Read-only handles: apply what the writer stored since this handle last looked
-    /// (one round of following, see `follower`). Cheap when nothing is new: one GET
-    /// of the next expected segment, and now and then one of the next manifest. A
-    /// writer's handle has nothing to follow.
+    /// (one round of following, see `follower`), and report what every round since
+    /// the last call applied, including rounds that reads ran after finding an
+    /// object gone. Cheap when nothing is new: one GET of the next expected segment,
+    /// and now and then one of the next manifest. A writer's handle has nothing to
+    /// follow.
     pub async fn catch_up(&self) -> Result<CatchUp> {
-        follower::catch_up(&self.handle.shared, false).await
+        let sh = &self.handle.shared;
+        follower::catch_up(sh, false).await?;
+        Ok(std::mem::take(&mut sh.lock().followed))
+    }
+
+    /// Rounds of following this handle has started (see [`Db::catch_up`]).
+    pub fn follow_rounds(&self) -> u64 {
+        self.handle
+            .shared
+            .follow_rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the value of `key` lies now, if it exists.
