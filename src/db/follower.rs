@@ -23,12 +23,16 @@
 //!
 //! Rounds run one at a time, under an async lock held across their requests (the
 //! state lock is taken only to apply a fetched segment or swap in a reloaded index,
-//! never across a request).
+//! never across a request). Rounds are numbered as they start: a caller that waited
+//! for the lock while a round that started after its call ran does not run another
+//! (that round saw everything the caller could need), so many readers that find
+//! their objects gone at once cost one or two rounds, not one each.
 //!
 //! Whoever runs a round (the follow loop, or a read that found its object gone),
 //! what it applied (changed keys, segments, manifests, a reload) is added to the
 //! state's `followed`, which the next [`Db::catch_up`](super::Db::catch_up) takes
 //! and reports, so a mount refreshes open files for those keys too.
+//!
 
 use std::sync::atomic::Ordering;
 
@@ -68,6 +72,16 @@ impl CatchUp {
 /// are dropped and everything counts as changed, as after a reload.
 pub const MAX_PENDING_KEYS: usize = 100_000;
 
+/// The rounds that finished, by number (see [`catch_up`]). Kept inside the follow
+/// lock, so only the round's runner writes it.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    /// The last round that finished without an error.
+    any: u64,
+    /// The last one of those that looked for the next manifest.
+    thorough: u64,
+}
+
 /// Add what a round applied to what the next [`Db::catch_up`](super::Db::catch_up)
 /// reports.
 fn note(pending: &mut CatchUp, segments: u64, manifests: u64, changed: Vec<Vec<u8>>) {
@@ -83,19 +97,38 @@ fn note(pending: &mut CatchUp, segments: u64, manifests: u64, changed: Vec<Vec<u
     }
 }
 
-/// One round (see the module documentation). `thorough`: also look for the next
-/// manifest, and check that this handle's own manifest still exists (a reader that
-/// found an object gone does this). What it applies is added to the state's
+/// Make sure a round runs that starts after this call, unless one did meanwhile (see
+/// the module documentation). `thorough`: the round must also look for the next
+/// manifest and check that this handle's own manifest still exists (a reader that
+/// found an object gone asks for this). What rounds apply is added to the state's
 /// `followed`, for the next [`Db::catch_up`](super::Db::catch_up) to report. A
 /// writer's handle, or a snapshot's, has nothing to follow.
 pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<()> {
     if sh.writable || sh.opts.snapshot.is_some() {
         return Ok(());
     }
-    let round = sh.follow_rounds.fetch_add(1, Ordering::Relaxed) + 1;
-    // Rounds run one at a time.
-    let _one = sh.follow_lock.lock().await;
-    run_round(sh, thorough || round % MANIFEST_EVERY == 0).await
+    // Rounds are numbered as they start, under the lock: every round numbered above
+    // `asked` started after this call did.
+    let asked = sh.follow_rounds.load(Ordering::Acquire);
+    let mut finished = sh.follow_lock.lock().await;
+    let last = if thorough {
+        finished.thorough
+    } else {
+        finished.any
+    };
+    if last > asked {
+        // A round that began after we were asked finished while we waited: its
+        // result serves (the caller looks its key up again).
+        return Ok(());
+    }
+    let round = sh.follow_rounds.fetch_add(1, Ordering::AcqRel) + 1;
+    let look_for_manifest = thorough || round % MANIFEST_EVERY == 0;
+    run_round(sh, look_for_manifest).await?;
+    finished.any = round;
+    if look_for_manifest {
+        finished.thorough = round;
+    }
+    Ok(())
 }
 
 /// One round, under the follow lock.

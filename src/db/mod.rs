@@ -294,9 +294,10 @@ pub(crate) struct Shared {
     /// Readahead windows being fetched from runs, so concurrent readers of one
     /// window share one GET.
     pub windows: Mutex<HashMap<WindowKey, Arc<tokio::sync::OnceCell<Bytes>>>>,
-    /// Follower rounds started, and the lock that runs them one at a time.
+    /// Follower rounds started (numbered under `follow_lock`), and the lock that
+    /// runs them one at a time, holding which of them finished.
     pub follow_rounds: std::sync::atomic::AtomicU64,
-    pub follow_lock: tokio::sync::Mutex<()>,
+    pub follow_lock: tokio::sync::Mutex<follower::Finished>,
     /// Lease renewals that worked, and those that failed.
     pub lease_renewals: std::sync::atomic::AtomicU64,
     pub lease_renewal_failures: std::sync::atomic::AtomicU64,
@@ -870,7 +871,7 @@ impl Db {
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
             follow_rounds: Default::default(),
-            follow_lock: tokio::sync::Mutex::new(()),
+            follow_lock: tokio::sync::Mutex::new(follower::Finished::default()),
             lease_renewals: Default::default(),
             lease_renewal_failures: Default::default(),
             task_failures: Default::default(),
@@ -1044,7 +1045,7 @@ impl Db {
         Ok(std::mem::take(&mut sh.lock().followed))
     }
 
-    /// Rounds of following this handle has started (see [`Db::catch_up`]).
+    /// Rounds of following this handle has run (see [`Db::catch_up`]).
     pub fn follow_rounds(&self) -> u64 {
         self.handle
             .shared
