@@ -33,11 +33,15 @@
 //! state's `followed`, which the next [`Db::catch_up`](super::Db::catch_up) takes
 //! and reports, so a mount refreshes open files for those keys too.
 //!
+//! A segment whose entries move keys into a run the object table does not know (one
+//! compaction wrote after this handle listed `run/`) makes the next read of a run
+//! list `run/` again, so reads of the new run use readahead windows.
 
 use std::sync::atomic::Ordering;
 
 use super::error::{Error, Result};
 use super::recovery::{self, Position};
+use super::state::State;
 use super::Shared;
 use crate::format::manifest::Manifest;
 use crate::format::names::{manifest_name, segment_name, SegmentId};
@@ -158,6 +162,12 @@ async fn run_round(sh: &Shared, mut look_for_manifest: bool) -> Result<()> {
                     )?;
                     if applied {
                         pos.next += 1;
+                        if meets_unknown_run(&st, &changed) {
+                            // Written by compaction after this handle listed
+                            // `run/`: list again on the next read of a run, so
+                            // readahead knows its size.
+                            st.objects.runs_listed = false;
+                        }
                         note(&mut st.followed, 1, 0, changed);
                     } else {
                         // A fence: this writer's log ended; a manifest says what follows.
@@ -229,6 +239,17 @@ async fn run_round(sh: &Shared, mut look_for_manifest: bool) -> Result<()> {
     }
 }
 
+/// Whether one of `keys` (just applied) now lies in a run missing from the object
+/// table.
+fn meets_unknown_run(st: &State, keys: &[Vec<u8>]) -> bool {
+    keys.iter().any(|k| {
+        st.index
+            .get(k)
+            .and_then(|e| st.index.segment(e.loc.segment))
+            .is_some_and(|id| id.is_run() && st.objects.size(id).is_none())
+    })
+}
+
 /// Whether the log of manifest `m` goes on from `pos` without a gap: its range of
 /// the followed epoch starts at or before the next expected segment.
 fn continues(m: &Manifest, pos: &Position) -> bool {
@@ -252,6 +273,8 @@ async fn reload(sh: &Shared) -> Result<()> {
     st.index = index;
     st.manifest = manifest;
     st.position = position;
+    // The new index may name runs this handle never listed.
+    st.objects.runs_listed = false;
     st.followed.reloaded = true;
     st.followed.changed = Vec::new();
     note(&mut st.followed, 0, 1, Vec::new());

@@ -218,6 +218,37 @@ impl ObjectStore for HoldRounds {
     }
 }
 
+/// Deletes nothing (a writer's garbage collection then leaves every object).
+#[derive(Debug)]
+struct KeepAll(DynStore);
+
+#[async_trait]
+impl ObjectStore for KeepAll {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
+        self.0.put(key, data, mode).await
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        self.0.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.0.get_range(key, range).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.0.list(prefix).await
+    }
+
+    async fn delete(&self, _key: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("undeleting {}", self.0.describe())
+    }
+}
+
 /// Yield to the other tasks of this (single-threaded) runtime until `done` holds.
 async fn yield_until(what: &str, done: impl Fn() -> bool) {
     for _ in 0..100_000 {
@@ -288,6 +319,56 @@ async fn readers_that_find_objects_gone_share_rounds() {
     let rounds = f.follow_rounds() - before;
     assert!(rounds <= 2, "{rounds} rounds for 8 readers");
     assert_eq!(contents_by_get(&f).await, contents_by_get(&w).await);
+    w.close().await.unwrap();
+}
+
+/// A run that compaction writes after a follower listed `run/` is read through
+/// readahead windows too: about one GET per window, not one per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_a_run_written_after_it_listed_runs_by_windows() {
+    let (_, store) = memory();
+    // The writer deletes nothing, so the follower follows the log through the
+    // checkpoints of compaction rather than reloading.
+    let kept: DynStore = Arc::new(KeepAll(store.clone()));
+    let w = Db::open_store(kept, gc_opts()).await.unwrap();
+    let value = |i: u32| format!("{i:06}{}", "v".repeat(194)).into_bytes();
+    // Writes to two directories, interleaved so that each is spread over many
+    // segments; compaction gathers each into runs.
+    let write = |dir: &'static str| {
+        let w = w.clone();
+        async move {
+            for i in 0..1000u32 {
+                w.put(format!("{dir}/k{i:05}").as_bytes(), &value(i))
+                    .await
+                    .unwrap();
+                w.put(format!("other/{dir}{i:05}").as_bytes(), &value(i))
+                    .await
+                    .unwrap();
+            }
+            w.sync().await.unwrap();
+            w.compact(&mut |_| {}).await.unwrap()
+        }
+    };
+    let done = write("a").await;
+    assert!(done.keys_moved >= 1000, "{done}");
+    // The follower reads from the first run, so it lists `run/`.
+    let f = follower(&store).await;
+    assert_eq!(f.get(b"a/k00000").await.unwrap().unwrap(), &value(0)[..]);
+    // Compaction writes a new run, which the follower learns of by following.
+    let done = write("b").await;
+    assert!(done.keys_moved >= 1000, "{done}");
+    let mut reloaded = false;
+    for _ in 0..20 {
+        reloaded |= f.catch_up().await.unwrap().reloaded;
+    }
+    assert!(!reloaded, "the follower reloaded");
+    let before = f.metrics().gets;
+    for i in 0..1000u32 {
+        let got = f.get(format!("b/k{i:05}").as_bytes()).await.unwrap();
+        assert_eq!(got.unwrap(), &value(i)[..]);
+    }
+    let gets = f.metrics().gets - before;
+    assert!(gets <= 10, "{gets} GETs for 1000 keys of a run");
     w.close().await.unwrap();
 }
 
