@@ -19,12 +19,29 @@
 //! own (whose absence means GC collected the history between it and the newest
 //! manifest: then reload). When the log being followed has ended (its writer closed
 //! it), the next manifest is looked for every round instead of the segment. A LIST
-//! only when reloading. So 1.5 GETs a round at most: 10,800 an hour at 500 ms. Rounds run one at a time; the state lock
-//! is taken only to apply a fetched segment or swap in a reloaded index, never
-//! across a request.
+//! only when reloading. So 1.5 GETs a round at most: 10,800 an hour at 500 ms.
+//!
+//! Rounds run one at a time, under an async lock held across their requests (the
+//! state lock is taken only to apply a fetched segment or swap in a reloaded index,
+//! never across a request). Rounds are numbered as they start: a caller that waited
+//! for the lock while a round that started after its call ran does not run another
+//! (that round saw everything the caller could need), so many readers that find
+//! their objects gone at once cost one or two rounds, not one each.
+//!
+//! Whoever runs a round (the follow loop, or a read that found its object gone),
+//! what it applied (changed keys, segments, manifests, a reload) is added to the
+//! state's `followed`, which the next [`Db::catch_up`](super::Db::catch_up) takes
+//! and reports, so a mount refreshes open files for those keys too.
+//!
+//! A segment whose entries move keys into a run the object table does not know (one
+//! compaction wrote after this handle listed `run/`) makes the next read of a run
+//! list `run/` again, so reads of the new run use readahead windows.
+
+use std::sync::atomic::Ordering;
 
 use super::error::{Error, Result};
 use super::recovery::{self, Position};
+use super::state::State;
 use super::Shared;
 use crate::format::manifest::Manifest;
 use crate::format::names::{manifest_name, segment_name, SegmentId};
@@ -54,24 +71,73 @@ impl CatchUp {
     }
 }
 
-/// One round (see the module documentation). `thorough`: also look for the next
-/// manifest, and check that this handle's own manifest still exists (a reader that
-/// found an object gone does this). A writer's handle, or a snapshot's, has nothing
-/// to follow.
-pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
-    let mut out = CatchUp::default();
-    if sh.writable || sh.opts.snapshot.is_some() {
-        return Ok(out);
+/// The most keys kept for the next [`Db::catch_up`](super::Db::catch_up) to report
+/// (rounds run by reads add theirs even when nobody drains them); past it the keys
+/// are dropped and everything counts as changed, as after a reload.
+pub const MAX_PENDING_KEYS: usize = 100_000;
+
+/// The rounds that finished, by number (see [`catch_up`]). Kept inside the follow
+/// lock, so only the round's runner writes it.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    /// The last round that finished without an error.
+    any: u64,
+    /// The last one of those that looked for the next manifest.
+    thorough: u64,
+}
+
+/// Add what a round applied to what the next [`Db::catch_up`](super::Db::catch_up)
+/// reports.
+fn note(pending: &mut CatchUp, segments: u64, manifests: u64, changed: Vec<Vec<u8>>) {
+    pending.segments += segments;
+    pending.manifests += manifests;
+    if pending.reloaded {
+        return;
     }
-    let round = sh
-        .follow_rounds
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    // Rounds run one at a time: a reader that retries after a missing object waits
-    // for a round under way rather than repeating its requests.
-    let _one = sh.follow_lock.lock().await;
+    pending.changed.extend(changed);
+    if pending.changed.len() > MAX_PENDING_KEYS {
+        pending.changed = Vec::new();
+        pending.reloaded = true;
+    }
+}
+
+/// Make sure a round runs that starts after this call, unless one did meanwhile (see
+/// the module documentation). `thorough`: the round must also look for the next
+/// manifest and check that this handle's own manifest still exists (a reader that
+/// found an object gone asks for this). What rounds apply is added to the state's
+/// `followed`, for the next [`Db::catch_up`](super::Db::catch_up) to report. A
+/// writer's handle, or a snapshot's, has nothing to follow.
+pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<()> {
+    if sh.writable || sh.opts.snapshot.is_some() {
+        return Ok(());
+    }
+    // Rounds are numbered as they start, under the lock: every round numbered above
+    // `asked` started after this call did.
+    let asked = sh.follow_rounds.load(Ordering::Acquire);
+    let mut finished = sh.follow_lock.lock().await;
+    let last = if thorough {
+        finished.thorough
+    } else {
+        finished.any
+    };
+    if last > asked {
+        // A round that began after we were asked finished while we waited: its
+        // result serves (the caller looks its key up again).
+        return Ok(());
+    }
+    let round = sh.follow_rounds.fetch_add(1, Ordering::AcqRel) + 1;
+    let look_for_manifest = thorough || round % MANIFEST_EVERY == 0;
+    run_round(sh, look_for_manifest).await?;
+    finished.any = round;
+    if look_for_manifest {
+        finished.thorough = round;
+    }
+    Ok(())
+}
+
+/// One round, under the follow lock.
+async fn run_round(sh: &Shared, mut look_for_manifest: bool) -> Result<()> {
     let mut pos = sh.lock().position;
-    let mut look_for_manifest = thorough || round % MANIFEST_EVERY == 0;
     let check_own_manifest = look_for_manifest;
     loop {
         let ranges = sh.lock().manifest.ranges.clone();
@@ -96,8 +162,13 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
                     )?;
                     if applied {
                         pos.next += 1;
-                        out.segments += 1;
-                        out.changed.extend(changed);
+                        if meets_unknown_run(&st, &changed) {
+                            // Written by compaction after this handle listed
+                            // `run/`: list again on the next read of a run, so
+                            // readahead knows its size.
+                            st.objects.runs_listed = false;
+                        }
+                        note(&mut st.followed, 1, 0, changed);
                     } else {
                         // A fence: this writer's log ended; a manifest says what follows.
                         pos.open = false;
@@ -107,7 +178,7 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
                 }
                 Err(StoreError::NotFound(_)) if end.is_some() => {
                     // Part of a closed range, and gone: collected after a checkpoint.
-                    return reload(sh, out).await;
+                    return reload(sh).await;
                 }
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -134,7 +205,7 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
             }
         }
         if pos.open && !look_for_manifest {
-            return Ok(out);
+            return Ok(());
         }
         let next = match recovery::read_manifest(&sh.store, pos.manifest + 1).await {
             Ok(m) => m,
@@ -143,29 +214,40 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<CatchUp> {
                 // too, it fell behind what the store keeps (the next one was
                 // collected as well).
                 if !check_own_manifest {
-                    return Ok(out);
+                    return Ok(());
                 }
                 return match sh.store.get(&manifest_name(pos.manifest)).await {
-                    Err(StoreError::NotFound(_)) => reload(sh, out).await,
+                    Err(StoreError::NotFound(_)) => reload(sh).await,
                     Err(e) => Err(e.into()),
-                    Ok(_) => Ok(out),
+                    Ok(_) => Ok(()),
                 };
             }
             Err(e) => return Err(e),
         };
         if !continues(&next, &pos) {
-            return reload(sh, out).await;
+            return reload(sh).await;
         }
-        out.manifests += 1;
         pos.manifest = next.seq;
         {
             let mut st = sh.lock();
             st.manifest = next;
             st.position = pos;
+            note(&mut st.followed, 0, 1, Vec::new());
         }
         // Look for a newer one still.
         look_for_manifest = true;
     }
+}
+
+/// Whether one of `keys` (just applied) now lies in a run missing from the object
+/// table.
+fn meets_unknown_run(st: &State, keys: &[Vec<u8>]) -> bool {
+    keys.iter().any(|k| {
+        st.index
+            .get(k)
+            .and_then(|e| st.index.segment(e.loc.segment))
+            .is_some_and(|id| id.is_run() && st.objects.size(id).is_none())
+    })
 }
 
 /// Whether the log of manifest `m` goes on from `pos` without a gap: its range of
@@ -179,7 +261,7 @@ fn continues(m: &Manifest, pos: &Position) -> bool {
 }
 
 /// Replace the index with the newest state of the store.
-async fn reload(sh: &Shared, mut out: CatchUp) -> Result<CatchUp> {
+async fn reload(sh: &Shared) -> Result<()> {
     let (manifest, index, position) = recovery::load_latest(&sh.store, &sh.opts)
         .await?
         .ok_or_else(|| Error::NoStore(sh.store.describe()))?;
@@ -191,9 +273,12 @@ async fn reload(sh: &Shared, mut out: CatchUp) -> Result<CatchUp> {
     st.index = index;
     st.manifest = manifest;
     st.position = position;
-    out.reloaded = true;
-    out.manifests += 1;
-    Ok(out)
+    // The new index may name runs this handle never listed.
+    st.objects.runs_listed = false;
+    st.followed.reloaded = true;
+    st.followed.changed = Vec::new();
+    note(&mut st.followed, 0, 1, Vec::new());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -294,9 +294,10 @@ pub(crate) struct Shared {
     /// Readahead windows being fetched from runs, so concurrent readers of one
     /// window share one GET.
     pub windows: Mutex<HashMap<WindowKey, Arc<tokio::sync::OnceCell<Bytes>>>>,
-    /// Follower rounds started, and the lock that runs them one at a time.
+    /// Follower rounds started (numbered under `follow_lock`), and the lock that
+    /// runs them one at a time, holding which of them finished.
     pub follow_rounds: std::sync::atomic::AtomicU64,
-    pub follow_lock: tokio::sync::Mutex<()>,
+    pub follow_lock: tokio::sync::Mutex<follower::Finished>,
     /// Lease renewals that worked, and those that failed.
     pub lease_renewals: std::sync::atomic::AtomicU64,
     pub lease_renewal_failures: std::sync::atomic::AtomicU64,
@@ -857,6 +858,7 @@ impl Db {
                 objects: gc::objects::ObjectTable::new(started),
                 gc: gc::GcBook::default(),
                 position: opened.position,
+                followed: CatchUp::default(),
             }),
             opts,
             durable,
@@ -869,7 +871,7 @@ impl Db {
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
             follow_rounds: Default::default(),
-            follow_lock: tokio::sync::Mutex::new(()),
+            follow_lock: tokio::sync::Mutex::new(follower::Finished::default()),
             lease_renewals: Default::default(),
             lease_renewal_failures: Default::default(),
             task_failures: Default::default(),
@@ -1032,11 +1034,23 @@ impl Db {
     }
 
     /// Read-only handles: apply what the writer stored since this handle last looked
-    /// (one round of following, see `follower`). Cheap when nothing is new: one GET
-    /// of the next expected segment, and now and then one of the next manifest. A
-    /// writer's handle has nothing to follow.
+    /// (one round of following, see `follower`), and report what every round since
+    /// the last call applied, including rounds that reads ran after finding an
+    /// object gone. Cheap when nothing is new: one GET of the next expected segment,
+    /// and now and then one of the next manifest. A writer's handle has nothing to
+    /// follow.
     pub async fn catch_up(&self) -> Result<CatchUp> {
-        follower::catch_up(&self.handle.shared, false).await
+        let sh = &self.handle.shared;
+        follower::catch_up(sh, false).await?;
+        Ok(std::mem::take(&mut sh.lock().followed))
+    }
+
+    /// Rounds of following this handle has run (see [`Db::catch_up`]).
+    pub fn follow_rounds(&self) -> u64 {
+        self.handle
+            .shared
+            .follow_rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the value of `key` lies now, if it exists.

@@ -178,4 +178,6 @@ pub struct State {
     pub gc: GcBook,
     /// How far a read-only handle has followed the store (see `follower`).
     pub position: super::recovery::Position,
+    /// What rounds of following applied since `Db::catch_up` last reported it.
+    pub followed: super::follower::CatchUp,
 }

@@ -343,3 +343,49 @@ fn cli_readers_see_the_newest_durable_state_of_a_mounted_store() {
     assert_eq!(kvfs(&["scan", &s, "--keys-only"]), "d/f\nd/g\n");
     writer.finish();
 }
+
+/// A read on a follower that finds its object collected runs a round of following
+/// itself; what that round changed still reaches the namespace: the next
+/// `catch_up` reports it, and an open file takes its new size, with no further
+/// change by the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_run_by_a_read_refreshes_open_files() {
+    let (_, store) = crate::common::memory();
+    let w = Db::open_store(store.clone(), crate::common::gc_opts())
+        .await
+        .unwrap();
+    let wns = Namespace::new(w.clone(), (0, 0)).await.unwrap();
+    let old = vec![1u8; 200 << 10];
+    wns.put_file(b"a", &old, (0, 0)).await.unwrap();
+    wns.sync_all().await.unwrap();
+
+    let f = Db::open_store(store.clone(), Options::read_only())
+        .await
+        .unwrap();
+    let fns = Namespace::new(f.clone(), (0, 0)).await.unwrap();
+    let ino = fns.resolve(b"a").unwrap().ino;
+    assert_eq!(fns.open(ino, false).await.unwrap().size, old.len() as u64);
+
+    // The writer rewrites the file, larger, and collects the objects the follower
+    // knows it by.
+    let new = vec![2u8; 300 << 10];
+    wns.put_file(b"a", &new, (0, 0)).await.unwrap();
+    wns.sync_all().await.unwrap();
+    let done = w.gc(&mut |_| {}).await.unwrap();
+    assert!(done.objects_deleted > 0, "{done:?}");
+
+    // The follower's read finds its object gone and runs a round.
+    let rounds = f.follow_rounds();
+    let got = fns.read(ino, 0, 4096).await.unwrap();
+    assert_eq!(&got[..], &new[..4096]);
+    assert!(f.follow_rounds() > rounds, "the read ran no round");
+
+    // The follow loop's next round finds nothing new in the store, yet reports what
+    // the read's round applied.
+    let c = f.catch_up().await.unwrap();
+    assert!(!c.is_empty(), "{c:?}");
+    fns.apply_catch_up(&c);
+    assert_eq!(fns.getattr(ino).await.unwrap().size, new.len() as u64);
+    fns.release(ino).await.unwrap();
+    wns.shutdown().await.unwrap();
+}

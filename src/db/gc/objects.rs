@@ -5,7 +5,8 @@
 //! that way count as born when this process opened the store); the uploader adds each
 //! segment it stores and the worker each run it writes. Sizes of runs are also needed
 //! by readers (readahead never asks for bytes past an object's end), so a reader
-//! lists `run/` once on its first read from a run it does not know.
+//! lists `run/` on its first read from a run it does not know, and a read-only
+//! handle again after following met a run it does not know (`follower`).
 //!
 //! **Retired**: an object that has no live data and is out of the log window, noted
 //! with the time it was first seen so and the log position whose durability makes
