@@ -373,7 +373,9 @@ impl Namespace {
             let cell = ra.fetches.entry(p.key).or_default().clone();
             pieces.push((p, cell));
         }
-        if ra.window > 0 {
+        // Nothing more is fetched ahead while open files buffer all they may.
+        let room = self.file_buffer_bytes() + ra.window as usize <= self.buffer_limit;
+        if ra.window > 0 && room {
             let end = ra.next;
             let ahead_end = (end + ra.window)
                 .min(st.attr.size)
@@ -568,8 +570,8 @@ impl Namespace {
     /// Keep the bytes all open files buffer within the namespace's bound before a
     /// write adds `incoming` more: while over it, the file that buffers the most is
     /// committed (its dirty bytes move to the engine, whose own bound makes this wait
-    /// for uploads when needed), or, when it has nothing to commit, its inline
-    /// content is dropped (read again when needed). Each step frees what the
+    /// for uploads when needed), and its inline content already stored and its
+    /// extents fetched ahead are dropped (read again when needed). Each step frees what the
     /// largest file holds, so this ends; a write larger than the bound proceeds once
     /// nothing else is buffered.
     pub(super) async fn make_room_for_buffers(&self, incoming: usize) -> FsResult<()> {
@@ -598,6 +600,8 @@ impl Namespace {
                 // Committed (or never changed): the stored value has it all.
                 st.content = None;
             }
+            // Fetched again if the reader gets there.
+            st.readahead.fetches.clear();
             if st.buffered() >= bytes {
                 // Changed again meanwhile by its writers; they are over the bound
                 // too and commit it themselves. Let this write go on.

@@ -13,8 +13,8 @@
 //! - **generation**: counts commits; a read that fetched extents while a commit
 //!   happened starts again, unless the **changes** (the byte ranges each recent
 //!   commit changed) show that no commit since it planned touched its range.
-//! - **buffers**: the bytes a file's state holds in memory (dirty ranges and inline
-//!   content). Every state counts its own into one counter per namespace, updated
+//! - **buffers**: the bytes a file's state holds in memory (dirty ranges, inline
+//!   content, extents fetched ahead of a reader). Every state counts its own into one counter per namespace, updated
 //!   each time the state's lock is released (`FileGuard`), so the namespace can keep
 //!   all open files' buffers within one bound (`Namespace::make_room_for_buffers`).
 
@@ -168,6 +168,17 @@ pub struct Readahead {
     pub fetches: HashMap<u64, Fetch>,
 }
 
+impl Readahead {
+    /// Bytes of the values fetched so far.
+    pub fn held(&self) -> usize {
+        self.fetches
+            .values()
+            .filter_map(|f| f.get())
+            .map(Bytes::len)
+            .sum()
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct FileState {
@@ -256,10 +267,10 @@ impl FileState {
                     .all(|(_, r)| r.end <= range.start || range.end <= r.start))
     }
 
-    /// Bytes of memory this state holds for content: dirty ranges and inline
-    /// content.
+    /// Bytes of memory this state holds for content: dirty ranges, inline content
+    /// and extents fetched ahead of a reader (counted once they arrived).
     pub fn buffered(&self) -> usize {
-        self.dirty.bytes() + self.content.as_ref().map_or(0, Vec::capacity)
+        self.dirty.bytes() + self.content.as_ref().map_or(0, Vec::capacity) + self.readahead.held()
     }
 
     /// Bring the namespace's count up to date with this state's buffers.

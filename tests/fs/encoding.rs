@@ -333,3 +333,52 @@ fn many_files_written_at_once_keep_the_daemon_within_its_memory_bound() {
         base >> 20
     );
 }
+
+/// Many files read at once through a mount stay within the same bound: 48 files of
+/// 8 MiB, read sequentially in turns after a remount (so every byte comes from the
+/// store), with 16 MiB for file buffers (which include extents fetched ahead of
+/// readers) and an 8 MiB cache: the daemon does not keep a readahead window per file.
+#[test]
+fn many_files_read_at_once_keep_the_daemon_within_its_memory_bound() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let point = tmp.path().join("mnt");
+    let flags = [
+        "--file-buffer-bytes",
+        "16777216",
+        "--max-unflushed-bytes",
+        "33554432",
+        "--cache-bytes",
+        "8388608",
+    ];
+    let m = Mount::start(store.to_str().unwrap(), &point, &flags, &[]);
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    for i in 0..48 {
+        std::fs::write(m.point().join(format!("f{i:02}")), &data).unwrap();
+    }
+    m.finish();
+    let m = Mount::start(store.to_str().unwrap(), &point, &flags, &[]);
+    let base = peak_rss(m.pid());
+    let mut files: Vec<std::fs::File> = (0..48)
+        .map(|i| std::fs::File::open(m.point().join(format!("f{i:02}"))).unwrap())
+        .collect();
+    let mut piece = vec![0u8; 128 << 10];
+    for round in 0..64usize {
+        for f in files.iter_mut() {
+            f.read_exact(&mut piece).unwrap();
+            let at = round * piece.len();
+            assert!(piece == data[at..at + piece.len()]);
+        }
+    }
+    let peak = peak_rss(m.pid());
+    drop(files);
+    m.finish();
+    let grew = peak.saturating_sub(base);
+    assert!(
+        grew < 128 << 20,
+        "the daemon grew by {} MiB (from {} MiB) reading 48 files at once",
+        grew >> 20,
+        base >> 20
+    );
+}
