@@ -387,14 +387,31 @@ impl Namespace {
 
     /// Every entry of directory `ino` (without `.` and `..`), in name order.
     pub async fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        Ok(self.readdir_page(ino, None, usize::MAX)?.0)
+    }
+
+    /// At most `limit` entries of directory `ino` after the name `after`, in name
+    /// order (a page of a listing), and the last name looked at: `None` once the
+    /// listing reached its end. Entries whose inode is gone meanwhile are left out,
+    /// so a page may hold fewer than `limit` before the end.
+    pub fn readdir_page(
+        &self,
+        ino: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> FsResult<(Vec<DirEntry>, Option<Vec<u8>>)> {
         self.dir_attr(ino)?;
-        let mut out = Vec::new();
-        for (name, d) in self.entries(ino, None, usize::MAX)? {
+        let rows = self.entries(ino, after, limit)?;
+        let last = (rows.len() >= limit)
+            .then(|| rows.last().map(|(name, _)| name.clone()))
+            .flatten();
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, d) in rows {
             if let Some(attr) = self.attr_now(d.ino)? {
                 out.push(DirEntry { name, attr });
             }
         }
-        Ok(out)
+        Ok((out, last))
     }
 
     /// Entries of directory `dir` after `after`, in name order, at most `limit`.

@@ -160,15 +160,36 @@ impl std::fmt::Debug for ShutdownHandle {
     }
 }
 
-/// Open directory handles: the entry snapshot of each, once read.
+/// Entries a directory handle reads from the index at a time.
+const DIR_PAGE: usize = 1024;
+
+/// A page of a directory listing: entries `first ..` of the listing, in name
+/// order, and the name to continue after (`None` at the end).
+#[derive(Clone)]
+struct DirPage {
+    first: usize,
+    entries: Arc<Vec<DirEntry>>,
+    next: Option<Vec<u8>>,
+}
+
+impl DirPage {
+    fn end(&self) -> usize {
+        self.first + self.entries.len()
+    }
+}
+
+/// Open directory handles: the page each read last. A listing streams through the
+/// index a page at a time, continuing after the last name read, so an open handle
+/// holds one page however large the directory is. Entries created or removed while
+/// a listing goes on may or may not appear (as POSIX allows); none appears twice.
 #[derive(Default)]
 struct DirHandles {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
+    open: Mutex<HashMap<u64, Option<DirPage>>>,
 }
 
 impl DirHandles {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Arc<Vec<DirEntry>>>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<DirPage>>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -182,25 +203,50 @@ impl DirHandles {
         self.map().remove(&fh);
     }
 
-    /// The snapshot of handle `fh`: a fresh one at offset 0 (as after `rewinddir`),
-    /// the stored one otherwise.
-    async fn entries(
+    /// The page of handle `fh` that holds entry `index` of the listing (or is empty,
+    /// at its end). Offset 0 (as after `rewinddir`) starts a fresh listing; reading
+    /// on continues after the page before; any other offset (`seekdir`) walks the
+    /// listing from its start.
+    fn page(
         &self,
         ns: &Namespace,
         ino: u64,
         fh: u64,
-        offset: u64,
-    ) -> FsResult<Arc<Vec<DirEntry>>> {
-        if offset != 0 {
-            if let Some(Some(entries)) = self.map().get(&fh) {
-                return Ok(entries.clone());
+        index: usize,
+        fresh: bool,
+    ) -> FsResult<DirPage> {
+        let held = if fresh {
+            None
+        } else {
+            self.map().get(&fh).cloned().flatten()
+        };
+        let mut page = match held {
+            Some(p) if p.first <= index && (index < p.end() || p.next.is_none()) => return Ok(p),
+            Some(p) if p.end() <= index && p.next.is_some() => p,
+            _ => {
+                let (entries, next) = ns.readdir_page(ino, None, DIR_PAGE)?;
+                DirPage {
+                    first: 0,
+                    entries: Arc::new(entries),
+                    next,
+                }
             }
+        };
+        while index >= page.end() {
+            let Some(after) = page.next.take() else {
+                break;
+            };
+            let (entries, next) = ns.readdir_page(ino, Some(&after), DIR_PAGE)?;
+            page = DirPage {
+                first: page.end(),
+                entries: Arc::new(entries),
+                next,
+            };
         }
-        let entries = Arc::new(ns.readdir(ino).await?);
         if let Some(slot) = self.map().get_mut(&fh) {
-            *slot = Some(entries.clone());
+            *slot = Some(page.clone());
         }
-        Ok(entries)
+        Ok(page)
     }
 }
 
@@ -676,11 +722,12 @@ impl Filesystem for KvfsFuse {
     ) {
         let dirs = self.dirs.clone();
         self.spawn(move |ns| async move {
-            let entries = match dirs.entries(&ns, ino.0, fh.0, offset).await {
-                Ok(e) => e,
+            let first = (offset as usize).saturating_sub(DOT_ENTRIES);
+            let page = match dirs.page(&ns, ino.0, fh.0, first, offset == 0) {
+                Ok(p) => p,
                 Err(e) => return reply.error(errno("readdir", &e)),
             };
-            let total = entries.len() + DOT_ENTRIES;
+            let total = page.end() + DOT_ENTRIES;
             for i in (offset as usize).min(total)..total {
                 let next = (i + 1) as u64;
                 let full = match i {
@@ -692,7 +739,7 @@ impl Filesystem for KvfsFuse {
                         if i == 0 { "." } else { ".." },
                     ),
                     _ => {
-                        let e = &entries[i - DOT_ENTRIES];
+                        let e = &page.entries[i - DOT_ENTRIES - page.first];
                         reply.add(
                             INodeNo(e.attr.ino),
                             next,
@@ -719,11 +766,12 @@ impl Filesystem for KvfsFuse {
     ) {
         let dirs = self.dirs.clone();
         self.spawn(move |ns| async move {
-            let entries = match dirs.entries(&ns, ino.0, fh.0, offset).await {
-                Ok(e) => e,
+            let first = (offset as usize).saturating_sub(DOT_ENTRIES);
+            let page = match dirs.page(&ns, ino.0, fh.0, first, offset == 0) {
+                Ok(p) => p,
                 Err(e) => return reply.error(errno("readdirplus", &e)),
             };
-            let total = entries.len() + DOT_ENTRIES;
+            let total = page.end() + DOT_ENTRIES;
             let mut dir_attr = None;
             for i in (offset as usize).min(total)..total {
                 let next = (i + 1) as u64;
@@ -743,7 +791,7 @@ impl Filesystem for KvfsFuse {
                     }
                     continue;
                 }
-                let e = &entries[i - DOT_ENTRIES];
+                let e = &page.entries[i - DOT_ENTRIES - page.first];
                 // Every entry returned here counts as a kernel lookup, so take it
                 // through the namespace's lookup (which also records the node).
                 let attr = match ns.lookup(ino.0, &e.name).await {

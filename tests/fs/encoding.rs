@@ -382,3 +382,50 @@ fn many_files_read_at_once_keep_the_daemon_within_its_memory_bound() {
         base >> 20
     );
 }
+
+/// Directories listed at once stay within a page each: 64 handles open in the middle
+/// of listing a directory of 12,000 entries (a copy of the whole listing each would
+/// be about 2 MiB per handle), and every listing, read to its end, gives every
+/// name once.
+#[test]
+fn open_directory_handles_hold_a_page_not_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let m = Mount::start(store.to_str().unwrap(), &tmp.path().join("mnt"), &[], &[]);
+    let dir = m.point().join("big");
+    std::fs::create_dir(&dir).unwrap();
+    let names: Vec<String> = (0..12_000).map(|i| format!("entry-{i:06}")).collect();
+    for n in &names {
+        std::fs::write(dir.join(n), b"").unwrap();
+    }
+    let base = peak_rss(m.pid());
+    let mut handles: Vec<std::fs::ReadDir> = (0..64)
+        .map(|_| {
+            let mut rd = std::fs::read_dir(&dir).unwrap();
+            assert!(rd.next().is_some());
+            rd
+        })
+        .collect();
+    let peak = peak_rss(m.pid());
+    for (i, rd) in handles.iter_mut().enumerate().take(4) {
+        let mut seen: Vec<String> = rd
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        seen.push(String::new());
+        assert_eq!(seen.len(), names.len(), "handle {i}");
+    }
+    drop(handles);
+    let mut listed: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, names);
+    m.finish();
+    let grew = peak.saturating_sub(base);
+    assert!(
+        grew < 32 << 20,
+        "64 open directory handles grew the daemon by {} MiB",
+        grew >> 20
+    );
+}
