@@ -230,6 +230,18 @@ impl Namespace {
             match plan {
                 ReadPlan::Done(b) => return Ok(b),
                 ReadPlan::Inline { generation, end } => {
+                    #[cfg(feature = "test-hooks")]
+                    {
+                        let pause = self
+                            .inline_read_pause
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take();
+                        if let Some(p) = pause {
+                            p.reached.notify_one();
+                            p.resume.notified().await;
+                        }
+                    }
                     let value = self.db.get(&inode_key(ino)).await?.unwrap_or_default();
                     // A commit meanwhile (the file grew into extents, say) may have
                     // changed what the value holds: plan again.

@@ -99,6 +99,21 @@ pub struct Namespace {
     pub(super) buffers: Arc<AtomicUsize>,
     /// The bound on `buffers` that writes keep to (see `make_room_for_buffers`).
     pub(super) buffer_limit: usize,
+    /// A pause a test arms in the next read of inline content (`test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    pub(super) inline_read_pause: Mutex<Option<Arc<ReadPause>>>,
+}
+
+/// A read of inline content stopped between planning and fetching, for a test to
+/// change the file meanwhile (`test-hooks` only; see
+/// [`Namespace::pause_next_inline_read`]).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Default)]
+pub struct ReadPause {
+    /// Notified when the read reached the pause.
+    pub reached: tokio::sync::Notify,
+    /// The read waits for this.
+    pub resume: tokio::sync::Notify,
 }
 
 /// Default bound on the bytes open files buffer before they are committed.
@@ -223,6 +238,8 @@ impl Namespace {
             atime: AtimeMode::default(),
             buffers: Arc::new(AtomicUsize::new(0)),
             buffer_limit: DEFAULT_FILE_BUFFER_BYTES,
+            #[cfg(feature = "test-hooks")]
+            inline_read_pause: Mutex::new(None),
         };
         if !ns.db.is_read_only() {
             ns.purge_orphans().await?;
@@ -243,6 +260,19 @@ impl Namespace {
     /// namespace is shared; [`DEFAULT_FILE_BUFFER_BYTES`] otherwise).
     pub fn set_file_buffer_limit(&mut self, bytes: usize) {
         self.buffer_limit = bytes;
+    }
+
+    /// Stop the next read of inline content that is not in memory after it planned
+    /// and before it fetches, until the returned pause's `resume` is notified
+    /// (`test-hooks` only).
+    #[cfg(feature = "test-hooks")]
+    pub fn pause_next_inline_read(&self) -> Arc<ReadPause> {
+        let pause = Arc::new(ReadPause::default());
+        *self
+            .inline_read_pause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(pause.clone());
+        pause
     }
 
     /// Bytes that open files buffer in memory now (dirty ranges, inline content).

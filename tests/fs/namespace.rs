@@ -708,3 +708,37 @@ async fn an_inline_file_claiming_a_terabyte_is_corrupt_not_allocated() {
     ns.release(other).await.unwrap();
     ns.shutdown().await.unwrap();
 }
+
+/// A read of a small file's stored content that a commit overtakes (the file grew
+/// into extents meanwhile, so its inode value no longer holds the content) plans
+/// again instead of returning the emptied value as zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_read_overtaken_by_a_commit_reads_the_new_content() {
+    let (_, store) = memory();
+    let ns = std::sync::Arc::new(
+        Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER)
+            .await
+            .unwrap(),
+    );
+    let ino = ns.create(ROOT_INO, b"f", 0o644, OWNER).await.unwrap().ino;
+    ns.write(ino, 0, &[b'a'; 1000]).await.unwrap();
+    ns.release(ino).await.unwrap();
+    let pause = ns.pause_next_inline_read();
+    let reader = {
+        let ns = ns.clone();
+        tokio::spawn(async move { ns.read(ino, 0, 1000).await })
+    };
+    pause.reached.notified().await;
+    ns.open(ino, false).await.unwrap();
+    ns.write(ino, 0, &vec![b'b'; 100 << 10]).await.unwrap();
+    ns.release(ino).await.unwrap();
+    pause.resume.notify_one();
+    let got = reader.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1000);
+    assert!(
+        got.iter().all(|b| *b == b'a') || got.iter().all(|b| *b == b'b'),
+        "neither the old nor the new content: {:?}",
+        &got[..16]
+    );
+    ns.shutdown().await.unwrap();
+}
