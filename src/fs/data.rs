@@ -648,7 +648,8 @@ impl Namespace {
                 continue;
             }
             // What this commit changed: the dirty ranges and everything from a cut
-            // on (an inline file: all of it).
+            // on (an inline file: all of it). The windows it touched are those of
+            // the dirty ranges and the one the cut falls in.
             let changed_ranges = st.attr.extents.then(|| {
                 st.dirty
                     .ranges()
@@ -656,20 +657,17 @@ impl Namespace {
                     .chain(st.cut.map(|c| c..u64::MAX))
                     .collect::<Vec<_>>()
             });
-            if st.attr.extents {
-                let changed: Vec<(u64, u64)> = st
-                    .dirty
-                    .ranges()
-                    .map(|(o, d)| (o, o + d.len() as u64))
-                    .chain(st.cut.map(|c| (c, c + 1)))
-                    .collect();
-                for (s, e) in changed {
-                    for w in s / MAX_EXTENT..=(e - 1) / MAX_EXTENT {
-                        if st.touched.len() >= MAX_TOUCHED {
-                            break;
-                        }
-                        st.touched.insert(w);
+            for r in changed_ranges.iter().flatten() {
+                let last = if r.end == u64::MAX {
+                    r.start
+                } else {
+                    r.end - 1
+                };
+                for w in r.start / MAX_EXTENT..=last / MAX_EXTENT {
+                    if st.touched.len() >= MAX_TOUCHED {
+                        break;
                     }
+                    st.touched.insert(w);
                 }
             }
             st.dirty.clear();

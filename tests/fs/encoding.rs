@@ -267,6 +267,17 @@ fn an_object_of_another_store_with_the_same_key_is_refused() {
     assert!(err.contains("authentication"), "{err}");
 }
 
+/// Mount flags of the memory tests: 16 MiB for open files' buffers, 32 MiB
+/// unflushed, an 8 MiB cache.
+const TIGHT_MEMORY: [&str; 6] = [
+    "--file-buffer-bytes",
+    "16777216",
+    "--max-unflushed-bytes",
+    "33554432",
+    "--cache-bytes",
+    "8388608",
+];
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -289,14 +300,7 @@ fn many_files_written_at_once_keep_the_daemon_within_its_memory_bound() {
     let m = Mount::start(
         store.to_str().unwrap(),
         &tmp.path().join("mnt"),
-        &[
-            "--file-buffer-bytes",
-            "16777216",
-            "--max-unflushed-bytes",
-            "33554432",
-            "--cache-bytes",
-            "8388608",
-        ],
+        &TIGHT_MEMORY,
         &[],
     );
     let base = peak_rss(m.pid());
@@ -344,14 +348,7 @@ fn many_files_read_at_once_keep_the_daemon_within_its_memory_bound() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let point = tmp.path().join("mnt");
-    let flags = [
-        "--file-buffer-bytes",
-        "16777216",
-        "--max-unflushed-bytes",
-        "33554432",
-        "--cache-bytes",
-        "8388608",
-    ];
+    let flags = TIGHT_MEMORY;
     let m = Mount::start(store.to_str().unwrap(), &point, &flags, &[]);
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     for i in 0..48 {
