@@ -26,6 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::attr::Attr;
+use super::extents::MAX_EXTENT;
 
 /// Bytes of dirty ranges of one file after which a write commits them.
 pub const MAX_DIRTY_PER_FILE: usize = 8 << 20;
@@ -169,12 +170,13 @@ pub struct Readahead {
 }
 
 impl Readahead {
-    /// Bytes of the values fetched so far.
+    /// Bytes of the values fetched, counting each one still on its way as a whole
+    /// extent (what it can be at most), so readers that start at the same time see
+    /// each other's fetches at once.
     pub fn held(&self) -> usize {
         self.fetches
             .values()
-            .filter_map(|f| f.get())
-            .map(Bytes::len)
+            .map(|f| f.get().map_or(MAX_EXTENT as usize, Bytes::len))
             .sum()
     }
 }
@@ -268,7 +270,7 @@ impl FileState {
     }
 
     /// Bytes of memory this state holds for content: dirty ranges, inline content
-    /// and extents fetched ahead of a reader (counted once they arrived).
+    /// and extents fetched for its readers (those on their way at most).
     pub fn buffered(&self) -> usize {
         self.dirty.bytes() + self.content.as_ref().map_or(0, Vec::capacity) + self.readahead.held()
     }
