@@ -79,6 +79,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 while uploads fail and are being retried (an outage), else 0",
     ),
     (
+        "kvfs_store_full",
+        Kind::Gauge,
+        "1 while the store is full or short of space (writes that add data get ENOSPC), else 0",
+    ),
+    (
         "kvfs_cache_hits_total",
         Kind::Counter,
         "read-cache lookups that found their bytes",
@@ -210,6 +215,7 @@ pub fn record(db: &Db) {
     gauge!("kvfs_uploads_in_flight").set(f.uploads_in_flight as f64);
     gauge!("kvfs_unflushed_bytes").set(f.unflushed_bytes as f64);
     gauge!("kvfs_store_unanswered").set(if f.store_unanswered { 1.0 } else { 0.0 });
+    gauge!("kvfs_store_full").set(if f.store_full { 1.0 } else { 0.0 });
     counter!("kvfs_cache_hits_total").absolute(f.cache_hits);
     counter!("kvfs_cache_misses_total").absolute(f.cache_misses);
     gauge!("kvfs_cache_bytes").set(f.cache_bytes as f64);

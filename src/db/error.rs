@@ -49,6 +49,10 @@ pub enum Error {
     Closed,
     #[error("{0}")]
     Unavailable(String),
+    /// The store is full (or short of space): writes that add data are refused;
+    /// deletes and other changes that add none go through.
+    #[error("no space left in the store: {0}")]
+    NoSpace(String),
     #[error("writes stopped after an earlier failure: {0}")]
     Poisoned(String),
     #[error("invalid option {option}: {problem}")]
@@ -82,6 +86,7 @@ impl Error {
             Error::InvalidMeta(_) | Error::InvalidOption { .. } => libc::EINVAL,
             Error::ValueTooLarge { .. } => libc::EFBIG,
             Error::ReadOnly => libc::EROFS,
+            Error::NoSpace(_) | Error::Store(StoreError::NoSpace(_)) => libc::ENOSPC,
             Error::Store(StoreError::NotFound(_)) => libc::EIO,
             _ => libc::EIO,
         }

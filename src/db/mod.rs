@@ -201,6 +201,8 @@ pub struct Figures {
     pub uploads_in_flight: u64,
     /// Uploads are failing and being retried (an outage).
     pub store_unanswered: bool,
+    /// The store is full or short of space: writes that add data are refused.
+    pub store_full: bool,
     pub keys: u64,
     pub index_estimated_bytes: u64,
     pub live_bytes: u64,
@@ -258,11 +260,21 @@ pub(crate) struct Durable {
 pub(crate) struct Stall {
     pub since: Instant,
     pub error: String,
+    /// The store refused the upload for lack of space: waiters give up at once
+    /// (space comes back only when something is deleted, not by waiting).
+    pub no_space: bool,
 }
 
 impl Stall {
     /// The error a waiter that gave up returns.
     pub fn error(&self) -> Error {
+        if self.no_space {
+            return Error::NoSpace(format!(
+                "{}; what was written stays queued and is uploaded, in order, once \
+                 deletes and cleaning give space back",
+                self.error
+            ));
+        }
         Error::Unavailable(format!(
             "the object store has not answered for {:.0} s (last error: {}); what was \
              written stays queued and is uploaded, in order, once it answers",
@@ -430,7 +442,7 @@ impl Shared {
             self.wake_uploader.notify_one();
             let stall = self.durable.borrow().stall.clone();
             match stall {
-                Some(s) if Instant::now() >= deadline => return Err(s.error()),
+                Some(s) if s.no_space || Instant::now() >= deadline => return Err(s.error()),
                 Some(_) => {
                     tokio::select! {
                         _ = notified => {}
@@ -489,10 +501,41 @@ impl Shared {
         Ok(size)
     }
 
+    /// Why writes that add data are refused now, if they are: the store is short of
+    /// space, or refused an upload for lack of it.
+    pub(crate) fn space_problem(&self) -> Option<String> {
+        if let Some(s) = self.durable.borrow().stall.as_ref().filter(|s| s.no_space) {
+            return Some(s.error.clone());
+        }
+        self.store.short_of_space().then(|| {
+            format!(
+                "{} is nearly full; deletes go through and cleaning gives space back",
+                self.store.describe()
+            )
+        })
+    }
+
     /// Append if the unflushed-memory bound allows (returning the relocations that
-    /// took effect); `None` if the writer must wait.
+    /// took effect); `None` if the writer must wait. While the store is short of
+    /// space, a batch whose values add up to more than those it replaces or deletes
+    /// is refused with `NoSpace`; deletes, links, relocations and changes that store
+    /// no more than they drop (a record written again with the same value) go
+    /// through.
     fn try_append(&self, ops: &[Op<'_>], size: usize) -> Result<Option<usize>> {
+        let adds_values = ops
+            .iter()
+            .any(|op| matches!(op, Op::Put { value, .. } if !value.is_empty()));
+        let space_problem = if adds_values {
+            self.space_problem()
+        } else {
+            None
+        };
         let mut st = self.open_state()?;
+        if let Some(problem) = space_problem {
+            if value_growth(&st.index, ops) > 0 {
+                return Err(Error::NoSpace(problem));
+            }
+        }
         if !self.has_room(&st, size) {
             return Ok(None);
         }
@@ -679,7 +722,7 @@ impl Shared {
                     return Err(e.clone());
                 }
                 match &d.stall {
-                    Some(s) if Instant::now() >= deadline => return Err(s.error()),
+                    Some(s) if s.no_space || Instant::now() >= deadline => return Err(s.error()),
                     other => other.is_some(),
                 }
             };
@@ -693,6 +736,18 @@ impl Shared {
             }
         }
     }
+}
+
+/// Bytes of values a batch adds to the index minus those it replaces or deletes.
+fn value_growth(index: &index::Index, ops: &[Op<'_>]) -> i64 {
+    let old = |key: &[u8]| index.get(key).map_or(0, |e| i64::from(e.loc.value_len));
+    ops.iter()
+        .map(|op| match op {
+            Op::Put { key, value, .. } => value.len() as i64 - old(key),
+            Op::Delete { key } => -old(key),
+            Op::Link { .. } | Op::Relocate { .. } => 0,
+        })
+        .sum()
 }
 
 /// The life of a handle: `Open` → `Closing` (close has begun: writes are refused,
@@ -975,6 +1030,13 @@ impl Db {
 
     async fn write(&self, ops: &[Op<'_>]) -> Result<()> {
         self.handle.shared.write(ops).await.map(|_| ())
+    }
+
+    /// Why writes that add data are refused now (`Error::NoSpace`, `ENOSPC`), if
+    /// they are: the store is short of space or refused an upload for lack of it.
+    /// Deletes and changes that store no more than they drop still go through.
+    pub fn space_problem(&self) -> Option<String> {
+        self.handle.shared.space_problem()
     }
 
     /// Wait until unflushed memory has room for a batch of about `bytes` encoded
@@ -1465,7 +1527,8 @@ impl Db {
     /// What this handle is doing now, from memory (no request): for metrics.
     pub fn figures(&self) -> Figures {
         let sh = &self.handle.shared;
-        let stall = sh.durable.borrow().stall.is_some();
+        let stall = sh.durable.borrow().stall.clone();
+        let store_full = sh.space_problem().is_some();
         let st = sh.lock();
         Figures {
             requests: sh.meter.snapshot(),
@@ -1473,7 +1536,8 @@ impl Db {
             gc: st.gc.counters,
             unflushed_bytes: st.log.unflushed_bytes as u64,
             uploads_in_flight: st.log.inflight.len() as u64,
-            store_unanswered: stall,
+            store_unanswered: stall.is_some_and(|s| !s.no_space),
+            store_full,
             keys: st.index.len() as u64,
             index_estimated_bytes: st.index.key_bytes()
                 + st.index.len() as u64 * INDEX_BYTES_PER_KEY,

@@ -145,7 +145,7 @@ async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
                 sh.poison(&mut sh.lock(), err);
                 return;
             }
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.is_retryable() || matches!(e, StoreError::NoSpace(_)) => {
                 let gone = {
                     let st = sh.lock();
                     st.poisoned.is_some() || st.closed
@@ -189,20 +189,40 @@ async fn put_segment(
 /// Record that uploads fail for now: say so once, and wake every waiter so it can
 /// apply its own time limit.
 fn note_stall(sh: &Shared, name: &str, e: &StoreError) {
+    let no_space = matches!(e, StoreError::NoSpace(_));
     let mut first = false;
+    let mut first_no_space = false;
     sh.durable.send_modify(|d| match &mut d.stall {
-        Some(s) => s.error = e.to_string(),
+        Some(s) => {
+            s.error = e.to_string();
+            first_no_space = no_space && !s.no_space;
+            s.no_space = no_space;
+        }
         None => {
             first = true;
-            // The upload has been failing for the whole retry timeout already.
+            first_no_space = no_space;
+            // The upload has been failing for the whole retry timeout already
+            // (a full store refuses at once, and retrying would not help).
             let now = Instant::now();
+            let failing_for = if no_space {
+                Duration::ZERO
+            } else {
+                sh.opts.retry.max_elapsed
+            };
             d.stall = Some(Stall {
-                since: now.checked_sub(sh.opts.retry.max_elapsed).unwrap_or(now),
+                since: now.checked_sub(failing_for).unwrap_or(now),
                 error: e.to_string(),
+                no_space,
             });
         }
     });
-    if first {
+    if first_no_space {
+        log::error!(
+            "upload of {name} failed: {e}; written data stays queued and is uploaded in \
+             order once space is freed; meanwhile syncs and writes that add data fail \
+             with ENOSPC, deletes go through and cleaning gives space back"
+        );
+    } else if first {
         log::error!(
             "upload of {name} failed: {e}; written data stays queued and is uploaded in \
              order once the object store answers (syncs and writes beyond the memory \
@@ -226,11 +246,16 @@ fn landed(sh: &Arc<Shared>, mut st: std::sync::MutexGuard<'_, super::state::Stat
             recovered = d.stall.take();
         }
     });
-    if let Some(s) = recovered {
-        log::warn!(
+    match recovered {
+        Some(s) if s.no_space => log::warn!(
+            "the object store has room again after {:.0} s; every queued segment is stored",
+            s.since.elapsed().as_secs_f64()
+        ),
+        Some(s) => log::warn!(
             "the object store answers again after {:.0} s; every queued segment is stored",
             s.since.elapsed().as_secs_f64()
-        );
+        ),
+        None => {}
     }
     sh.space_freed.notify_waiters();
     sh.wake_uploader.notify_one();

@@ -528,6 +528,10 @@ impl Namespace {
 
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.writable()?;
+        // A store short of space takes no more data (deletes still go through).
+        if let Some(problem) = self.db.space_problem() {
+            return Err(crate::db::Error::NoSpace(problem).into());
+        }
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= MAX_FILE_SIZE)

@@ -97,6 +97,8 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 /// the caller only sees `EIO`.
 fn errno(op: &str, e: &FsError) -> Errno {
     match e {
+        // A full store says so once, when it fills up; each refused call need not.
+        FsError::Db(_) if e.errno() == libc::ENOSPC => log::debug!("{op}: {e}"),
         FsError::Db(_) | FsError::Corrupt { .. } | FsError::Layout(_) => log::error!("{op}: {e}"),
         _ => log::debug!("{op}: {e}"),
     }

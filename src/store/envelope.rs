@@ -409,6 +409,9 @@ impl ObjectStore for EnvelopeStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn short_of_space(&self) -> bool {
+        self.inner.short_of_space()
+    }
 }
 
 /// Run `work` on the blocking thread pool when it is `heavy` (sealing or opening a

@@ -9,6 +9,14 @@
 //! `ROOT/.kvfs-lock` around check-and-rename, so they are atomic across processes
 //! that share the directory (several `kvfs` commands on one store).
 //!
+//! **Space.** A local disk fills up. Before it is full, the store says it is *short
+//! of space* ([`ObjectStore::short_of_space`]) once the file system has less free
+//! than its reserve (5 % of the file system, at least 1 MiB and at most 64 MiB):
+//! the engine then refuses writes that add data, so the rest stays for deletes, the
+//! log segments already queued, and the checkpoints and cleaning that give space
+//! back. A write the disk refuses all the same (`ENOSPC`, `EDQUOT`) is
+//! [`StoreError::NoSpace`].
+//!
 //! The etag of a file is derived from its inode number, size and CRC32C: every
 //! replacement is a rename of a fresh file, so it gets a new inode while the old one is
 //! still linked.
@@ -19,7 +27,7 @@ use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,12 +45,91 @@ pub struct LocalStore {
     root: Arc<PathBuf>,
     tmp_counter: Arc<AtomicU64>,
     prepared: Arc<std::sync::Once>,
+    space: Arc<SpaceWatch>,
+}
+
+/// The least and the most free space a store keeps as its reserve.
+const MIN_RESERVE: u64 = 1 << 20;
+const MAX_RESERVE: u64 = 64 << 20;
+/// How long a measurement of free space is trusted.
+const SPACE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Free space of the store's file system against its reserve, measured (`statvfs`)
+/// at most every [`SPACE_CHECK_EVERY`] and after every write and delete.
+#[derive(Debug, Default)]
+struct SpaceWatch {
+    short: AtomicBool,
+    checked_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl SpaceWatch {
+    fn is_short(&self, root: &Path) -> bool {
+        let mut at = self.checked_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|t| t.elapsed() < SPACE_CHECK_EVERY) {
+            return self.short.load(Ordering::Relaxed);
+        }
+        *at = Some(std::time::Instant::now());
+        let short = match free_space(root) {
+            Some((free, total)) => free < reserve_for(total),
+            None => false,
+        };
+        let was = self.short.swap(short, Ordering::Relaxed);
+        if short != was {
+            if short {
+                log::warn!(
+                    "the file system of {} is nearly full: writes that add data are \
+                     refused (ENOSPC) until deletes and cleaning give space back",
+                    root.display()
+                );
+            } else {
+                log::info!("{} has free space again", root.display());
+            }
+        }
+        short
+    }
+
+    /// Measure again at the next check (after a write or a delete).
+    fn changed(&self) {
+        *self.checked_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// The reserve of a file system of `total` bytes.
+fn reserve_for(total: u64) -> u64 {
+    (total / 20).clamp(MIN_RESERVE, MAX_RESERVE)
+}
+
+/// Bytes available to this process and the size of the file system holding `path`
+/// (or, before the store's directory exists, its nearest existing ancestor).
+fn free_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory
+    // of the right type; statvfs fills it on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialized `st`.
+    let st = unsafe { st.assume_init() };
+    let unit = st.f_frsize;
+    Some((
+        st.f_bavail.saturating_mul(unit),
+        st.f_blocks.saturating_mul(unit),
+    ))
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            StoreError::NoSpace(format!("{}: {e}", path.display()))
+        }
+        _ => StoreError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        },
     }
 }
 
@@ -65,6 +152,7 @@ impl LocalStore {
             root: Arc::new(root),
             tmp_counter: Arc::new(AtomicU64::new(0)),
             prepared: Arc::new(std::sync::Once::new()),
+            space: Arc::new(SpaceWatch::default()),
         })
     }
 
@@ -296,7 +384,9 @@ fn not_found_or(path: &Path, key: &str, e: std::io::Error) -> StoreError {
 impl ObjectStore for LocalStore {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
         let key = key.to_string();
-        self.blocking(move |s| s.put_sync(&key, &data, &mode)).await
+        let r = self.blocking(move |s| s.put_sync(&key, &data, &mode)).await;
+        self.space.changed();
+        r
     }
 
     async fn get(&self, key: &str) -> StoreResult<GetResult> {
@@ -353,17 +443,43 @@ impl ObjectStore for LocalStore {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.space.changed();
+        Ok(())
     }
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn short_of_space(&self) -> bool {
+        self.space.is_short(&self.root)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_or_quota_is_no_space() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = io_err(Path::new("/x"), std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(e, StoreError::NoSpace(_)), "{e:?}");
+        }
+        let e = io_err(
+            Path::new("/x"),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert!(matches!(e, StoreError::Io { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn the_reserve_is_a_twentieth_within_bounds() {
+        assert_eq!(reserve_for(10 << 20), MIN_RESERVE);
+        assert_eq!(reserve_for(40 << 20), 2 << 20);
+        assert_eq!(reserve_for(1 << 40), MAX_RESERVE);
+    }
 
     #[tokio::test]
     async fn reading_creates_nothing() {

@@ -161,4 +161,7 @@ impl ObjectStore for MeteredStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn short_of_space(&self) -> bool {
+        self.inner.short_of_space()
+    }
 }

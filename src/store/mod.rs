@@ -93,6 +93,11 @@ pub enum StoreError {
     /// A store URL or configuration that cannot be used.
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// The store has no room for the object: a full local disk (`ENOSPC`), a quota
+    /// (`EDQUOT`), or an S3-compatible service out of storage or over a bucket quota.
+    /// Not retried at once: space comes back only when something is deleted.
+    #[error("the object store is full: {0}")]
+    NoSpace(String),
 }
 
 impl StoreError {
@@ -119,6 +124,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// A short human description (`s3://bucket/prefix`, a path, `memory`).
     fn describe(&self) -> String;
+    /// Whether the store is running short of space: writes that add data should stop
+    /// so that what is left keeps deletes (and the cleaning they allow) possible. A
+    /// cheap check (no request); a backend with no notion of space says `false`.
+    fn short_of_space(&self) -> bool {
+        false
+    }
 }
 
 /// A shared, dynamically typed object store.

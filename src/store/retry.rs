@@ -211,6 +211,9 @@ impl ObjectStore for RetryStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn short_of_space(&self) -> bool {
+        self.inner.short_of_space()
+    }
 }
 
 #[cfg(test)]

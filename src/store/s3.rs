@@ -630,6 +630,11 @@ pub(crate) fn classify(op: &str, location: &str, bucket: &str, facts: &ErrorFact
                 "{described}; the bucket may be in another region (set AWS_REGION)"
             ))
         }
+        // Out of storage (MinIO), or over a bucket or user quota (MinIO, Ceph RGW).
+        "XMinioStorageFull"
+        | "XMinioAdminBucketQuotaExceeded"
+        | "QuotaExceeded"
+        | "InsufficientStorage" => return StoreError::NoSpace(described),
         // S3 closed an idle upload, or a conflicting operation was in progress.
         "RequestTimeout" | "OperationAborted" | "InternalError" => {
             return StoreError::Transient(described)
@@ -647,6 +652,7 @@ pub(crate) fn classify(op: &str, location: &str, bucket: &str, facts: &ErrorFact
             "{described}; the bucket may be in another region (set AWS_REGION)"
         )),
         408 => StoreError::Transient(described),
+        507 => StoreError::NoSpace(described),
         500..=599 => StoreError::Transient(described),
         400..=499 => StoreError::Permanent(described),
         _ => StoreError::Transient(described),
@@ -714,6 +720,23 @@ mod tests {
             run(&service(409, "ConditionalRequestConflict")),
             StoreError::PreconditionFailed(_)
         ));
+    }
+
+    #[test]
+    fn full_stores_and_quotas() {
+        for facts in [
+            service(507, "XMinioStorageFull"),
+            service(400, "XMinioAdminBucketQuotaExceeded"),
+            service(403, "QuotaExceeded"),
+            service(507, ""),
+        ] {
+            let err = run(&facts);
+            assert!(
+                matches!(err, StoreError::NoSpace(_)),
+                "{facts:?} -> {err:?}"
+            );
+            assert!(!err.is_retryable());
+        }
     }
 
     #[test]

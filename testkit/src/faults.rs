@@ -47,6 +47,10 @@ pub struct FaultConfig {
     pub ambiguous_put_rate: f64,
     /// An outage: every request fails while set.
     pub outage: bool,
+    /// A bucket quota (test server only): a PUT that would make the bucket hold more
+    /// bytes than this is refused with `QuotaExceeded`, as an S3-compatible service
+    /// with a hard quota refuses it. Deletes always go through.
+    pub quota_bytes: Option<u64>,
 }
 
 /// The kind of request, for the latency that applies to it.
@@ -267,5 +271,8 @@ impl ObjectStore for FaultyStore {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    fn short_of_space(&self) -> bool {
+        self.inner.short_of_space()
     }
 }

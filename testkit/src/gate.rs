@@ -117,4 +117,7 @@ impl ObjectStore for GateStore {
     fn describe(&self) -> String {
         format!("gated {}", self.inner.describe())
     }
+    fn short_of_space(&self) -> bool {
+        self.inner.short_of_space()
+    }
 }

@@ -251,9 +251,15 @@ impl Drop for Mount {
 /// Mount a fresh tmpfs at `point` (created if missing): the reference a file-system
 /// behaviour is compared with. Unmounted on drop.
 pub fn mount_tmpfs(point: &Path) -> Result<Mount, String> {
+    mount_tmpfs_of_size(point, 512 << 20)
+}
+
+/// Mount a fresh tmpfs of `bytes` at `point` (created if missing): a small one is a
+/// disk that fills up. Unmounted on drop.
+pub fn mount_tmpfs_of_size(point: &Path, bytes: u64) -> Result<Mount, String> {
     std::fs::create_dir_all(point).map_err(|e| format!("{}: {e}", point.display()))?;
     let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
         .arg(point)
         .status()
         .map_err(|e| format!("mount -t tmpfs: {e}"))?;

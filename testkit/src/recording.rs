@@ -99,4 +99,7 @@ impl ObjectStore for RecordingStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn short_of_space(&self) -> bool {
+        self.inner.short_of_space()
+    }
 }

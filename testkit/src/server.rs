@@ -195,6 +195,21 @@ fn no_such_key(key: &str) -> S3Error {
     S3Error::with_message(S3ErrorCode::NoSuchKey, format!("no object {key}"))
 }
 
+/// Bytes of the files under `dir` (a bucket's objects), for the quota.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// The `s3s::S3` implementation the server runs: `s3s-fs` plus serialization of
 /// conditional PUTs, bucket checks, fault injection and request counting.
 pub struct TestBackend {
@@ -266,6 +281,21 @@ impl S3 for TestBackend {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let ambiguous = self.enter(&self.counters.put, OpClass::Write).await?;
         self.require_bucket(&req.input.bucket)?;
+        if let Some(quota) = self.faults.get().quota_bytes {
+            let adding = req.input.content_length.unwrap_or(0).max(0) as u64;
+            let bucket = self.root.join(&req.input.bucket);
+            let used = tokio::task::spawn_blocking(move || bytes_under(&bucket))
+                .await
+                .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))?;
+            if used + adding > quota {
+                let mut err = S3Error::with_message(
+                    S3ErrorCode::Custom("QuotaExceeded".into()),
+                    format!("bucket quota of {quota} bytes exceeded ({used} used, {adding} more)"),
+                );
+                err.set_status_code(http::StatusCode::FORBIDDEN);
+                return Err(err);
+            }
+        }
         let mut req = req;
         req.input.key = to_disk_key(&req.input.key);
         let key = req.input.key.clone();

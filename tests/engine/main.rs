@@ -12,6 +12,7 @@ mod engine;
 mod faults;
 mod fencing;
 mod follow;
+mod full_store;
 mod gc;
 mod model;
 mod no_panics;

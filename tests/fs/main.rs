@@ -12,6 +12,7 @@ mod concurrency;
 mod encoding;
 mod extents;
 mod follow;
+mod full_store;
 mod guards;
 mod metrics;
 mod mount;

@@ -436,11 +436,26 @@ fn background_config(sh: &Shared) -> PolicyConfig {
 async fn background_round(sh: &Arc<Shared>) -> Result<u64> {
     let _one_at_a_time = sh.gc_lock.lock().await;
     ensure_listed(sh).await?;
+    // Short of space: let the log's dead segments go, and only rewrite what shrinks.
+    let short = sh.space_problem().is_some();
+    if short && checkpoint_frees_space(sh) {
+        log::info!("gc: the store is short of space; a checkpoint lets the log's dead segments go");
+        if let Err(e) = crate::db::checkpointer::run_exclusive(sh).await {
+            log::warn!("gc: checkpoint to give space back failed (will try again): {e}");
+        }
+    }
     let choice = {
         let st = sh.lock();
         policy::choose(&choosable(&st, Instant::now()), &background_config(sh))
     };
     let mut read = 0;
+    let choice = match choice {
+        Choice::Rewrite {
+            reason: Reason::CompactLog,
+            ..
+        } if short => Choice::Idle,
+        other => other,
+    };
     if let Choice::Rewrite { reason, sources } = choice {
         let before = sh.lock().gc.counters;
         log::info!("gc: {reason:?} of {} objects", sources.len());
@@ -452,6 +467,28 @@ async fn background_round(sh: &Arc<Shared>) -> Result<u64> {
     retire_old_metadata(sh).await?;
     delete_due(sh).await?;
     Ok(read)
+}
+
+/// Whether a checkpoint now would let more dead bytes out of the log window (to be
+/// deleted after the grace period) than it costs: at least 1 MiB, and twice the
+/// checkpoint's estimated size. Only while uploads land (a checkpoint waits for the
+/// log to be durable) and the log holds something since the last one; once written,
+/// the dead segments are out of the window, so this does not repeat.
+fn checkpoint_frees_space(sh: &Shared) -> bool {
+    if sh.durable.borrow().stall.is_some() {
+        return false;
+    }
+    let st = sh.lock();
+    if st.log_bytes_since_checkpoint == 0 || st.checkpoint_running {
+        return false;
+    }
+    let dead_in_log: u64 = object_stats(&st, Instant::now())
+        .iter()
+        .filter(|o| o.in_log)
+        .map(|o| o.size.saturating_sub(o.stored))
+        .sum();
+    let checkpoint_estimate = st.index.key_bytes() + st.index.len() as u64 * 32;
+    dead_in_log >= (1 << 20) && dead_in_log >= 2 * checkpoint_estimate
 }
 
 /// The background worker of a writer. It waits `interval` between rounds while
@@ -467,9 +504,13 @@ pub(crate) async fn run_background(sh: Arc<Shared>) {
             if st.poisoned.is_some() || st.closing || st.closed {
                 return;
             }
-            // Foreground writes come first.
+            // Foreground writes come first, unless the store is short of space:
+            // then what is queued may wait for what this round gives back.
             if st.log.unflushed_bytes > sh.opts.max_unflushed_bytes / 4 {
-                continue;
+                drop(st);
+                if sh.space_problem().is_none() {
+                    continue;
+                }
             }
         }
         match background_round(&sh).await {
