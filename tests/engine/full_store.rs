@@ -3,13 +3,20 @@
 //! there is room again.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use kvfs::db::{Db, Error, Options};
+use kvfs::store::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreResult};
 use kvfs_testkit::faults::FaultConfig;
+use kvfs_testkit::recording::{RecordingStore, Request};
 use kvfs_testkit::server::ServerOptions;
 
-use crate::common::{small_opts, S3Fixture};
+use crate::common::{contents, memory, small_opts, S3Fixture};
 
 fn value(i: usize) -> Vec<u8> {
     (0..64 << 10).map(|j| (i * 7 + j / 97) as u8).collect()
@@ -96,4 +103,101 @@ async fn a_bucket_over_its_quota_refuses_data_keeps_reads_and_deletes_and_loses_
     assert_eq!(found, model);
     assert_eq!(r.get(b"k000").await.unwrap(), None);
     assert_eq!(r.get(b"more").await.unwrap(), None);
+}
+
+/// A store that says it is short of space while its switch is on.
+#[derive(Debug)]
+struct ShortOfSpace {
+    inner: DynStore,
+    short: AtomicBool,
+}
+
+#[async_trait]
+impl ObjectStore for ShortOfSpace {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        "short of space".into()
+    }
+    fn short_of_space(&self) -> bool {
+        self.short.load(Ordering::Relaxed)
+    }
+}
+
+/// Short of space, a writer's background GC lets the log's dead segments go by
+/// itself (a checkpoint, then deletion after the grace period), and then reaches a
+/// fixed point: ten more minutes cost only lease renewals.
+#[tokio::test(start_paused = true)]
+async fn short_of_space_the_cleaner_gives_space_back_then_rests() {
+    let (_, mem) = memory();
+    let rec = RecordingStore::new(mem);
+    let short = Arc::new(ShortOfSpace {
+        inner: rec.clone(),
+        short: AtomicBool::new(false),
+    });
+    let store: DynStore = short.clone();
+    // Production GC settings; checkpoints only at 64 MiB of log, never reached here.
+    let opts = Options {
+        segment_bytes: 64 << 10,
+        ..Options::default()
+    };
+    let db = Db::open_store(store, opts).await.unwrap();
+    for i in 0..400usize {
+        db.put(format!("k{i:03}").as_bytes(), &value(i)[..16 << 10])
+            .await
+            .unwrap();
+    }
+    db.sync().await.unwrap();
+    for i in 0..360usize {
+        db.delete(format!("k{i:03}").as_bytes()).await.unwrap();
+    }
+    db.sync().await.unwrap();
+    let expected = contents(&db).await;
+    short.short.store(true, Ordering::Relaxed);
+    let e = db.put(b"new", b"data").await.unwrap_err();
+    assert!(matches!(e, Error::NoSpace(_)), "{e}");
+    // Deleting and writing what adds nothing still work.
+    db.delete(b"k399").await.unwrap();
+    db.put(b"k398", &value(398)[..16 << 10]).await.unwrap();
+    db.sync().await.unwrap();
+    let expected: BTreeMap<_, _> = expected
+        .into_iter()
+        .filter(|(k, _)| k.as_slice() != b"k399")
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let c = db.gc_counters();
+    assert!(
+        c.objects_deleted >= 4,
+        "dead log segments were deleted: {c}"
+    );
+    let idle_from = rec.len();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let other: Vec<_> = rec
+        .since(idle_from)
+        .into_iter()
+        .filter(|r| r.key != "lease")
+        .collect();
+    assert!(other.is_empty(), "requests beyond the lease: {other:?}");
+    let renewals = rec
+        .since(idle_from)
+        .iter()
+        .filter(|r| r.request == Request::Put)
+        .count();
+    assert!(renewals > 0, "the lease was renewed");
+    assert_eq!(contents(&db).await, expected);
+    db.close().await.unwrap();
 }
