@@ -416,8 +416,9 @@ impl Namespace {
     }
 
     /// A read happened: update the access time as the mount's [`AtimeMode`] says
-    /// (written with the file's next commit, at the latest its last close).
-    fn touch_atime(&self, st: &mut FileState) {
+    /// (written with the file's next commit, at the latest its last close). Whether
+    /// it changed.
+    fn touch_atime(&self, st: &mut FileState) -> bool {
         let now = now();
         let due = match self.atime {
             AtimeMode::Noatime => false,
@@ -432,7 +433,17 @@ impl Namespace {
         if due && !self.db.is_read_only() {
             st.attr.atime = now;
             st.changed = true;
+            return true;
         }
+        false
+    }
+
+    /// Update the access time of an open file as a read would (see
+    /// `Namespace::keep_page_cache`).
+    /// Whether it changed.
+    pub(super) fn touch_atime_at_open(&self, ino: u64) -> bool {
+        self.state_of(ino)
+            .is_some_and(|state| self.touch_atime(&mut lock_file(&state)))
     }
 
     /// The stored extents of `ino` that may overlap `start .. end` (`end`

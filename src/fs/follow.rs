@@ -7,9 +7,11 @@
 //!   attributes and data, or a name in a directory.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use super::keys::{key_of, KeyOf, ROOT_INO};
 use super::namespace::{lock_file, Namespace};
+use super::AtimeMode;
 use crate::db::CatchUp;
 
 /// A kernel cache entry to drop.
@@ -21,6 +23,17 @@ pub enum Invalidation {
     Entry { parent: u64, name: Vec<u8> },
 }
 
+/// What an open tells the kernel about its caches of the file (see
+/// [`Namespace::keep_page_cache`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageCache {
+    /// The kernel may keep the pages it cached (`FOPEN_KEEP_CACHE`).
+    pub keep: bool,
+    /// The open changed the attributes (the access time): the kernel's cached
+    /// attributes are out of date.
+    pub attributes_changed: bool,
+}
+
 impl Namespace {
     /// Bring in-memory file states up to date with what a round of following
     /// applied, and list what the kernel should forget. After a reload every known
@@ -29,6 +42,7 @@ impl Namespace {
         let mut inodes = BTreeSet::new();
         let mut entries = BTreeSet::new();
         if c.reloaded {
+            self.reloads.fetch_add(1, Ordering::Relaxed);
             inodes.insert(ROOT_INO);
             inodes.extend(self.files().keys().copied());
         }
@@ -53,6 +67,35 @@ impl Namespace {
             .collect();
         out.extend(inodes.into_iter().map(Invalidation::Inode));
         out
+    }
+
+    /// Whether the kernel may keep the pages it cached of `ino` at this open
+    /// (`FOPEN_KEEP_CACHE`), so that reading again what was read or written before
+    /// costs nothing. A writer's mount changes files only through the kernel, and a
+    /// snapshot never changes. A following mount tells the kernel of every inode a
+    /// round changed, except after a reload (it fell behind and took the newest
+    /// state whole): an inode last opened before the latest reload, or never opened
+    /// since this mount began, has its pages dropped at this open.
+    ///
+    /// Reads the kernel serves from its cache never reach kvfs, so an open for
+    /// `reading` updates the access time as a read would (relatime), and with
+    /// `strictatime` the kernel keeps nothing: every read must be seen.
+    pub fn keep_page_cache(&self, ino: u64, reading: bool) -> PageCache {
+        if !self.db.is_read_only() {
+            if self.atime == AtimeMode::Strictatime {
+                return PageCache::default();
+            }
+            return PageCache {
+                keep: true,
+                attributes_changed: reading && self.touch_atime_at_open(ino),
+            };
+        }
+        let reloads = self.reloads.load(Ordering::Relaxed);
+        let mut opened = self.opened_at.lock().unwrap_or_else(|e| e.into_inner());
+        PageCache {
+            keep: opened.put(ino, reloads) == Some(reloads),
+            attributes_changed: false,
+        }
     }
 
     /// Reload an open file's attributes from the store and drop what it cached.

@@ -19,7 +19,7 @@ mod xattr;
 pub use attr::{Attr, Kind};
 pub use data::{INLINE_MAX, MAX_FILE_SIZE, READAHEAD_MAX};
 pub use error::{FsError, FsResult};
-pub use follow::Invalidation;
+pub use follow::{Invalidation, PageCache};
 pub use kv::split_key;
 pub use namespace::{
     AtimeMode, DirEntry, FsStats, Namespace, RenameFlags, SetAttr, DEFAULT_FILE_BUFFER_BYTES,

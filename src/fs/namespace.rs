@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -99,6 +99,11 @@ pub struct Namespace {
     pub(super) buffers: Arc<AtomicUsize>,
     /// The bound on `buffers` that writes keep to (see `make_room_for_buffers`).
     pub(super) buffer_limit: usize,
+    /// Reloads a following namespace has applied (the writer's changes were not
+    /// told key by key: anything may have changed), and the count each recently
+    /// opened inode was opened at (see `keep_page_cache`).
+    pub(super) reloads: AtomicU64,
+    pub(super) opened_at: Mutex<lru::LruCache<u64, u64>>,
     /// A pause a test arms in the next read of inline content (`test-hooks`).
     #[cfg(feature = "test-hooks")]
     pub(super) inline_read_pause: Mutex<Option<Arc<ReadPause>>>,
@@ -115,6 +120,13 @@ pub struct ReadPause {
     /// The read waits for this.
     pub resume: tokio::sync::Notify,
 }
+
+/// Inodes a following namespace remembers the last open of (see
+/// `Namespace::keep_page_cache`); one forgotten only loses its page cache once.
+const OPENS_REMEMBERED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(1 << 16) {
+    Some(n) => n,
+    None => panic!("OPENS_REMEMBERED is not zero"),
+};
 
 /// Default bound on the bytes open files buffer before they are committed.
 pub const DEFAULT_FILE_BUFFER_BYTES: usize = 128 << 20;
@@ -238,6 +250,8 @@ impl Namespace {
             atime: AtimeMode::default(),
             buffers: Arc::new(AtomicUsize::new(0)),
             buffer_limit: DEFAULT_FILE_BUFFER_BYTES,
+            reloads: AtomicU64::new(0),
+            opened_at: Mutex::new(lru::LruCache::new(OPENS_REMEMBERED)),
             #[cfg(feature = "test-hooks")]
             inline_read_pause: Mutex::new(None),
         };

@@ -105,6 +105,33 @@ fn errno(op: &str, e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// The open flags that let the kernel keep its page cache of `ino`, when it may
+/// (see `Namespace::keep_page_cache`).
+/// When the open changed the access time, the kernel's cached attributes are
+/// dropped before the reply, so a `stat` after a read served from the page cache
+/// shows it.
+fn page_cache(
+    ns: &Namespace,
+    notifier: &std::sync::OnceLock<fuser::Notifier>,
+    ino: u64,
+    reading: bool,
+) -> FopenFlags {
+    let cache = ns.keep_page_cache(ino, reading);
+    if cache.attributes_changed {
+        if let Some(n) = notifier.get() {
+            // Attributes only (a negative offset): no page is touched.
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("invalidating the attributes of inode {ino}: {e}");
+            }
+        }
+    }
+    if cache.keep {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 /// Runs the namespace shutdown once; see the module documentation of `crate::fuse`.
 struct Shutdown {
     ns: Arc<Namespace>,
@@ -259,6 +286,8 @@ pub struct KvfsFuse {
     shutdown: ShutdownHandle,
     dirs: Arc<DirHandles>,
     xattrs: bool,
+    /// Sends cache invalidations to the kernel, once the session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl std::fmt::Debug for KvfsFuse {
@@ -281,7 +310,14 @@ impl KvfsFuse {
             shutdown,
             dirs: Arc::new(DirHandles::default()),
             xattrs: true,
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Where the session's notifier goes once the file system is mounted (see
+    /// `fuse::mount`).
+    pub(crate) fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// Without extended attributes (and so without POSIX ACLs): the first xattr
@@ -617,9 +653,11 @@ impl Filesystem for KvfsFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        let notifier = self.notifier.clone();
         self.spawn(move |ns| async move {
             match ns.open(ino.0, truncate).await {
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(_) => reply.opened(FileHandle(0), page_cache(&ns, &notifier, ino.0, reading)),
                 Err(e) => reply.error(errno("open", &e)),
             }
         });
@@ -1055,6 +1093,7 @@ impl Filesystem for KvfsFuse {
     ) {
         let name = name_bytes(name);
         let owner = (req.uid(), req.gid());
+        let notifier = self.notifier.clone();
         self.spawn(move |ns| async move {
             let created = async {
                 let attr = ns
@@ -1068,7 +1107,7 @@ impl Filesystem for KvfsFuse {
                     &file_attr(&attr),
                     Generation(0),
                     FileHandle(0),
-                    FopenFlags::empty(),
+                    page_cache(&ns, &notifier, attr.ino, false),
                 ),
                 Err(e) => reply.error(errno("create", &e)),
             }

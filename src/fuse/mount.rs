@@ -109,10 +109,12 @@ pub fn mount(fs: KvfsFuse, mountpoint: &Path, opts: &MountOptions) -> Result<Mou
     }
     config.n_threads = Some(opts.threads.max(1));
     let shutdown = fs.shutdown_handle();
+    let notifier = fs.notifier_slot();
     let session = Session::new(fs, &path, &config).map_err(|source| MountError::Mount {
         path: path.clone(),
         source,
     })?;
+    let _ = notifier.set(session.notifier());
     log::info!("mounted at {}", path.display());
     Ok(Mounted {
         session,

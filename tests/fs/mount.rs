@@ -793,3 +793,57 @@ fn an_idle_mount_writes_nothing_but_its_lease() {
     assert_eq!(m.sh("cat d/f7"), "file 7\n");
     m.finish();
 }
+
+/// The kernel keeps what it cached of a file across opens on a writer's mount: what
+/// was read once, and the whole pages a write filled, are read again with no GET.
+#[test]
+fn reading_again_costs_no_get() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s3 = rt.block_on(crate::common::S3Fixture::start());
+    let env = s3.server.client_env();
+    let tmp = tempfile::tempdir().unwrap();
+    let point = tmp.path().join("mnt");
+    let store = format!("s3://{}/cache", crate::common::BUCKET);
+    // A read cache too small to hold anything: every daemon read is a GET.
+    let small_cache = ["--cache-bytes", "4096"];
+    let m = MountGuard::start(&store, &point, &small_cache, &env);
+    // Whole pages only (small inline files and a large one with extents), written
+    // and fsync'd.
+    m.sh(
+        "for i in $(seq 1 40); do head -c 8192 /dev/urandom > p$i; done && \
+         head -c 3145728 /dev/urandom > big && sync p1 big",
+    );
+    let written = m.sh("cat p* big | md5sum");
+    m.finish();
+
+    let m = MountGuard::start(&store, &point, &small_cache, &env);
+    let before = s3.server.request_counts();
+    assert_eq!(m.sh("cat p* big | md5sum"), written);
+    let cold = s3.server.request_counts().since(&before).get;
+    assert!(cold > 0, "a fresh mount reads from the store");
+    // Again, from new opens: the kernel kept the pages.
+    let before = s3.server.request_counts();
+    assert_eq!(m.sh("cat p* big | md5sum"), written);
+    assert_eq!(m.sh("cat p* big | md5sum"), written);
+    assert_eq!(s3.server.request_counts().since(&before).get, 0);
+    // Whole pages written through the mount are read back with no GET either; a
+    // file changed since is read as it is now.
+    let before = s3.server.request_counts();
+    m.sh("for i in $(seq 1 20); do head -c 16384 /dev/urandom > q$i; done");
+    let fresh = m.sh("cat q* | md5sum");
+    assert_eq!(s3.server.request_counts().since(&before).get, 0);
+    m.sh("printf changed | dd of=p1 bs=1 seek=100 conv=notrunc status=none");
+    assert_eq!(m.sh("head -c 107 p1 | tail -c 7"), "changed");
+    m.finish();
+
+    let m = MountGuard::start(&store, &point, &small_cache, &env);
+    assert_eq!(m.sh("cat q* | md5sum"), fresh);
+    assert_eq!(m.sh("head -c 107 p1 | tail -c 7"), "changed");
+    m.finish();
+    drop(s3);
+    drop(rt);
+}
