@@ -1185,7 +1185,7 @@ impl Db {
                         .map_err(|e| Error::corrupt(segment_name(id), e));
                 }
             }
-            if id.is_run() && window > len as u64 {
+            if window > len as u64 {
                 let w = off as u64 / window;
                 if let Some(b) = st.cache.get(&CacheKey::Window(id, w)) {
                     let at = off - (w * window) as usize;
@@ -1196,7 +1196,7 @@ impl Db {
                 }
             }
         }
-        if id.is_run() && window > len as u64 {
+        if window > len as u64 {
             if let Some(v) = self.read_from_window(loc).await? {
                 return Ok(v);
             }
@@ -1225,7 +1225,11 @@ impl Db {
         let off = loc.offset as u64;
         let mut size = sh.lock().objects.size(id);
         if size.is_none() {
-            gc::worker::ensure_runs_listed(sh).await?;
+            if id.is_run() {
+                gc::worker::ensure_runs_listed(sh).await?;
+            } else {
+                gc::worker::ensure_listed(sh).await?;
+            }
             size = sh.lock().objects.size(id);
         }
         let Some(size) = size else { return Ok(None) };
