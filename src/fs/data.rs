@@ -186,6 +186,7 @@ impl Namespace {
                 // Empty: inline again, every extent goes at commit.
                 st.dirty.clear();
                 st.content = Some(Vec::new());
+                st.content_changed = true;
                 if st.attr.extents || st.attr.size > 0 {
                     st.cut = Some(0);
                 }
@@ -200,6 +201,7 @@ impl Namespace {
                 }
             } else if let Some(c) = st.content.as_mut() {
                 c.resize(size as usize, 0);
+                st.content_changed = true;
             }
             st.attr.size = size;
             let t = now();
@@ -557,6 +559,7 @@ impl Namespace {
                     }
                     c[offset as usize..end as usize].copy_from_slice(data);
                     st.content = Some(c);
+                    st.content_changed = true;
                 }
             }
             if st.attr.extents {
@@ -673,6 +676,7 @@ impl Namespace {
             st.dirty.clear();
             st.cut = None;
             st.changed = false;
+            st.content_changed = false;
             st.stored = st.attr;
             st.changed_ranges(changed_ranges);
             st.readahead.fetches.clear();
@@ -713,13 +717,14 @@ impl Namespace {
         }
         let key = inode_key(ino);
         ops.push(match (&st.content, st.attr.extents) {
-            (Some(c), false) => BatchOp::PutMeta {
+            (Some(c), false) if st.content_changed => BatchOp::PutMeta {
                 key,
                 meta: st.attr.encode(),
                 value: c.clone(),
             },
-            // Content unchanged (never loaded): only the attributes change.
-            (None, false) => BatchOp::Link {
+            // Content unchanged (never loaded, or what the last commit stored):
+            // only the attributes change.
+            (_, false) => BatchOp::Link {
                 source: key.clone(),
                 key,
                 meta: Some(st.attr.encode()),
