@@ -241,3 +241,47 @@ fn tools_give_the_tree_they_give_on_tmpfs() {
     assert_eq!(status, "", "git after a remount");
     m.finish();
 }
+
+/// `tar -x` of a source-like tree (as root: it also sets each file's owner, mode and
+/// times after writing it) uploads each file's content once: the segments the mount
+/// wrote (background GC off, so all are still there) hold at most 1.3 bytes per
+/// byte of the files, and their puts carry the files' bytes exactly once. The tree
+/// reads back the same after a remount.
+#[test]
+fn tar_extract_writes_each_file_once() {
+    use kvfs_testkit::extract::{tally_segments, write_source_tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = write_source_tree(&dir.path().join("tree"), 4 << 20, 26).unwrap();
+    assert!(tree.files > 100 && tree.large_files > 0, "{tree:?}");
+    let tarball = dir.path().join("tree.tar");
+    sh(
+        dir.path(),
+        &format!("tar -cf {} -C tree .", tarball.display()),
+    );
+    let store_dir = dir.path().join("store");
+    let store = store_dir.to_str().unwrap().to_string();
+    let point = dir.path().join("mnt");
+    let m = Mount::start(&store, &point, &["--no-background-gc"], &[]);
+    sh(m.point(), &format!("tar -xf {}", tarball.display()));
+    m.finish();
+
+    let tally = tally_segments(&store_dir).unwrap();
+    assert_eq!(tally.undecoded, 0, "{tally:?}");
+    let data = tree.file_bytes;
+    assert_eq!(
+        tally.content_bytes(),
+        data,
+        "content bytes put, against the files' bytes: {tally:#?}"
+    );
+    assert!(
+        tally.bytes as f64 <= 1.3 * data as f64,
+        "{} segment bytes for {data} bytes of files ({:.2}x): {tally:#?}",
+        tally.bytes,
+        tally.bytes as f64 / data as f64
+    );
+
+    let m = Mount::start(&store, &point, &[], &[]);
+    sh(m.point(), &format!("tar -df {}", tarball.display()));
+    m.finish();
+}
