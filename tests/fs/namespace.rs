@@ -521,6 +521,71 @@ async fn small_overwrite_in_a_large_file_writes_about_its_size() {
     ns.shutdown().await.unwrap();
 }
 
+/// What `tar -x` does to each file: write it, then set its times, owner and mode
+/// while it is open. The content goes to the log once; each attribute change after
+/// that writes the attributes alone. The file reads back whole after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_changes_of_a_small_file_do_not_rewrite_its_content() {
+    let (_, store) = memory();
+    let opts = Options {
+        checkpoint_bytes: u64::MAX,
+        ..small_opts()
+    };
+    let ns = Namespace::new(
+        Db::open_store(store.clone(), opts.clone()).await.unwrap(),
+        OWNER,
+    )
+    .await
+    .unwrap();
+    let ino = ns
+        .create(ROOT_INO, b"small", 0o600, OWNER)
+        .await
+        .unwrap()
+        .ino;
+    ns.fsync(ino).await.unwrap();
+    let before = ns.db().metrics().put_bytes;
+    ns.open(ino, false).await.unwrap();
+    let data: Vec<u8> = (0..60 * 1024u32).map(|i| (i % 251) as u8).collect();
+    ns.write(ino, 0, &data).await.unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let changes = [
+        SetAttr {
+            mtime: Some(mtime),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            uid: Some(0),
+            gid: Some(0),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            perm: Some(0o644),
+            ..SetAttr::default()
+        },
+    ];
+    for set in changes {
+        ns.setattr(ino, set).await.unwrap();
+    }
+    ns.release(ino).await.unwrap();
+    ns.sync_all().await.unwrap();
+    let written = ns.db().metrics().put_bytes - before;
+    // The content once, plus a few records and segment framing.
+    assert!(
+        written < data.len() as u64 + 4096,
+        "{written} bytes written for a {} byte file and three attribute changes",
+        data.len()
+    );
+    ns.shutdown().await.unwrap();
+
+    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER)
+        .await
+        .unwrap();
+    let attr = ns.getattr(ino).await.unwrap();
+    assert_eq!((attr.perm, attr.uid, attr.mtime), (0o644, 0, mtime));
+    assert_eq!(&ns.read(ino, 0, 1 << 20).await.unwrap()[..], &data[..]);
+    ns.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_model_local_directory() {
     let dir = tempfile::tempdir().unwrap();
