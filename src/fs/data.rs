@@ -884,16 +884,26 @@ impl Namespace {
         result
     }
 
-    /// Change the size and attributes of a file through its state.
+    /// Change the size and attributes of a file through its state. Attributes alone
+    /// of a file open with unsaved writes are saved with those writes (at its next
+    /// commit: fsync, memory pressure, at the latest its last close), in the same
+    /// batch: `tar -x` sets times, owner and mode of each file it writes before it
+    /// closes it, and so stores each file in one record. Otherwise they are committed
+    /// now.
     pub(super) async fn set_size_and_attr(&self, ino: u64, set: SetAttr) -> FsResult<super::Attr> {
         let state = self.file_state(ino)?;
         if let Some(size) = set.size {
             self.resize(ino, &state, size).await?;
         }
-        {
+        let with_writes = {
             let mut st = lock_file(&state);
+            let with_writes = set.size.is_none() && st.opens > 0 && st.unsaved_writes();
             apply_set(&mut st.attr, &set);
             st.changed = true;
+            with_writes
+        };
+        if with_writes {
+            return Ok(lock_file(&state).attr);
         }
         self.commit(ino).await?;
         let attr = lock_file(&state).attr;

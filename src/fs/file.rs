@@ -275,6 +275,11 @@ impl FileState {
                     .all(|(_, r)| r.end <= range.start || range.end <= r.start))
     }
 
+    /// Content written (or truncated) and not committed yet.
+    pub fn unsaved_writes(&self) -> bool {
+        self.content_changed || self.dirty.bytes() > 0 || self.cut.is_some()
+    }
+
     /// Bytes of memory this state holds for content: dirty ranges, inline content
     /// and extents fetched for its readers (those on their way at most).
     pub fn buffered(&self) -> usize {
