@@ -586,6 +586,51 @@ async fn attribute_changes_of_a_small_file_do_not_rewrite_its_content() {
     ns.shutdown().await.unwrap();
 }
 
+/// An attribute change of a file open with unsaved writes is saved with them: an
+/// fsync makes both durable, and a crash before any commit keeps neither (the file
+/// is as it was, not new attributes over old content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_changes_with_unsaved_writes_are_saved_with_them() {
+    let (_, store) = memory();
+    let data = vec![5u8; 3000];
+    let (synced, lost) = {
+        let ns = Namespace::new(
+            Db::open_store(store.clone(), small_opts()).await.unwrap(),
+            OWNER,
+        )
+        .await
+        .unwrap();
+        let mut inos = Vec::new();
+        for name in [&b"synced"[..], b"lost"] {
+            let ino = ns.create(ROOT_INO, name, 0o600, OWNER).await.unwrap().ino;
+            ns.fsync(ino).await.unwrap();
+            ns.open(ino, false).await.unwrap();
+            ns.write(ino, 0, &data).await.unwrap();
+            let set = SetAttr {
+                perm: Some(0o755),
+                ..SetAttr::default()
+            };
+            assert_eq!(ns.setattr(ino, set).await.unwrap().perm, 0o755);
+            assert_eq!(ns.getattr(ino).await.unwrap().perm, 0o755);
+            inos.push(ino);
+        }
+        ns.fsync(inos[0]).await.unwrap();
+        // Crash with both files open.
+        ns.db().abandon();
+        (inos[0], inos[1])
+    };
+    kvfs_testkit::fixtures::release_lease(&*store).await;
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER)
+        .await
+        .unwrap();
+    let a = ns.getattr(synced).await.unwrap();
+    assert_eq!((a.perm, a.size), (0o755, data.len() as u64));
+    assert_eq!(&ns.read(synced, 0, 1 << 20).await.unwrap()[..], &data[..]);
+    let b = ns.getattr(lost).await.unwrap();
+    assert_eq!((b.perm, b.size), (0o600, 0));
+    ns.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_model_local_directory() {
     let dir = tempfile::tempdir().unwrap();
