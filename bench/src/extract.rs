@@ -1,13 +1,17 @@
 //! `kvfs-bench extract`: write amplification of `tar -x` into a mount.
 //!
-//! A tree shaped like a source tree (deterministic, `--mib` MiB: many small files,
-//! some past the 64 KiB inline limit), or any directory given with `--source`, is
-//! packed with `tar -c`, then extracted with `tar -x` (as the user running the
-//! bench: as root, tar also sets owners) into a kvfs mount over a local-directory
-//! store with background GC off, and the mount is unmounted. Every segment the
-//! mount uploaded is then still in the store: their bytes against the files' bytes
-//! is the write amplification before GC, and each entry is decoded to say which
-//! records the bytes went to.
+//! Trees (each packed with `tar -c`, then extracted with `tar -x` into a fresh kvfs
+//! mount over a local-directory store with background GC off, then unmounted):
+//! - `source`: a deterministic tree shaped like a source tree, `--mib` MiB: half the
+//!   files under 4 KiB, one in sixteen past the 64 KiB inline limit;
+//! - `tiny`: `--tiny-files` files of 1 KiB, the small-file extreme where the
+//!   per-file records weigh most;
+//! - or, with `--source DIR`, a copy of that directory alone.
+//!
+//! As root, tar sets each file's times, owner and mode before closing it. Every
+//! segment the mount uploaded is still in the store afterwards: their bytes against
+//! the files' bytes is the write amplification before GC, and each entry is
+//! decoded to say which records the bytes went to. Object counts are the PUTs.
 //!
 //! Rows go to `extract.csv` in the `--out` directory.
 
@@ -17,7 +21,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use kvfs_testkit::extract::{tally_segments, write_source_tree};
+use kvfs_testkit::extract::{tally_segments, write_source_tree, write_uniform_tree};
 use kvfs_testkit::mount::{require, Mount};
 
 use crate::mount::{kvfs_binary, BenchResult};
@@ -25,15 +29,21 @@ use crate::report::Table;
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
-    /// MiB of files in the generated tree.
+    /// MiB of files in the source-like tree.
     #[arg(long, default_value_t = 16)]
     mib: u64,
-    /// Seed of the generated tree.
+    /// Files of 1 KiB in the tiny-file tree.
+    #[arg(long, default_value_t = 4000)]
+    tiny_files: u64,
+    /// Seed of the generated trees.
     #[arg(long, default_value_t = 26)]
     seed: u64,
-    /// Extract a copy of this directory instead of a generated tree.
+    /// Extract a copy of this directory instead of the generated trees.
     #[arg(long)]
     source: Option<PathBuf>,
+    /// A quarter of the sizes.
+    #[arg(long)]
+    quick: bool,
     /// Write extract.csv here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -79,8 +89,12 @@ pub async fn run(a: ExtractArgs) -> BenchResult<()> {
     tokio::task::block_in_place(|| extract(a))
 }
 
-fn extract(a: ExtractArgs) -> BenchResult<()> {
+fn extract(mut a: ExtractArgs) -> BenchResult<()> {
     require("tar", "tar")?;
+    if a.quick {
+        a.mib = a.mib.div_ceil(4);
+        a.tiny_files = a.tiny_files.div_ceil(4);
+    }
     let work = std::env::temp_dir().join(format!("kvfs-bench-extract-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = extract_in(&a, &work);
@@ -89,27 +103,48 @@ fn extract(a: ExtractArgs) -> BenchResult<()> {
 }
 
 fn extract_in(a: &ExtractArgs, work: &Path) -> BenchResult<()> {
-    let source = match &a.source {
-        Some(s) => s.clone(),
+    let mut trees = Vec::new();
+    match &a.source {
+        Some(s) => trees.push(("copy", s.clone())),
         None => {
-            let tree = work.join("tree");
-            eprintln!("writing a {} MiB source-like tree (seed {})", a.mib, a.seed);
+            let tree = work.join("source");
             let s = write_source_tree(&tree, a.mib << 20, a.seed)?;
             eprintln!(
-                "{} files in {} directories, {} past 64 KiB",
-                s.files, s.dirs, s.large_files
+                "source: {} files in {} directories ({} past 64 KiB), {} MiB",
+                s.files, s.dirs, s.large_files, a.mib
             );
-            tree
+            trees.push(("source", tree));
+            let tree = work.join("tiny");
+            let s = write_uniform_tree(&tree, a.tiny_files, 1024, a.seed)?;
+            eprintln!("tiny: {} files of 1 KiB in {} directories", s.files, s.dirs);
+            trees.push(("tiny", tree));
         }
-    };
-    let (files, data) = file_bytes(&source)?;
+    }
+    let mut t = Table::new(
+        "Write amplification of tar -x (segments uploaded before GC)",
+        &["tree", "measure", "count", "bytes", "per_data_byte"],
+    );
+    for (name, dir) in &trees {
+        extract_one(name, dir, &work.join(format!("{name}-run")), &mut t)?;
+    }
+    print!("{}", t.render());
+    if let Some(out) = &a.out {
+        t.write_csv(out, "extract")?;
+        eprintln!("wrote {}", out.join("extract.csv").display());
+    }
+    Ok(())
+}
+
+fn extract_one(name: &str, source: &Path, work: &Path, t: &mut Table) -> BenchResult<()> {
+    std::fs::create_dir_all(work)?;
+    let (files, data) = file_bytes(source)?;
     let tarball = work.join("tree.tar");
     run_tool(
         Command::new("tar")
             .arg("-cf")
             .arg(&tarball)
             .arg("-C")
-            .arg(&source)
+            .arg(source)
             .arg("."),
     )?;
     let tar_bytes = std::fs::metadata(&tarball)?.len();
@@ -122,7 +157,7 @@ fn extract_in(a: &ExtractArgs, work: &Path) -> BenchResult<()> {
         &["--no-background-gc"],
         &[] as &[(&str, &str)],
     )?;
-    eprintln!("tar -x of {files} files ({data} bytes) into a mount");
+    eprintln!("{name}: tar -x of {files} files ({data} bytes) into a mount");
     let start = Instant::now();
     let extracted = run_tool(
         Command::new("tar")
@@ -141,50 +176,70 @@ fn extract_in(a: &ExtractArgs, work: &Path) -> BenchResult<()> {
     let tally = tally_segments(&store)?;
     if tally.undecoded > 0 {
         eprintln!(
-            "{} segments could not be decoded (their records are not in the breakdown)",
+            "{name}: {} segments could not be decoded (their records are not in the breakdown)",
             tally.undecoded
         );
     }
-    let ratio = tally.bytes as f64 / data.max(1) as f64;
     let content = tally.content_bytes();
+    let per = |b: u64| format!("{:.3}", b as f64 / data.max(1) as f64);
     eprintln!(
-        "extract: {data} bytes of files -> {} bytes in {} segments ({ratio:.2}x), \
-         {content} bytes of content written ({:.2}x), {secs:.1} s",
+        "{name}: {data} bytes of files -> {} bytes in {} segments ({}x), \
+         {content} bytes of content put ({}x), {secs:.1} s",
         tally.bytes,
         tally.objects,
-        content as f64 / data.max(1) as f64
+        per(tally.bytes),
+        per(content),
     );
-
-    let mut t = Table::new(
-        "Write amplification of tar -x (before GC)",
-        &["measure", "entries", "bytes", "per_data_byte"],
-    );
-    let per = |b: u64| format!("{:.3}", b as f64 / data.max(1) as f64);
-    let mut row = |measure: &str, entries: String, bytes: u64| {
+    let mut row = |measure: &str, count: String, bytes: String, ratio: String| {
         t.row(vec![
+            name.to_string(),
             measure.to_string(),
-            entries,
-            bytes.to_string(),
-            per(bytes),
+            count,
+            bytes,
+            ratio,
         ]);
     };
-    row("file data", files.to_string(), data);
-    row("tarball", "1".into(), tar_bytes);
-    row("segments", tally.objects.to_string(), tally.bytes);
-    row("content written", String::new(), content);
+    row("file data", files.to_string(), data.to_string(), per(data));
+    row("tarball", "1".into(), tar_bytes.to_string(), per(tar_bytes));
+    row(
+        "segments",
+        tally.objects.to_string(),
+        tally.bytes.to_string(),
+        per(tally.bytes),
+    );
+    row(
+        "content put",
+        String::new(),
+        content.to_string(),
+        per(content),
+    );
     for (kind, k) in &tally.by_kind {
-        row(&format!("  {kind}"), k.entries.to_string(), k.bytes);
+        row(
+            &format!("  {kind}"),
+            k.entries.to_string(),
+            k.bytes.to_string(),
+            per(k.bytes),
+        );
     }
-    row("checkpoints", count_objects(&store, "ckpt").to_string(), 0);
+    let ckpts = count_objects(&store, "ckpt");
+    let manifests = count_objects(&store, "manifest");
+    row(
+        "checkpoints",
+        ckpts.to_string(),
+        String::new(),
+        String::new(),
+    );
     row(
         "manifests",
-        count_objects(&store, "manifest").to_string(),
-        0,
+        manifests.to_string(),
+        String::new(),
+        String::new(),
     );
-    print!("{}", t.render());
-    if let Some(out) = &a.out {
-        t.write_csv(out, "extract")?;
-        eprintln!("wrote {}", out.join("extract.csv").display());
-    }
+    row(
+        "objects (segments, checkpoints, manifests)",
+        (tally.objects + ckpts + manifests).to_string(),
+        String::new(),
+        String::new(),
+    );
     Ok(())
 }

@@ -98,6 +98,32 @@ pub fn write_source_tree(root: &Path, total_bytes: u64, seed: u64) -> std::io::R
     Ok(stats)
 }
 
+/// Write `files` files of `size` bytes each under `root` (created), 100 to a
+/// directory: the small-file extreme, where per-file records weigh most.
+pub fn write_uniform_tree(
+    root: &Path,
+    files: u64,
+    size: u64,
+    seed: u64,
+) -> std::io::Result<TreeStats> {
+    let mut rng = Rng(seed.max(1));
+    let mut stats = TreeStats::default();
+    for i in 0..files {
+        let dir = root.join(format!("d{:03}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir)?;
+            stats.dirs += 1;
+        }
+        std::fs::write(dir.join(format!("f{i:05}")), content(&mut rng, size))?;
+        stats.files += 1;
+        stats.file_bytes += size;
+        if size > 64 << 10 {
+            stats.large_files += 1;
+        }
+    }
+    Ok(stats)
+}
+
 /// Count and bytes of one kind of record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
