@@ -194,14 +194,18 @@ impl Touched<'_> {
         self.state.as_ref().map_or(0, |s| s.opens)
     }
 
-    /// The change was written: the open state takes the new stored attributes.
+    /// The change was written: the open state takes the new stored attributes. A
+    /// mode the change did not set stays as the state has it (a `chmod` waiting to
+    /// be saved with unsaved writes).
     pub fn written(&mut self) {
         if let Some(st) = self.state.as_mut() {
+            if self.attr.perm != st.stored.perm {
+                st.attr.perm = self.attr.perm;
+            }
             st.stored = self.attr;
             st.attr.nlink = self.attr.nlink;
             st.attr.ctime = self.attr.ctime;
             st.attr.parent = self.attr.parent;
-            st.attr.perm = self.attr.perm;
         }
     }
 }

@@ -588,7 +588,8 @@ async fn attribute_changes_of_a_small_file_do_not_rewrite_its_content() {
 
 /// An attribute change of a file open with unsaved writes is saved with them: an
 /// fsync makes both durable, and a crash before any commit keeps neither (the file
-/// is as it was, not new attributes over old content).
+/// is as it was, not new attributes over old content). A change of the names in
+/// between keeps the pending change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attribute_changes_with_unsaved_writes_are_saved_with_them() {
     let (_, store) = memory();
@@ -611,6 +612,10 @@ async fn attribute_changes_with_unsaved_writes_are_saved_with_them() {
                 ..SetAttr::default()
             };
             assert_eq!(ns.setattr(ino, set).await.unwrap().perm, 0o755);
+            // A second name writes the stored attributes; the new mode stays pending.
+            let mut second = name.to_vec();
+            second.extend_from_slice(b"-link");
+            assert_eq!(ns.link(ino, ROOT_INO, &second).await.unwrap().perm, 0o755);
             assert_eq!(ns.getattr(ino).await.unwrap().perm, 0o755);
             inos.push(ino);
         }
@@ -626,6 +631,7 @@ async fn attribute_changes_with_unsaved_writes_are_saved_with_them() {
     let a = ns.getattr(synced).await.unwrap();
     assert_eq!((a.perm, a.size), (0o755, data.len() as u64));
     assert_eq!(&ns.read(synced, 0, 1 << 20).await.unwrap()[..], &data[..]);
+    assert_eq!(a.nlink, 2);
     let b = ns.getattr(lost).await.unwrap();
     assert_eq!((b.perm, b.size), (0o600, 0));
     ns.shutdown().await.unwrap();
