@@ -64,7 +64,7 @@ pub fn write_source_tree(root: &Path, total_bytes: u64, seed: u64) -> std::io::R
     let mut current = root.to_path_buf();
     let mut in_dir = 0;
     while stats.file_bytes < total_bytes {
-        if in_dir >= 1 + rng.below(24) {
+        if in_dir > rng.below(24) {
             // A new directory, below one already made (at most three deep).
             let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
             let depth = parent
