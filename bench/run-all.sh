@@ -56,6 +56,9 @@ echo "== faults: durable writes under S3 errors, stalls and outages"
 echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs, rclone), then the namespace under load"
 "$bench" fs "${quick[@]}" --out "$out"
 
+echo "== extract: write amplification of tar -x into a mount"
+"$bench" extract "${quick[@]}" --out "$out"
+
 echo "== gc: space amplification under overwrites; cold directory scan before and after compaction"
 "$bench" gc "${quick[@]}" --out "$out"
 

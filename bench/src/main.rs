@@ -8,6 +8,7 @@ mod crash_engine;
 mod crash_mount;
 mod encoding;
 mod engine;
+mod extract;
 mod faults;
 mod follow;
 mod fs;
@@ -71,6 +72,9 @@ enum Command {
     /// both, through the engine and through a mount, on local directory stores: MB/s
     /// written and read back, and stored bytes.
     Encoding(encoding::EncodingArgs),
+    /// Write amplification of `tar -x` of a source-like tree into a mount: segment
+    /// bytes uploaded before GC against the files' bytes, by kind of record.
+    Extract(extract::ExtractArgs),
     /// The writer process the crash benchmark kills.
     #[command(hide = true)]
     CrashChild(crash_child::ChildArgs),
@@ -101,6 +105,7 @@ fn main() {
         Command::Faults(args) => rt.block_on(faults::run(args)),
         Command::Follow(args) => rt.block_on(follow::run(args)),
         Command::Encoding(args) => rt.block_on(encoding::run(args)),
+        Command::Extract(args) => rt.block_on(extract::run(args)),
         Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {

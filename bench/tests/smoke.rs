@@ -403,3 +403,26 @@ fn encoding_benchmark_runs_and_writes_csv() {
         }
     }
 }
+
+#[test]
+fn extract_benchmark_runs_and_writes_csv() {
+    require_kvfs_binary();
+    let (stdout, csv) = run_bench(&["extract", "--mib", "1", "--tiny-files", "200"], "extract");
+    assert!(stdout.contains("content put"), "{stdout}");
+    assert!(
+        csv.starts_with("tree,measure,count,bytes,per_data_byte\n"),
+        "{csv}"
+    );
+    for tree in ["source", "tiny"] {
+        let ratio = |measure: &str| -> f64 {
+            let row = csv
+                .lines()
+                .find(|l| l.starts_with(&format!("{tree},{measure},")))
+                .unwrap_or_else(|| panic!("no {tree} {measure} row: {csv}"));
+            row.rsplit(',').next().unwrap().parse().unwrap()
+        };
+        // Each file's content is put once.
+        assert_eq!(ratio("content put"), 1.0, "{csv}");
+        assert!(ratio("segments") >= 1.0, "{csv}");
+    }
+}

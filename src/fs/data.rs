@@ -186,6 +186,7 @@ impl Namespace {
                 // Empty: inline again, every extent goes at commit.
                 st.dirty.clear();
                 st.content = Some(Vec::new());
+                st.content_changed = true;
                 if st.attr.extents || st.attr.size > 0 {
                     st.cut = Some(0);
                 }
@@ -200,6 +201,7 @@ impl Namespace {
                 }
             } else if let Some(c) = st.content.as_mut() {
                 c.resize(size as usize, 0);
+                st.content_changed = true;
             }
             st.attr.size = size;
             let t = now();
@@ -572,6 +574,7 @@ impl Namespace {
                     }
                     c[offset as usize..end as usize].copy_from_slice(data);
                     st.content = Some(c);
+                    st.content_changed = true;
                 }
             }
             if st.attr.extents {
@@ -688,6 +691,7 @@ impl Namespace {
             st.dirty.clear();
             st.cut = None;
             st.changed = false;
+            st.content_changed = false;
             st.stored = st.attr;
             st.changed_ranges(changed_ranges);
             st.readahead.fetches.clear();
@@ -728,13 +732,14 @@ impl Namespace {
         }
         let key = inode_key(ino);
         ops.push(match (&st.content, st.attr.extents) {
-            (Some(c), false) => BatchOp::PutMeta {
+            (Some(c), false) if st.content_changed => BatchOp::PutMeta {
                 key,
                 meta: st.attr.encode(),
                 value: c.clone(),
             },
-            // Content unchanged (never loaded): only the attributes change.
-            (None, false) => BatchOp::Link {
+            // Content unchanged (never loaded, or what the last commit stored):
+            // only the attributes change.
+            (_, false) => BatchOp::Link {
                 source: key.clone(),
                 key,
                 meta: Some(st.attr.encode()),
@@ -894,16 +899,26 @@ impl Namespace {
         result
     }
 
-    /// Change the size and attributes of a file through its state.
+    /// Change the size and attributes of a file through its state. Attributes alone
+    /// of a file open with unsaved writes are saved with those writes (at its next
+    /// commit: fsync, memory pressure, at the latest its last close), in the same
+    /// batch: `tar -x` sets times, owner and mode of each file it writes before it
+    /// closes it, and so stores each file in one record. Otherwise they are committed
+    /// now.
     pub(super) async fn set_size_and_attr(&self, ino: u64, set: SetAttr) -> FsResult<super::Attr> {
         let state = self.file_state(ino)?;
         if let Some(size) = set.size {
             self.resize(ino, &state, size).await?;
         }
-        {
+        let with_writes = {
             let mut st = lock_file(&state);
+            let with_writes = set.size.is_none() && st.opens > 0 && st.unsaved_writes();
             apply_set(&mut st.attr, &set);
             st.changed = true;
+            with_writes
+        };
+        if with_writes {
+            return Ok(lock_file(&state).attr);
         }
         self.commit(ino).await?;
         let attr = lock_file(&state).attr;

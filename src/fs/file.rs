@@ -188,6 +188,11 @@ pub struct FileState {
     pub stored: Attr,
     /// Inline content, when loaded (inline files only).
     pub content: Option<Vec<u8>>,
+    /// The inline content differs from the stored value: the next commit writes it.
+    /// Otherwise a commit changes the attributes only (a link of the inode key to
+    /// itself), so `chmod`, `chown` and `utimens` of a small file write ~100 bytes,
+    /// not its content again.
+    pub content_changed: bool,
     pub dirty: Dirty,
     pub cut: Option<u64>,
     /// Something changed since the last commit.
@@ -222,6 +227,7 @@ impl FileState {
             attr,
             stored: attr,
             content: None,
+            content_changed: false,
             dirty: Dirty::default(),
             cut: None,
             changed: false,
@@ -267,6 +273,11 @@ impl FileState {
                     .iter()
                     .filter(|(g, _)| *g > generation)
                     .all(|(_, r)| r.end <= range.start || range.end <= r.start))
+    }
+
+    /// Content written (or truncated) and not committed yet.
+    pub fn unsaved_writes(&self) -> bool {
+        self.content_changed || self.dirty.bytes() > 0 || self.cut.is_some()
     }
 
     /// Bytes of memory this state holds for content: dirty ranges, inline content

@@ -195,6 +195,8 @@ pub(super) fn ops_len(ops: &[BatchOp]) -> usize {
 pub(super) struct Touched<'a> {
     pub attr: Attr,
     state: Option<FileGuard<'a>>,
+    /// The change sets the mode ([`Touched::set_perm`]).
+    perm_set: bool,
 }
 
 impl Touched<'_> {
@@ -206,14 +208,31 @@ impl Touched<'_> {
         self.state.as_ref().map_or(0, |s| s.opens)
     }
 
-    /// The change was written: the open state takes the new stored attributes.
+    /// The mode as it is now (with a `chmod` not saved yet).
+    pub fn current_perm(&self) -> u16 {
+        self.state
+            .as_ref()
+            .map_or(self.attr.perm, |st| st.attr.perm)
+    }
+
+    /// The change sets the mode to `perm`.
+    pub fn set_perm(&mut self, perm: u16) {
+        self.attr.perm = perm;
+        self.perm_set = true;
+    }
+
+    /// The change was written: the open state takes the new stored attributes. A
+    /// mode the change did not set stays as the state has it (a `chmod` waiting to
+    /// be saved with unsaved writes).
     pub fn written(&mut self) {
         if let Some(st) = self.state.as_mut() {
+            if self.perm_set {
+                st.attr.perm = self.attr.perm;
+            }
             st.stored = self.attr;
             st.attr.nlink = self.attr.nlink;
             st.attr.ctime = self.attr.ctime;
             st.attr.parent = self.attr.parent;
-            st.attr.perm = self.attr.perm;
         }
     }
 }
@@ -380,11 +399,13 @@ impl Namespace {
                 Ok(Touched {
                     attr: st.stored,
                     state: Some(st),
+                    perm_set: false,
                 })
             }
             None => Ok(Touched {
                 attr: self.stored_attr(ino)?.ok_or(FsError::NotFound)?,
                 state: None,
+                perm_set: false,
             }),
         }
     }

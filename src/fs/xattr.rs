@@ -161,7 +161,7 @@ impl Namespace {
             }
             t.attr.ctime = now();
             if let Some(m) = mode {
-                t.attr.perm = (t.attr.perm & !0o777) | m;
+                t.set_perm((t.current_perm() & !0o777) | m);
             }
             let mut ops = vec![match &record {
                 Some(r) => r.clone(),

@@ -11,12 +11,15 @@
 //!   crash benchmark write, and its model.
 //! - [`recording`]: an object-store layer that records every request.
 //! - [`gate`]: an object-store layer that holds data GETs or PUTs until released.
+//! - [`extract`]: a deterministic source-like tree, and a tally of a local store's
+//!   segments by kind of record (write amplification of `tar -x`).
 //! - [`fixtures`]: small helpers of the engine tests: an S3 server with one bucket,
 //!   options that make many small objects, a deterministic random generator.
 //!
 //! It enables kvfs's `test-hooks` feature (for `Db::abandon`).
 
 pub mod crash_workload;
+pub mod extract;
 pub mod faults;
 pub mod fixtures;
 pub mod gate;

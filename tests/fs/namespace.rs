@@ -521,6 +521,122 @@ async fn small_overwrite_in_a_large_file_writes_about_its_size() {
     ns.shutdown().await.unwrap();
 }
 
+/// What `tar -x` does to each file: write it, then set its times, owner and mode
+/// while it is open. The content goes to the log once; each attribute change after
+/// that writes the attributes alone. The file reads back whole after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_changes_of_a_small_file_do_not_rewrite_its_content() {
+    let (_, store) = memory();
+    let opts = Options {
+        checkpoint_bytes: u64::MAX,
+        ..small_opts()
+    };
+    let ns = Namespace::new(
+        Db::open_store(store.clone(), opts.clone()).await.unwrap(),
+        OWNER,
+    )
+    .await
+    .unwrap();
+    let ino = ns
+        .create(ROOT_INO, b"small", 0o600, OWNER)
+        .await
+        .unwrap()
+        .ino;
+    ns.fsync(ino).await.unwrap();
+    let before = ns.db().metrics().put_bytes;
+    ns.open(ino, false).await.unwrap();
+    let data: Vec<u8> = (0..60 * 1024u32).map(|i| (i % 251) as u8).collect();
+    ns.write(ino, 0, &data).await.unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let changes = [
+        SetAttr {
+            mtime: Some(mtime),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            uid: Some(0),
+            gid: Some(0),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            perm: Some(0o644),
+            ..SetAttr::default()
+        },
+    ];
+    for set in changes {
+        ns.setattr(ino, set).await.unwrap();
+    }
+    ns.release(ino).await.unwrap();
+    ns.sync_all().await.unwrap();
+    let written = ns.db().metrics().put_bytes - before;
+    // The content once, plus a few records and segment framing.
+    assert!(
+        written < data.len() as u64 + 4096,
+        "{written} bytes written for a {} byte file and three attribute changes",
+        data.len()
+    );
+    ns.shutdown().await.unwrap();
+
+    let ns = Namespace::new(Db::open_store(store, opts).await.unwrap(), OWNER)
+        .await
+        .unwrap();
+    let attr = ns.getattr(ino).await.unwrap();
+    assert_eq!((attr.perm, attr.uid, attr.mtime), (0o644, 0, mtime));
+    assert_eq!(&ns.read(ino, 0, 1 << 20).await.unwrap()[..], &data[..]);
+    ns.shutdown().await.unwrap();
+}
+
+/// An attribute change of a file open with unsaved writes is saved with them: an
+/// fsync makes both durable, and a crash before any commit keeps neither (the file
+/// is as it was, not new attributes over old content). A change of the names in
+/// between keeps the pending change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_changes_with_unsaved_writes_are_saved_with_them() {
+    let (_, store) = memory();
+    let data = vec![5u8; 3000];
+    let (synced, lost) = {
+        let ns = Namespace::new(
+            Db::open_store(store.clone(), small_opts()).await.unwrap(),
+            OWNER,
+        )
+        .await
+        .unwrap();
+        let mut inos = Vec::new();
+        for name in [&b"synced"[..], b"lost"] {
+            let ino = ns.create(ROOT_INO, name, 0o600, OWNER).await.unwrap().ino;
+            ns.fsync(ino).await.unwrap();
+            ns.open(ino, false).await.unwrap();
+            ns.write(ino, 0, &data).await.unwrap();
+            let set = SetAttr {
+                perm: Some(0o755),
+                ..SetAttr::default()
+            };
+            assert_eq!(ns.setattr(ino, set).await.unwrap().perm, 0o755);
+            // A second name writes the stored attributes; the new mode stays pending.
+            let mut second = name.to_vec();
+            second.extend_from_slice(b"-link");
+            assert_eq!(ns.link(ino, ROOT_INO, &second).await.unwrap().perm, 0o755);
+            assert_eq!(ns.getattr(ino).await.unwrap().perm, 0o755);
+            inos.push(ino);
+        }
+        ns.fsync(inos[0]).await.unwrap();
+        // Crash with both files open.
+        ns.db().abandon();
+        (inos[0], inos[1])
+    };
+    kvfs_testkit::fixtures::release_lease(&*store).await;
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER)
+        .await
+        .unwrap();
+    let a = ns.getattr(synced).await.unwrap();
+    assert_eq!((a.perm, a.size), (0o755, data.len() as u64));
+    assert_eq!(&ns.read(synced, 0, 1 << 20).await.unwrap()[..], &data[..]);
+    assert_eq!(a.nlink, 2);
+    let b = ns.getattr(lost).await.unwrap();
+    assert_eq!((b.perm, b.size), (0o600, 0));
+    ns.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_model_local_directory() {
     let dir = tempfile::tempdir().unwrap();

@@ -241,3 +241,59 @@ fn tools_give_the_tree_they_give_on_tmpfs() {
     assert_eq!(status, "", "git after a remount");
     m.finish();
 }
+
+/// `tar -x` (as root: it also sets each file's times, owner and mode before closing
+/// it) uploads each file's content once, and a few records per file: the segments
+/// the mount wrote (background GC off, so all are still there) hold the files'
+/// bytes once in their puts, at most 400 bytes more per file and directory, and
+/// never more than the tarball. For a source-like tree that is at most 1.3 bytes
+/// per byte of the files. Both trees read back the same after a remount.
+#[test]
+fn tar_extract_writes_each_file_once() {
+    use kvfs_testkit::extract::{tally_segments, write_source_tree, write_uniform_tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_source_tree(&dir.path().join("source"), 4 << 20, 26).unwrap();
+    assert!(source.files > 100 && source.large_files > 0, "{source:?}");
+    let tiny = write_uniform_tree(&dir.path().join("tiny"), 500, 1024, 26).unwrap();
+    for (name, tree, bound) in [("source", source, 1.3), ("tiny", tiny, 1.5)] {
+        let tarball = dir.path().join(format!("{name}.tar"));
+        sh(
+            dir.path(),
+            &format!("tar -cf {} -C {name} .", tarball.display()),
+        );
+        let store_dir = dir.path().join(format!("store-{name}"));
+        let store = store_dir.to_str().unwrap().to_string();
+        let point = dir.path().join(format!("mnt-{name}"));
+        let m = Mount::start(&store, &point, &["--no-background-gc"], &[]);
+        sh(m.point(), &format!("tar -xf {}", tarball.display()));
+        m.finish();
+
+        let tally = tally_segments(&store_dir).unwrap();
+        assert_eq!(tally.undecoded, 0, "{name}: {tally:?}");
+        let data = tree.file_bytes;
+        assert_eq!(
+            tally.content_bytes(),
+            data,
+            "{name}: content bytes put, against the files' bytes: {tally:#?}"
+        );
+        let records = 400 * (tree.files + tree.dirs + 1);
+        let tar_bytes = std::fs::metadata(&tarball).unwrap().len();
+        assert!(
+            tally.bytes <= data + records && tally.bytes <= tar_bytes,
+            "{name}: {} segment bytes for {data} bytes in {} files ({tar_bytes} in the tarball): {tally:#?}",
+            tally.bytes,
+            tree.files
+        );
+        assert!(
+            tally.bytes as f64 <= bound * data as f64,
+            "{name}: {} segment bytes for {data} bytes of files ({:.2}x): {tally:#?}",
+            tally.bytes,
+            tally.bytes as f64 / data as f64
+        );
+
+        let m = Mount::start(&store, &point, &[], &[]);
+        sh(m.point(), &format!("tar -df {}", tarball.display()));
+        m.finish();
+    }
+}
