@@ -51,6 +51,9 @@ pub struct FaultConfig {
     /// bytes than this is refused with `QuotaExceeded`, as an S3-compatible service
     /// with a hard quota refuses it. Deletes always go through.
     pub quota_bytes: Option<u64>,
+    /// The store layer says it is short of space (as a local disk below its
+    /// reserve does), so the engine refuses writes that add data.
+    pub short_of_space: bool,
 }
 
 /// The kind of request, for the latency that applies to it.
@@ -273,6 +276,6 @@ impl ObjectStore for FaultyStore {
         self.inner.describe()
     }
     fn short_of_space(&self) -> bool {
-        self.inner.short_of_space()
+        self.faults.get().short_of_space || self.inner.short_of_space()
     }
 }

@@ -3,16 +3,12 @@
 //! there is room again.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use kvfs::db::{Db, Error, Options};
-use kvfs::store::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreResult};
-use kvfs_testkit::faults::FaultConfig;
+use kvfs::store::DynStore;
+use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
 use kvfs_testkit::recording::{RecordingStore, Request};
 use kvfs_testkit::server::ServerOptions;
 
@@ -105,38 +101,6 @@ async fn a_bucket_over_its_quota_refuses_data_keeps_reads_and_deletes_and_loses_
     assert_eq!(r.get(b"more").await.unwrap(), None);
 }
 
-/// A store that says it is short of space while its switch is on.
-#[derive(Debug)]
-struct ShortOfSpace {
-    inner: DynStore,
-    short: AtomicBool,
-}
-
-#[async_trait]
-impl ObjectStore for ShortOfSpace {
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
-        self.inner.put(key, data, mode).await
-    }
-    async fn get(&self, key: &str) -> StoreResult<GetResult> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
-        self.inner.get_range(key, range).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        "short of space".into()
-    }
-    fn short_of_space(&self) -> bool {
-        self.short.load(Ordering::Relaxed)
-    }
-}
-
 /// Short of space, a writer's background GC lets the log's dead segments go by
 /// itself (a checkpoint, then deletion after the grace period), and then reaches a
 /// fixed point: ten more minutes cost only lease renewals.
@@ -144,11 +108,8 @@ impl ObjectStore for ShortOfSpace {
 async fn short_of_space_the_cleaner_gives_space_back_then_rests() {
     let (_, mem) = memory();
     let rec = RecordingStore::new(mem);
-    let short = Arc::new(ShortOfSpace {
-        inner: rec.clone(),
-        short: AtomicBool::new(false),
-    });
-    let store: DynStore = short.clone();
+    let faults = FaultControl::default();
+    let store: DynStore = Arc::new(FaultyStore::new(rec.clone(), faults.clone()));
     // Production GC settings; checkpoints only at 64 MiB of log, never reached here.
     let opts = Options {
         segment_bytes: 64 << 10,
@@ -166,7 +127,7 @@ async fn short_of_space_the_cleaner_gives_space_back_then_rests() {
     }
     db.sync().await.unwrap();
     let expected = contents(&db).await;
-    short.short.store(true, Ordering::Relaxed);
+    faults.update(|c| c.short_of_space = true);
     let e = db.put(b"new", b"data").await.unwrap_err();
     assert!(matches!(e, Error::NoSpace(_)), "{e}");
     // Deleting and writing what adds nothing still work.

@@ -674,14 +674,20 @@ impl Drop for DaemonCleanup {
     }
 }
 
-#[test]
-fn mount_of_an_s3_store() {
+/// An in-process S3 server on a runtime of its own, for mounts of an S3 store.
+fn s3_server() -> (tokio::runtime::Runtime, crate::common::S3Fixture) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let s3 = rt.block_on(crate::common::S3Fixture::start());
+    (rt, s3)
+}
+
+#[test]
+fn mount_of_an_s3_store() {
+    let (rt, s3) = s3_server();
     let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
@@ -798,12 +804,7 @@ fn an_idle_mount_writes_nothing_but_its_lease() {
 /// was read once, and the whole pages a write filled, are read again with no GET.
 #[test]
 fn reading_again_costs_no_get() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let s3 = rt.block_on(crate::common::S3Fixture::start());
+    let (rt, s3) = s3_server();
     let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
