@@ -48,6 +48,7 @@ pub use fsck::{FsckIssue, FsckReport};
 pub use gc::GcCounters;
 #[cfg(feature = "test-hooks")]
 pub use hooks::TaskFault;
+pub use recovery::Fallback;
 pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use snapshots::Snapshot;
 pub use stats::Stats;
@@ -289,6 +290,8 @@ pub(crate) struct Shared {
     pub lease: tokio::sync::Mutex<Option<Lease>>,
     pub tasks: Mutex<tasks::TaskSet>,
     pub opened_in: std::time::Duration,
+    /// How the state was recovered at open if the current checkpoint was damaged.
+    pub fallback: Option<recovery::Fallback>,
     /// Held by whoever runs GC or compaction, so only one runs at a time.
     pub gc_lock: tokio::sync::Mutex<()>,
     /// Readahead windows being fetched from runs, so concurrent readers of one
@@ -868,6 +871,7 @@ impl Db {
             lease: tokio::sync::Mutex::new(opened.lease),
             tasks: Mutex::new(tasks::TaskSet::default()),
             opened_in: started.elapsed(),
+            fallback: opened.fallback,
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
             follow_rounds: Default::default(),
@@ -916,6 +920,17 @@ impl Db {
                     "the background cleaner",
                     gc::worker::run_background(shared.clone()),
                 );
+            }
+            // A state recovered exactly around a damaged checkpoint is published in a
+            // fresh checkpoint at once: the damage is healed, and the older checkpoint
+            // and log it needed may go. An inexact rebuild is left to `fsck --repair`,
+            // which first removes what it lost.
+            if shared.fallback.as_ref().is_some_and(|f| f.exact) {
+                if let Err(e) = checkpointer::run_exclusive(&shared).await {
+                    log::warn!("could not write a checkpoint to replace the damaged one: {e}");
+                } else {
+                    log::info!("wrote a fresh checkpoint replacing the damaged one");
+                }
             }
         }
         Ok(Db {
@@ -1496,6 +1511,12 @@ impl Db {
     }
 
     /// Read and verify every object of the store.
+    /// How the state was recovered at open if the current checkpoint was damaged
+    /// (`None` when it was read as usual).
+    pub fn recovery_fallback(&self) -> Option<Fallback> {
+        self.handle.shared.fallback.clone()
+    }
+
     pub async fn fsck(&self, progress: &mut dyn FnMut(&str)) -> Result<FsckReport> {
         fsck::run(&self.handle.shared, progress).await
     }

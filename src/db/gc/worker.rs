@@ -37,7 +37,7 @@ use crate::format::names::{
 };
 use crate::format::run::{RunBuilder, RunView, DEFAULT_BLOCK_BYTES};
 use crate::format::segment::{decode_value, link_len, put_len, SegmentView, MAX_META_LEN};
-use crate::store::PutMode;
+use crate::store::{PutMode, StoreError};
 
 /// Progress messages of on-demand runs.
 pub type Progress<'a> = &'a mut (dyn FnMut(&str) + Send);
@@ -106,6 +106,7 @@ fn choosable(st: &State, now: Instant) -> Vec<ObjectStat> {
     object_stats(st, now)
         .into_iter()
         .filter(|o| st.gc.not_worth.get(&o.id) != Some(&o.stored))
+        .filter(|o| !st.gc.damaged.contains(&o.id))
         .collect()
 }
 
@@ -173,14 +174,39 @@ async fn rewrite(
 ) -> Result<()> {
     check_writer(sh)?;
     let source_set: HashSet<SegmentId> = sources.iter().copied().collect();
-    let moving = keys_in(sh, &source_set).await;
+    let mut moving = keys_in(sh, &source_set).await;
     let mut data: HashMap<SegmentId, Bytes> = HashMap::new();
     let mut bytes_read = 0u64;
     for id in sources {
-        let d = fetch_verified(sh, *id).await?;
+        // A source that cannot be read (corrupt or missing) is left as it is: its
+        // keys keep pointing at it (reading them fails as before), so it is never
+        // found unneeded and never deleted, and later rounds no longer choose it.
+        // `kvfs fsck` reports it; `kvfs fsck --repair` removes the keys it lost.
+        let d = match fetch_verified(sh, *id).await {
+            Ok(d) => d,
+            Err(e @ (Error::Corrupt { .. } | Error::Store(StoreError::NotFound(_)))) => {
+                log::warn!(
+                    "gc: skipping {}, which cannot be read: {e} (run `kvfs fsck`)",
+                    segment_name(*id)
+                );
+                sh.lock().gc.damaged.insert(*id);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         bytes_read += d.len() as u64;
         data.insert(*id, d);
     }
+    let sources: Vec<SegmentId> = sources
+        .iter()
+        .copied()
+        .filter(|id| data.contains_key(id))
+        .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let sources = &sources[..];
+    moving.retain(|m| data.contains_key(&m.at.object));
     progress(&format!(
         "read {} objects ({bytes_read} bytes) holding {} live keys",
         sources.len(),
@@ -390,7 +416,16 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         return Ok(0);
     }
     // What retained snapshots need stays (retired) until they expire.
-    let pinned = retention::pinned(sh).await?;
+    let pinned = match retention::pinned(sh).await {
+        Ok(p) => p,
+        // What a retained snapshot needs cannot be known: delete nothing until it
+        // expires (later rounds try again; `kvfs fsck` reports the damage).
+        Err(e @ Error::Corrupt { .. }) => {
+            log::warn!("gc: not deleting: a retained snapshot cannot be read: {e}");
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
     let objects: Vec<(SegmentId, u64)> = objects
         .into_iter()
         .filter(|(id, _)| !pinned.contains(&segment_name(*id)))
@@ -406,6 +441,7 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         let mut st = sh.lock();
         st.objects.remove(id);
         st.gc.not_worth.remove(&id);
+        st.gc.damaged.remove(&id);
         st.gc.counters.objects_deleted += 1;
         st.gc.counters.bytes_deleted += size;
         deleted += 1;
