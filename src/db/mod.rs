@@ -28,6 +28,7 @@ mod index;
 pub mod lease;
 mod options;
 mod recovery;
+mod repair;
 mod snapshots;
 mod state;
 mod stats;
@@ -44,11 +45,12 @@ use tokio::sync::{watch, Notify};
 
 pub use error::{Error, Result};
 pub use follower::{CatchUp, MANIFEST_EVERY as FOLLOW_MANIFEST_EVERY};
-pub use fsck::{FsckIssue, FsckReport};
+pub use fsck::{FsckIssue, FsckReport, LostKey};
 pub use gc::GcCounters;
 #[cfg(feature = "test-hooks")]
 pub use hooks::TaskFault;
 pub use recovery::Fallback;
+pub use repair::RepairReport;
 pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use snapshots::Snapshot;
 pub use stats::Stats;
@@ -1515,6 +1517,16 @@ impl Db {
     /// (`None` when it was read as usual).
     pub fn recovery_fallback(&self) -> Option<Fallback> {
         self.handle.shared.fallback.clone()
+    }
+
+    /// `kvfs fsck --repair` (see `repair`): needs a writer handle, best opened with
+    /// [`Options::rebuild_damaged`] so that a store without an exact fallback for a
+    /// damaged checkpoint opens at all.
+    pub async fn repair(
+        &self,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<RepairReport> {
+        repair::run(&self.handle.shared, progress).await
     }
 
     pub async fn fsck(&self, progress: &mut dyn FnMut(&str)) -> Result<FsckReport> {

@@ -400,7 +400,7 @@ pub(crate) async fn load_snapshot(store: &DynStore, opts: &Options, n: u64) -> R
     let mut m = manifest;
     m.ranges = snapshot_ranges(&m, &next);
     load_from(store, opts, m).await.map_err(|e| match e {
-        Error::Inconsistent(why) => Error::NoSnapshot(format!(
+        Error::Inconsistent(why) | Error::Damaged(why) => Error::NoSnapshot(format!(
             "snapshot {n} is no longer complete ({why}); keep snapshots with --retain-secs"
         )),
         e => e,
@@ -448,11 +448,15 @@ pub struct Fallback {
     /// Inexact rebuilds: log segments that were missing or unreadable (keys written
     /// or deleted in them may be stale, resurrected or lost).
     pub suspect: Vec<String>,
+    /// The checkpoint the manifest named: once a newer one is published the damage
+    /// is healed.
+    pub checkpoint: Option<u64>,
 }
 
 /// Load the state manifest `manifest` describes: its checkpoint, then its log. If
 /// the checkpoint is damaged, fall back to an older one (see [`exact_fallback`]).
 async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Result<Loaded> {
+    let checkpoint = manifest.checkpoint;
     let mut index = match manifest.checkpoint {
         Some(c) => match read_checkpoint(store, c).await {
             Ok(ckpt) => Index::from_checkpoint(ckpt),
@@ -464,7 +468,40 @@ async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Resu
         },
         None => Index::default(),
     };
-    let (replayed_bytes, tail) = replay(store, opts, &mut index, &manifest.ranges).await?;
+    let (replayed_bytes, tail) = match replay(store, opts, &mut index, &manifest.ranges).await {
+        Ok(r) => r,
+        // A log segment is damaged (corrupt, or missing from a closed range): what
+        // it changed is unknown, so only a rebuild (`fsck --repair`) gets past it.
+        Err(e @ (Error::Corrupt { .. } | Error::Inconsistent(_))) => {
+            let n = manifest.seq;
+            if !opts.rebuild_damaged {
+                return Err(Error::Damaged(format!(
+                    "the log of manifest {n} cannot be replayed: {e}"
+                )));
+            }
+            let damaged = match &e {
+                Error::Corrupt { object, .. } => object.clone(),
+                _ => manifest_name(n),
+            };
+            let (index, replayed_bytes, tail, how, suspect) = rebuild(store, &manifest).await?;
+            log::warn!("the log of manifest {n} cannot be replayed ({e}); {how}");
+            return Ok(Loaded {
+                manifest,
+                index,
+                tail,
+                replayed_bytes,
+                fallback: Some(Fallback {
+                    damaged,
+                    problem: e.to_string(),
+                    exact: false,
+                    how,
+                    suspect,
+                    checkpoint,
+                }),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Loaded {
         manifest,
         index,
@@ -503,6 +540,7 @@ async fn load_around_damage(
     problem: String,
 ) -> Result<Loaded> {
     let n = manifest.seq;
+    let checkpoint = manifest.checkpoint;
     log::warn!("{damaged}, the checkpoint of manifest {n}, is damaged: {problem}");
     let why_not = match exact_fallback(store, opts, &manifest).await? {
         Ok((k, index, replayed_bytes, tail)) => {
@@ -521,6 +559,7 @@ async fn load_around_damage(
                     exact: true,
                     how,
                     suspect: Vec::new(),
+                    checkpoint,
                 }),
             });
         }
@@ -545,6 +584,7 @@ async fn load_around_damage(
             exact: false,
             how: format!("{why_not}; {how}"),
             suspect,
+            checkpoint,
         }),
     })
 }

@@ -172,6 +172,32 @@ async fn rewrite(
     must_shrink: bool,
     progress: Progress<'_>,
 ) -> Result<()> {
+    rewrite_sources(sh, sources, must_shrink, false, progress).await
+}
+
+/// `kvfs fsck --repair`: move the keys whose values are intact out of damaged data
+/// objects `sources` (whose whole-object checksum fails) into new runs. Each value is
+/// checked against its own checksum; a key whose value fails it is left where it is
+/// (the repair deletes those keys first). Returns nothing; the keys moved are counted
+/// in the GC counters.
+pub(crate) async fn salvage(
+    sh: &Arc<Shared>,
+    sources: &[SegmentId],
+    progress: Progress<'_>,
+) -> Result<()> {
+    let _one_at_a_time = sh.gc_lock.lock().await;
+    rewrite_sources(sh, sources, false, true, progress).await
+}
+
+/// [`rewrite`]; with `salvage`, sources are read without verifying their
+/// whole-object checksum, and values failing their own checksum are skipped.
+async fn rewrite_sources(
+    sh: &Arc<Shared>,
+    sources: &[SegmentId],
+    must_shrink: bool,
+    salvage: bool,
+    progress: Progress<'_>,
+) -> Result<()> {
     check_writer(sh)?;
     let source_set: HashSet<SegmentId> = sources.iter().copied().collect();
     let mut moving = keys_in(sh, &source_set).await;
@@ -182,7 +208,16 @@ async fn rewrite(
         // keys keep pointing at it (reading them fails as before), so it is never
         // found unneeded and never deleted, and later rounds no longer choose it.
         // `kvfs fsck` reports it; `kvfs fsck --repair` removes the keys it lost.
-        let d = match fetch_verified(sh, *id).await {
+        let fetched = if salvage {
+            sh.store
+                .get(&segment_name(*id))
+                .await
+                .map(|g| g.data)
+                .map_err(Error::from)
+        } else {
+            fetch_verified(sh, *id).await
+        };
+        let d = match fetched {
             Ok(d) => d,
             Err(e @ (Error::Corrupt { .. } | Error::Store(StoreError::NotFound(_)))) => {
                 log::warn!(
@@ -233,14 +268,27 @@ async fn rewrite(
         let off = at.offset as usize;
         let end = off + 4 + at.value_len as usize;
         if end > obj.len() {
+            if salvage {
+                continue;
+            }
             return Err(Error::Inconsistent(format!(
                 "{}: key {:?} points past the end of the object",
                 name(),
                 String::from_utf8_lossy(&key)
             )));
         }
-        let value =
-            decode_value(&obj.slice(off..end)).map_err(|err| Error::corrupt(name(), err))?;
+        let value = match decode_value(&obj.slice(off..end)) {
+            Ok(v) => v,
+            Err(err) if salvage => {
+                log::warn!(
+                    "{}: the value of key {:?} is damaged ({err}); not moved",
+                    name(),
+                    String::from_utf8_lossy(&key)
+                );
+                continue;
+            }
+            Err(err) => return Err(Error::corrupt(name(), err)),
+        };
         let meta = meta.as_deref().unwrap_or(&[]);
         let need = put_len(key.len(), meta.len(), value.len());
         if let Some(b) = builder.take_if(|b| !b.is_empty() && b.len() + need > run_bytes) {
