@@ -114,7 +114,11 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
     };
     // Reported while the state still rests on the damaged checkpoint (a writer
     // heals it with a fresh one).
-    if let Some(f) = sh.fallback.as_ref().filter(|f| f.checkpoint == manifest.checkpoint) {
+    if let Some(f) = sh
+        .fallback
+        .as_ref()
+        .filter(|f| f.checkpoint == manifest.checkpoint)
+    {
         let how = if f.exact {
             format!("{}; a writer's next open replaces it", f.how)
         } else {
@@ -173,12 +177,26 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
             ObjectKind::Segment(id) => {
                 report.segments += 1;
                 let values = segment_values(&mut report, id, &obj.key, &data);
-                check_values(&mut report, id, &obj.key, &data, values, expected.remove(&id));
+                check_values(
+                    &mut report,
+                    id,
+                    &obj.key,
+                    &data,
+                    values,
+                    expected.remove(&id),
+                );
             }
             ObjectKind::Run(id) => {
                 report.runs += 1;
                 let values = run_values(&mut report, id, &obj.key, &data);
-                check_values(&mut report, id, &obj.key, &data, values, expected.remove(&id));
+                check_values(
+                    &mut report,
+                    id,
+                    &obj.key,
+                    &data,
+                    values,
+                    expected.remove(&id),
+                );
             }
             ObjectKind::Checkpoint(_) => {
                 report.checkpoints += 1;
@@ -189,9 +207,11 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
             ObjectKind::Manifest(n) => {
                 report.manifests += 1;
                 match manifest::decode(&data) {
-                    Ok(m) if m.seq != n => {
-                        damaged(&mut report, &obj.key, format!("says it is manifest {}", m.seq))
-                    }
+                    Ok(m) if m.seq != n => damaged(
+                        &mut report,
+                        &obj.key,
+                        format!("says it is manifest {}", m.seq),
+                    ),
                     Ok(_) => {}
                     Err(e) => damaged(&mut report, &obj.key, e.to_string()),
                 }
@@ -242,6 +262,16 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
         None => (manifest.clone(), None),
     };
     let needed: HashSet<String> = manifest_needs(&now_manifest).into_iter().collect();
+    // What the newest state needs that was not there at the first listing either.
+    for name in needed.iter().cloned().chain(
+        now_expected
+            .iter()
+            .flat_map(|e| e.keys().map(|id| segment_name(*id))),
+    ) {
+        if !present.contains(&name) {
+            gone.insert(name);
+        }
+    }
     // Listed again: what is missing now.
     let again: HashSet<String> = sh
         .store
@@ -250,7 +280,11 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
         .into_iter()
         .map(|o| o.key)
         .collect();
-    let now_missing: HashSet<String> = gone.iter().filter(|g| !again.contains(*g)).cloned().collect();
+    let now_missing: HashSet<String> = gone
+        .iter()
+        .filter(|g| !again.contains(*g))
+        .cloned()
+        .collect();
     let mname = manifest_name(now_manifest.seq);
     for name in &gone {
         let keys: Option<Expected> = match parse_name(name) {

@@ -49,9 +49,9 @@ pub use fsck::{FsckIssue, FsckReport, LostKey};
 pub use gc::GcCounters;
 #[cfg(feature = "test-hooks")]
 pub use hooks::TaskFault;
+pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::Fallback;
 pub use repair::RepairReport;
-pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use snapshots::Snapshot;
 pub use stats::Stats;
 
@@ -1522,10 +1522,7 @@ impl Db {
     /// `kvfs fsck --repair` (see `repair`): needs a writer handle, best opened with
     /// [`Options::rebuild_damaged`] so that a store without an exact fallback for a
     /// damaged checkpoint opens at all.
-    pub async fn repair(
-        &self,
-        progress: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<RepairReport> {
+    pub async fn repair(&self, progress: &mut (dyn FnMut(&str) + Send)) -> Result<RepairReport> {
         repair::run(&self.handle.shared, progress).await
     }
 

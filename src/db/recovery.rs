@@ -30,7 +30,7 @@ use crate::format::checkpoint::{self, Checkpoint, IndexEntry, Location};
 use crate::format::manifest::{self, LogRange, Manifest, OPEN};
 use crate::format::names::{
     checkpoint_name, manifest_name, parse_name, segment_epoch_prefix, segment_name, ObjectKind,
-    SegmentId, MANIFEST_DIR, SEGMENT_DIR,
+    SegmentId, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
 };
 use crate::format::segment::{
     delete_len, fence_segment, link_len, put_len, EntryKind, EntryRef, SegmentView, FLAG_FENCE,
@@ -462,8 +462,7 @@ async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Resu
             Ok(ckpt) => Index::from_checkpoint(ckpt),
             Err(Damage::Other(e)) => return Err(e),
             Err(Damage::Damaged(problem)) => {
-                return load_around_damage(store, opts, manifest, checkpoint_name(c), problem)
-                    .await
+                return load_around_damage(store, opts, manifest, checkpoint_name(c), problem).await
             }
         },
         None => Index::default(),
@@ -628,7 +627,10 @@ async fn exact_fallback(
                 Ok(ckpt) => break (m, Some(ckpt)),
                 Err(Damage::Other(e)) => return Err(e),
                 Err(Damage::Damaged(why)) => {
-                    log::warn!("older checkpoint {} is not usable either: {why}", checkpoint_name(c));
+                    log::warn!(
+                        "older checkpoint {} is not usable either: {why}",
+                        checkpoint_name(c)
+                    );
                     between.push(m);
                 }
             },
@@ -734,12 +736,19 @@ async fn rebuild(
             Err(Damage::Damaged(_)) => {}
         }
     }
-    let covers = base.as_ref().map_or(SegmentId::default(), |(_, c)| c.covers);
+    let covers = base
+        .as_ref()
+        .map_or(SegmentId::default(), |(_, c)| c.covers);
     let (base, mut index) = match base {
         Some((c, ckpt)) => (Some(c), Index::from_checkpoint(ckpt)),
         None => (None, Index::default()),
     };
-    let mut ids: Vec<SegmentId> = store
+    // Log segments after the checkpoint, and sorted runs (copies GC made of values
+    // then live): the runs of a writer epoch before its segments, as a segment's
+    // value of the same epoch may be newer than a run's copy (the link entries that
+    // ordered them may be gone). With a checkpoint, only runs of later epochs (it
+    // knows the earlier ones).
+    let mut listed: Vec<SegmentId> = store
         .list(SEGMENT_DIR)
         .await?
         .iter()
@@ -748,28 +757,73 @@ async fn rebuild(
             _ => None,
         })
         .collect();
-    ids.sort_unstable();
+    listed.extend(
+        store
+            .list(RUN_DIR)
+            .await?
+            .iter()
+            .filter_map(|o| match parse_name(&o.key) {
+                ObjectKind::Run(id) if base.is_none() || id.writer_epoch() > covers.epoch => {
+                    Some(id)
+                }
+                _ => None,
+            }),
+    );
+    listed.sort_unstable_by_key(|id| (id.writer_epoch(), !id.is_run(), id.seq));
     let mut suspect = Vec::new();
     let mut replayed = 0u64;
     let mut applied = 0u64;
     // Next expected sequence number of each epoch; epochs ended by a fence.
     let mut expect: std::collections::HashMap<u64, u64> = Default::default();
     let mut fenced: std::collections::HashSet<u64> = Default::default();
-    for id in ids {
+    for id in listed {
+        let name = segment_name(id);
+        if id.is_run() {
+            let data = match store.get(&name).await {
+                Ok(g) => g.data,
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match apply_run(&mut index, id, &data) {
+                Ok(()) => applied += 1,
+                Err(e) => suspect.push(format!("{name} (unreadable: {e})")),
+            }
+            continue;
+        }
         if fenced.contains(&id.epoch) {
             continue;
         }
         let next = expect
             .entry(id.epoch)
-            .or_insert(if id.epoch == covers.epoch { covers.seq + 1 } else { 1 });
-        for seq in *next..id.seq {
-            suspect.push(segment_name(SegmentId {
-                epoch: id.epoch,
-                seq,
-            }) + " (missing)");
+            .or_insert(if id.epoch == covers.epoch {
+                covers.seq + 1
+            } else {
+                1
+            });
+        if *next < id.seq {
+            suspect.push(if *next + 1 == id.seq {
+                format!(
+                    "{} (missing)",
+                    segment_name(SegmentId {
+                        epoch: id.epoch,
+                        seq: *next
+                    })
+                )
+            } else {
+                format!(
+                    "{} to {} (missing)",
+                    segment_name(SegmentId {
+                        epoch: id.epoch,
+                        seq: *next
+                    }),
+                    segment_name(SegmentId {
+                        epoch: id.epoch,
+                        seq: id.seq - 1
+                    })
+                )
+            });
         }
         *next = id.seq + 1;
-        let name = segment_name(id);
         let data = match store.get(&name).await {
             Ok(g) => g.data,
             Err(StoreError::NotFound(_)) => {
@@ -801,7 +855,7 @@ async fn rebuild(
         None => "no checkpoint (none is intact)".to_string(),
     };
     let how = format!(
-        "rebuilt the state from {from} and the {applied} log segments after it that could be read"
+        "rebuilt the state from {from} and the {applied} log segments and runs after it that could be read"
     );
     Ok((index, replayed, tail, how, suspect))
 }
@@ -915,6 +969,29 @@ async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Put every entry of a sorted run into the index (an inexact rebuild only).
+fn apply_run(index: &mut Index, id: SegmentId, data: &[u8]) -> Result<()> {
+    let name = segment_name(id);
+    let view =
+        crate::format::run::RunView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    let entries = view.entries().map_err(|e| Error::corrupt(name, e))?;
+    for e in entries {
+        let slot = index.slot_for(id);
+        index.insert(
+            e.key,
+            IndexEntry {
+                loc: Location {
+                    segment: slot,
+                    offset: e.value_offset,
+                    value_len: e.value_len,
+                },
+                meta: (!e.meta.is_empty()).then(|| Box::from(e.meta)),
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Apply one segment's entries to the index. Returns false (and applies nothing) for

@@ -87,7 +87,9 @@ pub(crate) async fn run(
             while i < before.lost_keys.len() && (ops.is_empty() || size < chunk_bytes) {
                 let key = &before.lost_keys[i].key;
                 size += delete_len(key.len());
-                ops.push(Op::Delete { key: key.as_slice() });
+                ops.push(Op::Delete {
+                    key: key.as_slice(),
+                });
                 i += 1;
             }
             sh.write(&ops).await?;
@@ -143,7 +145,9 @@ pub(crate) async fn run(
                 // Never the current manifest or its checkpoint (checked by name once
                 // more, as GC does).
                 if name == manifest_name(manifest.seq)
-                    || manifest.checkpoint.is_some_and(|c| name == checkpoint_name(c))
+                    || manifest
+                        .checkpoint
+                        .is_some_and(|c| name == checkpoint_name(c))
                 {
                     continue;
                 }
