@@ -360,11 +360,7 @@ async fn repair_command(
             }
         }
     }
-    let lost: Vec<String> = report
-        .lost_keys
-        .iter()
-        .map(|k| String::from_utf8_lossy(&k.key).into_owned())
-        .collect();
+    let lost: Vec<String> = report.lost_keys.iter().map(|k| show_key(&k.key)).collect();
     match lost_keys_file {
         Some(path) => {
             let mut text = lost.join("\n");
@@ -404,6 +400,29 @@ async fn repair_command(
         println!("{} problems remain", report.remaining.len());
         Ok(1)
     }
+}
+
+/// A key as `fsck --repair` prints it: bytes outside printable ASCII escaped (as
+/// `\x00`), and what a file system's key records.
+fn show_key(key: &[u8]) -> String {
+    use kvfs::fs::keys::{key_of, KeyOf};
+    let shown = key.escape_ascii().to_string();
+    let what = match key_of(key) {
+        KeyOf::Super => "the file system's superblock".to_string(),
+        KeyOf::Inode(ino) => format!("inode {ino}: attributes and small-file content"),
+        KeyOf::Dirent { parent, name } => format!(
+            "directory entry {:?} in directory inode {parent}",
+            String::from_utf8_lossy(name)
+        ),
+        KeyOf::Extent { ino, offset } => format!("content of inode {ino} at byte {offset}"),
+        KeyOf::Xattr { ino, name } => format!(
+            "extended attribute {:?} of inode {ino}",
+            String::from_utf8_lossy(name)
+        ),
+        KeyOf::Orphan(ino) => format!("orphan record of inode {ino}"),
+        KeyOf::Other => return shown,
+    };
+    format!("{shown} ({what})")
 }
 
 /// `kvfs gc` and `kvfs compact`, with progress on stderr and a summary on stdout.

@@ -351,10 +351,7 @@ fn damaged(report: &mut FsckReport, name: &str, problem: String) {
 fn lose(report: &mut FsckReport, object: &str, key: Vec<u8>, why: &str) {
     report.issue(
         object,
-        format!(
-            "live key {:?}: value lost ({why})",
-            String::from_utf8_lossy(&key)
-        ),
+        format!("live key \"{}\": value lost ({why})", key.escape_ascii()),
     );
     report.lost_keys.push(LostKey {
         key,

@@ -35,6 +35,7 @@ use crate::format::names::{
 use crate::format::segment::{
     delete_len, fence_segment, link_len, put_len, EntryKind, EntryRef, SegmentView, FLAG_FENCE,
 };
+use crate::format::FormatError;
 use crate::store::{DynStore, PutMode, StoreError};
 
 /// What `open` hands to the engine.
@@ -1014,7 +1015,20 @@ pub(crate) fn apply_segment_noting(
     changed: &mut dyn FnMut(&[u8]),
 ) -> Result<bool> {
     let name = segment_name(id);
-    let view = SegmentView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    let view = match SegmentView::decode(data) {
+        Ok(v) => v,
+        // Damage only in values leaves every entry intact: the replay stays exact,
+        // and only the damaged values are lost (found by their own checksums).
+        Err(e @ FormatError::Checksum { .. }) => match SegmentView::decode_salvaging(data) {
+            // A data segment only (a flipped flag could otherwise fake a fence).
+            Ok(v) if v.flags == 0 && v.entries().all(|e| e.is_ok()) => {
+                log::warn!("{name} is damaged ({e}), but every entry is intact: replaying it");
+                v
+            }
+            _ => return Err(Error::corrupt(name, e)),
+        },
+        Err(e) => return Err(Error::corrupt(name, e)),
+    };
     if view.id != id {
         return Err(Error::Inconsistent(format!(
             "object {name} holds segment {} instead",
