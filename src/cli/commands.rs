@@ -338,10 +338,30 @@ async fn repair_command(
     let mut shown = super::progress::Progress::new("repair", None);
     let result = db.repair(&mut |m| shown.step(m)).await;
     drop(shown);
-    let closed = db.close().await;
+    // A file system store: names whose inode record was lost go too.
+    let dangling = match &result {
+        Ok(_) if db.info(kvfs::fs::keys::SUPER_KEY).is_some() => {
+            match Namespace::new(db.clone(), process_owner()).await {
+                Ok(ns) => ns.remove_dangling_entries().await.map_err(fs_err),
+                Err(e) => Err(fs_err(e)),
+            }
+        }
+        _ => Ok(Vec::new()),
+    };
+    let closed = match (&result, &dangling) {
+        (Ok(_), Ok(d)) if !d.is_empty() => match db.sync().await {
+            Ok(()) => db.close().await,
+            Err(e) => {
+                let _ = db.close().await;
+                Err(e)
+            }
+        },
+        _ => db.close().await,
+    };
     let report = result?;
+    let dangling = dangling?;
     closed?;
-    if report.was_clean() {
+    if report.was_clean() && dangling.is_empty() {
         println!("no problems found; nothing to repair");
         return Ok(0);
     }
@@ -389,6 +409,12 @@ async fn repair_command(
     }
     for d in &report.deleted {
         println!("deleted damaged object {d}");
+    }
+    for (dir, name, ino) in &dangling {
+        println!(
+            "removed the name {} of lost inode {ino} from directory inode {dir}",
+            name.escape_ascii()
+        );
     }
     if report.remaining.is_empty() {
         println!("repaired: no problems remain");

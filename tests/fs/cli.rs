@@ -516,6 +516,54 @@ fn fsck_reports_damage_and_repair_names_the_lost_keys() {
 }
 
 #[test]
+fn repair_of_a_file_system_store_names_the_inode_and_frees_the_name() {
+    let (_dir, path, store) = local_store();
+    for i in 0..5 {
+        let v = format!("CONTENT-{i}-{}", "y".repeat(100));
+        kvfs(&["put", &store, &format!("f{i}"), &v]).ok();
+    }
+    flip_in_files(&path, "seg", b"CONTENT-3-");
+    assert!(kvfs(&["get", &store, "f3"])
+        .fails(1)
+        .contains("corrupt object seg/"));
+    let text = kvfs(&["fsck", "--repair", "--gc-grace-secs", "0", &store]).ok();
+    assert!(
+        text.contains("attributes and small-file content) (its value was in seg/"),
+        "{text}"
+    );
+    assert!(text.contains("1 keys lost"), "{text}");
+    assert!(text.contains("removed the name f3 of lost inode"), "{text}");
+    let rows = scan_keys(&kvfs(&["scan", &store, "--keys-only"]).ok());
+    assert_eq!(rows, vec!["f0", "f1", "f2", "f4"]);
+    // The name whose inode record was lost is gone too.
+    let names = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let db = Db::open(&store, Options::read_only()).await.unwrap();
+            let ns = Namespace::new(db, (0, 0)).await.unwrap();
+            let root = kvfs::fs::keys::ROOT_INO;
+            let names: Vec<String> = ns
+                .readdir(root)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .collect();
+            names
+        })
+    };
+    assert_eq!(names(), vec!["f0", "f1", "f2", "f4"]);
+    // The name is free again.
+    kvfs(&["put", &store, "f3", "new"]).ok();
+    assert_eq!(kvfs(&["get", &store, "f3"]).ok(), "new");
+    assert!(kvfs(&["fsck", &store]).ok().contains("no problems found"));
+    assert_eq!(
+        kvfs(&["get", &store, "f4"]).ok(),
+        format!("CONTENT-4-{}", "y".repeat(100))
+    );
+}
+
+#[test]
 fn file_urls_work() {
     let (_dir, path, _store) = local_store();
     let url = format!("file://{}", path.display());
