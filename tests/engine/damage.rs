@@ -6,9 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use kvfs::db::{Db, Error, Options};
-use kvfs::store::{DynStore, PutMode};
+use kvfs::store::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreResult};
 
 use crate::common::{contents, gc_opts, small_opts, S3Fixture};
 
@@ -386,5 +389,87 @@ async fn fsck_racing_a_writers_gc_reports_no_false_problem() {
         "{:?}",
         report.issues
     );
+    w.close().await.unwrap();
+}
+
+/// A store where objects named in `vanish` disappear the moment they are read, as
+/// when a running writer's GC deletes an object between fsck's listing and its read.
+#[derive(Debug)]
+struct VanishingStore {
+    inner: DynStore,
+    vanish: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for VanishingStore {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> StoreResult<String> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn get(&self, key: &str) -> StoreResult<GetResult> {
+        let hit = {
+            let mut v = self.vanish.lock().unwrap();
+            let hit = v.iter().any(|k| k == key);
+            v.retain(|k| k != key);
+            hit
+        };
+        if hit {
+            self.inner.delete(key).await?;
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_ignores_an_object_deleted_between_listing_and_reading() {
+    let s3 = S3Fixture::start().await;
+    let store = s3.store("vanish");
+    let mut model = Model::new();
+    let w = Db::open_store(store.clone(), small_opts()).await.unwrap();
+    for i in 0..100 {
+        put(&w, &mut model, &format!("k{i:03}"), 1).await;
+    }
+    w.checkpoint().await.unwrap();
+    put(&w, &mut model, "later", 1).await;
+    w.checkpoint().await.unwrap();
+    // The oldest manifest is no longer needed: a writer's GC may delete it at any
+    // moment, here between fsck's listing and its read.
+    let old = names(&store, "manifest/").await[0].clone();
+    let vanishing = Arc::new(VanishingStore {
+        inner: store.clone(),
+        vanish: Mutex::new(vec![old.clone()]),
+    });
+    let r = Db::open_store(vanishing.clone(), Options::read_only())
+        .await
+        .unwrap();
+    assert_eq!(contents(&r).await, model);
+    let report = fsck(&r).await;
+    assert!(report.is_clean(), "{:?}", report.issues);
+    assert_eq!(report.vanished, 1);
+    assert!(!names(&store, "manifest/").await.contains(&old));
+    // An object the state needs that vanishes is a problem.
+    let seg = names(&store, "seg/").await[0].clone();
+    vanishing.vanish.lock().unwrap().push(seg.clone());
+    let report = fsck(&r).await;
+    assert!(
+        report
+            .issues
+            .iter()
+            .any(|i| i.object == seg && i.problem.contains("missing")),
+        "{:?}",
+        report.issues
+    );
+    assert!(!report.lost_keys.is_empty());
     w.close().await.unwrap();
 }
