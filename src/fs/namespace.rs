@@ -674,22 +674,31 @@ impl Namespace {
         }
         let mut removed = Vec::new();
         for (parent, name, d) in found {
-            let _held = self.locks.take(false, &[parent, d.ino]);
-            if self.entry(parent, &name)? != Some(d) {
-                continue;
-            }
-            let mut ops = vec![BatchOp::Delete(dirent_key(parent, &name))];
-            if let Some(mut dir) = self.stored_attr(parent)? {
-                let at = now();
-                dir.mtime = at;
-                dir.ctime = at;
-                if d.kind == Kind::Dir {
-                    dir.nlink = dir.nlink.saturating_sub(1);
+            let mut room = 0;
+            loop {
+                if room > 0 {
+                    self.db.wait_for_room(room).await?;
                 }
-                ops.push(attr_op(&dir));
+                let _held = self.locks.take(false, &[parent, d.ino]);
+                if self.entry(parent, &name)? != Some(d) {
+                    break;
+                }
+                let mut ops = vec![BatchOp::Delete(dirent_key(parent, &name))];
+                if let Some(mut dir) = self.stored_attr(parent)? {
+                    let at = now();
+                    dir.mtime = at;
+                    dir.ctime = at;
+                    if d.kind == Kind::Dir {
+                        dir.nlink = dir.nlink.saturating_sub(1);
+                    }
+                    ops.push(attr_op(&dir));
+                }
+                if self.db.try_write_batch(&ops)? {
+                    removed.push((parent, name.clone(), d.ino));
+                    break;
+                }
+                room = ops_len(&ops);
             }
-            self.db.write_batch(&ops).await?;
-            removed.push((parent, name, d.ino));
         }
         Ok(removed)
     }
@@ -712,11 +721,11 @@ impl Namespace {
             }
             let mut dir = self.dir_attr(parent)?;
             let state = self.state_of(d.ino);
+            let mut t = self.touch(d.ino, state.as_ref())?;
             let at = now();
             dir.mtime = at;
             dir.ctime = at;
             let mut ops = vec![BatchOp::Delete(dirent_key(parent, name)), attr_op(&dir)];
-            let mut t = self.touch(d.ino, state.as_ref())?;
             let purge = self.drop_name(&mut t, at, &mut ops);
             if !self.db.try_write_batch(&ops)? {
                 room = ops_len(&ops);
