@@ -272,8 +272,26 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::Fsck { store, access } => {
-            let db = Db::open(&store, access.read_options()).await?;
+        Command::Fsck {
+            store,
+            repair,
+            lost_keys_file,
+            gc_grace_secs,
+            access,
+            tuning,
+        } => {
+            if repair {
+                let mut opts = tuning.options(&access);
+                opts.rebuild_damaged = true;
+                opts.gc.background = false;
+                opts.gc.grace = std::time::Duration::from_secs(gc_grace_secs);
+                return repair_command(&store, opts, lost_keys_file.as_deref(), slot).await;
+            }
+            // A damaged checkpoint without an exact fallback is reported, and the
+            // rest checked from a state rebuilt in memory.
+            let mut opts = access.read_options();
+            opts.rebuild_damaged = true;
+            let db = Db::open(&store, opts).await?;
             let mut shown =
                 super::progress::Progress::new("fsck", Some(std::time::Duration::from_secs(1)));
             let report = db.fsck(&mut |msg| shown.step(msg)).await?;
@@ -296,11 +314,141 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
                 for i in &report.issues {
                     println!("PROBLEM {}: {}", i.object, i.problem);
                 }
-                println!("{} problems found", report.issues.len());
+                println!(
+                    "{} problems found ({} live keys lost); `kvfs fsck --repair` repairs the store",
+                    report.issues.len(),
+                    report.lost_keys.len()
+                );
                 Ok(1)
             }
         }
     }
+}
+
+/// `kvfs fsck --repair`: progress on stderr, what was done and every lost key on
+/// stdout (or the lost keys in `lost_keys_file`). Exit 0 when the store is
+/// consistent afterwards, 1 when problems remain.
+async fn repair_command(
+    store: &str,
+    opts: Options,
+    lost_keys_file: Option<&std::path::Path>,
+    slot: &WriterSlot,
+) -> Result<i32, Error> {
+    let db = open_writer(store, opts, "fsck --repair", slot).await?;
+    let mut shown = super::progress::Progress::new("repair", None);
+    let result = db.repair(&mut |m| shown.step(m)).await;
+    drop(shown);
+    // A file system store: names whose inode record was lost go too.
+    let dangling = match &result {
+        Ok(_) if db.info(kvfs::fs::keys::SUPER_KEY).is_some() => {
+            match Namespace::new(db.clone(), process_owner()).await {
+                Ok(ns) => ns.remove_dangling_entries().await.map_err(fs_err),
+                Err(e) => Err(fs_err(e)),
+            }
+        }
+        _ => Ok(Vec::new()),
+    };
+    let closed = match (&result, &dangling) {
+        (Ok(_), Ok(d)) if !d.is_empty() => match db.sync().await {
+            Ok(()) => db.close().await,
+            Err(e) => {
+                let _ = db.close().await;
+                Err(e)
+            }
+        },
+        _ => db.close().await,
+    };
+    let report = result?;
+    let dangling = dangling?;
+    closed?;
+    if report.was_clean() && dangling.is_empty() {
+        println!("no problems found; nothing to repair");
+        return Ok(0);
+    }
+    for i in &report.found {
+        println!("found {}: {}", i.object, i.problem);
+    }
+    if let Some(f) = &report.fallback {
+        println!("damaged {}: {}", f.damaged, f.problem);
+        println!("{}", f.how);
+        if !f.exact {
+            println!(
+                "the state is not exact: keys written, changed or deleted in these log segments may be stale, resurrected or lost:"
+            );
+            for s in &f.suspect {
+                println!("  {s}");
+            }
+        }
+    }
+    let lost: Vec<String> = report.lost_keys.iter().map(|k| show_key(&k.key)).collect();
+    match lost_keys_file {
+        Some(path) => {
+            let mut text = lost.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            std::fs::write(path, text)
+                .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            println!("lost keys written to {}", path.display());
+        }
+        None => {
+            for (k, l) in lost.iter().zip(&report.lost_keys) {
+                println!("lost key {k} (its value was in {})", l.object);
+            }
+        }
+    }
+    println!("{} keys lost", lost.len());
+    if report.keys_salvaged > 0 {
+        println!(
+            "{} keys with intact values moved out of damaged objects",
+            report.keys_salvaged
+        );
+    }
+    if report.checkpoint_written {
+        println!("wrote a fresh checkpoint of the repaired state");
+    }
+    for d in &report.deleted {
+        println!("deleted damaged object {d}");
+    }
+    for (dir, name, ino) in &dangling {
+        println!(
+            "removed the name {} of lost inode {ino} from directory inode {dir}",
+            name.escape_ascii()
+        );
+    }
+    if report.remaining.is_empty() {
+        println!("repaired: no problems remain");
+        Ok(0)
+    } else {
+        for i in &report.remaining {
+            println!("PROBLEM {}: {}", i.object, i.problem);
+        }
+        println!("{} problems remain", report.remaining.len());
+        Ok(1)
+    }
+}
+
+/// A key as `fsck --repair` prints it: bytes outside printable ASCII escaped (as
+/// `\x00`), and what a file system's key records.
+fn show_key(key: &[u8]) -> String {
+    use kvfs::fs::keys::{key_of, KeyOf};
+    let shown = key.escape_ascii().to_string();
+    let what = match key_of(key) {
+        KeyOf::Super => "the file system's superblock".to_string(),
+        KeyOf::Inode(ino) => format!("inode {ino}: attributes and small-file content"),
+        KeyOf::Dirent { parent, name } => format!(
+            "directory entry {:?} in directory inode {parent}",
+            String::from_utf8_lossy(name)
+        ),
+        KeyOf::Extent { ino, offset } => format!("content of inode {ino} at byte {offset}"),
+        KeyOf::Xattr { ino, name } => format!(
+            "extended attribute {:?} of inode {ino}",
+            String::from_utf8_lossy(name)
+        ),
+        KeyOf::Orphan(ino) => format!("orphan record of inode {ino}"),
+        KeyOf::Other => return shown,
+    };
+    format!("{shown} ({what})")
 }
 
 /// `kvfs gc` and `kvfs compact`, with progress on stderr and a summary on stdout.

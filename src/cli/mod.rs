@@ -113,12 +113,30 @@ enum Command {
         #[command(flatten)]
         access: Access,
     },
-    /// Read and verify every object; exit 1 on any problem.
+    /// Read and verify every object and report every problem; exit 1 on any. With
+    /// --repair, bring a damaged store back to a consistent state and name every key
+    /// lost (needs the writer lease, like `gc`).
     Fsck {
         #[arg(help = STORE_HELP)]
         store: String,
+        /// Repair: delete the keys whose values are lost (naming each), move intact
+        /// values out of damaged objects, replace a damaged checkpoint, and delete
+        /// the damaged objects nothing needs any more (after the grace period).
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: write the lost keys to this file, one a line, instead of
+        /// printing them.
+        #[arg(long, value_name = "PATH", requires = "repair")]
+        lost_keys_file: Option<std::path::PathBuf>,
+        /// With --repair: delete damaged objects nothing needs only this long after
+        /// the repair stopped needing them (readers that opened the store earlier
+        /// may still read them).
+        #[arg(long, default_value_t = GcOptions::default().grace.as_secs(), value_name = "SECONDS")]
+        gc_grace_secs: u64,
         #[command(flatten)]
         access: Access,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Reclaim space: rewrite mostly dead objects, then delete every object, old
     /// manifest and checkpoint that nothing needs. Needs the writer lease (the store

@@ -37,6 +37,8 @@ pub enum Error {
     },
     #[error("no such snapshot: {0}")]
     NoSnapshot(String),
+    #[error("store is damaged: {0}. Run `kvfs fsck --repair` on it to rebuild a consistent state (it names every key it loses)")]
+    Damaged(String),
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
     #[error("store {store} is in use by another writer ({holder}); stop it first, or wait for its lease to expire")]

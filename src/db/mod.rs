@@ -28,6 +28,7 @@ mod index;
 pub mod lease;
 mod options;
 mod recovery;
+mod repair;
 mod snapshots;
 mod state;
 mod stats;
@@ -44,11 +45,13 @@ use tokio::sync::{watch, Notify};
 
 pub use error::{Error, Result};
 pub use follower::{CatchUp, MANIFEST_EVERY as FOLLOW_MANIFEST_EVERY};
-pub use fsck::{FsckIssue, FsckReport};
+pub use fsck::{FsckIssue, FsckReport, LostKey};
 pub use gc::GcCounters;
 #[cfg(feature = "test-hooks")]
 pub use hooks::TaskFault;
 pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use recovery::Fallback;
+pub use repair::RepairReport;
 pub use snapshots::Snapshot;
 pub use stats::Stats;
 
@@ -301,6 +304,8 @@ pub(crate) struct Shared {
     pub lease: tokio::sync::Mutex<Option<Lease>>,
     pub tasks: Mutex<tasks::TaskSet>,
     pub opened_in: std::time::Duration,
+    /// How the state was recovered at open if the current checkpoint was damaged.
+    pub fallback: Option<recovery::Fallback>,
     /// Held by whoever runs GC or compaction, so only one runs at a time.
     pub gc_lock: tokio::sync::Mutex<()>,
     /// Readahead windows being fetched from runs, so concurrent readers of one
@@ -923,6 +928,7 @@ impl Db {
             lease: tokio::sync::Mutex::new(opened.lease),
             tasks: Mutex::new(tasks::TaskSet::default()),
             opened_in: started.elapsed(),
+            fallback: opened.fallback,
             gc_lock: tokio::sync::Mutex::new(()),
             windows: Mutex::new(HashMap::new()),
             follow_rounds: Default::default(),
@@ -971,6 +977,17 @@ impl Db {
                     "the background cleaner",
                     gc::worker::run_background(shared.clone()),
                 );
+            }
+            // A state recovered exactly around a damaged checkpoint is published in a
+            // fresh checkpoint at once: the damage is healed, and the older checkpoint
+            // and log it needed may go. An inexact rebuild is left to `fsck --repair`,
+            // which first removes what it lost.
+            if shared.fallback.as_ref().is_some_and(|f| f.exact) {
+                if let Err(e) = checkpointer::run_exclusive(&shared).await {
+                    log::warn!("could not write a checkpoint to replace the damaged one: {e}");
+                } else {
+                    log::info!("wrote a fresh checkpoint replacing the damaged one");
+                }
             }
         }
         Ok(Db {
@@ -1564,6 +1581,19 @@ impl Db {
     }
 
     /// Read and verify every object of the store.
+    /// How the state was recovered at open if the current checkpoint was damaged
+    /// (`None` when it was read as usual).
+    pub fn recovery_fallback(&self) -> Option<Fallback> {
+        self.handle.shared.fallback.clone()
+    }
+
+    /// `kvfs fsck --repair` (see `repair`): needs a writer handle, best opened with
+    /// [`Options::rebuild_damaged`] so that a store without an exact fallback for a
+    /// damaged checkpoint opens at all.
+    pub async fn repair(&self, progress: &mut (dyn FnMut(&str) + Send)) -> Result<RepairReport> {
+        repair::run(&self.handle.shared, progress).await
+    }
+
     pub async fn fsck(&self, progress: &mut dyn FnMut(&str)) -> Result<FsckReport> {
         fsck::run(&self.handle.shared, progress).await
     }

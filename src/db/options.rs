@@ -49,6 +49,12 @@ pub struct Options {
     /// Open snapshot `N` (manifest `N` as of when `N + 1` was written) instead of
     /// the newest state; read-only, and not followed.
     pub snapshot: Option<u64>,
+    /// When the current checkpoint is damaged and no older checkpoint with the
+    /// complete log since it remains, rebuild the state from what exists (the newest
+    /// intact checkpoint and every readable log segment after it) instead of
+    /// refusing to open. The result may be inexact; `kvfs fsck --repair` sets this
+    /// and reports what may be wrong.
+    pub rebuild_damaged: bool,
     /// What this writer is (such as `mount at /mnt/data`), recorded in its lease so
     /// that a writer refused meanwhile can say where the store is in use.
     pub writer_label: Option<String>,
@@ -128,6 +134,7 @@ impl Default for Options {
             read_only: false,
             writer_label: None,
             snapshot: None,
+            rebuild_damaged: false,
             gc: GcOptions::default(),
             encoding: EncodingOptions::default(),
         }

@@ -26,15 +26,16 @@ use super::error::{Error, Result};
 use super::index::Index;
 use super::lease::{now_unix_ms, Lease};
 use super::options::Options;
-use crate::format::checkpoint::{self, IndexEntry, Location};
+use crate::format::checkpoint::{self, Checkpoint, IndexEntry, Location};
 use crate::format::manifest::{self, LogRange, Manifest, OPEN};
 use crate::format::names::{
     checkpoint_name, manifest_name, parse_name, segment_epoch_prefix, segment_name, ObjectKind,
-    SegmentId, MANIFEST_DIR, SEGMENT_DIR,
+    SegmentId, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
 };
 use crate::format::segment::{
     delete_len, fence_segment, link_len, put_len, EntryKind, EntryRef, SegmentView, FLAG_FENCE,
 };
+use crate::format::FormatError;
 use crate::store::{DynStore, PutMode, StoreError};
 
 /// What `open` hands to the engine.
@@ -47,6 +48,9 @@ pub(crate) struct Opened {
     pub replayed_bytes: u64,
     /// Where a read-only handle goes on following the log (see `follower`).
     pub position: Position,
+    /// Set when the current checkpoint was damaged and the state was recovered
+    /// without it.
+    pub fallback: Option<Fallback>,
 }
 
 /// How far into the store's history a handle has applied: the manifest it last
@@ -88,6 +92,7 @@ impl Loaded {
             manifest: self.manifest,
             lease: None,
             replayed_bytes: self.replayed_bytes,
+            fallback: self.fallback,
         }
     }
 
@@ -130,6 +135,7 @@ pub(crate) struct Loaded {
     index: Index,
     tail: Option<OpenTail>,
     replayed_bytes: u64,
+    fallback: Option<Fallback>,
 }
 
 pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
@@ -218,6 +224,7 @@ async fn take_over(store: &DynStore, opts: &Options) -> Result<Opened> {
                     manifest: m,
                     lease: None,
                     replayed_bytes: 0,
+                    fallback: None,
                 });
             }
             continue;
@@ -256,6 +263,7 @@ async fn take_over(store: &DynStore, opts: &Options) -> Result<Opened> {
                 manifest: m,
                 lease: None,
                 replayed_bytes: loaded.replayed_bytes,
+                fallback: loaded.fallback,
             });
         }
         log::info!("manifest {} appeared while taking over; retrying", m.seq);
@@ -393,7 +401,7 @@ pub(crate) async fn load_snapshot(store: &DynStore, opts: &Options, n: u64) -> R
     let mut m = manifest;
     m.ranges = snapshot_ranges(&m, &next);
     load_from(store, opts, m).await.map_err(|e| match e {
-        Error::Inconsistent(why) => Error::NoSnapshot(format!(
+        Error::Inconsistent(why) | Error::Damaged(why) => Error::NoSnapshot(format!(
             "snapshot {n} is no longer complete ({why}); keep snapshots with --retain-secs"
         )),
         e => e,
@@ -425,26 +433,446 @@ pub(crate) fn snapshot_ranges(m: &Manifest, next: &Manifest) -> Vec<LogRange> {
         .collect()
 }
 
-/// Load the state manifest `manifest` describes: its checkpoint, then its log.
+/// How a state was loaded when the checkpoint its manifest names could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// The damaged (corrupt or missing) checkpoint object.
+    pub damaged: String,
+    /// What was wrong with it.
+    pub problem: String,
+    /// Whether the state is exact: an older intact checkpoint and the complete log
+    /// since it. Otherwise (only with `Options::rebuild_damaged`) it was rebuilt from
+    /// what exists, and `suspect` says what may be wrong with it.
+    pub exact: bool,
+    /// How the state was recovered, for operators.
+    pub how: String,
+    /// Inexact rebuilds: log segments that were missing or unreadable (keys written
+    /// or deleted in them may be stale, resurrected or lost).
+    pub suspect: Vec<String>,
+    /// The checkpoint the manifest named: once a newer one is published the damage
+    /// is healed.
+    pub checkpoint: Option<u64>,
+}
+
+/// Load the state manifest `manifest` describes: its checkpoint, then its log. If
+/// the checkpoint is damaged, fall back to an older one (see [`exact_fallback`]).
 async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Result<Loaded> {
-    let n = manifest.seq;
+    let checkpoint = manifest.checkpoint;
     let mut index = match manifest.checkpoint {
-        Some(c) => {
-            let name = checkpoint_name(c);
-            let data = store.get(&name).await.map_err(|e| match e {
-                StoreError::NotFound(_) => {
-                    Error::Inconsistent(format!("manifest {n} names {name}, which does not exist"))
-                }
-                e => e.into(),
-            })?;
-            let ckpt = checkpoint::decode(&data.data).map_err(|e| Error::corrupt(name, e))?;
-            Index::from_checkpoint(ckpt)
-        }
+        Some(c) => match read_checkpoint(store, c).await {
+            Ok(ckpt) => Index::from_checkpoint(ckpt),
+            Err(Damage::Other(e)) => return Err(e),
+            Err(Damage::Damaged(problem)) => {
+                return load_around_damage(store, opts, manifest, checkpoint_name(c), problem).await
+            }
+        },
         None => Index::default(),
     };
+    let (replayed_bytes, tail) = match replay(store, opts, &mut index, &manifest.ranges).await {
+        Ok(r) => r,
+        // A log segment is damaged (corrupt, or missing from a closed range): what
+        // it changed is unknown, so only a rebuild (`fsck --repair`) gets past it.
+        Err(e @ (Error::Corrupt { .. } | Error::Inconsistent(_))) => {
+            let n = manifest.seq;
+            if !opts.rebuild_damaged {
+                return Err(Error::Damaged(format!(
+                    "the log of manifest {n} cannot be replayed: {e}"
+                )));
+            }
+            let damaged = match &e {
+                Error::Corrupt { object, .. } => object.clone(),
+                _ => manifest_name(n),
+            };
+            let (index, replayed_bytes, tail, how, suspect) = rebuild(store, &manifest).await?;
+            log::warn!("the log of manifest {n} cannot be replayed ({e}); {how}");
+            return Ok(Loaded {
+                manifest,
+                index,
+                tail,
+                replayed_bytes,
+                fallback: Some(Fallback {
+                    damaged,
+                    problem: e.to_string(),
+                    exact: false,
+                    how,
+                    suspect,
+                    checkpoint,
+                }),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Loaded {
+        manifest,
+        index,
+        tail,
+        replayed_bytes,
+        fallback: None,
+    })
+}
+
+/// Why a checkpoint could not be loaded.
+enum Damage {
+    /// It is corrupt or missing: a fallback may help.
+    Damaged(String),
+    /// Anything else (the store did not answer, ...): no fallback is tried.
+    Other(Error),
+}
+
+async fn read_checkpoint(store: &DynStore, c: u64) -> std::result::Result<Checkpoint, Damage> {
+    let name = checkpoint_name(c);
+    let data = match store.get(&name).await {
+        Ok(g) => g.data,
+        Err(StoreError::NotFound(_)) => return Err(Damage::Damaged("it does not exist".into())),
+        Err(e) => return Err(Damage::Other(e.into())),
+    };
+    checkpoint::decode(&data).map_err(|e| Damage::Damaged(e.to_string()))
+}
+
+/// The checkpoint `damaged` of `manifest` cannot be read: load the state exactly
+/// from an older checkpoint and the log since it, or (only with
+/// `Options::rebuild_damaged`) rebuild it from what exists; otherwise refuse.
+async fn load_around_damage(
+    store: &DynStore,
+    opts: &Options,
+    manifest: Manifest,
+    damaged: String,
+    problem: String,
+) -> Result<Loaded> {
+    let n = manifest.seq;
+    let checkpoint = manifest.checkpoint;
+    log::warn!("{damaged}, the checkpoint of manifest {n}, is damaged: {problem}");
+    let why_not = match exact_fallback(store, opts, &manifest).await? {
+        Ok((k, index, replayed_bytes, tail)) => {
+            let how = format!(
+                "recovered the state exactly from manifest {k}'s checkpoint and the log since it"
+            );
+            log::warn!("{damaged} is damaged; {how}");
+            return Ok(Loaded {
+                manifest,
+                index,
+                tail,
+                replayed_bytes,
+                fallback: Some(Fallback {
+                    damaged,
+                    problem,
+                    exact: true,
+                    how,
+                    suspect: Vec::new(),
+                    checkpoint,
+                }),
+            });
+        }
+        Err(why_not) => why_not,
+    };
+    if !opts.rebuild_damaged {
+        return Err(Error::Damaged(format!(
+            "checkpoint {damaged} of manifest {n} is damaged ({problem}) and the state \
+             cannot be recovered exactly without it ({why_not})"
+        )));
+    }
+    let (index, replayed_bytes, tail, how, suspect) = rebuild(store, &manifest).await?;
+    log::warn!("{damaged} is damaged and {why_not}; {how}");
+    Ok(Loaded {
+        manifest,
+        index,
+        tail,
+        replayed_bytes,
+        fallback: Some(Fallback {
+            damaged,
+            problem,
+            exact: false,
+            how: format!("{why_not}; {how}"),
+            suspect,
+            checkpoint,
+        }),
+    })
+}
+
+type Replayed = (u64, Index, u64, Option<OpenTail>);
+
+/// Find an older manifest `k` whose checkpoint is intact, such that every manifest
+/// from `k` to `manifest` still exists and every log segment written since that
+/// checkpoint does too; load its checkpoint and replay that whole log. The result is
+/// the exact state of `manifest`: the log is one history (each writer epoch's
+/// segments in order, epochs in order), a checkpoint holds a prefix of it, and the
+/// manifests in between say where each epoch's part of it ends. `Err` says why no
+/// exact fallback exists.
+async fn exact_fallback(
+    store: &DynStore,
+    opts: &Options,
+    manifest: &Manifest,
+) -> Result<std::result::Result<Replayed, String>> {
+    let mut between: Vec<Manifest> = Vec::new();
+    let mut k = manifest.seq;
+    let (base, ckpt) = loop {
+        if k <= 1 {
+            return Ok(Err("no older manifest exists".to_string()));
+        }
+        k -= 1;
+        let m = match read_manifest(store, k).await {
+            Ok(m) => m,
+            Err(Error::Store(StoreError::NotFound(_))) => {
+                return Ok(Err(format!(
+                    "manifest {k} and the checkpoints before it were deleted by garbage collection"
+                )))
+            }
+            Err(e @ (Error::Corrupt { .. } | Error::Inconsistent(_))) => {
+                return Ok(Err(format!("manifest {k} is damaged too: {e}")))
+            }
+            Err(e) => return Err(e),
+        };
+        match m.checkpoint {
+            Some(c) if Some(c) == manifest.checkpoint => between.push(m),
+            Some(c) => match read_checkpoint(store, c).await {
+                Ok(ckpt) => break (m, Some(ckpt)),
+                Err(Damage::Other(e)) => return Err(e),
+                Err(Damage::Damaged(why)) => {
+                    log::warn!(
+                        "older checkpoint {} is not usable either: {why}",
+                        checkpoint_name(c)
+                    );
+                    between.push(m);
+                }
+            },
+            None => break (m, None),
+        }
+    };
+    // Each epoch's part of the log after `base`'s checkpoint, as far as it runs
+    // before `manifest`'s own ranges start.
+    let mut spans: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    for m in std::iter::once(&base).chain(between.iter()) {
+        for r in &m.ranges {
+            let end = if r.is_open() { r.first - 1 } else { r.last };
+            let s = spans.entry(r.epoch).or_insert((r.first, end));
+            s.0 = s.0.min(r.first);
+            s.1 = s.1.max(end);
+        }
+    }
+    let mut ranges: Vec<LogRange> = Vec::new();
+    for (epoch, (first, end)) in spans {
+        let end = match manifest.ranges.iter().find(|r| r.epoch == epoch) {
+            Some(r) => r.first - 1,
+            None => end,
+        };
+        if end >= first {
+            ranges.push(LogRange {
+                epoch,
+                first,
+                last: end,
+            });
+        }
+    }
+    // Everything `manifest`'s own ranges replay, after that.
+    ranges.extend(manifest.ranges.iter().copied());
+    ranges.sort_by_key(|r| (r.epoch, r.first));
+    // Every segment of the closed ranges must exist (garbage collection deletes the
+    // old log once a newer checkpoint no longer needs it).
+    let mut listed_epoch: Option<(u64, std::collections::HashSet<u64>)> = None;
+    for r in ranges.iter().filter(|r| !r.is_open()) {
+        if listed_epoch.as_ref().map(|(e, _)| *e) != Some(r.epoch) {
+            let seqs = store
+                .list(&segment_epoch_prefix(r.epoch))
+                .await?
+                .iter()
+                .filter_map(|o| match parse_name(&o.key) {
+                    ObjectKind::Segment(id) if id.epoch == r.epoch => Some(id.seq),
+                    _ => None,
+                })
+                .collect();
+            listed_epoch = Some((r.epoch, seqs));
+        }
+        let Some((_, present)) = &listed_epoch else {
+            continue;
+        };
+        if let Some(seq) = (r.first..=r.last).find(|s| !present.contains(s)) {
+            return Ok(Err(format!(
+                "log segment {}, written after manifest {}'s checkpoint, was deleted",
+                segment_name(SegmentId {
+                    epoch: r.epoch,
+                    seq
+                }),
+                base.seq
+            )));
+        }
+    }
+    let mut index = ckpt.map_or_else(Index::default, Index::from_checkpoint);
+    match replay(store, opts, &mut index, &ranges).await {
+        Ok((replayed, tail)) => Ok(Ok((base.seq, index, replayed, tail))),
+        Err(e @ (Error::Corrupt { .. } | Error::Inconsistent(_))) => Ok(Err(format!(
+            "the log since manifest {}'s checkpoint cannot be replayed: {e}",
+            base.seq
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Rebuild a state without an exact fallback (`kvfs fsck --repair`): the newest
+/// intact checkpoint in the store (or none), then every log segment after it that
+/// exists and can be read, in log order, each epoch up to its fence. Returns the
+/// index, replayed bytes, the open tail of `manifest`, a description, and the log
+/// segments found missing or unreadable on the way.
+async fn rebuild(
+    store: &DynStore,
+    manifest: &Manifest,
+) -> Result<(Index, u64, Option<OpenTail>, String, Vec<String>)> {
+    let mut ckpts: Vec<u64> = store
+        .list(crate::format::names::CHECKPOINT_DIR)
+        .await?
+        .iter()
+        .filter_map(|o| match parse_name(&o.key) {
+            ObjectKind::Checkpoint(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    ckpts.sort_unstable();
+    let mut base = None;
+    for c in ckpts.into_iter().rev() {
+        match read_checkpoint(store, c).await {
+            Ok(ckpt) => {
+                base = Some((c, ckpt));
+                break;
+            }
+            Err(Damage::Other(e)) => return Err(e),
+            Err(Damage::Damaged(_)) => {}
+        }
+    }
+    let covers = base
+        .as_ref()
+        .map_or(SegmentId::default(), |(_, c)| c.covers);
+    let (base, mut index) = match base {
+        Some((c, ckpt)) => (Some(c), Index::from_checkpoint(ckpt)),
+        None => (None, Index::default()),
+    };
+    // Log segments after the checkpoint, and sorted runs (copies GC made of values
+    // then live): the runs of a writer epoch before its segments, as a segment's
+    // value of the same epoch may be newer than a run's copy (the link entries that
+    // ordered them may be gone). With a checkpoint, only runs of later epochs (it
+    // knows the earlier ones).
+    let mut listed: Vec<SegmentId> = store
+        .list(SEGMENT_DIR)
+        .await?
+        .iter()
+        .filter_map(|o| match parse_name(&o.key) {
+            ObjectKind::Segment(id) if id > covers => Some(id),
+            _ => None,
+        })
+        .collect();
+    listed.extend(
+        store
+            .list(RUN_DIR)
+            .await?
+            .iter()
+            .filter_map(|o| match parse_name(&o.key) {
+                ObjectKind::Run(id) if base.is_none() || id.writer_epoch() > covers.epoch => {
+                    Some(id)
+                }
+                _ => None,
+            }),
+    );
+    listed.sort_unstable_by_key(|id| (id.writer_epoch(), !id.is_run(), id.seq));
+    let mut suspect = Vec::new();
+    let mut replayed = 0u64;
+    let mut applied = 0u64;
+    // Next expected sequence number of each epoch; epochs ended by a fence.
+    let mut expect: std::collections::HashMap<u64, u64> = Default::default();
+    let mut fenced: std::collections::HashSet<u64> = Default::default();
+    for id in listed {
+        let name = segment_name(id);
+        if id.is_run() {
+            let data = match store.get(&name).await {
+                Ok(g) => g.data,
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match apply_run(&mut index, id, &data) {
+                Ok(()) => applied += 1,
+                Err(e) => suspect.push(format!("{name} (unreadable: {e})")),
+            }
+            continue;
+        }
+        if fenced.contains(&id.epoch) {
+            continue;
+        }
+        let next = expect
+            .entry(id.epoch)
+            .or_insert(if id.epoch == covers.epoch {
+                covers.seq + 1
+            } else {
+                1
+            });
+        if *next < id.seq {
+            suspect.push(if *next + 1 == id.seq {
+                format!(
+                    "{} (missing)",
+                    segment_name(SegmentId {
+                        epoch: id.epoch,
+                        seq: *next
+                    })
+                )
+            } else {
+                format!(
+                    "{} to {} (missing)",
+                    segment_name(SegmentId {
+                        epoch: id.epoch,
+                        seq: *next
+                    }),
+                    segment_name(SegmentId {
+                        epoch: id.epoch,
+                        seq: id.seq - 1
+                    })
+                )
+            });
+        }
+        *next = id.seq + 1;
+        let data = match store.get(&name).await {
+            Ok(g) => g.data,
+            Err(StoreError::NotFound(_)) => {
+                suspect.push(format!("{name} (missing)"));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match apply_segment(&mut index, id, &data, &mut replayed) {
+            Ok(true) => applied += 1,
+            Ok(false) => {
+                fenced.insert(id.epoch);
+            }
+            Err(e) => suspect.push(format!("{name} (unreadable: {e})")),
+        }
+    }
+    // The open tail of `manifest`, as a writer's takeover needs it.
+    let tail = manifest.ranges.last().filter(|r| r.is_open()).map(|r| {
+        let next = expect.get(&r.epoch).copied().unwrap_or(r.first);
+        OpenTail {
+            epoch: r.epoch,
+            first: r.first,
+            last: next.max(r.first) - 1,
+            fenced: fenced.contains(&r.epoch),
+        }
+    });
+    let from = match base {
+        Some(c) => format!("checkpoint {}", checkpoint_name(c)),
+        None => "no checkpoint (none is intact)".to_string(),
+    };
+    let how = format!(
+        "rebuilt the state from {from} and the {applied} log segments and runs after it that could be read"
+    );
+    Ok((index, replayed, tail, how, suspect))
+}
+
+/// Replay log ranges onto `index`, in order: every segment of a closed range (all
+/// must exist), and an open range's segments up to the first missing one or the
+/// first fence. Returns the bytes replayed and the open range's tail.
+async fn replay(
+    store: &DynStore,
+    opts: &Options,
+    index: &mut Index,
+    ranges: &[LogRange],
+) -> Result<(u64, Option<OpenTail>)> {
     let mut replayed_bytes = 0u64;
     let mut tail = None;
-    for range in &manifest.ranges {
+    for range in ranges {
         let ids: Vec<SegmentId> = if range.is_open() {
             let listed = store.list(&segment_epoch_prefix(range.epoch)).await?;
             let mut seqs: Vec<u64> = listed
@@ -506,7 +934,7 @@ async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Resu
             let data = handle
                 .await
                 .map_err(|e| Error::Inconsistent(format!("segment fetch task failed: {e}")))??;
-            if !apply_segment(&mut index, id, &data, &mut replayed_bytes)? {
+            if !apply_segment(index, id, &data, &mut replayed_bytes)? {
                 if !range.is_open() {
                     return Err(Error::Inconsistent(format!(
                         "{} is a fence segment inside a closed log range",
@@ -530,12 +958,7 @@ async fn load_from(store: &DynStore, opts: &Options, manifest: Manifest) -> Resu
             });
         }
     }
-    Ok(Loaded {
-        manifest,
-        index,
-        tail,
-        replayed_bytes,
-    })
+    Ok((replayed_bytes, tail))
 }
 
 async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
@@ -547,6 +970,29 @@ async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Put every entry of a sorted run into the index (an inexact rebuild only).
+fn apply_run(index: &mut Index, id: SegmentId, data: &[u8]) -> Result<()> {
+    let name = segment_name(id);
+    let view =
+        crate::format::run::RunView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    let entries = view.entries().map_err(|e| Error::corrupt(name, e))?;
+    for e in entries {
+        let slot = index.slot_for(id);
+        index.insert(
+            e.key,
+            IndexEntry {
+                loc: Location {
+                    segment: slot,
+                    offset: e.value_offset,
+                    value_len: e.value_len,
+                },
+                meta: (!e.meta.is_empty()).then(|| Box::from(e.meta)),
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Apply one segment's entries to the index. Returns false (and applies nothing) for
@@ -569,7 +1015,20 @@ pub(crate) fn apply_segment_noting(
     changed: &mut dyn FnMut(&[u8]),
 ) -> Result<bool> {
     let name = segment_name(id);
-    let view = SegmentView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
+    let view = match SegmentView::decode(data) {
+        Ok(v) => v,
+        // Damage only in values leaves every entry intact: the replay stays exact,
+        // and only the damaged values are lost (found by their own checksums).
+        Err(e @ FormatError::Checksum { .. }) => match SegmentView::decode_salvaging(data) {
+            // A data segment only (a flipped flag could otherwise fake a fence).
+            Ok(v) if v.flags == 0 && v.entries().all(|e| e.is_ok()) => {
+                log::warn!("{name} is damaged ({e}), but every entry is intact: replaying it");
+                v
+            }
+            _ => return Err(Error::corrupt(name, e)),
+        },
+        Err(e) => return Err(Error::corrupt(name, e)),
+    };
     if view.id != id {
         return Err(Error::Inconsistent(format!(
             "object {name} holds segment {} instead",

@@ -223,6 +223,8 @@ pub struct SegmentView<'a> {
     pub flags: u16,
     pub entry_count: u32,
     body: &'a [u8],
+    /// Whether [`SegmentView::entries`] verifies each value's checksum.
+    verify_values: bool,
 }
 
 impl<'a> SegmentView<'a> {
@@ -230,6 +232,24 @@ impl<'a> SegmentView<'a> {
     /// [`SegmentView::entries`], which still bounds-checks every field.
     pub fn decode(buf: &'a [u8]) -> FormatResult<SegmentView<'a>> {
         let body = check_trailer(buf, END_MAGIC, WHAT)?;
+        Self::decode_body(body, true)
+    }
+
+    /// For a segment whose whole-object checksum fails: decode it anyway so that its
+    /// entries can be read, each still verified by its own checksum, but without
+    /// verifying values (damaged values are found when read, by their own
+    /// checksums). Recovery uses it to replay a segment whose damage lies only in
+    /// values: every entry that says which key changed how is intact, so the
+    /// replayed state is exact.
+    pub fn decode_salvaging(buf: &'a [u8]) -> FormatResult<SegmentView<'a>> {
+        if buf.len() < 12 || &buf[buf.len() - 8..] != END_MAGIC {
+            // Truncated, or not a segment: nothing to salvage (this is the error).
+            check_trailer(buf, END_MAGIC, WHAT)?;
+        }
+        Self::decode_body(&buf[..buf.len() - 12], false)
+    }
+
+    fn decode_body(body: &'a [u8], verify_values: bool) -> FormatResult<SegmentView<'a>> {
         let mut r = Reader::new(body, WHAT);
         let flags = read_header(&mut r, MAGIC, VERSION)?;
         let epoch = r.u64()?;
@@ -248,6 +268,7 @@ impl<'a> SegmentView<'a> {
             flags,
             entry_count,
             body: &body[..count_at],
+            verify_values,
         })
     }
 
@@ -258,6 +279,7 @@ impl<'a> SegmentView<'a> {
             pos: HEADER_LEN,
             seen: 0,
             expected: self.entry_count,
+            verify_values: self.verify_values,
         }
     }
 }
@@ -269,6 +291,7 @@ pub struct EntryIter<'a> {
     pos: usize,
     seen: u32,
     expected: u32,
+    verify_values: bool,
 }
 
 impl<'a> Iterator for EntryIter<'a> {
@@ -286,7 +309,12 @@ impl<'a> Iterator for EntryIter<'a> {
             }
             return None;
         }
-        match parse_entry(self.body, self.pos, true) {
+        let parsed = if self.verify_values {
+            parse_entry(self.body, self.pos, true)
+        } else {
+            parse_entry_unverified_value(self.body, self.pos)
+        };
+        match parsed {
             Ok((entry, end)) => {
                 self.pos = end;
                 self.seen += 1;
@@ -306,6 +334,20 @@ pub(crate) fn parse_entry(
     buf: &[u8],
     pos: usize,
     verify: bool,
+) -> FormatResult<(EntryRef<'_>, usize)> {
+    parse_entry_checking(buf, pos, verify, verify)
+}
+
+/// Parse the entry at `pos`, checking its own checksum but not its value's.
+fn parse_entry_unverified_value(buf: &[u8], pos: usize) -> FormatResult<(EntryRef<'_>, usize)> {
+    parse_entry_checking(buf, pos, true, false)
+}
+
+fn parse_entry_checking(
+    buf: &[u8],
+    pos: usize,
+    verify: bool,
+    verify_value: bool,
 ) -> FormatResult<(EntryRef<'_>, usize)> {
     let mut r = Reader::at(buf, pos, WHAT);
     let crc = r.u32()?;
@@ -345,7 +387,7 @@ pub(crate) fn parse_entry(
             entry.value_offset = r.pos() as u32;
             let value_crc = r.u32()?;
             entry.value = r.bytes(value_len as usize)?;
-            if verify {
+            if verify_value {
                 let computed = crc32c::crc32c(entry.value);
                 if computed != value_crc {
                     return Err(FormatError::Checksum {
@@ -478,7 +520,47 @@ mod tests {
         assert!(decode_value(&Bytes::from_static(b"ab")).is_err());
     }
 
+    #[test]
+    fn salvaging_decode_reads_entries_past_a_damaged_value_only() {
+        let data = sample();
+        let v = SegmentView::decode(&data).unwrap();
+        let first = v.entries().next().unwrap().unwrap();
+        let expected: Vec<_> = v
+            .entries()
+            .map(|e| e.map(|e| (e.kind, e.key.to_vec(), e.value_len)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // A flipped value byte: the object checksum fails, every entry is intact.
+        let mut bad = data.to_vec();
+        bad[first.value_offset as usize + 5] ^= 0x40;
+        assert!(SegmentView::decode(&bad).is_err());
+        let s = SegmentView::decode_salvaging(&bad).unwrap();
+        let got: Vec<_> = s
+            .entries()
+            .map(|e| e.map(|e| (e.kind, e.key.to_vec(), e.value_len)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, expected);
+        // A flipped byte in an entry's key is still an error.
+        let mut bad = data.to_vec();
+        bad[first.offset as usize + ENTRY_HEADER_LEN] ^= 0x40;
+        let s = SegmentView::decode_salvaging(&bad).unwrap();
+        assert!(s.entries().any(|e| e.is_err()));
+        // Truncation is not salvaged.
+        assert!(SegmentView::decode_salvaging(&data[..data.len() - 3]).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn salvaging_decode_never_panics(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+            let mut data = sample().to_vec();
+            for (i, x) in flips { let n = data.len(); data[i % n] ^= x; }
+            if let Ok(v) = SegmentView::decode_salvaging(&data) {
+                for e in v.entries() { let _ = e; }
+            }
+        }
+
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(v) = SegmentView::decode(&data) {

@@ -684,6 +684,60 @@ impl Namespace {
         false
     }
 
+    /// `kvfs fsck --repair`: remove every directory entry whose inode record is
+    /// gone (the repair deleted it, its value being lost). Such a name neither lists
+    /// nor opens, but would keep its name from being used again. Returns the names
+    /// removed, as (directory inode, name, inode).
+    pub async fn remove_dangling_entries(&self) -> FsResult<Vec<(u64, Vec<u8>, u64)>> {
+        self.writable()?;
+        let lo = dirent_prefix(0);
+        let hi = prefix_successor(b"\0d").unwrap_or_default();
+        let mut found = Vec::new();
+        for (k, info) in self
+            .db
+            .scan_info(Bound::Included(&lo), Bound::Excluded(&hi), usize::MAX)
+        {
+            let super::keys::KeyOf::Dirent { parent, name } = super::keys::key_of(&k) else {
+                continue;
+            };
+            let Some(d) = info.meta.as_deref().and_then(|m| Dirent::decode(m).ok()) else {
+                continue;
+            };
+            if self.state_of(d.ino).is_none() && self.stored_attr(d.ino)?.is_none() {
+                found.push((parent, name.to_vec(), d));
+            }
+        }
+        let mut removed = Vec::new();
+        for (parent, name, d) in found {
+            let mut room = 0;
+            loop {
+                if room > 0 {
+                    self.db.wait_for_room(room).await?;
+                }
+                let _held = self.locks.take(false, &[parent, d.ino]);
+                if self.entry(parent, &name)? != Some(d) {
+                    break;
+                }
+                let mut ops = vec![BatchOp::Delete(dirent_key(parent, &name))];
+                if let Some(mut dir) = self.stored_attr(parent)? {
+                    let at = now();
+                    dir.mtime = at;
+                    dir.ctime = at;
+                    if d.kind == Kind::Dir {
+                        dir.nlink = dir.nlink.saturating_sub(1);
+                    }
+                    ops.push(attr_op(&dir));
+                }
+                if self.db.try_write_batch(&ops)? {
+                    removed.push((parent, name.clone(), d.ino));
+                    break;
+                }
+                room = ops_len(&ops);
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.writable()?;
         check_name(name).map_err(name_err)?;

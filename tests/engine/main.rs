@@ -7,6 +7,7 @@ mod common;
 
 mod convergence;
 mod crash;
+mod damage;
 mod encoding;
 mod engine;
 mod faults;

@@ -435,6 +435,134 @@ fn stats_and_fsck_on_local_store() {
     assert!(fsck.contains("10 live keys verified"), "{fsck}");
 }
 
+/// Flip a byte inside the one stored copy of `needle` among the files under `dir`
+/// whose path contains `within`; returns that file's path.
+fn flip_in_files(dir: &Path, within: &str, needle: &[u8]) -> PathBuf {
+    let hits: Vec<(PathBuf, Vec<u8>, usize)> = kvfs_testkit::fixtures::files_with_bytes(dir)
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains(within))
+        .filter_map(|(p, d)| {
+            let at = d.windows(needle.len()).position(|w| w == needle)?;
+            Some((p, d, at))
+        })
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "{:?}",
+        hits.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+    let (p, mut d, at) = hits.into_iter().next().unwrap();
+    d[at + needle.len() + 2] ^= 0x5a;
+    std::fs::write(&p, d).unwrap();
+    p
+}
+
+#[test]
+fn fsck_reports_damage_and_repair_names_the_lost_keys() {
+    let (_dir, path, store) = local_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let opts = Options {
+            segment_bytes: 4096,
+            checkpoint_on_close_bytes: 1,
+            ..Options::default()
+        };
+        let db = Db::open(&store, opts).await.unwrap();
+        for i in 0..200u32 {
+            let k = format!("k{i:03}");
+            let v = format!("VAL-{k}-{}", "x".repeat(150));
+            db.put(k.as_bytes(), v.as_bytes()).await.unwrap();
+        }
+        db.close().await.unwrap();
+    });
+    // A flipped byte in one value, and one in the current checkpoint.
+    flip_in_files(&path, "seg", b"VAL-k050-");
+    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(path.join("ckpt"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    ckpts.sort();
+    let ckpt = ckpts.pop().unwrap();
+    let mut data = std::fs::read(&ckpt).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x5a;
+    std::fs::write(&ckpt, data).unwrap();
+
+    let out = kvfs(&["fsck", &store]);
+    out.fails(1);
+    let text = out.stdout();
+    let ckpt_name = format!("ckpt/{}", ckpt.file_name().unwrap().to_string_lossy());
+    assert!(text.contains(&format!("PROBLEM {ckpt_name}")), "{text}");
+    assert!(text.contains("PROBLEM seg/"), "{text}");
+    assert!(text.contains("\"k050\""), "{text}");
+    assert!(text.contains("kvfs fsck --repair"), "{text}");
+
+    let text = kvfs(&["fsck", "--repair", "--gc-grace-secs", "0", &store]).ok();
+    assert!(
+        text.contains("lost key k050 (its value was in seg/"),
+        "{text}"
+    );
+    assert!(text.contains("1 keys lost"), "{text}");
+    assert!(text.contains("repaired: no problems remain"), "{text}");
+
+    let text = kvfs(&["fsck", &store]).ok();
+    assert!(text.contains("no problems found"), "{text}");
+    assert!(text.contains("199 live keys verified"), "{text}");
+    let text = kvfs(&["fsck", "--repair", "--gc-grace-secs", "0", &store]).ok();
+    assert!(text.contains("nothing to repair"), "{text}");
+    let text = kvfs(&["fsck", &store]).ok();
+    assert!(text.contains("no problems found"), "{text}");
+}
+
+#[test]
+fn repair_of_a_file_system_store_names_the_inode_and_frees_the_name() {
+    let (_dir, path, store) = local_store();
+    for i in 0..5 {
+        let v = format!("CONTENT-{i}-{}", "y".repeat(100));
+        kvfs(&["put", &store, &format!("f{i}"), &v]).ok();
+    }
+    flip_in_files(&path, "seg", b"CONTENT-3-");
+    assert!(kvfs(&["get", &store, "f3"])
+        .fails(1)
+        .contains("corrupt object seg/"));
+    let text = kvfs(&["fsck", "--repair", "--gc-grace-secs", "0", &store]).ok();
+    assert!(
+        text.contains("attributes and small-file content) (its value was in seg/"),
+        "{text}"
+    );
+    assert!(text.contains("1 keys lost"), "{text}");
+    assert!(text.contains("removed the name f3 of lost inode"), "{text}");
+    let rows = scan_keys(&kvfs(&["scan", &store, "--keys-only"]).ok());
+    assert_eq!(rows, vec!["f0", "f1", "f2", "f4"]);
+    // The name whose inode record was lost is gone too.
+    let names = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let db = Db::open(&store, Options::read_only()).await.unwrap();
+            let ns = Namespace::new(db, (0, 0)).await.unwrap();
+            let root = kvfs::fs::keys::ROOT_INO;
+            let names: Vec<String> = ns
+                .readdir(root)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .collect();
+            names
+        })
+    };
+    assert_eq!(names(), vec!["f0", "f1", "f2", "f4"]);
+    // The name is free again.
+    kvfs(&["put", &store, "f3", "new"]).ok();
+    assert_eq!(kvfs(&["get", &store, "f3"]).ok(), "new");
+    assert!(kvfs(&["fsck", &store]).ok().contains("no problems found"));
+    assert_eq!(
+        kvfs(&["get", &store, "f4"]).ok(),
+        format!("CONTENT-4-{}", "y".repeat(100))
+    );
+}
+
 #[test]
 fn file_urls_work() {
     let (_dir, path, _store) = local_store();

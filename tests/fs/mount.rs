@@ -486,6 +486,23 @@ fn cli_keys_and_mounted_files_are_the_same_thing() {
 }
 
 #[test]
+fn fsck_repair_is_refused_while_mounted() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    m.sh("echo x > f && sync f");
+    let out = fx.kvfs(&["fsck", "--repair", &fx.store()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another writer"), "{err}");
+    // A plain fsck reads only, and works while mounted.
+    let out = fx.kvfs(&["fsck", &fx.store()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no problems found"), "{text}");
+    assert_eq!(m.sh("cat f"), "x\n");
+}
+
+#[test]
 fn a_second_writer_mount_is_refused() {
     let fx = Fixture::new();
     let m = fx.mount();

@@ -115,6 +115,10 @@ pub struct GcBook {
     /// Objects a round found not worth rewriting (the runs would not have been
     /// smaller), with their stored live bytes then: left alone until those change.
     pub not_worth: std::collections::HashMap<SegmentId, u64>,
+    /// Objects a rewrite could not read (corrupt or missing): never chosen again by
+    /// this process. Their keys still point at them, so they are never deleted
+    /// while any key needs them.
+    pub damaged: std::collections::HashSet<SegmentId>,
     /// Creation times of manifests (by number) and what each retained snapshot
     /// needs (see `retention`); both never change.
     pub manifest_created: std::collections::HashMap<u64, u64>,

@@ -37,7 +37,7 @@ use crate::format::names::{
 };
 use crate::format::run::{RunBuilder, RunView, DEFAULT_BLOCK_BYTES};
 use crate::format::segment::{decode_value, link_len, put_len, SegmentView, MAX_META_LEN};
-use crate::store::PutMode;
+use crate::store::{PutMode, StoreError};
 
 /// Progress messages of on-demand runs.
 pub type Progress<'a> = &'a mut (dyn FnMut(&str) + Send);
@@ -106,6 +106,7 @@ fn choosable(st: &State, now: Instant) -> Vec<ObjectStat> {
     object_stats(st, now)
         .into_iter()
         .filter(|o| st.gc.not_worth.get(&o.id) != Some(&o.stored))
+        .filter(|o| !st.gc.damaged.contains(&o.id))
         .collect()
 }
 
@@ -171,16 +172,76 @@ async fn rewrite(
     must_shrink: bool,
     progress: Progress<'_>,
 ) -> Result<()> {
+    rewrite_sources(sh, sources, must_shrink, false, progress).await
+}
+
+/// `kvfs fsck --repair`: move the keys whose values are intact out of damaged data
+/// objects `sources` (whose whole-object checksum fails) into new runs. Each value is
+/// checked against its own checksum; a key whose value fails it is left where it is
+/// (the repair deletes those keys first). Returns nothing; the keys moved are counted
+/// in the GC counters.
+pub(crate) async fn salvage(
+    sh: &Arc<Shared>,
+    sources: &[SegmentId],
+    progress: Progress<'_>,
+) -> Result<()> {
+    let _one_at_a_time = sh.gc_lock.lock().await;
+    rewrite_sources(sh, sources, false, true, progress).await
+}
+
+/// [`rewrite`]; with `salvage`, sources are read without verifying their
+/// whole-object checksum, and values failing their own checksum are skipped.
+async fn rewrite_sources(
+    sh: &Arc<Shared>,
+    sources: &[SegmentId],
+    must_shrink: bool,
+    salvage: bool,
+    progress: Progress<'_>,
+) -> Result<()> {
     check_writer(sh)?;
     let source_set: HashSet<SegmentId> = sources.iter().copied().collect();
-    let moving = keys_in(sh, &source_set).await;
+    let mut moving = keys_in(sh, &source_set).await;
     let mut data: HashMap<SegmentId, Bytes> = HashMap::new();
     let mut bytes_read = 0u64;
     for id in sources {
-        let d = fetch_verified(sh, *id).await?;
+        // A source that cannot be read (corrupt or missing) is left as it is: its
+        // keys keep pointing at it (reading them fails as before), so it is never
+        // found unneeded and never deleted, and later rounds no longer choose it.
+        // `kvfs fsck` reports it; `kvfs fsck --repair` removes the keys it lost.
+        let fetched = if salvage {
+            sh.store
+                .get(&segment_name(*id))
+                .await
+                .map(|g| g.data)
+                .map_err(Error::from)
+        } else {
+            fetch_verified(sh, *id).await
+        };
+        let d = match fetched {
+            Ok(d) => d,
+            Err(e @ (Error::Corrupt { .. } | Error::Store(StoreError::NotFound(_)))) => {
+                log::warn!(
+                    "gc: skipping {}, which cannot be read: {e} (run `kvfs fsck`)",
+                    segment_name(*id)
+                );
+                sh.lock().gc.damaged.insert(*id);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         bytes_read += d.len() as u64;
         data.insert(*id, d);
     }
+    let sources: Vec<SegmentId> = sources
+        .iter()
+        .copied()
+        .filter(|id| data.contains_key(id))
+        .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let sources = &sources[..];
+    moving.retain(|m| data.contains_key(&m.at.object));
     progress(&format!(
         "read {} objects ({bytes_read} bytes) holding {} live keys",
         sources.len(),
@@ -207,14 +268,27 @@ async fn rewrite(
         let off = at.offset as usize;
         let end = off + 4 + at.value_len as usize;
         if end > obj.len() {
+            if salvage {
+                continue;
+            }
             return Err(Error::Inconsistent(format!(
                 "{}: key {:?} points past the end of the object",
                 name(),
                 String::from_utf8_lossy(&key)
             )));
         }
-        let value =
-            decode_value(&obj.slice(off..end)).map_err(|err| Error::corrupt(name(), err))?;
+        let value = match decode_value(&obj.slice(off..end)) {
+            Ok(v) => v,
+            Err(err) if salvage => {
+                log::warn!(
+                    "{}: the value of key {:?} is damaged ({err}); not moved",
+                    name(),
+                    String::from_utf8_lossy(&key)
+                );
+                continue;
+            }
+            Err(err) => return Err(Error::corrupt(name(), err)),
+        };
         let meta = meta.as_deref().unwrap_or(&[]);
         let need = put_len(key.len(), meta.len(), value.len());
         if let Some(b) = builder.take_if(|b| !b.is_empty() && b.len() + need > run_bytes) {
@@ -390,7 +464,16 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         return Ok(0);
     }
     // What retained snapshots need stays (retired) until they expire.
-    let pinned = retention::pinned(sh).await?;
+    let pinned = match retention::pinned(sh).await {
+        Ok(p) => p,
+        // What a retained snapshot needs cannot be known: delete nothing until it
+        // expires (later rounds try again; `kvfs fsck` reports the damage).
+        Err(e @ Error::Corrupt { .. }) => {
+            log::warn!("gc: not deleting: a retained snapshot cannot be read: {e}");
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
     let objects: Vec<(SegmentId, u64)> = objects
         .into_iter()
         .filter(|(id, _)| !pinned.contains(&segment_name(*id)))
@@ -406,6 +489,7 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         let mut st = sh.lock();
         st.objects.remove(id);
         st.gc.not_worth.remove(&id);
+        st.gc.damaged.remove(&id);
         st.gc.counters.objects_deleted += 1;
         st.gc.counters.bytes_deleted += size;
         deleted += 1;
