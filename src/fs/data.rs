@@ -867,7 +867,7 @@ impl Namespace {
                         }
                     }
                     st.stored = st.attr;
-                    st.changed_ranges(Some(vec![offset..zero_end.max(offset)]));
+                    st.changed_ranges(Some(std::iter::once(offset..zero_end.max(offset)).collect()));
                     st.readahead.fetches.clear();
                     return Ok(());
                 }
