@@ -545,6 +545,11 @@ impl Namespace {
         if let Some(problem) = self.db.space_problem() {
             return Err(crate::db::Error::NoSpace(problem).into());
         }
+        self.write_bytes(ino, offset, data).await
+    }
+
+    /// `write` without the check for space: also zeroing a range of a small file.
+    async fn write_bytes(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= MAX_FILE_SIZE)
@@ -784,6 +789,149 @@ impl Namespace {
             ..SetAttr::default()
         };
         self.set_size_and_attr(ino, grow).await.map(|_| ())
+    }
+
+    /// `fallocate` with `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE`: bytes
+    /// `offset .. offset + len` read as zeros afterwards. In a large file the
+    /// extents in the range are removed, trimmed or split, which changes metadata
+    /// only (nothing is read or copied, and what they held becomes garbage that GC
+    /// reclaims); a small file's inline content is zeroed. Past the end of the file
+    /// nothing is stored; the file grows to `offset + len` unless `keep_size` (a
+    /// punched hole always keeps the size: Linux requires `FALLOC_FL_KEEP_SIZE`
+    /// with it). Changes that store no more than they drop, so this works on a
+    /// store short of space.
+    pub async fn zero_range(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge)?;
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes"));
+        }
+        let state = self.file_state(ino)?;
+        let mut room = 0;
+        loop {
+            if room > 0 {
+                self.db.wait_for_room(room).await?;
+            }
+            // Whatever is pending is stored first, so the punch applies to the
+            // stored extents alone.
+            self.commit(ino).await?;
+            let inline = {
+                let mut st = lock_file(&state);
+                match st.attr.kind {
+                    Kind::File => {}
+                    Kind::Dir => return Err(FsError::IsDir),
+                    _ => return Err(FsError::NotSupported("fallocate of a special file")),
+                }
+                if st.changed {
+                    continue;
+                }
+                let size = st.attr.size;
+                let zero_end = end.min(size);
+                let grow = !keep_size && end > size;
+                if st.attr.extents {
+                    let mut ops = Vec::new();
+                    if offset < zero_end {
+                        let mut map = self.extent_map(ino, offset, zero_end)?;
+                        for op in extents::punch(&mut map, offset, Some(zero_end)) {
+                            ops.push(extent_op(ino, op, 0, &[]));
+                        }
+                    }
+                    let before = st.attr;
+                    let t = now();
+                    st.attr.mtime = t;
+                    st.attr.ctime = t;
+                    if grow {
+                        st.attr.size = end;
+                    }
+                    ops.extend(self.commit_ops(ino, &st)?);
+                    if !self.db.try_write_batch(&ops)? {
+                        st.attr = before;
+                        room = ops_len(&ops);
+                        continue;
+                    }
+                    if offset < zero_end {
+                        for w in offset / MAX_EXTENT..=(zero_end - 1) / MAX_EXTENT {
+                            if st.touched.len() >= MAX_TOUCHED {
+                                break;
+                            }
+                            st.touched.insert(w);
+                        }
+                    }
+                    st.stored = st.attr;
+                    st.changed_ranges(Some(std::iter::once(offset..zero_end.max(offset)).collect()));
+                    st.readahead.fetches.clear();
+                    return Ok(());
+                }
+                (zero_end, grow)
+            };
+            let (zero_end, grow) = inline;
+            if offset < zero_end {
+                let zeros = vec![0u8; (zero_end - offset) as usize];
+                self.write_bytes(ino, offset, &zeros).await?;
+            }
+            if grow {
+                let short = lock_file(&state).attr.size < end;
+                if short {
+                    self.resize(ino, &state, end).await?;
+                }
+                let mut st = lock_file(&state);
+                let t = now();
+                st.attr.mtime = t;
+                st.attr.ctime = t;
+                st.changed = true;
+            }
+            return self.commit(ino).await;
+        }
+    }
+
+    /// The 512-byte blocks `stat` reports (`st_blocks`, what `du` adds up): the
+    /// 4 KiB pages that hold data, as tmpfs counts them. A small file (stored
+    /// inline) counts every page up to its size; a large file the pages its extents
+    /// and its unsaved writes cover, so holes count nothing. From memory: the index
+    /// holds every extent's bounds.
+    pub fn blocks(&self, attr: &super::Attr) -> u64 {
+        const PAGE: u64 = 4096;
+        const PER_PAGE: u64 = PAGE / 512;
+        if attr.kind != Kind::File {
+            return attr.size.div_ceil(512);
+        }
+        if !attr.extents {
+            return attr.size.div_ceil(PAGE) * PER_PAGE;
+        }
+        let Ok(rows) = self.extent_rows(attr.ino, 0, u64::MAX) else {
+            return attr.size.div_ceil(PAGE) * PER_PAGE;
+        };
+        let mut cut = u64::MAX;
+        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(rows.len());
+        if let Some(state) = self.state_of(attr.ino) {
+            let st = lock_file(&state);
+            cut = st.cut.unwrap_or(u64::MAX);
+            ranges.extend(st.dirty.ranges().map(|(o, d)| (o, o + d.len() as u64)));
+        }
+        ranges.extend(rows.iter().map(|r| (r.at, (r.at + r.extent.len).min(cut))));
+        ranges.sort_unstable();
+        let mut pages = 0;
+        let mut counted_to = 0;
+        for (start, end) in ranges {
+            let end = end.min(attr.size);
+            if end <= start {
+                continue;
+            }
+            let first = (start / PAGE).max(counted_to);
+            let last = end.div_ceil(PAGE);
+            pages += last.saturating_sub(first);
+            counted_to = counted_to.max(last);
+        }
+        pages * PER_PAGE
     }
 
     /// `lseek` with `SEEK_DATA` (`hole` false) or `SEEK_HOLE` (`hole` true): the

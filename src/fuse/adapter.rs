@@ -6,8 +6,8 @@
 //! runtime, which finishes it and replies. Only calls that are pure memory
 //! bookkeeping (`forget`, `statfs`, `opendir`, `releasedir`, `access`) and the
 //! refusals of unsupported operations (`copy_file_range`, `ioctl`, `poll`, `lseek`
-//! other than `SEEK_DATA`/`SEEK_HOLE`, `fallocate` modes other than 0 and
-//! `FALLOC_FL_KEEP_SIZE`) reply on the FUSE thread.
+//! other than `SEEK_DATA`/`SEEK_HOLE`, `fallocate` modes other than allocation,
+//! punching holes and zeroing ranges) reply on the FUSE thread.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -49,11 +49,11 @@ const NAME_MAX: u32 = 255;
 const DOT_ENTRIES: usize = 2;
 
 /// The `fuser::FileAttr` of namespace attributes.
-pub fn file_attr(a: &Attr) -> FileAttr {
+pub fn file_attr(a: &Attr, blocks: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks,
         atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
@@ -368,10 +368,11 @@ impl KvfsFuse {
     ) where
         Fut: Future<Output = FsResult<Attr>> + Send + 'static,
     {
-        let fut = call(self.ns.clone());
+        let ns = self.ns.clone();
+        let fut = call(ns.clone());
         self.run(async move {
             match fut.await {
-                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Ok(attr) => reply.entry(&TTL, &file_attr(&attr, ns.blocks(&attr)), Generation(0)),
                 Err(e) => reply.error(errno(op, &e)),
             }
         });
@@ -400,9 +401,10 @@ impl KvfsFuse {
     where
         Fut: Future<Output = FsResult<Attr>> + Send + 'static,
     {
+        let ns = self.ns.clone();
         self.run(async move {
             match fut.await {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr, ns.blocks(&attr))),
                 Err(e) => reply.error(errno(op, &e)),
             }
         });
@@ -821,7 +823,7 @@ impl Filesystem for KvfsFuse {
                     let attr = match dir_attr {
                         Some(a) => a,
                         None => match ns.getattr(ino.0).await {
-                            Ok(a) => *dir_attr.insert(file_attr(&a)),
+                            Ok(a) => *dir_attr.insert(file_attr(&a, ns.blocks(&a))),
                             Err(e) => return reply.error(errno("readdirplus", &e)),
                         },
                     };
@@ -846,7 +848,7 @@ impl Filesystem for KvfsFuse {
                     next,
                     name,
                     &TTL,
-                    &file_attr(&attr),
+                    &file_attr(&attr, ns.blocks(&attr)),
                     Generation(0),
                 ) {
                     // Did not fit: the kernel will not count this lookup.
@@ -1042,15 +1044,24 @@ impl Filesystem for KvfsFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        // Plain allocation and FALLOC_FL_KEEP_SIZE; punching holes, zeroing and
-        // collapsing ranges are not supported.
-        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
-            reply.error(Errno::EOPNOTSUPP);
-            return;
-        }
+        // Plain allocation, punching holes and zeroing ranges, each with or without
+        // FALLOC_FL_KEEP_SIZE (the kernel allows a punch only with it); collapsing,
+        // inserting and unsharing ranges are not supported (nor by tmpfs).
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zero = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => false,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE => true,
+            _ => {
+                reply.error(Errno::EOPNOTSUPP);
+                return;
+            }
+        };
         self.spawn_empty("fallocate", reply, move |ns| async move {
-            ns.fallocate(ino.0, offset, length, keep_size).await
+            if zero {
+                ns.zero_range(ino.0, offset, length, keep_size).await
+            } else {
+                ns.fallocate(ino.0, offset, length, keep_size).await
+            }
         });
     }
 
@@ -1104,7 +1115,7 @@ impl Filesystem for KvfsFuse {
             match created.await {
                 Ok(attr) => reply.created(
                     &TTL,
-                    &file_attr(&attr),
+                    &file_attr(&attr, ns.blocks(&attr)),
                     Generation(0),
                     FileHandle(0),
                     page_cache(&ns, &notifier, attr.ino, false),
@@ -1126,19 +1137,19 @@ mod tests {
         let mut a = Attr::new(42, Kind::File, 0o644, (1000, 100), t);
         a.size = 513;
         a.ctime = t + Duration::from_secs(5);
-        let f = file_attr(&a);
+        let f = file_attr(&a, 8);
         assert_eq!(f.ino, INodeNo(42));
-        assert_eq!((f.size, f.blocks, f.blksize, f.nlink), (513, 2, 4096, 1));
+        assert_eq!((f.size, f.blocks, f.blksize, f.nlink), (513, 8, 4096, 1));
         assert_eq!((f.atime, f.mtime, f.crtime), (t, t, a.ctime));
         assert_eq!(
             (f.uid, f.gid, f.perm, f.kind),
             (1000, 100, 0o644, FileType::RegularFile)
         );
-        let d = file_attr(&Attr::new(7, Kind::Dir, 0o755, (0, 0), t));
+        let d = file_attr(&Attr::new(7, Kind::Dir, 0o755, (0, 0), t), 0);
         assert_eq!((d.kind, d.nlink, d.blocks), (FileType::Directory, 2, 0));
         let mut n = Attr::new(8, Kind::CharDev, 0o600, (0, 0), t);
         n.rdev = 0x0105;
-        let n = file_attr(&n);
+        let n = file_attr(&n, 0);
         assert_eq!((n.kind, n.rdev), (FileType::CharDevice, 0x0105));
         assert_eq!(mode_bits(0o100777, 0o022), 0o755);
         assert_eq!(mode_bits(0o4755, 0), 0o4755);

@@ -22,4 +22,5 @@ mod namespace;
 mod outage;
 mod posix;
 mod rename;
+mod sparse;
 mod tools;
