@@ -460,6 +460,18 @@ async fn gc_command(
     slot: &WriterSlot,
 ) -> Result<i32, Error> {
     let what = if compact { "compact" } else { "gc" };
+    // Plan on a read-only handle first: a run with nothing to do writes nothing (a
+    // second `kvfs gc` is a true no-op), and a missing store is refused, not created.
+    let reader = Db::open(store, plan_options(&read_opts, &opts)).await?;
+    let plan = reader.gc_plan(compact).await;
+    reader.close().await?;
+    let plan = plan?;
+    if plan.is_empty() {
+        let verb = if compact { "compact" } else { "clean" };
+        println!("nothing to {verb}: the store is unchanged");
+        return Ok(0);
+    }
+    log::info!("{what}: {plan}");
     let db = open_writer(store, opts, what, slot).await?;
     let before = db.stats().await?;
     let mut shown = super::progress::Progress::new(what, None);
@@ -487,6 +499,14 @@ async fn gc_command(
         after.space_amplification()
     );
     Ok(0)
+}
+
+/// Options of the read-only handle that plans a gc or compaction: what it reads
+/// with, and the GC settings the run would use.
+fn plan_options(read_opts: &Options, run_opts: &Options) -> Options {
+    let mut opts = read_opts.clone();
+    opts.gc = run_opts.gc.clone();
+    opts
 }
 
 /// Make a CLI write durable and give the store back; report the first failure.

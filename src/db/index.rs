@@ -257,6 +257,26 @@ impl Index {
         self.live_bytes
     }
 
+    /// Objects whose live keys are not one contiguous stretch of the key order:
+    /// another object's keys lie between two of theirs. (Runs written by one
+    /// compaction hold disjoint key ranges; runs of separate rewrites may interleave.)
+    pub fn interleaved_objects(&self) -> std::collections::HashSet<SegmentId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut interleaved = std::collections::HashSet::new();
+        let mut current: Option<u32> = None;
+        for e in self.map.values() {
+            let slot = e.loc.segment;
+            if current == Some(slot) {
+                continue;
+            }
+            current = Some(slot);
+            if !seen.insert(slot) {
+                interleaved.extend(self.segment(slot));
+            }
+        }
+        interleaved
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &IndexEntry)> {
         self.map.iter().map(|(k, e)| (&**k, e))
     }

@@ -288,22 +288,60 @@ impl Lease {
         self.replace(info).await
     }
 
+    /// Write `info` over the lease we hold (compare-and-swap on its etag).
+    ///
+    /// A refused swap is not proof of a takeover: a write of ours that the store
+    /// applied while its answer was lost (a timeout, a dropped connection) leaves an
+    /// etag we never saw. Every acquisition writes a fresh nonce, so the lease is
+    /// still ours exactly when the document in the store carries our nonce and
+    /// holder; then the swap is repeated on the etag just read. Anything else is a
+    /// takeover: [`Error::Fenced`].
     async fn replace(&mut self, info: LeaseInfo) -> Result<()> {
-        match self
-            .store
-            .put(LEASE, info.encode(), PutMode::IfMatch(self.etag.clone()))
-            .await
-        {
-            Ok(etag) => {
-                self.etag = etag;
-                self.info = info;
-                Ok(())
+        const ATTEMPTS: usize = 3;
+        for _ in 0..ATTEMPTS {
+            match self
+                .store
+                .put(LEASE, info.encode(), PutMode::IfMatch(self.etag.clone()))
+                .await
+            {
+                Ok(etag) => {
+                    self.etag = etag;
+                    self.info = info;
+                    return Ok(());
+                }
+                Err(StoreError::PreconditionFailed(_)) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(StoreError::PreconditionFailed(_)) => Err(Error::Fenced(
-                "the writer lease was taken over by another process".to_string(),
-            )),
-            Err(e) => Err(e.into()),
+            let current = match self.store.get(LEASE).await {
+                Ok(g) => g,
+                Err(StoreError::NotFound(_)) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let stored = LeaseInfo::decode(&current.data)?;
+            if stored == info {
+                // Our own write landed; its answer was lost.
+                self.etag = current.etag;
+                self.info = info;
+                return Ok(());
+            }
+            if !self.is_same_acquisition(&stored) {
+                break;
+            }
+            log::debug!("the lease changed under its own holder's write; writing it again");
+            self.etag = current.etag;
         }
+        Err(Error::Fenced(
+            "the writer lease was taken over by another process".to_string(),
+        ))
+    }
+
+    /// Whether `stored` was written by this acquisition of the lease (same nonce and
+    /// holder) and not given back.
+    fn is_same_acquisition(&self, stored: &LeaseInfo) -> bool {
+        stored.nonce == self.info.nonce
+            && stored.pid == self.info.pid
+            && stored.identity() == self.info.identity()
+            && !stored.released
     }
 }
 
@@ -470,6 +508,36 @@ mod tests {
         assert!(!peek(&store).await.unwrap().unwrap().released);
         assert!(release_if_held_by(store.clone(), &me).await.unwrap());
         assert!(peek(&store).await.unwrap().unwrap().released);
+    }
+
+    /// A renewal the store applied but whose answer was lost leaves an etag the
+    /// holder never saw: the holder keeps its lease. A real takeover still fences.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_to_a_renewal_is_not_a_takeover() {
+        let store = store();
+        let mut lease = held_by(&store, holder(100, std::process::id())).await;
+        // The store holds our document under an etag we did not see (as if a
+        // renewal landed and its answer was lost).
+        let mut landed = lease.info().clone();
+        landed.renewed_unix_ms += 1;
+        let etag = store.get(LEASE).await.unwrap().etag;
+        store
+            .put(LEASE, landed.encode(), PutMode::IfMatch(etag))
+            .await
+            .unwrap();
+        lease.renew().await.unwrap();
+        lease.renew().await.unwrap();
+        // Another process takes over (a new nonce): the next renewal is fenced.
+        let mut other = lease.info().clone();
+        other.nonce = lease.info().nonce.wrapping_add(1);
+        let etag = store.get(LEASE).await.unwrap().etag;
+        store
+            .put(LEASE, other.encode(), PutMode::IfMatch(etag))
+            .await
+            .unwrap();
+        assert!(matches!(lease.renew().await, Err(Error::Fenced(_))));
+        assert!(matches!(lease.release().await, Err(Error::Fenced(_))));
+        assert_eq!(peek(&store).await.unwrap().unwrap(), other);
     }
 
     #[test]

@@ -46,6 +46,7 @@ use tokio::sync::{watch, Notify};
 pub use error::{Error, Result};
 pub use follower::{CatchUp, MANIFEST_EVERY as FOLLOW_MANIFEST_EVERY};
 pub use fsck::{FsckIssue, FsckReport, LostKey};
+pub use gc::plan::GcPlan;
 pub use gc::GcCounters;
 #[cfg(feature = "test-hooks")]
 pub use hooks::TaskFault;
@@ -1525,6 +1526,17 @@ impl Db {
     /// Counters and positions for `kvfs stats`.
     pub async fn stats(&self) -> Result<Stats> {
         stats::collect(&self.handle.shared).await
+    }
+
+    /// What [`Db::gc`] (or, with `compact`, [`Db::compact`]) would do, worked out
+    /// without writing anything; works on a read-only handle (see `gc::plan`).
+    pub async fn gc_plan(&self, compact: bool) -> Result<GcPlan> {
+        let mode = if compact {
+            gc::worker::Mode::Compact
+        } else {
+            gc::worker::Mode::Clean
+        };
+        gc::plan::plan(&self.handle.shared, mode).await
     }
 
     /// Clean now: rewrite mostly dead objects, then delete every object (and old

@@ -125,8 +125,12 @@ async fn a_panicking_upload_fails_sync_and_close() {
 async fn a_loop_that_ends_while_open_poisons_the_writer() {
     let (_, mem) = memory();
     let db = Db::open_store(mem, small_opts()).await.unwrap();
-    db.put(b"a", b"1").await.unwrap();
+    // The uploader ends at its next wake-up, before it can upload anything: a put
+    // wakes it (that put may already see the failure), a sync does at the latest.
     db.inject(TaskFault::UploaderReturns);
+    if let Err(e) = db.put(b"a", b"1").await {
+        assert_task_failure(Err(e), "the uploader", "ended unexpectedly");
+    }
     // Nothing uploads any more: the sync must not wait for it.
     let r = ends("sync", db.sync()).await;
     assert_task_failure(r, "the uploader", "ended unexpectedly");

@@ -896,21 +896,62 @@ async fn s3_gc_ends_and_a_second_gc_does_nothing() {
     }
     let first = s3.run(&["gc", &url, "--gc-grace-secs", "0"]).await.ok();
     assert!(first.contains("rewritten into"), "{first}");
+    let store = s3.store("cli/gc-small");
+    let after_first = objects_with_etags(&store).await;
     for _ in 0..2 {
         let again = s3.run(&["gc", &url, "--gc-grace-secs", "0"]).await;
         let summary = again.ok();
-        assert!(
-            summary.starts_with("0 objects (0 bytes) rewritten into 0 runs")
-                && summary.contains("; 0 objects (0 bytes) and"),
-            "a second gc did work: {summary}\n{}",
+        assert_eq!(
+            summary.trim(),
+            "nothing to clean: the store is unchanged",
+            "a second gc did work:\n{}",
             again.stderr()
         );
+        assert_eq!(objects_with_etags(&store).await, after_first);
     }
+    // The same for compaction: the first compacts, a second finds nothing to do.
+    s3.run(&["compact", &url, "--gc-grace-secs", "0"])
+        .await
+        .ok();
+    let compacted = objects_with_etags(&store).await;
+    let again = s3
+        .run(&["compact", &url, "--gc-grace-secs", "0"])
+        .await
+        .ok();
+    assert_eq!(again.trim(), "nothing to compact: the store is unchanged");
+    assert_eq!(objects_with_etags(&store).await, compacted);
+    // Commands that only read write nothing, not even a lease.
     assert_eq!(s3.run(&["get", &url, "k"]).await.ok(), "v");
     let keys = scan_keys(&s3.run(&["scan", &url, "--keys-only"]).await.ok());
     assert_eq!(keys.len(), 51);
     let fsck = s3.run(&["fsck", &url]).await.ok();
     assert!(fsck.contains("no problems found"), "{fsck}");
+    s3.run(&["stats", &url]).await.ok();
+    s3.run(&["stats", &url, "--json"]).await.ok();
+    assert_eq!(objects_with_etags(&store).await, compacted);
+}
+
+/// Every object of a store with its etag (a rewritten object gets a new one).
+async fn objects_with_etags(store: &DynStore) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for o in store.list("").await.expect("list store") {
+        let etag = store.get(&o.key).await.expect("get object").etag;
+        out.push((o.key, etag));
+    }
+    out.sort();
+    out
+}
+
+/// `kvfs gc` and `kvfs compact` refuse a path where no store exists, creating
+/// nothing.
+#[test]
+fn gc_does_not_create_a_store() {
+    let (_dir, path, store) = local_store();
+    for cmd in ["gc", "compact"] {
+        let err = kvfs(&[cmd, &store]).fails(1);
+        assert!(err.contains("no kvfs store"), "{err}");
+        assert!(!path.exists(), "{cmd} created {}", path.display());
+    }
 }
 
 #[test]

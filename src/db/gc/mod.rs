@@ -26,6 +26,7 @@
 //! the same way. Nothing a retained snapshot needs is deleted (`retention`).
 
 pub mod objects;
+pub mod plan;
 pub mod policy;
 pub(crate) mod retention;
 pub(crate) mod worker;
