@@ -154,9 +154,11 @@ pub(crate) async fn open(store: DynStore, opts: &Options) -> Result<Opened> {
             .opened_read_only(false));
     }
     if opts.read_only {
-        let loaded = load(&store, opts)
-            .await?
-            .ok_or_else(|| Error::NoStore(store.describe()))?;
+        let Some(loaded) = load(&store, opts).await? else {
+            // Name what lives there instead, if anything does.
+            refuse_foreign_location(&store).await?;
+            return Err(Error::NoStore(store.describe()));
+        };
         return Ok(loaded.opened_read_only(true));
     }
     refuse_foreign_location(&store).await?;

@@ -263,6 +263,17 @@ impl Namespace {
                     pieces,
                     dirty,
                 } => {
+                    if pieces.iter().any(|(_, cell)| cell.get().is_none()) {
+                        // The extents about to be fetched already count in full:
+                        // bring all open files back within their bound first, so
+                        // many files read at once hold no more than it allows
+                        // (what others fetched is dropped and read again when
+                        // needed). A commit that fails here is its writer's error,
+                        // reported to that writer, not to this reader.
+                        if let Err(e) = self.make_room_for_buffers(0).await {
+                            log::debug!("making room for a read of inode {ino}: {e}");
+                        }
+                    }
                     let mut tasks = tokio::task::JoinSet::new();
                     let mut values = vec![Bytes::new(); pieces.len()];
                     for (i, (p, cell)) in pieces.iter().enumerate() {
@@ -379,9 +390,17 @@ impl Namespace {
             ra.next = end;
         }
         // Values well behind the reader, or far ahead of it, are no longer needed.
+        // The extent before the one being read is kept for a request that arrives
+        // out of order, but only while open files buffer less than they may: many
+        // files read at once then hold about one extent each.
         let ahead_limit = end + READAHEAD_MAX + MAX_EXTENT;
+        let behind = if self.file_buffer_bytes() <= self.buffer_limit {
+            2 * MAX_EXTENT
+        } else {
+            MAX_EXTENT
+        };
         ra.fetches
-            .retain(|k, _| k + 2 * MAX_EXTENT > offset && *k < ahead_limit);
+            .retain(|k, _| k + behind > offset && *k < ahead_limit);
         let mut pieces = Vec::with_capacity(planned.len());
         for p in planned {
             let cell = ra.fetches.entry(p.key).or_default().clone();
