@@ -16,6 +16,7 @@
 //! current etag differs (S3 `If-Match`). kvfs builds its single-writer guarantee on
 //! these two operations.
 
+pub mod disk_cache;
 pub mod encoding;
 pub mod envelope;
 pub mod local;
