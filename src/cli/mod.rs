@@ -693,6 +693,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_replies_to_a_gone_mount_are_quieted() {
+        let gone = |target: &str, level: log::Level, err: std::io::Error| {
+            QuietUnmount::is_reply_to_gone_mount(
+                &log::Record::builder()
+                    .target(target)
+                    .level(level)
+                    .args(format_args!("Failed to send FUSE reply: {err}"))
+                    .build(),
+            )
+        };
+        let os = std::io::Error::from_raw_os_error;
+        assert!(gone("fuser::reply", log::Level::Error, os(libc::ENOENT)));
+        assert!(gone("fuser::reply", log::Level::Error, os(libc::ENODEV)));
+        assert!(!gone("fuser::reply", log::Level::Error, os(libc::EIO)));
+        assert!(!gone("kvfs::fuse", log::Level::Error, os(libc::ENOENT)));
+        assert!(!gone("fuser::reply", log::Level::Debug, os(libc::ENOENT)));
+    }
+
+    #[test]
     fn snapshots_are_named_by_number_or_utc_time() {
         assert_eq!(parse_snapshot("12"), Ok(SnapshotSpec::Seq(12)));
         assert_eq!(

@@ -56,7 +56,8 @@ fn unmount_and_wait(dir: &Path, lazy: bool, timeout: Option<Duration>) -> Result
                     point.display(),
                     record.pid
                 );
-                Ok(wait(&point, &path, record, lazy, timeout))
+                // Detached (lazily, or busy at a signal): files are open in it.
+                Ok(wait(&point, &path, record, true, timeout))
             }
             Server::Gone(..) | Server::Unknown => Err(UnmountError::NotMounted(point)),
         };
@@ -149,12 +150,13 @@ fn server_of(point: &Path, entry: Option<&MountEntry>) -> Server {
 }
 
 /// Wait for the server of `record` to exit, saying what it does when that takes more
-/// than a moment; report its outcome and remove its record. The exit status.
+/// than a moment; report its outcome and remove its record. `detached`: the mount was
+/// detached, so a server still serving has files open. The exit status.
 fn wait(
     point: &Path,
     path: &Path,
     record: MountRecord,
-    lazy: bool,
+    detached: bool,
     timeout: Option<Duration>,
 ) -> i32 {
     let pid = record.pid;
@@ -171,12 +173,12 @@ fn wait(
             eprintln!(
                 "kvfs: gave up waiting after {} s: {}. It goes on in the background.",
                 limit.as_secs(),
-                doing(point, &last, lazy)
+                doing(point, &last, detached)
             );
             return 1;
         }
         if now >= next_note {
-            eprintln!("kvfs: {}", doing(point, &last, lazy));
+            eprintln!("kvfs: {}", doing(point, &last, detached));
             next_note = now + REPEAT;
             noted = true;
         }
@@ -215,10 +217,10 @@ fn wait(
 }
 
 /// What the server of `r` is doing, for the user.
-fn doing(point: &Path, r: &MountRecord, lazy: bool) -> String {
+fn doing(point: &Path, r: &MountRecord, detached: bool) -> String {
     let pid = r.pid;
     match r.phase {
-        Phase::Serving if lazy => format!(
+        Phase::Serving if detached => format!(
             "{} is detached, but files are still open in it: its mount server (pid {pid}) \
              finishes uploading once the last of them is closed",
             point.display()

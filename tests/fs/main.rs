@@ -24,3 +24,4 @@ mod posix;
 mod rename;
 mod sparse;
 mod tools;
+mod unmount;
