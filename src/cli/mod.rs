@@ -166,7 +166,8 @@ enum Command {
         tuning: Tuning,
     },
     /// Mount a store as a file system. Returns once the mount is ready and keeps
-    /// serving it in the background, unless --foreground.
+    /// serving it in the background, unless --foreground; `kvfs unmount MOUNTPOINT`
+    /// unmounts it.
     ///
     /// Unmount with `kvfs unmount MOUNTPOINT`: it returns once everything is in the
     /// store, the writer lease is given back and the server has exited (exit 1 with

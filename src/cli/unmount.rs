@@ -202,6 +202,10 @@ fn wait(
                 "kvfs: the mount server of {} (pid {pid}) could not upload everything: {e}",
                 point.display()
             );
+            eprintln!(
+                "kvfs: it has exited: what it had not uploaded is not in the store; the \
+                 next writer recovers the store to what was durable"
+            );
             1
         }
         _ => {
@@ -232,8 +236,10 @@ fn doing(point: &Path, r: &MountRecord, detached: bool) -> String {
                  in the store",
                 human_bytes(r.unflushed_bytes)
             );
-            if r.uploads_in_flight > 0 {
-                s.push_str(&format!(", {} uploads under way", r.uploads_in_flight));
+            match r.uploads_in_flight {
+                0 => {}
+                1 => s.push_str(", 1 upload under way"),
+                n => s.push_str(&format!(", {n} uploads under way")),
             }
             if r.store_unanswered {
                 s.push_str("; the store does not answer (retrying)");

@@ -123,6 +123,41 @@ fn kvfs_unmount_returns_once_everything_is_in_the_store() {
     drop(rt);
 }
 
+/// When the server's final upload fails (the store stopped answering for longer
+/// than the retry timeout), `kvfs unmount` says what it waits for meanwhile, then
+/// exits 1 with the server's error.
+#[test]
+fn kvfs_unmount_reports_a_failed_final_upload() {
+    let (rt, s3) = s3_server();
+    let env = s3.server.client_env();
+    let tmp = tempfile::tempdir().unwrap();
+    let point = tmp.path().join("mnt");
+    let store = format!("s3://{BUCKET}/outage");
+    let m = Mount::start(
+        &store,
+        &point,
+        &["--flush-interval-ms", "600000", "--retry-timeout-secs", "2"],
+        &env,
+    );
+    fs::write(m.point().join("lost"), b"never uploaded").unwrap();
+    s3.server.faults().update(|f| f.outage = true);
+    let out = kvfs(&["unmount", m.point().to_str().unwrap()], &env);
+    s3.server.faults().clear();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The upload is retried for 2 s before it fails: reported meanwhile.
+    assert!(
+        err.contains(&format!("waiting for the mount server (pid {})", m.pid())),
+        "{err}"
+    );
+    assert!(err.contains("could not upload everything"), "{err}");
+    assert!(err.contains("could not flush the store"), "{err}");
+    assert!(exited(m.pid()));
+    drop(m);
+    drop(s3);
+    drop(rt);
+}
+
 /// A directory that is not a mount point, a mount that is not kvfs, a missing path:
 /// each refused with a message that says so.
 #[test]
