@@ -80,6 +80,16 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`): with the pid, it names one process, even after the pid is
+/// reused. `None` if the process does not exist.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name start with the state (field 3).
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// One line of the mount table (`/proc/self/mountinfo`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
@@ -227,6 +237,13 @@ mod tests {
         assert_eq!(e.fuse_user(), None);
         assert!(MountEntry::parse("garbage").is_none());
         assert!(mount_entry(std::path::Path::new("/")).is_some());
+    }
+
+    #[test]
+    fn a_process_has_a_start_time() {
+        let me = start_time(std::process::id()).unwrap();
+        assert_eq!(start_time(std::process::id()), Some(me));
+        assert_eq!(start_time(0), None);
     }
 
     #[test]

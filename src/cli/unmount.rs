@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvfs::fuse::unmount::{self as um, MountRecord, Phase, UnmountError};
-use kvfs::process::{mount_entry, pid_alive, MountEntry};
+use kvfs::process::{mount_entry, MountEntry};
 
 /// How often the server's record and process are looked at.
 const POLL: Duration = Duration::from_millis(20);
@@ -135,7 +135,7 @@ fn server_of(point: &Path, entry: Option<&MountEntry>) -> Server {
     let Some((path, record)) = um::find_record(point, owner) else {
         return Server::Unknown;
     };
-    let alive = pid_alive(record.pid);
+    let alive = record.server_runs();
     let same_mount = match (entry, &record.dev) {
         (Some(e), Some(dev)) => e.dev == *dev,
         _ => true,
@@ -164,7 +164,7 @@ fn wait(
     let mut next_note = start + QUIET;
     let mut noted = false;
     let mut last = record;
-    while pid_alive(pid) {
+    while last.server_runs() {
         if let Some(r) = um::reread_record(path, pid) {
             last = r;
         }

@@ -85,6 +85,9 @@ pub enum Phase {
 pub struct MountRecord {
     pub kvfs_mount_record: u32,
     pub pid: u32,
+    /// When the process started ([`crate::process::start_time`]), which tells it from
+    /// a later process with the same pid.
+    pub started: Option<u64>,
     pub store: String,
     /// The canonical mount point.
     pub mountpoint: String,
@@ -102,6 +105,18 @@ pub struct MountRecord {
     pub updated_unix_ms: u64,
     /// Why the final flush failed; `None` after a clean finish.
     pub error: Option<String>,
+}
+
+impl MountRecord {
+    /// Whether the process that wrote this record still runs (not a later process
+    /// with the same pid).
+    pub fn server_runs(&self) -> bool {
+        crate::process::pid_alive(self.pid)
+            && match self.started {
+                Some(t) => crate::process::start_time(self.pid) == Some(t),
+                None => true,
+            }
+    }
 }
 
 /// How far a finishing server is, for its record.
@@ -253,8 +268,7 @@ fn sweep_stale(dir: &Path) {
         } else {
             match read_record(&path) {
                 Some(r) => {
-                    !crate::process::pid_alive(r.pid)
-                        && now.saturating_sub(r.updated_unix_ms) > STALE_AFTER_MS
+                    !r.server_runs() && now.saturating_sub(r.updated_unix_ms) > STALE_AFTER_MS
                 }
                 None => false,
             }
@@ -286,6 +300,7 @@ impl RecordKeeper {
         let record = MountRecord {
             kvfs_mount_record: RECORD_VERSION,
             pid: std::process::id(),
+            started: crate::process::start_time(std::process::id()),
             store: store.to_string(),
             mountpoint: mountpoint.to_string_lossy().into_owned(),
             dev,
@@ -440,6 +455,7 @@ mod tests {
         MountRecord {
             kvfs_mount_record: RECORD_VERSION,
             pid,
+            started: None,
             store: "s3://b/p".into(),
             mountpoint: point.into(),
             dev: Some("0:42".into()),
