@@ -867,7 +867,9 @@ impl Namespace {
                         }
                     }
                     st.stored = st.attr;
-                    st.changed_ranges(Some(std::iter::once(offset..zero_end.max(offset)).collect()));
+                    st.changed_ranges(Some(
+                        std::iter::once(offset..zero_end.max(offset)).collect(),
+                    ));
                     st.readahead.fetches.clear();
                     return Ok(());
                 }
