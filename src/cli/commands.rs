@@ -858,21 +858,20 @@ mod mount {
         // The record `kvfs unmount` waits on. The mount table is read rather than the
         // mount point (requests to it wait until the session runs).
         let dev = kvfs::process::mount_entry(&mountpoint).map(|e| e.dev);
-        let record =
-            match RecordKeeper::create(&store, &mountpoint, dev, args.is_read_only()) {
-                Ok(k) => {
-                    let k = Arc::new(k);
-                    tokio::spawn(record_finishing(k.clone(), shutdown.clone(), db.clone()));
-                    Some(k)
-                }
-                Err(e) => {
-                    log::warn!(
-                        "{e}: `kvfs unmount` cannot wait for this server (unmount with \
+        let record = match RecordKeeper::create(&store, &mountpoint, dev, args.is_read_only()) {
+            Ok(k) => {
+                let k = Arc::new(k);
+                tokio::spawn(record_finishing(k.clone(), shutdown.clone(), db.clone()));
+                Some(k)
+            }
+            Err(e) => {
+                log::warn!(
+                    "{e}: `kvfs unmount` cannot wait for this server (unmount with \
                          `fusermount3 -u`)"
-                    );
-                    None
-                }
-            };
+                );
+                None
+            }
+        };
         // Dropped when the session ends, which stops the follow loop.
         let (_stop_following, stop) = tokio::sync::watch::channel(false);
         if let Some(ns) = follow {
@@ -1055,7 +1054,12 @@ mod mount {
         log::warn!("{name}: closing the store and stopping now");
         let closed = shutdown.shutdown().await;
         if let Some(r) = &record {
-            r.finish(closed.as_ref().err().map(|e| format!("could not flush the store: {e}")));
+            r.finish(
+                closed
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("could not flush the store: {e}")),
+            );
         }
         let code = match closed {
             Ok(()) => 0,

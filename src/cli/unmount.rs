@@ -42,7 +42,11 @@ enum Server {
     Unknown,
 }
 
-fn unmount_and_wait(dir: &Path, lazy: bool, timeout: Option<Duration>) -> Result<i32, UnmountError> {
+fn unmount_and_wait(
+    dir: &Path,
+    lazy: bool,
+    timeout: Option<Duration>,
+) -> Result<i32, UnmountError> {
     let point = resolve(dir)?;
     let entry = mount_entry(&point);
     let server = server_of(&point, entry.as_ref());

@@ -67,9 +67,7 @@ pub fn count_files(db: &Db) -> FsResult<Option<FileCounts>> {
                 Kind::File => counts.files += 1,
                 Kind::Dir => counts.directories += 1,
                 Kind::Symlink => counts.symlinks += 1,
-                Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
-                    counts.special += 1
-                }
+                Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => counts.special += 1,
             }
         }
         match page.into_iter().last() {

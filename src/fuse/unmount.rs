@@ -474,7 +474,10 @@ mod tests {
         let a = record_name(Path::new("/mnt/a"));
         assert_eq!(a, record_name(Path::new("/mnt/a")));
         assert_ne!(a, record_name(Path::new("/mnt/b")));
-        assert!(a.starts_with("mount-") && a.ends_with(".json") && a.len() == 27, "{a}");
+        assert!(
+            a.starts_with("mount-") && a.ends_with(".json") && a.len() == 27,
+            "{a}"
+        );
     }
 
     #[test]

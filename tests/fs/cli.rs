@@ -963,7 +963,10 @@ fn stats_json_has_the_same_figures_as_the_text() {
         json["directories"].to_string(),
         stats_field(&text, "directories")
     );
-    assert_eq!((json["symlinks"].as_u64(), json["special_files"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (json["symlinks"].as_u64(), json["special_files"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(json["requests"]["errors"], 0);
     assert_eq!(
         json["manifest"].to_string(),
@@ -982,7 +985,13 @@ fn stats_json_has_the_same_figures_as_the_text() {
 fn stats_count_files_and_directories_apart_from_engine_records() {
     let (_dir, _path, store) = local_store();
     kvfs(&["put", &store, "greeting", "hello, kvfs"]).ok();
-    kvfs(&["put", &store, "users/42/profile.json", "{\"name\": \"Ada\"}"]).ok();
+    kvfs(&[
+        "put",
+        &store,
+        "users/42/profile.json",
+        "{\"name\": \"Ada\"}",
+    ])
+    .ok();
     kvfs(&["put", &store, "a/b", "hello"]).ok();
     let text = kvfs(&["stats", &store]).ok();
     assert_eq!(stats_field(&text, "files"), "3", "{text}");

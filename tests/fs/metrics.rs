@@ -169,7 +169,10 @@ fn a_new_stores_mount_counts_no_errors() {
         if value(&s, "kvfs_s3_requests_total", Some(("op", "put"))) >= 5.0 {
             break s;
         }
-        assert!(Instant::now() < deadline, "the metrics never showed the writes");
+        assert!(
+            Instant::now() < deadline,
+            "the metrics never showed the writes"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(value(&s, "kvfs_s3_errors_total", None), 0.0);

@@ -92,7 +92,11 @@ fn kvfs_unmount_returns_once_everything_is_in_the_store() {
     });
     fs::create_dir(m.point().join("d")).unwrap();
     for i in 0..60 {
-        fs::write(m.point().join(format!("d/f{i}")), format!("file {i} ").repeat(200)).unwrap();
+        fs::write(
+            m.point().join(format!("d/f{i}")),
+            format!("file {i} ").repeat(200),
+        )
+        .unwrap();
     }
     fs::write(m.point().join("big"), vec![7u8; 400_000]).unwrap();
 
@@ -111,7 +115,9 @@ fn kvfs_unmount_returns_once_everything_is_in_the_store() {
     assert_eq!(out.stdout, vec![7u8; 400_000]);
     let stats = String::from_utf8_lossy(&kvfs(&["stats", &store], &env).stdout).into_owned();
     assert!(
-        stats.lines().any(|l| l.starts_with("lease") && l.contains("released")),
+        stats
+            .lines()
+            .any(|l| l.starts_with("lease") && l.contains("released")),
         "{stats}"
     );
     // Unmounted already: said so.
@@ -169,7 +175,10 @@ fn kvfs_unmount_refuses_what_is_not_a_kvfs_mount() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not mounted"), "{}", stderr(&out));
 
-    let out = kvfs(&["unmount", tmp.path().join("missing").to_str().unwrap()], &[]);
+    let out = kvfs(
+        &["unmount", tmp.path().join("missing").to_str().unwrap()],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 
