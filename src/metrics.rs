@@ -46,7 +46,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "kvfs_s3_errors_total",
         Kind::Counter,
-        "object-store requests that failed (before any retry)",
+        "object-store requests that failed (before any retry); the two expected answers below are not counted",
+    ),
+    (
+        "kvfs_s3_not_found_total",
+        Kind::Counter,
+        "requests answered \"no such object\": kvfs looks for objects that may not exist (the next log segment or manifest, the lease of a new store); not an error",
+    ),
+    (
+        "kvfs_s3_precondition_failed_total",
+        Kind::Counter,
+        "conditional writes answered \"precondition failed\" (the object exists or changed): how a writer learns it lost a race by design; not an error",
     ),
     (
         "kvfs_s3_retries_total",
@@ -210,6 +220,8 @@ pub fn record(db: &Db) {
     counter!("kvfs_s3_bytes_total", "op" => "put").absolute(r.put_bytes);
     counter!("kvfs_s3_bytes_total", "op" => "get").absolute(r.get_bytes);
     counter!("kvfs_s3_errors_total").absolute(r.errors);
+    counter!("kvfs_s3_not_found_total").absolute(r.not_found);
+    counter!("kvfs_s3_precondition_failed_total").absolute(r.precondition_failed);
     counter!("kvfs_s3_retries_total").absolute(f.retries);
     gauge!("kvfs_s3_estimated_cost_usd").set(r.cost_usd());
     gauge!("kvfs_uploads_in_flight").set(f.uploads_in_flight as f64);

@@ -80,23 +80,86 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`): with the pid, it names one process, even after the pid is
+/// reused. `None` if the process does not exist.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name start with the state (field 3).
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// One line of the mount table (`/proc/self/mountinfo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The device number of the mounted file system, `major:minor` (for a FUSE mount,
+    /// `0:N`, unique while it is mounted).
+    pub dev: String,
+    /// Where it is mounted.
+    pub point: String,
+    /// The file-system type, such as `ext4` or `fuse.kvfs`.
+    pub fstype: String,
+    /// The mount source, such as `/dev/vda1` or `kvfs`.
+    pub source: String,
+    /// The file system's own options (for FUSE: `user_id=N,group_id=N,…`).
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// The user that mounted a FUSE file system (its `user_id=` option).
+    pub fn fuse_user(&self) -> Option<u32> {
+        self.super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix("user_id="))
+            .and_then(|u| u.parse().ok())
+    }
+
+    /// Whether this is a kvfs mount (type `fuse.kvfs`, or plain `fuse` from the
+    /// source `kvfs`).
+    pub fn is_kvfs(&self) -> bool {
+        self.fstype == "fuse.kvfs" || (self.fstype == "fuse" && self.source == "kvfs")
+    }
+
+    /// Parse one line of `/proc/self/mountinfo`.
+    fn parse(line: &str) -> Option<MountEntry> {
+        // Fields: id parent major:minor root mount-point options [optional…] - type
+        // source super-options
+        let (head, tail) = line.split_once(" - ")?;
+        let mut head = head.split(' ');
+        let dev = head.nth(2)?;
+        let point = head.nth(1)?;
+        let mut tail = tail.split(' ');
+        let fstype = tail.next()?;
+        let source = tail.next().unwrap_or("?");
+        let super_options = tail.next().unwrap_or("");
+        Some(MountEntry {
+            dev: dev.to_string(),
+            point: unescape_mountinfo(point),
+            fstype: unescape_mountinfo(fstype),
+            source: unescape_mountinfo(source),
+            super_options: unescape_mountinfo(super_options),
+        })
+    }
+}
+
+/// The topmost file system mounted at `point` (an absolute path, compared as given:
+/// canonicalize it first where it can be resolved), if any.
+pub fn mount_entry(point: &std::path::Path) -> Option<MountEntry> {
+    let want = point.as_os_str().to_string_lossy();
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Later lines are mounted later: the last match is the one on top.
+    table
+        .lines()
+        .rev()
+        .filter_map(MountEntry::parse)
+        .find(|e| e.point == want)
+}
+
 /// What is mounted at `point` (file-system type and source), if anything.
 pub fn mounted_at(point: &std::path::Path) -> Option<String> {
     let want = point.canonicalize().ok()?;
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    table.lines().rev().find_map(|line| {
-        // Fields: id parent major:minor root mount-point options… - type source …
-        let mut fields = line.split(' ');
-        let at = fields.nth(4)?;
-        if unescape_mountinfo(at) != want.as_os_str().to_string_lossy() {
-            return None;
-        }
-        let (_, rest) = line.split_once(" - ")?;
-        let mut rest = rest.split(' ');
-        let fstype = rest.next().unwrap_or("?");
-        let source = rest.next().unwrap_or("?");
-        Some(format!("{fstype} from {}", unescape_mountinfo(source)))
-    })
+    mount_entry(&want).map(|e| format!("{} from {}", e.fstype, e.source))
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space, and so on).
@@ -159,6 +222,28 @@ mod tests {
         assert!(mounted_at(&dir).is_none());
         std::fs::remove_dir(&dir).unwrap();
         assert_eq!(unescape_mountinfo("a\\040b\\011c"), "a b\tc");
+    }
+
+    #[test]
+    fn mount_table_lines_parse() {
+        let line = "52 29 0:47 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:27 - fuse.kvfs kvfs rw,user_id=1000,group_id=1000,default_permissions";
+        let e = MountEntry::parse(line).unwrap();
+        assert_eq!(e.dev, "0:47");
+        assert_eq!(e.point, "/tmp/a b");
+        assert!(e.is_kvfs());
+        assert_eq!(e.fuse_user(), Some(1000));
+        let e = MountEntry::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw").unwrap();
+        assert!(!e.is_kvfs());
+        assert_eq!(e.fuse_user(), None);
+        assert!(MountEntry::parse("garbage").is_none());
+        assert!(mount_entry(std::path::Path::new("/")).is_some());
+    }
+
+    #[test]
+    fn a_process_has_a_start_time() {
+        let me = start_time(std::process::id()).unwrap();
+        assert_eq!(start_time(std::process::id()), Some(me));
+        assert_eq!(start_time(0), None);
     }
 
     #[test]

@@ -72,6 +72,16 @@ async fn open_writer(
 pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
     match cmd {
         Command::Mount(args) => mount::run(args).await,
+        Command::Unmount {
+            mountpoint,
+            lazy,
+            timeout_secs,
+        } => {
+            let timeout = timeout_secs.map(std::time::Duration::from_secs);
+            tokio::task::spawn_blocking(move || super::unmount::run(&mountpoint, lazy, timeout))
+                .await
+                .map_err(|e| Error::Input(format!("unmount task failed: {e}")))
+        }
         Command::Put {
             store,
             key,
@@ -224,7 +234,8 @@ pub async fn run(cmd: Command, slot: &WriterSlot) -> Result<i32, Error> {
             access,
         } => {
             let db = Db::open(&store, access.read_options()).await?;
-            let stats = db.stats().await?;
+            let mut stats = db.stats().await?;
+            stats.files = kvfs::fs::count_files(&db).map_err(fs_err)?;
             if json {
                 println!("{:#}", stats.to_json());
             } else {
@@ -617,6 +628,7 @@ mod mount {
 
     use kvfs::db::{Db, Error};
     use kvfs::fs::{FsError, Namespace};
+    use kvfs::fuse::unmount::{FinishProgress, RecordKeeper};
     use kvfs::fuse::{self, KvfsFuse, MountOptions, ShutdownHandle, Unmounted, Unmounter};
     use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -863,6 +875,23 @@ mod mount {
         };
         let mountpoint = mounted.mountpoint().to_path_buf();
         let unmounter = Arc::new(mounted.unmounter());
+        // The record `kvfs unmount` waits on. The mount table is read rather than the
+        // mount point (requests to it wait until the session runs).
+        let dev = kvfs::process::mount_entry(&mountpoint).map(|e| e.dev);
+        let record = match RecordKeeper::create(&store, &mountpoint, dev, args.is_read_only()) {
+            Ok(k) => {
+                let k = Arc::new(k);
+                tokio::spawn(record_finishing(k.clone(), shutdown.clone(), db.clone()));
+                Some(k)
+            }
+            Err(e) => {
+                log::warn!(
+                    "{e}: `kvfs unmount` cannot wait for this server (unmount with \
+                         `fusermount3 -u`)"
+                );
+                None
+            }
+        };
         // Dropped when the session ends, which stops the follow loop.
         let (_stop_following, stop) = tokio::sync::watch::channel(false);
         if let Some(ns) = follow {
@@ -874,6 +903,7 @@ mod mount {
             unmounter,
             shutdown.clone(),
             mountpoint.clone(),
+            record.clone(),
         ));
         if args.daemon_child {
             if let Err(e) = detach_and_report_ready(log_file) {
@@ -881,19 +911,45 @@ mod mount {
             }
         } else {
             eprintln!(
-                "kvfs: {store} mounted at {}; unmount with `fusermount3 -u {}` or Ctrl-C",
+                "kvfs: {store} mounted at {}; unmount with `kvfs unmount {}` or Ctrl-C",
                 mountpoint.display(),
                 mountpoint.display()
             );
         }
-        match tokio::task::spawn_blocking(move || mounted.run()).await {
-            Ok(Ok(())) => Ok(0),
-            Ok(Err(e)) => Ok(fail(e)),
+        // The session ends at the unmount; the store is closed (the lease given back)
+        // before `run` returns.
+        let outcome = match tokio::task::spawn_blocking(move || mounted.run()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
             Err(e) => {
-                let code = fail(format!("mount server task failed: {e}"));
-                let _ = shutdown.shutdown().await;
-                Ok(code)
+                let msg = format!("mount server task failed: {e}");
+                match shutdown.shutdown().await {
+                    Ok(()) => Err(msg),
+                    Err(e) => Err(format!("{msg}; could not flush the store: {e}")),
+                }
             }
+        };
+        if let Some(r) = &record {
+            r.finish(outcome.as_ref().err().cloned());
+        }
+        Ok(match outcome {
+            Ok(()) => 0,
+            Err(msg) => fail(msg),
+        })
+    }
+
+    /// Once the shutdown starts (the session ended, or a signal), keep the mount
+    /// record saying how much is left to upload.
+    async fn record_finishing(record: Arc<RecordKeeper>, shutdown: ShutdownHandle, db: Db) {
+        shutdown.started().await;
+        loop {
+            let f = db.figures();
+            record.finishing(FinishProgress {
+                unflushed_bytes: f.unflushed_bytes,
+                uploads_in_flight: f.uploads_in_flight,
+                store_unanswered: f.store_unanswered,
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
 
@@ -993,6 +1049,7 @@ mod mount {
         unmounter: Arc<Unmounter>,
         shutdown: ShutdownHandle,
         mountpoint: PathBuf,
+        record: Option<Arc<RecordKeeper>>,
     ) {
         let name = signals.next().await;
         log::warn!("{name}: flushing and unmounting {}", mountpoint.display());
@@ -1015,7 +1072,16 @@ mod mount {
         }
         let name = signals.next().await;
         log::warn!("{name}: closing the store and stopping now");
-        let code = match shutdown.shutdown().await {
+        let closed = shutdown.shutdown().await;
+        if let Some(r) = &record {
+            r.finish(
+                closed
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("could not flush the store: {e}")),
+            );
+        }
+        let code = match closed {
             Ok(()) => 0,
             Err(FsError::Db(e)) => fail(e),
             Err(e) => fail(e),

@@ -6,6 +6,7 @@
 
 mod commands;
 mod progress;
+mod unmount;
 
 use std::time::Duration;
 
@@ -95,7 +96,8 @@ enum Command {
         #[command(flatten)]
         access: Access,
     },
-    /// Show keys, bytes, objects, manifest and checkpoint position, writer epoch.
+    /// Show files and directories, engine records, bytes, objects, manifest and
+    /// checkpoint position, writer epoch.
     Stats {
         #[arg(help = STORE_HELP)]
         store: String,
@@ -164,10 +166,35 @@ enum Command {
         tuning: Tuning,
     },
     /// Mount a store as a file system. Returns once the mount is ready and keeps
-    /// serving it in the background, unless --foreground. Unmount with
-    /// `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT` (or SIGTERM to the daemon,
-    /// Ctrl-C in the foreground): everything is flushed to the store first.
+    /// serving it in the background, unless --foreground; `kvfs unmount MOUNTPOINT`
+    /// unmounts it.
+    ///
+    /// Unmount with `kvfs unmount MOUNTPOINT`: it returns once everything is in the
+    /// store, the writer lease is given back and the server has exited (exit 1 with
+    /// the server's error if its final upload failed). `umount MOUNTPOINT` and
+    /// `fusermount3 -u MOUNTPOINT` (or SIGTERM to the server, Ctrl-C in the
+    /// foreground) return at once: the server then finishes uploading in the
+    /// background, and a writer that opens the store meanwhile waits for it, but a
+    /// reader (`kvfs get`) may not see the last writes yet.
     Mount(MountArgs),
+    /// Unmount a kvfs mount and wait until its server has uploaded everything, given
+    /// the writer lease back and exited. Exit 0 then; 1 with the server's error if its
+    /// final upload failed, or if the wait timed out (saying what the server is still
+    /// doing).
+    Unmount {
+        /// The mount point.
+        mountpoint: std::path::PathBuf,
+        /// Detach the mount even if files are open in it (MNT_DETACH): it leaves the
+        /// directory tree now, and its server finishes once the last of them is
+        /// closed (this command waits for that too, up to --timeout-secs).
+        #[arg(long)]
+        lazy: bool,
+        /// Wait at most this long for the server to finish (default: as long as it
+        /// takes). On timeout, say what it is still doing and exit 1; the server goes
+        /// on in the background.
+        #[arg(long, value_name = "SECONDS")]
+        timeout_secs: Option<u64>,
+    },
 }
 
 /// Arguments of `kvfs mount`.
@@ -456,10 +483,65 @@ fn init_logging(verbose: u8) {
         2 => "debug,fuser=error",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    let logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_millis()
         .format_target(false)
-        .init();
+        .build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(QuietUnmount(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The log, except that a FUSE reply the kernel can no longer take because the mount
+/// is gone (`ENOENT`: the request was aborted with the connection; `ENODEV`: the
+/// connection is closed) is logged at debug level, not as an error: after an unmount
+/// with files still open, the kernel aborts what their last close sent, and nobody
+/// waits for those answers any more.
+struct QuietUnmount(env_logger::Logger);
+
+impl QuietUnmount {
+    /// Whether `record` is fuser's report of a reply to a mount that is gone.
+    fn is_reply_to_gone_mount(record: &log::Record) -> bool {
+        if record.target() != "fuser::reply" || record.level() > log::Level::Warn {
+            return false;
+        }
+        let msg = record.args().to_string();
+        msg.starts_with("Failed to send FUSE reply")
+            && [libc::ENOENT, libc::ENODEV]
+                .iter()
+                .any(|e| msg.ends_with(&format!("(os error {e})")))
+    }
+}
+
+impl log::Log for QuietUnmount {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !Self::is_reply_to_gone_mount(record) {
+            return self.0.log(record);
+        }
+        // Shown where fuser's debug output is (-vvv, or RUST_LOG=fuser=debug).
+        let demoted = log::Metadata::builder()
+            .level(log::Level::Debug)
+            .target(record.target())
+            .build();
+        self.0.log(
+            &log::Record::builder()
+                .metadata(demoted)
+                .args(*record.args())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// Keep a long-running daemon's resident memory close to what it uses. It allocates
@@ -554,6 +636,14 @@ pub fn main() -> i32 {
     if !matches!(cli.command, Command::Mount(_)) {
         restore_default_sigpipe();
     }
+    if let Command::Unmount {
+        mountpoint,
+        lazy,
+        timeout_secs,
+    } = &cli.command
+    {
+        return unmount::run(mountpoint, *lazy, timeout_secs.map(Duration::from_secs));
+    }
     if let Command::Mount(m) = &cli.command {
         tune_allocator();
         if m.daemon_child {
@@ -602,6 +692,25 @@ pub fn main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_replies_to_a_gone_mount_are_quieted() {
+        let gone = |target: &str, level: log::Level, err: std::io::Error| {
+            QuietUnmount::is_reply_to_gone_mount(
+                &log::Record::builder()
+                    .target(target)
+                    .level(level)
+                    .args(format_args!("Failed to send FUSE reply: {err}"))
+                    .build(),
+            )
+        };
+        let os = std::io::Error::from_raw_os_error;
+        assert!(gone("fuser::reply", log::Level::Error, os(libc::ENOENT)));
+        assert!(gone("fuser::reply", log::Level::Error, os(libc::ENODEV)));
+        assert!(!gone("fuser::reply", log::Level::Error, os(libc::EIO)));
+        assert!(!gone("kvfs::fuse", log::Level::Error, os(libc::ENOENT)));
+        assert!(!gone("fuser::reply", log::Level::Debug, os(libc::ENOENT)));
+    }
 
     #[test]
     fn snapshots_are_named_by_number_or_utc_time() {

@@ -54,7 +54,7 @@ pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::Fallback;
 pub use repair::RepairReport;
 pub use snapshots::Snapshot;
-pub use stats::Stats;
+pub use stats::{FileCounts, Stats};
 
 use crate::format::checkpoint::{IndexEntry, Location};
 use crate::format::names::{segment_name, SegmentId};

@@ -12,10 +12,29 @@ use crate::format::names::{parse_name, ObjectKind};
 use crate::store::encoding::Encoding;
 use crate::store::metered::Metrics;
 
+/// What the file system in a store holds, by kind of inode (each inode once, whatever
+/// its number of names). The engine knows keys, not files: `kvfs::fs::count_files`
+/// counts them, and a caller puts them in [`Stats::files`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileCounts {
+    /// Regular files.
+    pub files: u64,
+    /// Directories, the root included.
+    pub directories: u64,
+    pub symlinks: u64,
+    /// FIFOs, sockets and device nodes.
+    pub special: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Stats {
     pub store: String,
+    /// Records in the engine's index (for a file system: per file an inode and a
+    /// directory entry, plus extents, extended attributes and the superblock).
     pub keys: u64,
+    /// The file system's files, when the store holds one and the caller counted them
+    /// (`None` from [`Db::stats`](super::Db::stats)).
+    pub files: Option<FileCounts>,
     /// Sum of key and value lengths of live keys.
     pub live_bytes: u64,
     pub objects: u64,
@@ -64,7 +83,11 @@ impl Stats {
         let r = &self.requests;
         serde_json::json!({
             "store": self.store,
-            "keys": self.keys,
+            "files": self.files.map(|c| c.files),
+            "directories": self.files.map(|c| c.directories),
+            "symlinks": self.files.map(|c| c.symlinks),
+            "special_files": self.files.map(|c| c.special),
+            "engine_records": self.keys,
             "live_bytes": self.live_bytes,
             "stored_bytes": self.stored_bytes,
             "plain_bytes": self.plain_bytes,
@@ -108,6 +131,7 @@ impl Stats {
                 "put": r.puts, "put_bytes": r.put_bytes,
                 "get": r.gets, "get_bytes": r.get_bytes,
                 "list": r.lists, "delete": r.deletes, "errors": r.errors,
+                "not_found": r.not_found, "precondition_failed": r.precondition_failed,
                 "estimated_usd": r.cost_usd(),
             },
         })
@@ -149,6 +173,7 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
     let mut s = Stats {
         store: sh.store.describe(),
         keys,
+        files: None,
         live_bytes,
         objects: listed.len() as u64,
         stored_bytes: listed.iter().map(|o| o.stored_size).sum(),
@@ -216,7 +241,18 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "store            {}", self.store)?;
-        writeln!(f, "keys             {}", self.keys)?;
+        if let Some(c) = &self.files {
+            writeln!(f, "files            {}", c.files)?;
+            writeln!(f, "directories      {}", c.directories)?;
+            if c.symlinks > 0 || c.special > 0 {
+                writeln!(
+                    f,
+                    "other inodes     {} symlinks, {} special files",
+                    c.symlinks, c.special
+                )?;
+            }
+        }
+        writeln!(f, "engine records   {}", self.keys)?;
         writeln!(f, "live bytes       {}", self.live_bytes)?;
         writeln!(
             f,

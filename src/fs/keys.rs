@@ -59,6 +59,11 @@ pub fn inode_key(ino: u64) -> Vec<u8> {
     tagged(INODE_TAG, &[ino], &[])
 }
 
+/// Prefix of every inode record.
+pub fn inode_prefix() -> Vec<u8> {
+    INODE_TAG.to_vec()
+}
+
 /// Key of entry `name` of directory `parent`.
 pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
     tagged(DIRENT_TAG, &[parent], name)

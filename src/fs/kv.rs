@@ -8,8 +8,9 @@ use std::ops::Bound;
 
 use super::attr::{Attr, Dirent, Kind};
 use super::error::{FsError, FsResult};
-use super::keys::{check_name, ROOT_INO};
-use super::namespace::{name_err, Namespace};
+use super::keys::{check_name, inode_prefix, key_of, KeyOf, ROOT_INO, SUPER_KEY};
+use super::namespace::{decode_attr, name_err, Namespace};
+use crate::db::{Db, FileCounts};
 
 /// Bytes written or read per call when a key's content is moved whole.
 const CHUNK: usize = 1 << 20;
@@ -34,6 +35,46 @@ pub fn split_key(key: &[u8]) -> FsResult<Vec<&[u8]>> {
             }
             e => e,
         })
+}
+
+/// Inode records read from the index at a time by [`count_files`].
+const COUNT_PAGE: usize = 10_000;
+
+/// How many files, directories, symlinks and special files the file system in `db`
+/// has (each inode once, whatever its number of names; the root directory counts),
+/// from the index in memory; `None` if `db` holds no file system.
+pub fn count_files(db: &Db) -> FsResult<Option<FileCounts>> {
+    if db.info(SUPER_KEY).is_none() {
+        return Ok(None);
+    }
+    let prefix = inode_prefix();
+    let end = crate::db::prefix_successor(&prefix);
+    let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+    let mut counts = FileCounts::default();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let start = match &after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Included(prefix.as_slice()),
+        };
+        let page = db.scan_info(start, end, COUNT_PAGE);
+        let n = page.len();
+        for (key, info) in &page {
+            let KeyOf::Inode(ino) = key_of(key) else {
+                continue;
+            };
+            match decode_attr(ino, info)?.kind {
+                Kind::File => counts.files += 1,
+                Kind::Dir => counts.directories += 1,
+                Kind::Symlink => counts.symlinks += 1,
+                Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => counts.special += 1,
+            }
+        }
+        match page.into_iter().last() {
+            Some((k, _)) if n == COUNT_PAGE => after = Some(k),
+            _ => return Ok(Some(counts)),
+        }
+    }
 }
 
 impl Namespace {

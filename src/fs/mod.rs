@@ -20,7 +20,7 @@ pub use attr::{Attr, Kind};
 pub use data::{INLINE_MAX, MAX_FILE_SIZE, READAHEAD_MAX};
 pub use error::{FsError, FsResult};
 pub use follow::{Invalidation, PageCache};
-pub use kv::split_key;
+pub use kv::{count_files, split_key};
 pub use namespace::{
     AtimeMode, DirEntry, FsStats, Namespace, RenameFlags, SetAttr, DEFAULT_FILE_BUFFER_BYTES,
 };

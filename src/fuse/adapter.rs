@@ -137,6 +137,8 @@ struct Shutdown {
     ns: Arc<Namespace>,
     rt: Handle,
     result: tokio::sync::Mutex<Option<FsResult<()>>>,
+    /// Turns true when the shutdown starts.
+    started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shutdown {
@@ -145,6 +147,7 @@ impl Shutdown {
         if let Some(r) = result.as_ref() {
             return r.clone();
         }
+        self.started.send_replace(true);
         let r = self.ns.shutdown().await;
         match &r {
             Ok(()) => log::info!("store flushed and closed"),
@@ -164,6 +167,13 @@ impl ShutdownHandle {
     /// Shut down (or wait for the shutdown under way) and return its result.
     pub async fn shutdown(&self) -> FsResult<()> {
         self.0.run().await
+    }
+
+    /// Return once the shutdown has started (at once if it has).
+    pub async fn started(&self) {
+        let mut rx = self.0.started.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` lives.
+        let _ = rx.wait_for(|started| *started).await;
     }
 
     /// Commit every open file and make everything durable, without closing.
@@ -303,6 +313,7 @@ impl KvfsFuse {
             ns: ns.clone(),
             rt: rt.clone(),
             result: tokio::sync::Mutex::new(None),
+            started: tokio::sync::watch::channel(false).0,
         }));
         KvfsFuse {
             ns,

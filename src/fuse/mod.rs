@@ -31,10 +31,15 @@
 //!   log segments and manifests, refreshes open files and tells the kernel which
 //!   inodes and names to forget.
 //! - Permissions are checked by the kernel (`default_permissions`); `access` allows.
+//!
+//! Unmounting ([`unmount`]): the session ends when the kernel lets go of the mount,
+//! before the shutdown; each mount server keeps a record of itself so that `kvfs
+//! unmount` can wait for the shutdown and report how it went.
 
 mod adapter;
 pub mod follow;
 mod mount;
+pub mod unmount;
 
 pub use adapter::{file_attr, KvfsFuse, ShutdownHandle, TTL};
 pub use mount::{mount, MountError, MountOptions, Mounted, Unmounted, Unmounter};

@@ -1,5 +1,13 @@
 //! Metering layer: counts requests and bytes per operation and estimates their cost.
 //!
+//! A request fails with an **error** when the store could not do what was asked (a
+//! 5xx, a timeout, access denied, …). Two answers are not errors but expected: **not
+//! found**, when kvfs looks for an object that may not exist (the next log segment or
+//! manifest, the lease of a new store), and **precondition failed**, when a
+//! conditional write finds that the object exists or changed (how a writer learns it
+//! lost a race by design). They are counted apart; a read that needs an object that
+//! is missing reports it as damage where it happens.
+//!
 //! Prices are S3 Standard request prices: $0.005 per 1,000 PUT/COPY/POST/LIST
 //! requests and $0.0004 per 1,000 GET (and other) requests; DELETE is free. Storage
 //! and transfer are not included.
@@ -11,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreResult};
+use super::{DynStore, GetResult, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
 /// USD per PUT/LIST request (S3 Standard).
 pub const USD_PER_PUT: f64 = 0.005 / 1000.0;
@@ -28,6 +36,8 @@ pub struct Meter {
     lists: AtomicU64,
     deletes: AtomicU64,
     errors: AtomicU64,
+    not_found: AtomicU64,
+    precondition_failed: AtomicU64,
 }
 
 /// A point-in-time copy of a [`Meter`].
@@ -39,7 +49,12 @@ pub struct Metrics {
     pub get_bytes: u64,
     pub lists: u64,
     pub deletes: u64,
+    /// Requests that failed (not counting the two expected answers below).
     pub errors: u64,
+    /// Requests answered "no such object".
+    pub not_found: u64,
+    /// Conditional writes answered "precondition failed".
+    pub precondition_failed: u64,
 }
 
 impl Metrics {
@@ -63,6 +78,8 @@ impl Metrics {
             lists: self.lists - earlier.lists,
             deletes: self.deletes - earlier.deletes,
             errors: self.errors - earlier.errors,
+            not_found: self.not_found - earlier.not_found,
+            precondition_failed: self.precondition_failed - earlier.precondition_failed,
         }
     }
 }
@@ -77,6 +94,8 @@ impl Meter {
             lists: self.lists.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            not_found: self.not_found.load(Ordering::Relaxed),
+            precondition_failed: self.precondition_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -102,9 +121,13 @@ impl MeteredStore {
     }
 
     fn count<T>(&self, r: &StoreResult<T>) {
-        if r.is_err() {
-            self.meter.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = match r {
+            Ok(_) => return,
+            Err(StoreError::NotFound(_)) => &self.meter.not_found,
+            Err(StoreError::PreconditionFailed(_)) => &self.meter.precondition_failed,
+            Err(_) => &self.meter.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -163,5 +186,30 @@ impl ObjectStore for MeteredStore {
     }
     fn short_of_space(&self) -> bool {
         self.inner.short_of_space()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn expected_answers_are_not_errors() {
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()));
+        assert!(store.get("absent").await.is_err());
+        store
+            .put("k", Bytes::from_static(b"v"), PutMode::CreateNew)
+            .await
+            .unwrap();
+        assert!(store
+            .put("k", Bytes::from_static(b"w"), PutMode::CreateNew)
+            .await
+            .is_err());
+        assert!(store.get_range("k", 5..9).await.is_err());
+        let m = store.meter().snapshot();
+        assert_eq!((m.not_found, m.precondition_failed), (1, 1));
+        assert_eq!(m.errors, 1, "an invalid range is an error");
+        assert_eq!((m.puts, m.gets), (2, 2));
     }
 }

@@ -420,8 +420,10 @@ fn stats_and_fsck_on_local_store() {
     }
     kvfs(&["delete", &store, "key0"]).ok();
     let stats = kvfs(&["stats", &store]).ok();
+    assert_eq!(stats_field(&stats, "files"), "4", "{stats}");
+    assert_eq!(stats_field(&stats, "directories"), "1", "{stats}");
     // Per file an inode and a directory entry; the root and the superblock.
-    assert_eq!(stats_field(&stats, "keys"), "10", "{stats}");
+    assert_eq!(stats_field(&stats, "engine records"), "10", "{stats}");
     // Key and value bytes: entries 4 x 14, inodes 4 x 10 + 4 x 10 content, the
     // root's inode 10, the superblock 2.
     assert_eq!(stats_field(&stats, "live bytes"), "148", "{stats}");
@@ -793,9 +795,11 @@ async fn s3_roundtrip() {
 
     let stats = s3.run(&["stats", &url]).await.ok();
     assert_eq!(stats_field(&stats, "store"), url, "{stats}");
+    assert_eq!(stats_field(&stats, "files"), "3", "{stats}");
+    assert_eq!(stats_field(&stats, "directories"), "2", "{stats}");
     // Per file or directory an inode and an entry (a/2, b, stdin, a); the root and
     // the superblock.
-    assert_eq!(stats_field(&stats, "keys"), "10", "{stats}");
+    assert_eq!(stats_field(&stats, "engine records"), "10", "{stats}");
     let fsck = s3.run(&["fsck", &url]).await.ok();
     assert!(fsck.contains("no problems found"), "{fsck}");
 
@@ -991,7 +995,20 @@ fn stats_json_has_the_same_figures_as_the_text() {
     let json: serde_json::Value =
         serde_json::from_str(&Run::new(&["stats", s, "--json"]).output().ok()).unwrap();
     assert_eq!(json["store"], s);
-    assert_eq!(json["keys"].to_string(), stats_field(&text, "keys"));
+    assert_eq!(
+        json["engine_records"].to_string(),
+        stats_field(&text, "engine records")
+    );
+    assert_eq!(json["files"].to_string(), stats_field(&text, "files"));
+    assert_eq!(
+        json["directories"].to_string(),
+        stats_field(&text, "directories")
+    );
+    assert_eq!(
+        (json["symlinks"].as_u64(), json["special_files"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(json["requests"]["errors"], 0);
     assert_eq!(
         json["manifest"].to_string(),
         stats_field(&text, "manifest ")
@@ -1000,4 +1017,35 @@ fn stats_json_has_the_same_figures_as_the_text() {
     assert_eq!(json["lease"]["label"], "kvfs put");
     assert!(json["stored_bytes"].as_u64().unwrap() > 0);
     assert!(json["requests"]["estimated_usd"].as_f64().is_some());
+}
+
+/// `kvfs stats` counts what a user means by files: after the quick start (two keys
+/// stored with `put` and one file written), 3 files in 4 directories, the root
+/// included; the engine's records, several per file, are labelled as such.
+#[test]
+fn stats_count_files_and_directories_apart_from_engine_records() {
+    let (_dir, _path, store) = local_store();
+    kvfs(&["put", &store, "greeting", "hello, kvfs"]).ok();
+    kvfs(&[
+        "put",
+        &store,
+        "users/42/profile.json",
+        "{\"name\": \"Ada\"}",
+    ])
+    .ok();
+    kvfs(&["put", &store, "a/b", "hello"]).ok();
+    let text = kvfs(&["stats", &store]).ok();
+    assert_eq!(stats_field(&text, "files"), "3", "{text}");
+    assert_eq!(stats_field(&text, "directories"), "4", "{text}");
+    let records: u64 = stats_field(&text, "engine records").parse().unwrap();
+    // An inode and a name per file and directory (but the root's name), the
+    // superblock.
+    assert_eq!(records, 3 * 2 + 4 * 2 - 1 + 1, "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("keys")), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&kvfs(&["stats", &store, "--json"]).ok()).unwrap();
+    assert_eq!(json["files"], 3);
+    assert_eq!(json["directories"], 4);
+    assert_eq!(json["engine_records"], records);
+    assert!(json.get("keys").is_none(), "{json}");
 }

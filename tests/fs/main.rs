@@ -1,7 +1,7 @@
 //! Tests of the file system: the namespace without FUSE (a model, extents, directory
 //! renames, operations under a held GET or upload), the `kvfs` command, real mounts
-//! driven with shell tools, a mount against a model directory, and SIGKILL of the
-//! mount daemon.
+//! driven with shell tools, a mount against a model directory, SIGKILL of the
+//! mount daemon, and `kvfs unmount`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -24,3 +24,4 @@ mod posix;
 mod rename;
 mod sparse;
 mod tools;
+mod unmount;

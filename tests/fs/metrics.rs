@@ -138,3 +138,46 @@ fn every_metric_is_documented() {
         assert!(doc.contains(&row), "docs/SEMANTICS.md lacks the row {row}");
     }
 }
+
+/// A mount of a brand-new S3 store counts no object-store error: looking for objects
+/// that do not exist yet (the lease, the next segment or manifest) and conditional
+/// writes that find an object are expected answers, counted apart.
+#[test]
+fn a_new_stores_mount_counts_no_errors() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s3 = rt.block_on(crate::common::S3Fixture::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mount = Mount::start(
+        &format!("s3://{}/fresh", crate::common::BUCKET),
+        &tmp.path().join("mnt"),
+        &["--metrics-addr", &addr.to_string()],
+        &s3.server.client_env(),
+    );
+    for i in 0..5 {
+        let mut f = std::fs::File::create(mount.point().join(format!("f{i}"))).unwrap();
+        f.write_all(b"fresh").unwrap();
+        f.sync_all().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = scrape(addr);
+        if value(&s, "kvfs_s3_requests_total", Some(("op", "put"))) >= 5.0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics never showed the writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(value(&s, "kvfs_s3_errors_total", None), 0.0);
+    assert!(value(&s, "kvfs_s3_not_found_total", None) >= 1.0);
+    mount.finish();
+    drop(s3);
+    drop(rt);
+}
