@@ -109,6 +109,41 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "bytes held by the read cache",
     ),
     (
+        "kvfs_disk_cache_hits_total",
+        Kind::Counter,
+        "reads of immutable objects answered by the disk cache",
+    ),
+    (
+        "kvfs_disk_cache_hit_bytes_total",
+        Kind::Counter,
+        "bytes the disk cache answered",
+    ),
+    (
+        "kvfs_disk_cache_misses_total",
+        Kind::Counter,
+        "reads of immutable objects the disk cache did not hold (fetched, then kept)",
+    ),
+    (
+        "kvfs_disk_cache_written_bytes_total",
+        Kind::Counter,
+        "bytes written into the disk cache (uploads and fetched ranges)",
+    ),
+    (
+        "kvfs_disk_cache_evictions_total",
+        Kind::Counter,
+        "disk cache entries removed to stay within --cache-size",
+    ),
+    (
+        "kvfs_disk_cache_corrupt_total",
+        Kind::Counter,
+        "disk cache entries found torn or corrupt (deleted and fetched again)",
+    ),
+    (
+        "kvfs_disk_cache_bytes",
+        Kind::Gauge,
+        "bytes the disk cache holds on disk (0 without one)",
+    ),
+    (
         "kvfs_index_keys",
         Kind::Gauge,
         "keys in the index (about two per file)",
@@ -231,6 +266,14 @@ pub fn record(db: &Db) {
     counter!("kvfs_cache_hits_total").absolute(f.cache_hits);
     counter!("kvfs_cache_misses_total").absolute(f.cache_misses);
     gauge!("kvfs_cache_bytes").set(f.cache_bytes as f64);
+    let d = &f.disk_cache;
+    counter!("kvfs_disk_cache_hits_total").absolute(d.hits);
+    counter!("kvfs_disk_cache_hit_bytes_total").absolute(d.hit_bytes);
+    counter!("kvfs_disk_cache_misses_total").absolute(d.misses);
+    counter!("kvfs_disk_cache_written_bytes_total").absolute(d.written_bytes);
+    counter!("kvfs_disk_cache_evictions_total").absolute(d.evictions);
+    counter!("kvfs_disk_cache_corrupt_total").absolute(d.corrupt);
+    gauge!("kvfs_disk_cache_bytes").set(d.bytes as f64);
     gauge!("kvfs_index_keys").set(f.keys as f64);
     gauge!("kvfs_index_estimated_bytes").set(f.index_estimated_bytes as f64);
     gauge!("kvfs_live_bytes").set(f.live_bytes as f64);

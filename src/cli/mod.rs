@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use kvfs::db::{GcOptions, Options};
+use kvfs::db::{DiskCacheOptions, GcOptions, Options};
 use kvfs::format::envelope::Compression;
+use kvfs::store::disk_cache::DEFAULT_CACHE_BYTES;
 use kvfs::store::encoding::EncryptionKey;
 
 #[derive(Parser, Debug)]
@@ -353,6 +354,34 @@ pub struct Access {
     /// an encrypted store cannot be opened without it.
     #[arg(long, env = "KVFS_ENCRYPTION_KEY_FILE", value_name = "FILE", value_parser = parse_key_file)]
     encryption_key_file: Option<EncryptionKey>,
+    /// Where S3 stores are cached on the local disk: one subdirectory per store
+    /// (named by its id). Default: $XDG_CACHE_HOME/kvfs, else ~/.cache/kvfs.
+    #[arg(long, env = "KVFS_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Most bytes the disk cache keeps of one store (least recently used out); 0
+    /// turns it off. Not to be confused with --cache-bytes, the cache in memory.
+    #[arg(long, env = "KVFS_CACHE_SIZE", default_value_t = DEFAULT_CACHE_BYTES, value_name = "BYTES")]
+    cache_size: u64,
+    /// Keep no disk cache (the same as --cache-size 0).
+    #[arg(long)]
+    no_disk_cache: bool,
+}
+
+/// The default base directory of disk caches: $XDG_CACHE_HOME/kvfs, else
+/// $HOME/.cache/kvfs; none without either.
+fn default_cache_dir() -> Option<std::path::PathBuf> {
+    let absolute = |v: std::ffi::OsString| {
+        let p = std::path::PathBuf::from(v);
+        p.is_absolute().then_some(p)
+    };
+    std::env::var_os("XDG_CACHE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".cache"))
+        })
+        .map(|d| d.join("kvfs"))
 }
 
 fn parse_key_file(path: &str) -> Result<EncryptionKey, String> {
@@ -370,6 +399,27 @@ impl Access {
     fn apply(&self, opts: &mut Options) {
         opts.retry.max_elapsed = Duration::from_secs(self.retry_timeout_secs);
         opts.encoding.key = self.encryption_key_file.clone();
+        opts.disk_cache = if self.no_disk_cache || self.cache_size == 0 {
+            None
+        } else {
+            // Absolute: the mount server changes directory to `/`.
+            let given = self
+                .cache_dir
+                .clone()
+                .map(|d| std::path::absolute(&d).unwrap_or(d));
+            match given.or_else(default_cache_dir) {
+                Some(dir) => Some(DiskCacheOptions {
+                    dir,
+                    bytes: self.cache_size,
+                }),
+                None => {
+                    log::info!(
+                        "no disk cache: neither --cache-dir, XDG_CACHE_HOME nor HOME is set"
+                    );
+                    None
+                }
+            }
+        };
     }
 }
 

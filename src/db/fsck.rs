@@ -226,6 +226,11 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
                     report.issue(&obj.key, e.to_string());
                 }
             }
+            ObjectKind::StoreId => {
+                if !crate::db::store_id::is_id(String::from_utf8_lossy(&data).trim()) {
+                    report.issue(&obj.key, "not a store id (32 hex digits)".to_string());
+                }
+            }
             ObjectKind::Unknown => {}
         }
     }

@@ -32,6 +32,7 @@ mod repair;
 mod snapshots;
 mod state;
 mod stats;
+mod store_id;
 mod tasks;
 mod uploader;
 
@@ -50,7 +51,7 @@ pub use gc::plan::GcPlan;
 pub use gc::GcCounters;
 #[cfg(feature = "test-hooks")]
 pub use hooks::TaskFault;
-pub use options::{GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use options::{DiskCacheOptions, GcOptions, Options, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::Fallback;
 pub use repair::RepairReport;
 pub use snapshots::Snapshot;
@@ -61,6 +62,7 @@ use crate::format::names::{segment_name, SegmentId};
 use crate::format::segment::{
     decode_value, delete_len, link_len, put_len, stored_value_len, MAX_META_LEN,
 };
+use crate::store::disk_cache;
 use crate::store::encoding::open_encoded;
 use crate::store::metered::{Meter, MeteredStore};
 use crate::store::retry::RetryStore;
@@ -215,6 +217,8 @@ pub struct Figures {
     pub cache_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// The disk cache (all zero when none is kept).
+    pub disk_cache: disk_cache::DiskCacheFigures,
     pub lease_renewals: u64,
     pub lease_renewal_failures: u64,
     /// The writer is poisoned: every later write and sync fails (a refused upload, a
@@ -303,6 +307,8 @@ pub(crate) struct Shared {
     pub space_freed: Notify,
     pub checkpoint_done: Notify,
     pub lease: tokio::sync::Mutex<Option<Lease>>,
+    /// The disk cache layer, when the options keep one.
+    pub disk_cache: Option<Arc<disk_cache::DiskCacheStore>>,
     pub tasks: Mutex<tasks::TaskSet>,
     pub opened_in: std::time::Duration,
     /// How the state was recovered at open if the current checkpoint was damaged.
@@ -865,8 +871,12 @@ fn validate_value(value: &[u8]) -> Result<()> {
 
 impl Db {
     /// Open the store a URL names (`s3://bucket/prefix`, a path, `file:///path`).
-    pub async fn open(url: &str, opts: Options) -> Result<Db> {
+    pub async fn open(url: &str, mut opts: Options) -> Result<Db> {
         let url = StoreUrl::parse(url)?;
+        if !matches!(url, StoreUrl::S3 { .. }) {
+            // The objects of a local store are local files already.
+            opts.disk_cache = None;
+        }
         let backend = open_store(&url).await?;
         Db::open_store(backend, opts).await
     }
@@ -894,13 +904,42 @@ impl Db {
         let meter = metered.meter();
         let retry = Arc::new(RetryStore::new(Arc::new(metered), opts.retry.clone()));
         let writer = !opts.read_only && opts.snapshot.is_none();
-        let (store, encoding) = open_encoded(retry.clone(), &opts.encoding, writer).await?;
+        // The disk cache keeps objects as stored (below the envelope layer) and
+        // answers without a request (above retries and metering). It is attached
+        // before recovery when the store has an id, so a warm open reads nothing.
+        let disk_cache = opts.disk_cache.as_ref().map(|c| {
+            Arc::new(disk_cache::DiskCacheStore::new(
+                retry.clone() as DynStore,
+                c.bytes,
+            ))
+        });
+        let below_envelope: DynStore = match &disk_cache {
+            Some(c) => c.clone(),
+            None => retry.clone(),
+        };
+        if let (Some(cache), Some(o)) = (&disk_cache, &opts.disk_cache) {
+            if let Some(id) = store_id::read(&below_envelope).await? {
+                cache.attach(o.dir.join(id)).await;
+            }
+        }
+        let (store, encoding) =
+            open_encoded(below_envelope.clone(), &opts.encoding, writer).await?;
         let opened = recovery::open(store.clone(), &opts).await?;
+        if let (Some(cache), Some(o)) = (&disk_cache, &opts.disk_cache) {
+            if opened.lease.is_some() && cache.dir().is_none() {
+                match store_id::ensure(&below_envelope).await {
+                    Ok(Some(id)) => cache.attach(o.dir.join(id)).await,
+                    Ok(None) => {}
+                    Err(e) => log::warn!("the disk cache is off: no store id: {e}"),
+                }
+            }
+        }
         let epoch = opened.epoch;
         let writable = opened.lease.is_some();
         let (durable, _) = watch::channel(Durable::default());
         let shared = Arc::new(Shared {
             store,
+            disk_cache,
             meter,
             retry,
             encoding,
@@ -1579,6 +1618,11 @@ impl Db {
             cache_bytes: st.cache.bytes() as u64,
             cache_hits: st.cache.hits,
             cache_misses: st.cache.misses,
+            disk_cache: sh
+                .disk_cache
+                .as_ref()
+                .map(|c| c.figures())
+                .unwrap_or_default(),
             lease_renewals: sh.lease_renewals.load(std::sync::atomic::Ordering::Relaxed),
             lease_renewal_failures: sh
                 .lease_renewal_failures

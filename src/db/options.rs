@@ -62,6 +62,18 @@ pub struct Options {
     pub gc: GcOptions,
     /// Encryption key and compression (see `store::encoding`).
     pub encoding: EncodingOptions,
+    /// A local disk cache of immutable objects (see `store::disk_cache`); `None`
+    /// (the default of the library) keeps none.
+    pub disk_cache: Option<DiskCacheOptions>,
+}
+
+/// Where and how large the disk cache is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskCacheOptions {
+    /// The base directory: each store's cache is the subdirectory named by its id.
+    pub dir: std::path::PathBuf,
+    /// Most bytes one store's cache holds.
+    pub bytes: u64,
 }
 
 /// Settings of the cleaner and of compaction (see `db::gc`).
@@ -137,6 +149,7 @@ impl Default for Options {
             rebuild_damaged: false,
             gc: GcOptions::default(),
             encoding: EncodingOptions::default(),
+            disk_cache: None,
         }
     }
 }

@@ -66,6 +66,10 @@ pub struct Stats {
     pub open_time: Duration,
     /// Bytes held by the read cache of this handle.
     pub cache_bytes: u64,
+    /// The disk cache: its directory (none when no disk cache is kept) and what
+    /// it holds and did for this handle.
+    pub disk_cache_dir: Option<std::path::PathBuf>,
+    pub disk_cache: crate::store::disk_cache::DiskCacheFigures,
     /// Entries of the index's slot table (data objects that live keys refer to,
     /// plus freed slots waiting for reuse): bounded by the live data.
     pub index_slots: u64,
@@ -127,6 +131,19 @@ impl Stats {
             "open_seconds": self.open_time.as_secs_f64(),
             "index_slots": self.index_slots,
             "current_checkpoint_bytes": self.current_checkpoint_bytes,
+            "cache": { "bytes": self.cache_bytes },
+            "disk_cache": {
+                "dir": self.disk_cache_dir.as_ref().map(|d| d.display().to_string()),
+                "entries": self.disk_cache.entries,
+                "bytes": self.disk_cache.bytes,
+                "capacity": self.disk_cache.capacity,
+                "hits": self.disk_cache.hits,
+                "hit_bytes": self.disk_cache.hit_bytes,
+                "misses": self.disk_cache.misses,
+                "written_bytes": self.disk_cache.written_bytes,
+                "evictions": self.disk_cache.evictions,
+                "corrupt": self.disk_cache.corrupt,
+            },
             "requests": {
                 "put": r.puts, "put_bytes": r.put_bytes,
                 "get": r.gets, "get_bytes": r.get_bytes,
@@ -197,6 +214,15 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
         lease,
         open_time: sh.opened_in,
         cache_bytes,
+        disk_cache_dir: sh
+            .disk_cache
+            .as_ref()
+            .and_then(|c| c.dir().map(std::path::Path::to_path_buf)),
+        disk_cache: sh
+            .disk_cache
+            .as_ref()
+            .map(|c| c.figures())
+            .unwrap_or_default(),
         index_slots,
         current_checkpoint_bytes: 0,
         requests: Metrics::default(),
@@ -230,7 +256,7 @@ pub(crate) async fn collect(sh: &Shared) -> Result<Stats> {
                 }
             }
             ObjectKind::Manifest(_) => s.manifests += 1,
-            ObjectKind::Lease | ObjectKind::Encoding => {}
+            ObjectKind::Lease | ObjectKind::Encoding | ObjectKind::StoreId => {}
             ObjectKind::Unknown => s.other_objects += 1,
         }
     }
@@ -347,6 +373,19 @@ impl fmt::Display for Stats {
                 l.ttl_ms
             )?,
             None => writeln!(f, "lease            none")?,
+        }
+        match &self.disk_cache_dir {
+            Some(d) => writeln!(
+                f,
+                "disk cache       {} entries, {} of at most {} bytes in {} ({} hits, {} misses in this run)",
+                self.disk_cache.entries,
+                self.disk_cache.bytes,
+                self.disk_cache.capacity,
+                d.display(),
+                self.disk_cache.hits,
+                self.disk_cache.misses
+            )?,
+            None => writeln!(f, "disk cache       none")?,
         }
         writeln!(f, "open time        {:.3} s", self.open_time.as_secs_f64())?;
         writeln!(f, "gc (this run)    {}", self.gc)?;

@@ -18,6 +18,8 @@ pub const RUN_DIR: &str = "run/";
 pub const CHECKPOINT_DIR: &str = "ckpt/";
 pub const MANIFEST_DIR: &str = "manifest/";
 pub const LEASE: &str = "lease";
+/// The store's id: 32 hex digits, random, written once (create-if-absent).
+pub const STORE_ID: &str = "store-id";
 
 /// Bit 63 of [`SegmentId::epoch`] marks the id of a sorted run rather than a log
 /// segment. Writer epochs never come near it.
@@ -97,6 +99,8 @@ pub enum ObjectKind {
     Lease,
     /// The store's encoding record.
     Encoding,
+    /// The store's id ([`STORE_ID`]).
+    StoreId,
     /// Not a name kvfs writes (a foreign object in the prefix).
     Unknown,
 }
@@ -116,6 +120,9 @@ pub fn parse_name(name: &str) -> ObjectKind {
     }
     if name == super::encoding::ENCODING {
         return ObjectKind::Encoding;
+    }
+    if name == STORE_ID {
+        return ObjectKind::StoreId;
     }
     if let Some(rest) = name.strip_prefix(SEGMENT_DIR) {
         if let Some((e, s)) = rest.split_once('-') {

@@ -137,6 +137,19 @@ impl S3Fixture {
         S3Fixture::with_options(ServerOptions::default()).await
     }
 
+    /// A server without faults on a runtime of its own (two worker threads), for
+    /// tests that are not async themselves (mounts driven with shell tools). Keep
+    /// the runtime alive for as long as the server is used.
+    pub fn start_with_runtime() -> (tokio::runtime::Runtime, S3Fixture) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let s3 = rt.block_on(S3Fixture::start());
+        (rt, s3)
+    }
+
     /// A server started with `opts`.
     pub async fn with_options(opts: ServerOptions) -> S3Fixture {
         let dir = tempfile::tempdir().expect("temp dir");

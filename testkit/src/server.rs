@@ -505,6 +505,9 @@ pub struct TestS3Server {
     counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The disk-cache base directory of `kvfs` commands run with [`Self::client_env`]
+    /// (removed with the server, so tests leave nothing in the user's cache).
+    disk_cache: tempfile::TempDir,
 }
 
 impl TestS3Server {
@@ -543,6 +546,7 @@ impl TestS3Server {
             counters,
             stop: Some(stop_tx),
             task: Some(task),
+            disk_cache: tempfile::tempdir()?,
         })
     }
 
@@ -623,7 +627,16 @@ impl TestS3Server {
                 "AWS_SHARED_CREDENTIALS_FILE",
                 "/nonexistent/kvfs-test-credentials".to_string(),
             ),
+            (
+                "KVFS_CACHE_DIR",
+                self.disk_cache.path().to_string_lossy().into_owned(),
+            ),
         ]
+    }
+
+    /// The disk-cache base directory `kvfs` commands run with [`Self::client_env`] use.
+    pub fn disk_cache_dir(&self) -> &Path {
+        self.disk_cache.path()
     }
 
     /// A client for this server with the test credentials.

@@ -9,6 +9,7 @@ mod common;
 mod cli;
 mod cli_args;
 mod concurrency;
+mod disk_cache;
 mod encoding;
 mod extents;
 mod follow;

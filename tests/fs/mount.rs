@@ -7,6 +7,7 @@
 //! test panics.
 
 use crate::common::mount::{force_unmount, is_mounted, Mount, KVFS};
+use crate::common::S3Fixture;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -692,14 +693,8 @@ impl Drop for DaemonCleanup {
 }
 
 /// An in-process S3 server on a runtime of its own, for mounts of an S3 store.
-fn s3_server() -> (tokio::runtime::Runtime, crate::common::S3Fixture) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let s3 = rt.block_on(crate::common::S3Fixture::start());
-    (rt, s3)
+fn s3_server() -> (tokio::runtime::Runtime, S3Fixture) {
+    S3Fixture::start_with_runtime()
 }
 
 #[test]
@@ -832,8 +827,9 @@ fn reading_again_costs_no_get() {
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
     let store = format!("s3://{}/cache", crate::common::BUCKET);
-    // A read cache too small to hold anything: every daemon read is a GET.
-    let small_cache = ["--cache-bytes", "4096"];
+    // A read cache too small to hold anything and no disk cache: every daemon read
+    // is a GET.
+    let small_cache = ["--cache-bytes", "4096", "--no-disk-cache"];
     let m = MountGuard::start(&store, &point, &small_cache, &env);
     // Whole pages only (small inline files and a large one with extents), written
     // and fsync'd.

@@ -54,13 +54,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The in-process S3 server, on a runtime of its own.
 fn s3_server() -> (tokio::runtime::Runtime, S3Fixture) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let s3 = rt.block_on(S3Fixture::start());
-    (rt, s3)
+    S3Fixture::start_with_runtime()
 }
 
 /// Files written through a mount whose uploads are slow are all in the store, and
