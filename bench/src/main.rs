@@ -21,6 +21,7 @@ mod recovery;
 mod report;
 mod s3put;
 mod server;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -75,6 +76,10 @@ enum Command {
     /// Write amplification of `tar -x` of a source-like tree into a mount: segment
     /// bytes uploaded before GC against the files' bytes, by kind of record.
     Extract(extract::ExtractArgs),
+    /// What users do first, on a real source tree from the cargo registry: tar -x,
+    /// grep -r, read everything after a remount with the disk cache kept and
+    /// emptied, rm -rf; seconds and S3 requests per step beside a local directory.
+    Workload(workload::WorkloadArgs),
     /// The writer process the crash benchmark kills.
     #[command(hide = true)]
     CrashChild(crash_child::ChildArgs),
@@ -106,6 +111,7 @@ fn main() {
         Command::Follow(args) => rt.block_on(follow::run(args)),
         Command::Encoding(args) => rt.block_on(encoding::run(args)),
         Command::Extract(args) => rt.block_on(extract::run(args)),
+        Command::Workload(args) => rt.block_on(workload::run(args)),
         Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {

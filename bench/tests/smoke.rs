@@ -426,3 +426,30 @@ fn extract_benchmark_runs_and_writes_csv() {
         assert!(ratio("segments") >= 1.0, "{csv}");
     }
 }
+
+#[test]
+fn workload_benchmark_runs_and_writes_csv() {
+    require_kvfs_binary();
+    let (stdout, csv) = run_bench(
+        &[
+            "workload",
+            "--quick",
+            "--put-latency-ms",
+            "2",
+            "--get-latency-ms",
+            "1",
+        ],
+        "workload",
+    );
+    for step in ["extract", "grep", "read warm", "read cold", "rm"] {
+        assert!(stdout.contains(step), "{step} missing from:\n{stdout}");
+    }
+    assert!(csv.starts_with("system,step,seconds,puts,gets,vs_local\n"));
+    assert_eq!(csv.lines().count(), 11, "{csv}");
+    // Reading back after a remount with the disk cache kept costs no GET.
+    let warm = csv
+        .lines()
+        .find(|l| l.starts_with("kvfs,read warm,"))
+        .unwrap_or_else(|| panic!("no kvfs warm read in:\n{csv}"));
+    assert_eq!(warm.split(',').nth(4), Some("0"), "{warm}");
+}

@@ -1,0 +1,289 @@
+//! `kvfs-bench workload`: what users do first with a file system, on a real source
+//! tree, side by side with a local directory.
+//!
+//! The tree is a `.crate` from the cargo registry cache (`--tarball`, or by default
+//! the largest one there with at least `--min-files` files; a generated source-like
+//! tree when there is none). Steps, each timed and with the S3 requests it made:
+//! 1. `extract`: `tar -xzf` into the file system;
+//! 2. `grep`: `grep -r` for a string that is nowhere, right after (reads every file);
+//! 3. `read warm`: unmount, mount again, read every file (for kvfs the disk cache is
+//!    kept; for the local directory the kernel's caches are dropped);
+//! 4. `read cold`: the same with kvfs's disk cache emptied first;
+//! 5. `rm`: `rm -rf` of the tree.
+//!
+//! kvfs runs against the in-process S3 server with S3-like latency injected
+//! (`--put-latency-ms`, `--get-latency-ms`). Rows go to `workload.csv` and a chart of
+//! seconds per step to `workload.png` in the `--out` directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use kvfs_testkit::extract::write_source_tree;
+use kvfs_testkit::faults::FaultConfig;
+use kvfs_testkit::mount::require;
+use kvfs_testkit::server::{RequestCounts, ServerOptions, TestS3Server};
+
+use crate::mount::{mount_kvfs, BenchResult};
+use crate::plot;
+use crate::report::Table;
+
+#[derive(Args, Debug)]
+pub struct WorkloadArgs {
+    /// A .tar.gz (such as a .crate) to extract; default: the largest .crate of the
+    /// cargo registry cache with at least --min-files files.
+    #[arg(long)]
+    tarball: Option<PathBuf>,
+    /// Fewest files of a .crate picked from the registry cache.
+    #[arg(long, default_value_t = 1000)]
+    min_files: usize,
+    /// Latency the S3 server adds to each PUT.
+    #[arg(long, default_value_t = 25)]
+    put_latency_ms: u64,
+    /// Latency the S3 server adds to each GET, HEAD and LIST.
+    #[arg(long, default_value_t = 15)]
+    get_latency_ms: u64,
+    /// A smaller tree (a generated 4 MiB one) and no registry search.
+    #[arg(long)]
+    quick: bool,
+    /// Write workload.csv and workload.png here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const STEPS: [&str; 5] = ["extract", "grep", "read warm", "read cold", "rm"];
+
+/// One step's figures.
+struct Measured {
+    seconds: f64,
+    requests: RequestCounts,
+}
+
+pub async fn run(a: WorkloadArgs) -> BenchResult<()> {
+    require("tar", "tar")?;
+    require("grep", "grep")?;
+    let work = std::env::temp_dir().join(format!("kvfs-bench-workload-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(&a, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Files in a gzipped tar archive.
+fn files_in(tarball: &Path) -> Option<usize> {
+    let out = Command::new("tar").arg("-tzf").arg(tarball).output().ok()?;
+    out.status.success().then(|| {
+        out.stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty() && !l.ends_with(b"/"))
+            .count()
+    })
+}
+
+/// The largest .crate of the registry cache with at least `min_files` files.
+fn registry_crate(min_files: usize) -> Option<(PathBuf, usize)> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let mut crates: Vec<(u64, PathBuf)> = Vec::new();
+    for index in std::fs::read_dir(home.join("registry/cache"))
+        .ok()?
+        .flatten()
+    {
+        for c in std::fs::read_dir(index.path()).ok()?.flatten() {
+            let p = c.path();
+            if p.extension().is_some_and(|e| e == "crate") {
+                let size = c.metadata().map(|m| m.len()).unwrap_or(0);
+                crates.push((size, p));
+            }
+        }
+    }
+    crates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    crates
+        .into_iter()
+        .take(40)
+        .find_map(|(_, p)| files_in(&p).filter(|n| *n >= min_files).map(|n| (p, n)))
+}
+
+fn sh(dir: &Path, script: &str) -> BenchResult<()> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("{script}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    Ok(())
+}
+
+/// Time `script` in `dir`, with the requests `server` saw meanwhile.
+fn step(dir: &Path, script: &str, server: Option<&TestS3Server>) -> BenchResult<Measured> {
+    let before = server.map(|s| s.request_counts());
+    let started = Instant::now();
+    sh(dir, script)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = match (server, before) {
+        (Some(s), Some(b)) => s.request_counts().since(&b),
+        _ => RequestCounts::default(),
+    };
+    Ok(Measured { seconds, requests })
+}
+
+const READ_ALL: &str = "find . -type f -print0 | xargs -0 cat > /dev/null";
+const GREP: &str = "! grep -r 'no such string in this tree 7f3a9c' . > /dev/null";
+
+/// Drop the kernel's page, dentry and inode caches (root only); whether it could.
+fn drop_kernel_caches() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok()
+}
+
+async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
+    let (tarball, what) = match (&a.tarball, a.quick) {
+        (Some(t), _) => (t.clone(), t.display().to_string()),
+        (None, false) => match registry_crate(a.min_files) {
+            Some((p, n)) => {
+                let name = p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (p, format!("{name} ({n} files)"))
+            }
+            None => generated(work, 64)?,
+        },
+        (None, true) => generated(work, 4)?,
+    };
+    eprintln!("tree: {what}");
+    let tarball = std::path::absolute(&tarball)?;
+    let extract = format!("tar -xzf '{}'", tarball.display());
+
+    let mut rows: Vec<(&str, &str, Measured)> = Vec::new();
+    // A local directory.
+    let local = work.join("local");
+    std::fs::create_dir_all(&local)?;
+    rows.push(("local", "extract", step(&local, &extract, None)?));
+    rows.push(("local", "grep", step(&local, GREP, None)?));
+    let dropped = drop_kernel_caches();
+    rows.push(("local", "read warm", step(&local, READ_ALL, None)?));
+    drop_kernel_caches();
+    rows.push(("local", "read cold", step(&local, READ_ALL, None)?));
+    rows.push(("local", "rm", step(&local, "rm -rf ./*", None)?));
+    if !dropped {
+        eprintln!(
+            "note: the kernel's caches could not be dropped (not root): local reads are warm"
+        );
+    }
+
+    // kvfs on S3 with latency.
+    std::fs::create_dir_all(work.join("s3"))?;
+    let server = TestS3Server::start(&work.join("s3"), ServerOptions::default()).await?;
+    server.create_bucket("bench")?;
+    server.faults().set(FaultConfig {
+        put_latency: Duration::from_millis(a.put_latency_ms),
+        get_latency: Duration::from_millis(a.get_latency_ms),
+        ..FaultConfig::default()
+    });
+    eprintln!(
+        "S3 server with {} ms per PUT, {} ms per GET/HEAD/LIST",
+        a.put_latency_ms, a.get_latency_ms
+    );
+    let store = "s3://bench/workload";
+    let point = work.join("mnt");
+    tokio::task::block_in_place(|| -> BenchResult<()> {
+        let m = mount_kvfs(&server, store, &point, &[])?;
+        rows.push(("kvfs", "extract", step(&m.point, &extract, Some(&server))?));
+        rows.push(("kvfs", "grep", step(&m.point, GREP, Some(&server))?));
+        m.unmount()?;
+        let m = mount_kvfs(&server, store, &point, &[])?;
+        rows.push((
+            "kvfs",
+            "read warm",
+            step(&m.point, READ_ALL, Some(&server))?,
+        ));
+        m.unmount()?;
+        let cache = server.disk_cache_dir();
+        for e in std::fs::read_dir(cache)?.flatten() {
+            std::fs::remove_dir_all(e.path())?;
+        }
+        let m = mount_kvfs(&server, store, &point, &[])?;
+        rows.push((
+            "kvfs",
+            "read cold",
+            step(&m.point, READ_ALL, Some(&server))?,
+        ));
+        rows.push(("kvfs", "rm", step(&m.point, "rm -rf ./*", Some(&server))?));
+        m.unmount()?;
+        Ok(())
+    })?;
+
+    let mut t = Table::new(
+        &format!(
+            "Workload on {what}: kvfs over S3 ({} ms PUT, {} ms GET) and a local directory",
+            a.put_latency_ms, a.get_latency_ms
+        ),
+        &["system", "step", "seconds", "puts", "gets", "vs_local"],
+    );
+    let local_seconds = |s: &str| {
+        rows.iter()
+            .find(|(sys, st, _)| *sys == "local" && *st == s)
+            .map_or(f64::NAN, |(_, _, m)| m.seconds)
+    };
+    for (system, s, m) in &rows {
+        t.row(vec![
+            system.to_string(),
+            s.to_string(),
+            format!("{:.3}", m.seconds),
+            m.requests.put.to_string(),
+            m.requests.get.to_string(),
+            format!("{:.1}", m.seconds / local_seconds(s)),
+        ]);
+    }
+    print!("{}", t.render());
+    if let Some(out) = &a.out {
+        t.write_csv(out, "workload")?;
+        eprintln!("wrote {}", out.join("workload.csv").display());
+        let groups: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
+        let bars: Vec<plot::Bars> = ["local", "kvfs"]
+            .iter()
+            .map(|system| plot::Bars {
+                name: system.to_string(),
+                values: STEPS
+                    .iter()
+                    .map(|s| {
+                        rows.iter()
+                            .find(|(sys, st, _)| sys == system && st == s)
+                            .map_or(f64::NAN, |(_, _, m)| m.seconds)
+                    })
+                    .collect(),
+            })
+            .collect();
+        plot::bars(
+            &out.join("workload.png"),
+            &plot::Chart {
+                title: &format!("Seconds per step, {what}"),
+                x_label: "step",
+                y_label: "seconds (log)",
+                log_x: false,
+                log_y: true,
+            },
+            &groups,
+            &bars,
+        );
+    }
+    Ok(())
+}
+
+/// A generated source-like tree of `mib` MiB, packed as a .tar.gz.
+fn generated(work: &Path, mib: u64) -> BenchResult<(PathBuf, String)> {
+    let tree = work.join("generated");
+    let s = write_source_tree(&tree.join("src"), mib << 20, 22)?;
+    let tarball = work.join("generated.tar.gz");
+    sh(&tree, &format!("tar -czf '{}' src", tarball.display()))?;
+    Ok((
+        tarball,
+        format!("a generated tree ({} files, {mib} MiB)", s.files),
+    ))
+}
