@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use kvfs_testkit::server::{FaultConfig, RequestCounts, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{RequestCounts, TestS3Server};
 use kvfs_testkit::server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
 use crate::mount::{mount_kvfs, BenchResult};
@@ -497,20 +497,8 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
     let mut sustained_rss: Option<f64> = None;
     let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
     let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));
-    std::fs::create_dir_all(work.join("s3"))?;
-    let server = TestS3Server::start(&work.join("s3"), ServerOptions::default()).await?;
-    server.create_bucket("bench")?;
-    server.faults().set(FaultConfig {
-        put_latency: Duration::from_millis(a.put_latency_ms),
-        get_latency: Duration::from_millis(a.get_latency_ms),
-        ..FaultConfig::default()
-    });
-    eprintln!(
-        "S3 server at {} with {} ms per PUT, {} ms per GET/HEAD/LIST",
-        server.endpoint(),
-        a.put_latency_ms,
-        a.get_latency_ms
-    );
+    let server =
+        crate::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms).await?;
     let mut runner = Runner {
         server: &server,
         rows: Vec::new(),

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use kvfs_testkit::faults::FaultConfig;
 use kvfs_testkit::mount::Mount;
-use kvfs_testkit::server::TestS3Server;
+use kvfs_testkit::server::{ServerOptions, TestS3Server};
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -24,4 +25,22 @@ pub fn mount_kvfs(
 ) -> BenchResult<Mount> {
     let env = server.client_env();
     Ok(Mount::start(&kvfs_binary(), store, point, extra, &env)?)
+}
+
+/// A test S3 server storing into `dir` (created) with bucket `bench`, adding
+/// `put_ms` to every PUT and `get_ms` to every GET, HEAD and LIST; says so on stderr.
+pub async fn latency_server(dir: &Path, put_ms: u64, get_ms: u64) -> BenchResult<TestS3Server> {
+    std::fs::create_dir_all(dir)?;
+    let server = TestS3Server::start(dir, ServerOptions::default()).await?;
+    server.create_bucket("bench")?;
+    server.faults().set(FaultConfig {
+        put_latency: std::time::Duration::from_millis(put_ms),
+        get_latency: std::time::Duration::from_millis(get_ms),
+        ..FaultConfig::default()
+    });
+    eprintln!(
+        "S3 server at {} with {put_ms} ms per PUT, {get_ms} ms per GET/HEAD/LIST",
+        server.endpoint()
+    );
+    Ok(server)
 }

@@ -17,14 +17,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 
 use kvfs_testkit::extract::write_source_tree;
-use kvfs_testkit::faults::FaultConfig;
 use kvfs_testkit::mount::require;
-use kvfs_testkit::server::{RequestCounts, ServerOptions, TestS3Server};
+use kvfs_testkit::server::{RequestCounts, TestS3Server};
 
 use crate::mount::{mount_kvfs, BenchResult};
 use crate::plot;
@@ -178,18 +177,8 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
     }
 
     // kvfs on S3 with latency.
-    std::fs::create_dir_all(work.join("s3"))?;
-    let server = TestS3Server::start(&work.join("s3"), ServerOptions::default()).await?;
-    server.create_bucket("bench")?;
-    server.faults().set(FaultConfig {
-        put_latency: Duration::from_millis(a.put_latency_ms),
-        get_latency: Duration::from_millis(a.get_latency_ms),
-        ..FaultConfig::default()
-    });
-    eprintln!(
-        "S3 server with {} ms per PUT, {} ms per GET/HEAD/LIST",
-        a.put_latency_ms, a.get_latency_ms
-    );
+    let server =
+        crate::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms).await?;
     let store = "s3://bench/workload";
     let point = work.join("mnt");
     tokio::task::block_in_place(|| -> BenchResult<()> {

@@ -692,14 +692,9 @@ impl Drop for DaemonCleanup {
     }
 }
 
-/// An in-process S3 server on a runtime of its own, for mounts of an S3 store.
-fn s3_server() -> (tokio::runtime::Runtime, S3Fixture) {
-    S3Fixture::start_with_runtime()
-}
-
 #[test]
 fn mount_of_an_s3_store() {
-    let (rt, s3) = s3_server();
+    let (rt, s3) = S3Fixture::start_with_runtime();
     let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
@@ -822,7 +817,7 @@ fn an_idle_mount_writes_nothing_but_its_lease() {
 /// was read once, and the whole pages a write filled, are read again with no GET.
 #[test]
 fn reading_again_costs_no_get() {
-    let (rt, s3) = s3_server();
+    let (rt, s3) = S3Fixture::start_with_runtime();
     let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");

@@ -52,18 +52,13 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The in-process S3 server, on a runtime of its own.
-fn s3_server() -> (tokio::runtime::Runtime, S3Fixture) {
-    S3Fixture::start_with_runtime()
-}
-
 /// Files written through a mount whose uploads are slow are all in the store, and
 /// the lease is given back, as soon as `kvfs unmount` returns: a `kvfs get` right
 /// after it sees every one of them. (`fusermount3 -u` returns before the uploads, and
 /// the same reads then miss files.)
 #[test]
 fn kvfs_unmount_returns_once_everything_is_in_the_store() {
-    let (rt, s3) = s3_server();
+    let (rt, s3) = S3Fixture::start_with_runtime();
     let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
@@ -128,7 +123,7 @@ fn kvfs_unmount_returns_once_everything_is_in_the_store() {
 /// exits 1 with the server's error.
 #[test]
 fn kvfs_unmount_reports_a_failed_final_upload() {
-    let (rt, s3) = s3_server();
+    let (rt, s3) = S3Fixture::start_with_runtime();
     let env = s3.server.client_env();
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("mnt");
