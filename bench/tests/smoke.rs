@@ -434,6 +434,7 @@ fn workload_benchmark_runs_and_writes_csv() {
         &[
             "workload",
             "--quick",
+            "--no-juicefs",
             "--put-latency-ms",
             "2",
             "--get-latency-ms",
