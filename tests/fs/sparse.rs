@@ -1,7 +1,8 @@
 //! Sparse files compared with tmpfs: holes punched into small and large files
 //! (`fallocate -p`), sizes kept, data around them intact, `SEEK_DATA`/`SEEK_HOLE`,
 //! and the blocks `du` counts, before and after a remount. Zeroing a range
-//! (`FALLOC_FL_ZERO_RANGE`, which tmpfs refuses) is checked against its meaning.
+//! (`FALLOC_FL_ZERO_RANGE`, which tmpfs refuses) is checked against its meaning; a
+//! punched hole writes metadata only and `kvfs gc` gives its extents back.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -233,5 +234,77 @@ fn zeroing_a_range_reads_zeros_and_may_grow_the_file() {
             "{name}"
         );
     }
+    m.finish();
+}
+
+/// `kvfs stats --json` of a local store: (live bytes, stored bytes).
+fn live_and_stored(store: &str) -> (u64, u64) {
+    let out = std::process::Command::new(crate::common::mount::KVFS)
+        .args(["stats", store, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["live_bytes"].as_u64().unwrap(),
+        v["stored_bytes"].as_u64().unwrap(),
+    )
+}
+
+/// Punching a hole into a large file writes metadata only, and the extents it
+/// frees are garbage that `kvfs gc` gives back.
+#[test]
+fn a_punched_hole_writes_metadata_only_and_gc_reclaims_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let point = dir.path().join("mnt");
+    let data = pattern(8 << 20, 9);
+    let m = Mount::start(store, &point, &[], &[]);
+    std::fs::write(m.point().join("image"), &data).unwrap();
+    m.finish();
+    let (live_before, stored_before) = live_and_stored(store);
+    assert!(live_before >= 8 << 20);
+
+    let m = Mount::start(store, &point, &[], &[]);
+    let p = m.point().join("image");
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(fallocate(&p, punch, 1 << 20, 6 << 20), "ok");
+    std::fs::File::open(&p).unwrap().sync_all().unwrap();
+    m.finish();
+    let (live, stored) = live_and_stored(store);
+    // A few records and a manifest: nothing near a MiB of data was written.
+    assert!(
+        stored - stored_before < 64 << 10,
+        "punching wrote {} bytes",
+        stored - stored_before
+    );
+    assert!(
+        live_before - live >= 6 << 20,
+        "{live_before} -> {live} live bytes"
+    );
+
+    let gc = std::process::Command::new(crate::common::mount::KVFS)
+        .args(["gc", store, "--gc-grace-secs", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let (_, after_gc) = live_and_stored(store);
+    assert!(
+        after_gc + (5 << 20) < stored,
+        "gc left {after_gc} of {stored} bytes stored"
+    );
+    let m = Mount::start(store, &point, &[], &[]);
+    let mut want = data;
+    want[1 << 20..7 << 20].fill(0);
+    assert!(std::fs::read(m.point().join("image")).unwrap() == want);
     m.finish();
 }
