@@ -609,13 +609,7 @@ fn daemon_pids(point: &Path) -> Vec<i32> {
 }
 
 fn process_gone(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.trim().chars().next())
-            .is_some_and(|s| s == 'Z' || s == 'X'),
-        Err(_) => true,
-    }
+    u32::try_from(pid).map_or(true, |p| !kvfs::process::pid_alive(p))
 }
 
 #[test]

@@ -35,13 +35,7 @@ fn stderr(out: &Output) -> String {
 
 /// Whether process `pid` has exited (gone, or a zombie not yet reaped).
 fn exited(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.trim().chars().next())
-            .is_some_and(|s| s == 'Z' || s == 'X'),
-        Err(_) => true,
-    }
+    !kvfs::process::pid_alive(pid)
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -91,7 +85,9 @@ fn kvfs_unmount_returns_once_everything_is_in_the_store() {
 
     let out = kvfs(&["unmount", m.point().to_str().unwrap()], &env);
     assert!(out.status.success(), "kvfs unmount: {}", stderr(&out));
-    assert!(exited(pid), "the mount server still runs");
+    // The server has given its outcome and is exiting (its last threads may still be
+    // on their way out).
+    wait_until("the mount server has exited", || exited(pid));
     assert!(!is_mounted(&point));
     for i in [0, 17, 59] {
         let out = kvfs(&["get", &store, &format!("d/f{i}")], &env);
@@ -288,7 +284,7 @@ fn sigterm_with_files_open_logs_no_error() {
     drop(open);
     let out = kvfs(&["unmount", point.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(exited(pid));
+    wait_until("the mount server has exited", || exited(pid));
     let log = m.log_text();
     assert!(log.contains("detached it"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
