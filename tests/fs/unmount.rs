@@ -263,7 +263,8 @@ fn another_users_mount_is_refused() {
 
 /// SIGTERM while files are open detaches the mount; when they are closed, the
 /// kernel is gone before the replies to their last close: the server's log shows no
-/// error for that, and `kvfs unmount` of the detached point waits for the server.
+/// error for that, and `kvfs unmount` of the detached point waits for the server
+/// (or, if it has finished already, says the point is not mounted).
 #[test]
 fn sigterm_with_files_open_logs_no_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -283,7 +284,10 @@ fn sigterm_with_files_open_logs_no_error() {
     wait_until("the mount is detached", || !is_mounted(&point));
     drop(open);
     let out = kvfs(&["unmount", point.to_str().unwrap()], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    if !out.status.success() {
+        // The server finished before the command looked: nothing left to wait for.
+        assert!(stderr(&out).contains("is not mounted"), "{}", stderr(&out));
+    }
     wait_until("the mount server has exited", || exited(pid));
     let log = m.log_text();
     assert!(log.contains("detached it"), "{log}");
