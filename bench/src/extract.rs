@@ -68,7 +68,8 @@ fn file_bytes(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
-fn run_tool(cmd: &mut Command) -> BenchResult<()> {
+/// Run `cmd`; an error with its stderr unless it succeeds.
+pub(crate) fn run_tool(cmd: &mut Command) -> BenchResult<()> {
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(format!(

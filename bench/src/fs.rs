@@ -114,7 +114,8 @@ struct Row {
     requests: RequestCounts,
 }
 
-fn mount_bindfs(work: &Path) -> BenchResult<Mount> {
+/// bindfs over a fresh tmpfs under `work`: FUSE with no storage behind it.
+pub(crate) fn mount_bindfs(work: &Path) -> BenchResult<Mount> {
     require("bindfs", "bindfs")?;
     let src = work.join("tmpfs");
     let point = work.join("mnt-bindfs");

@@ -10,10 +10,12 @@ mod encoding;
 mod engine;
 mod extract;
 mod faults;
+mod fio;
 mod follow;
 mod fs;
 mod fs_load;
 mod gc;
+mod juicefs;
 mod kv;
 mod mount;
 mod plot;
@@ -80,6 +82,10 @@ enum Command {
     /// grep -r, read everything after a remount with the disk cache kept and
     /// emptied, rm -rf; seconds and S3 requests per step beside a local directory.
     Workload(workload::WorkloadArgs),
+    /// fio's small-file jobs (mountpoint-s3's `create_files` and 4 KiB files written,
+    /// then read back after a remount with caches kept and emptied): files/s and
+    /// S3 requests through kvfs, bindfs over tmpfs and, when installed, JuiceFS.
+    Fio(fio::FioArgs),
     /// The writer process the crash benchmark kills.
     #[command(hide = true)]
     CrashChild(crash_child::ChildArgs),
@@ -112,6 +118,7 @@ fn main() {
         Command::Encoding(args) => rt.block_on(encoding::run(args)),
         Command::Extract(args) => rt.block_on(extract::run(args)),
         Command::Workload(args) => rt.block_on(workload::run(args)),
+        Command::Fio(args) => rt.block_on(fio::run(args)),
         Command::CrashChild(args) => rt.block_on(crash_child::run(args)),
     };
     if let Err(e) = result {

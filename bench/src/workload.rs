@@ -27,6 +27,7 @@ use kvfs_testkit::extract::write_source_tree;
 use kvfs_testkit::mount::require;
 use kvfs_testkit::server::{RequestCounts, TestS3Server};
 
+use crate::juicefs;
 use crate::mount::{mount_kvfs, BenchResult};
 use crate::plot;
 use crate::report::Table;
@@ -220,16 +221,10 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         Ok(())
     })?;
 
-    let juicefs = if a.no_juicefs {
-        None
-    } else {
-        a.juicefs.clone().or_else(|| on_path("juicefs"))
-    };
-    match &juicefs {
+    match juicefs::installed(a.juicefs.as_deref(), a.no_juicefs) {
         Some(program) => {
-            server.create_bucket("jfs")?;
             let result = tokio::task::block_in_place(|| {
-                juicefs_steps(program, &server, work, &extract, &mut rows)
+                juicefs_steps(&program, &server, work, &extract, &mut rows)
             });
             if let Err(e) = result {
                 eprintln!("note: no JuiceFS column: {e}");
@@ -311,32 +306,8 @@ fn generated(work: &Path, mib: u64) -> BenchResult<(PathBuf, String)> {
     ))
 }
 
-/// `name` if a program of that name is on PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn run_program(program: &Path, args: &[&str]) -> BenchResult<()> {
-    let out = Command::new(program).args(args).output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} {}: {}",
-            program.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The same steps on JuiceFS: a volume with SQLite metadata whose data goes to
-/// bucket `jfs` of `server`, mounted with its local cache in the work directory
-/// (emptied before the cold read).
+/// The same steps on JuiceFS (see [`crate::juicefs`]), its cache emptied before the
+/// cold read.
 fn juicefs_steps(
     program: &Path,
     server: &TestS3Server,
@@ -344,72 +315,22 @@ fn juicefs_steps(
     extract: &str,
     rows: &mut Vec<(&'static str, &'static str, Measured)>,
 ) -> BenchResult<()> {
-    let meta = format!("sqlite3://{}", work.join("jfs-meta.db").display());
-    let bucket = format!("{}/jfs", server.endpoint());
-    let cache = work.join("jfs-cache");
-    let point = work.join("jfs-mnt");
-    std::fs::create_dir_all(&point)?;
-    let (access, secret) = (
-        kvfs_testkit::server::TEST_ACCESS_KEY,
-        kvfs_testkit::server::TEST_SECRET_KEY,
-    );
-    run_program(
-        program,
-        &[
-            "format",
-            "--storage",
-            "minio",
-            "--bucket",
-            &bucket,
-            "--access-key",
-            access,
-            "--secret-key",
-            secret,
-            &meta,
-            "bench",
-        ],
-    )?;
-    let cache_arg = cache.to_string_lossy().into_owned();
-    let log_arg = work.join("jfs.log").to_string_lossy().into_owned();
-    let point_arg = point.to_string_lossy().into_owned();
-    let mount = || {
-        run_program(
-            program,
-            &[
-                "mount",
-                "-d",
-                "--cache-dir",
-                &cache_arg,
-                "--log",
-                &log_arg,
-                &meta,
-                &point_arg,
-            ],
-        )
-    };
-    let unmount = || run_program(program, &["umount", &point_arg]);
-    mount()?;
+    let v = juicefs::Volume::format(program, server, "jfs", &work.join("jfs"), "bench")?;
+    let point = &v.point;
+    v.mount()?;
     let measured = (|| -> BenchResult<()> {
-        rows.push(("juicefs", "extract", step(&point, extract, Some(server))?));
-        rows.push(("juicefs", "grep", step(&point, GREP, Some(server))?));
-        unmount()?;
-        mount()?;
-        rows.push((
-            "juicefs",
-            "read warm",
-            step(&point, READ_ALL, Some(server))?,
-        ));
-        unmount()?;
-        let _ = std::fs::remove_dir_all(&cache);
-        mount()?;
-        rows.push((
-            "juicefs",
-            "read cold",
-            step(&point, READ_ALL, Some(server))?,
-        ));
-        rows.push(("juicefs", "rm", step(&point, "rm -rf ./*", Some(server))?));
+        rows.push(("juicefs", "extract", step(point, extract, Some(server))?));
+        rows.push(("juicefs", "grep", step(point, GREP, Some(server))?));
+        v.unmount()?;
+        v.mount()?;
+        rows.push(("juicefs", "read warm", step(point, READ_ALL, Some(server))?));
+        v.unmount()?;
+        v.drop_cache();
+        v.mount()?;
+        rows.push(("juicefs", "read cold", step(point, READ_ALL, Some(server))?));
+        rows.push(("juicefs", "rm", step(point, "rm -rf ./*", Some(server))?));
         Ok(())
     })();
-    let unmounted = unmount();
+    let unmounted = v.unmount();
     measured.and(unmounted)
 }

@@ -454,3 +454,36 @@ fn workload_benchmark_runs_and_writes_csv() {
         .unwrap_or_else(|| panic!("no kvfs warm read in:\n{csv}"));
     assert_eq!(warm.split(',').nth(4), Some("0"), "{warm}");
 }
+
+#[test]
+fn fio_benchmark_runs_and_writes_csv() {
+    require_kvfs_binary();
+    let (stdout, csv) = run_bench(
+        &[
+            "fio",
+            "--quick",
+            "--files",
+            "20",
+            "--systems",
+            "kvfs",
+            "--put-latency-ms",
+            "2",
+            "--get-latency-ms",
+            "1",
+        ],
+        "fio",
+    );
+    for step in ["create", "write", "read warm", "read cold"] {
+        assert!(stdout.contains(step), "{step} missing from:\n{stdout}");
+    }
+    assert!(csv.starts_with("system,step,files,seconds,files_per_s,puts,gets,vs_bindfs\n"));
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    // 4 jobs of 20 files each, and the files written were uploaded by the unmount.
+    let write = csv
+        .lines()
+        .find(|l| l.starts_with("kvfs,write,"))
+        .unwrap_or_else(|| panic!("no kvfs write in:\n{csv}"));
+    let cells: Vec<&str> = write.split(',').collect();
+    assert_eq!(cells[2], "80", "{write}");
+    assert_ne!(cells[5], "0", "{write}");
+}
