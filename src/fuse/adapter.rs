@@ -667,10 +667,21 @@ impl Filesystem for KvfsFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        // A descriptor that cannot write has nothing to commit at `close`: the kernel
+        // need not send `flush` for it (what it changed, the access time, is
+        // committed at `release`).
+        let no_flush = if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            FopenFlags::FOPEN_NOFLUSH
+        } else {
+            FopenFlags::empty()
+        };
         let notifier = self.notifier.clone();
         self.spawn(move |ns| async move {
             match ns.open(ino.0, truncate).await {
-                Ok(_) => reply.opened(FileHandle(0), page_cache(&ns, &notifier, ino.0, reading)),
+                Ok(_) => reply.opened(
+                    FileHandle(0),
+                    page_cache(&ns, &notifier, ino.0, reading) | no_flush,
+                ),
                 Err(e) => reply.error(errno("open", &e)),
             }
         });

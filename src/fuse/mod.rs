@@ -24,7 +24,9 @@
 //!   link counts are the namespace's; `blksize` is 4096 and `blocks` is `size / 512`
 //!   rounded up.
 //! - No write-back cache: every `write` reaches the namespace before it returns, each
-//!   `close` commits the file (`flush`), `fsync` makes it durable in the store.
+//!   `close` of a descriptor that can write commits the file (`flush`), `fsync` makes
+//!   it durable in the store. Read-only opens tell the kernel not to send `flush`
+//!   (`FOPEN_NOFLUSH`): one request less per file a reader opens.
 //! - Extended attributes and POSIX ACLs are served unless the mount was started with
 //!   `--no-xattrs` (then the handlers answer `ENOSYS`, which the kernel remembers).
 //! - **following** (read-only mounts, [`follow`]): a loop applies the writer's new
