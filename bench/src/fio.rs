@@ -329,21 +329,11 @@ fn run_with(a: &FioArgs, work: &Path, server: &TestS3Server) -> BenchResult<()> 
         t.write_csv(out, "fio")?;
         eprintln!("wrote {}", out.join("fio.csv").display());
         let groups: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
-        let bars: Vec<plot::Bars> = ["kvfs", "bindfs", "juicefs"]
-            .iter()
-            .filter(|system| rows.iter().any(|(sys, _, _)| sys == *system))
-            .map(|system| plot::Bars {
-                name: system.to_string(),
-                values: STEPS
-                    .iter()
-                    .map(|s| {
-                        rows.iter()
-                            .find(|(sys, st, _)| sys == system && st == s)
-                            .map_or(f64::NAN, |(_, _, m)| rate(m))
-                    })
-                    .collect(),
-            })
-            .collect();
+        let bars = plot::bars_by_system(&["kvfs", "bindfs", "juicefs"], &STEPS, |system, step| {
+            rows.iter()
+                .find(|(sys, st, _)| *sys == system && *st == step)
+                .map(|(_, _, m)| rate(m))
+        });
         plot::bars(
             &out.join("fio.png"),
             &plot::Chart {

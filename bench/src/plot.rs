@@ -48,6 +48,26 @@ pub struct Bars {
     pub values: Vec<f64>,
 }
 
+/// One bar series per system that has any value, one bar per group: `value(system,
+/// group)`, NaN where it has none.
+pub fn bars_by_system(
+    systems: &[&str],
+    groups: &[&str],
+    value: impl Fn(&str, &str) -> Option<f64>,
+) -> Vec<Bars> {
+    systems
+        .iter()
+        .filter(|system| groups.iter().any(|g| value(system, g).is_some()))
+        .map(|system| Bars {
+            name: system.to_string(),
+            values: groups
+                .iter()
+                .map(|g| value(system, g).unwrap_or(f64::NAN))
+                .collect(),
+        })
+        .collect()
+}
+
 /// Register the font once; false (with a warning) if it cannot be loaded.
 fn font_ready() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();

@@ -263,21 +263,11 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         t.write_csv(out, "workload")?;
         eprintln!("wrote {}", out.join("workload.csv").display());
         let groups: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
-        let bars: Vec<plot::Bars> = ["local", "kvfs", "juicefs"]
-            .iter()
-            .filter(|system| rows.iter().any(|(sys, _, _)| sys == *system))
-            .map(|system| plot::Bars {
-                name: system.to_string(),
-                values: STEPS
-                    .iter()
-                    .map(|s| {
-                        rows.iter()
-                            .find(|(sys, st, _)| sys == system && st == s)
-                            .map_or(f64::NAN, |(_, _, m)| m.seconds)
-                    })
-                    .collect(),
-            })
-            .collect();
+        let bars = plot::bars_by_system(&["local", "kvfs", "juicefs"], &STEPS, |system, step| {
+            rows.iter()
+                .find(|(sys, st, _)| *sys == system && *st == step)
+                .map(|(_, _, m)| m.seconds)
+        });
         plot::bars(
             &out.join("workload.png"),
             &plot::Chart {
