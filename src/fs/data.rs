@@ -459,12 +459,14 @@ impl Namespace {
         false
     }
 
-    /// Update the access time of an open file as a read would (see
-    /// `Namespace::keep_page_cache`).
-    /// Whether it changed.
-    pub(super) fn touch_atime_at_open(&self, ino: u64) -> bool {
-        self.state_of(ino)
-            .is_some_and(|state| self.touch_atime(&mut lock_file(&state)))
+    /// Update the access time of a file opened for reading as a read would, when
+    /// no read may reach kvfs: the kernel keeps the pages it cached (`pages_kept`)
+    /// or the file is empty (see `Namespace::keep_page_cache`). Whether it changed.
+    pub(super) fn touch_atime_at_open(&self, ino: u64, pages_kept: bool) -> bool {
+        self.state_of(ino).is_some_and(|state| {
+            let mut st = lock_file(&state);
+            (pages_kept || st.attr.size == 0) && self.touch_atime(&mut st)
+        })
     }
 
     /// The stored extents of `ino` that may overlap `start .. end` (`end`
@@ -564,7 +566,15 @@ impl Namespace {
         if let Some(problem) = self.db.space_problem() {
             return Err(crate::db::Error::NoSpace(problem).into());
         }
-        self.write_bytes(ino, offset, data).await
+        let written = self.write_bytes(ino, offset, data).await?;
+        let end = offset + u64::from(written);
+        if offset % page_size() != 0 || end % page_size() != 0 {
+            self.partly_written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(ino, ());
+        }
+        Ok(written)
     }
 
     /// `write` without the check for space: also zeroing a range of a small file.
@@ -1182,4 +1192,14 @@ fn extent_op(ino: u64, op: ExtentOp, base: u64, data: &[u8]) -> BatchOp {
 
 async fn fetch_extent(db: Db, ino: u64, at: u64) -> FsResult<Bytes> {
     db.get(&extent_key(ino, at)).await?.ok_or(FsError::NotFound)
+}
+
+/// The kernel's page size: the unit its page cache of a file is whole or not in.
+fn page_size() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the running system.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+    })
 }

@@ -77,17 +77,31 @@ impl Namespace {
     /// state whole): an inode last opened before the latest reload, or never opened
     /// since this mount began, has its pages dropped at this open.
     ///
+    /// A writer's mount drops the pages of a file a write covered only in part
+    /// (tar writes 10 KiB at a time): the kernel would read each such page alone.
+    ///
     /// Reads the kernel serves from its cache never reach kvfs, so an open for
-    /// `reading` updates the access time as a read would (relatime), and with
+    /// `reading` that keeps the pages, or of an empty file, updates the access
+    /// time as a read would (relatime), and with
     /// `strictatime` the kernel keeps nothing: every read must be seen.
     pub fn keep_page_cache(&self, ino: u64, reading: bool) -> PageCache {
         if !self.db.is_read_only() {
             if self.atime == AtimeMode::Strictatime {
                 return PageCache::default();
             }
+            // Pages a write covered in part are dropped at the next open for
+            // reading, so that the file is read back whole rather than a page at
+            // a time. Then the reads reach kvfs and update the access time.
+            let keep = !reading
+                || self
+                    .partly_written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop(&ino)
+                    .is_none();
             return PageCache {
-                keep: true,
-                attributes_changed: reading && self.touch_atime_at_open(ino),
+                keep,
+                attributes_changed: reading && self.touch_atime_at_open(ino, keep),
             };
         }
         let reloads = self.reloads.load(Ordering::Relaxed);

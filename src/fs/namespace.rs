@@ -104,6 +104,10 @@ pub struct Namespace {
     /// opened inode was opened at (see `keep_page_cache`).
     pub(super) reloads: AtomicU64,
     pub(super) opened_at: Mutex<lru::LruCache<u64, u64>>,
+    /// Inodes a write covered a page of only in part since their last open for
+    /// reading: the kernel holds such pages without their other bytes, and reads
+    /// them back a page at a time unless they are dropped (see `keep_page_cache`).
+    pub(super) partly_written: Mutex<lru::LruCache<u64, ()>>,
     /// A pause a test arms in the next read of inline content (`test-hooks`).
     #[cfg(feature = "test-hooks")]
     pub(super) inline_read_pause: Mutex<Option<Arc<ReadPause>>>,
@@ -121,8 +125,9 @@ pub struct ReadPause {
     pub resume: tokio::sync::Notify,
 }
 
-/// Inodes a following namespace remembers the last open of (see
-/// `Namespace::keep_page_cache`); one forgotten only loses its page cache once.
+/// Inodes a following namespace remembers the last open of, and a writer the
+/// partly written pages of (see `Namespace::keep_page_cache`); one forgotten only
+/// costs its page cache once, or a few more reads.
 const OPENS_REMEMBERED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(1 << 16) {
     Some(n) => n,
     None => panic!("OPENS_REMEMBERED is not zero"),
@@ -271,6 +276,7 @@ impl Namespace {
             buffer_limit: DEFAULT_FILE_BUFFER_BYTES,
             reloads: AtomicU64::new(0),
             opened_at: Mutex::new(lru::LruCache::new(OPENS_REMEMBERED)),
+            partly_written: Mutex::new(lru::LruCache::new(OPENS_REMEMBERED)),
             #[cfg(feature = "test-hooks")]
             inline_read_pause: Mutex::new(None),
         };

@@ -858,3 +858,57 @@ async fn an_inline_read_overtaken_by_a_commit_reads_the_new_content() {
     );
     ns.shutdown().await.unwrap();
 }
+
+/// A writer's mount lets the kernel keep the pages of a file across opens, except
+/// once after a write covered a page only in part: then the next open for reading
+/// drops them, so the file is read back whole rather than a page at a time. The
+/// access time is then left to the reads that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_a_write_covered_in_part_are_dropped_once() {
+    let (_, store) = memory();
+    let ns = Namespace::new(Db::open_store(store, small_opts()).await.unwrap(), OWNER)
+        .await
+        .unwrap();
+    let create = |name: &'static [u8]| {
+        let ns = &ns;
+        async move { ns.create(ROOT_INO, name, 0o600, OWNER).await.unwrap().ino }
+    };
+    // tar's 10 KiB writes end inside pages.
+    let partial = create(b"partial").await;
+    ns.open(partial, false).await.unwrap();
+    let block = vec![7u8; 10240];
+    ns.write(partial, 0, &block).await.unwrap();
+    ns.write(partial, 10240, &block).await.unwrap();
+    ns.release(partial).await.unwrap();
+    // Whole pages only.
+    let whole = create(b"whole").await;
+    ns.open(whole, false).await.unwrap();
+    ns.write(whole, 0, &vec![1u8; 8192]).await.unwrap();
+    ns.release(whole).await.unwrap();
+
+    // An open for writing leaves the hint for the next read.
+    ns.open(partial, false).await.unwrap();
+    assert!(ns.keep_page_cache(partial, false).keep);
+    ns.release(partial).await.unwrap();
+    ns.open(partial, false).await.unwrap();
+    let first = ns.keep_page_cache(partial, true);
+    assert!(!first.keep, "the partly written pages are dropped");
+    assert!(
+        !first.attributes_changed,
+        "reads that reach kvfs update the access time"
+    );
+    assert_eq!(ns.read(partial, 0, 20480).await.unwrap().len(), 20480);
+    ns.release(partial).await.unwrap();
+    ns.open(partial, false).await.unwrap();
+    assert!(ns.keep_page_cache(partial, true).keep, "once only");
+    ns.release(partial).await.unwrap();
+
+    ns.open(whole, false).await.unwrap();
+    let kept = ns.keep_page_cache(whole, true);
+    assert!(kept.keep);
+    assert!(
+        kept.attributes_changed,
+        "relatime: the first read after a write moves the access time"
+    );
+    ns.release(whole).await.unwrap();
+}
