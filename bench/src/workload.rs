@@ -13,7 +13,10 @@
 //!
 //! kvfs runs against the in-process S3 server with S3-like latency injected
 //! (`--put-latency-ms`, `--get-latency-ms`); so does JuiceFS when `juicefs` is
-//! installed (SQLite metadata, its cache emptied for the cold read). Rows go to
+//! installed (SQLite metadata, its cache emptied for the cold read). bindfs over
+//! tmpfs, when installed, is FUSE with no storage behind it: what the kernel's
+//! round trips to any FUSE daemon cost (its reads after the remount have the
+//! kernel's caches dropped; its data stays in tmpfs, so it has no cold read). Rows go to
 //! `workload.csv` and a chart of
 //! seconds per step to `workload.png` in the `--out` directory.
 
@@ -221,6 +224,14 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         Ok(())
     })?;
 
+    match tokio::task::block_in_place(|| bindfs_steps(work, &extract, &mut rows)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("note: no bindfs column: {e}");
+            rows.retain(|(system, _, _)| *system != "bindfs");
+        }
+    }
+
     match juicefs::installed(a.juicefs.as_deref(), a.no_juicefs) {
         Some(program) => {
             let result = tokio::task::block_in_place(|| {
@@ -238,7 +249,7 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
 
     let mut t = Table::new(
         &format!(
-            "Workload on {what}: kvfs (and JuiceFS) over S3 ({} ms PUT, {} ms GET) and a local directory",
+            "Workload on {what}: kvfs (and JuiceFS) over S3 ({} ms PUT, {} ms GET), bindfs over tmpfs and a local directory",
             a.put_latency_ms, a.get_latency_ms
         ),
         &["system", "step", "seconds", "puts", "gets", "vs_local"],
@@ -263,7 +274,7 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         t.write_csv(out, "workload")?;
         eprintln!("wrote {}", out.join("workload.csv").display());
         let groups: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
-        let bars = plot::bars_by_system(&["local", "kvfs", "juicefs"], &STEPS, |system, step| {
+        let bars = plot::bars_by_system(&["local", "bindfs", "kvfs", "juicefs"], &STEPS, |system, step| {
             rows.iter()
                 .find(|(sys, st, _)| *sys == system && *st == step)
                 .map(|(_, _, m)| m.seconds)
@@ -281,6 +292,23 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
             &bars,
         );
     }
+    Ok(())
+}
+
+/// The steps on bindfs over tmpfs (no cold read: its data stays in tmpfs).
+fn bindfs_steps(
+    work: &Path,
+    extract: &str,
+    rows: &mut Vec<(&'static str, &'static str, Measured)>,
+) -> BenchResult<()> {
+    let m = crate::fs::mount_bindfs(work)?;
+    rows.push(("bindfs", "extract", step(&m.point, extract, None)?));
+    rows.push(("bindfs", "grep", step(&m.point, GREP, None)?));
+    drop_kernel_caches();
+    rows.push(("bindfs", "read warm", step(&m.point, READ_ALL, None)?));
+    rows.push(("bindfs", "rm", step(&m.point, "rm -rf ./*", None)?));
+    // Dropping it unmounts bindfs and the tmpfs under it.
+    drop(m);
     Ok(())
 }
 
