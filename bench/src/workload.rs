@@ -274,11 +274,15 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
         t.write_csv(out, "workload")?;
         eprintln!("wrote {}", out.join("workload.csv").display());
         let groups: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
-        let bars = plot::bars_by_system(&["local", "bindfs", "kvfs", "juicefs"], &STEPS, |system, step| {
-            rows.iter()
-                .find(|(sys, st, _)| *sys == system && *st == step)
-                .map(|(_, _, m)| m.seconds)
-        });
+        let bars = plot::bars_by_system(
+            &["local", "bindfs", "kvfs", "juicefs"],
+            &STEPS,
+            |system, step| {
+                rows.iter()
+                    .find(|(sys, st, _)| *sys == system && *st == step)
+                    .map(|(_, _, m)| m.seconds)
+            },
+        );
         plot::bars(
             &out.join("workload.png"),
             &plot::Chart {
