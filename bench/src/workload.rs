@@ -9,7 +9,9 @@
 //! 3. `read warm`: unmount, mount again, read every file (for kvfs the disk cache is
 //!    kept; for the local directory the kernel's caches are dropped);
 //! 4. `read cold`: the same with kvfs's disk cache emptied first;
-//! 5. `rm`: `rm -rf` of the tree.
+//! 5. `git clone`: a clone (`--no-local`: a pack sent and checked out, as from a
+//!    server) of a repository made from the same tree, when `git` is installed;
+//! 6. `rm`: `rm -rf` of the tree and the clone.
 //!
 //! kvfs runs against the in-process S3 server with S3-like latency injected
 //! (`--put-latency-ms`, `--get-latency-ms`); so does JuiceFS when `juicefs` is
@@ -66,7 +68,14 @@ pub struct WorkloadArgs {
     no_juicefs: bool,
 }
 
-const STEPS: [&str; 5] = ["extract", "grep", "read warm", "read cold", "rm"];
+const STEPS: [&str; 6] = [
+    "extract",
+    "grep",
+    "read warm",
+    "read cold",
+    "git clone",
+    "rm",
+];
 
 /// One step's figures.
 struct Measured {
@@ -174,6 +183,17 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
     eprintln!("tree: {what}");
     let tarball = std::path::absolute(&tarball)?;
     let extract = format!("tar -xzf '{}'", tarball.display());
+    let clone = match git_repository(work, &tarball) {
+        Ok(repo) => Some(format!(
+            "git clone -q --no-local '{}' clone",
+            repo.display()
+        )),
+        Err(e) => {
+            eprintln!("note: no git clone step: {e}");
+            None
+        }
+    };
+    let clone = clone.as_deref();
 
     let mut rows: Vec<(&str, &str, Measured)> = Vec::new();
     // A local directory.
@@ -185,6 +205,9 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
     rows.push(("local", "read warm", step(&local, READ_ALL, None)?));
     drop_kernel_caches();
     rows.push(("local", "read cold", step(&local, READ_ALL, None)?));
+    if let Some(clone) = clone {
+        rows.push(("local", "git clone", step(&local, clone, None)?));
+    }
     rows.push(("local", "rm", step(&local, "rm -rf ./*", None)?));
     if !dropped {
         eprintln!(
@@ -219,12 +242,15 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
             "read cold",
             step(&m.point, READ_ALL, Some(&server))?,
         ));
+        if let Some(clone) = clone {
+            rows.push(("kvfs", "git clone", step(&m.point, clone, Some(&server))?));
+        }
         rows.push(("kvfs", "rm", step(&m.point, "rm -rf ./*", Some(&server))?));
         m.unmount()?;
         Ok(())
     })?;
 
-    match tokio::task::block_in_place(|| bindfs_steps(work, &extract, &mut rows)) {
+    match tokio::task::block_in_place(|| bindfs_steps(work, &extract, clone, &mut rows)) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("note: no bindfs column: {e}");
@@ -235,7 +261,7 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
     match juicefs::installed(a.juicefs.as_deref(), a.no_juicefs) {
         Some(program) => {
             let result = tokio::task::block_in_place(|| {
-                juicefs_steps(&program, &server, work, &extract, &mut rows)
+                juicefs_steps(&program, &server, work, &extract, clone, &mut rows)
             });
             if let Err(e) = result {
                 eprintln!("note: no JuiceFS column: {e}");
@@ -303,6 +329,7 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
 fn bindfs_steps(
     work: &Path,
     extract: &str,
+    clone: Option<&str>,
     rows: &mut Vec<(&'static str, &'static str, Measured)>,
 ) -> BenchResult<()> {
     let m = crate::fs::mount_bindfs(work)?;
@@ -310,10 +337,29 @@ fn bindfs_steps(
     rows.push(("bindfs", "grep", step(&m.point, GREP, None)?));
     drop_kernel_caches();
     rows.push(("bindfs", "read warm", step(&m.point, READ_ALL, None)?));
+    if let Some(clone) = clone {
+        rows.push(("bindfs", "git clone", step(&m.point, clone, None)?));
+    }
     rows.push(("bindfs", "rm", step(&m.point, "rm -rf ./*", None)?));
     // Dropping it unmounts bindfs and the tmpfs under it.
     drop(m);
     Ok(())
+}
+
+/// A git repository of the tree in `tarball`, one commit, made under `work`.
+fn git_repository(work: &Path, tarball: &Path) -> BenchResult<PathBuf> {
+    require("git", "git")?;
+    let repo = work.join("repository");
+    std::fs::create_dir_all(&repo)?;
+    sh(
+        &repo,
+        &format!(
+            "tar -xzf '{}' && git init -q && git add -A && \
+             git -c user.name=kvfs-bench -c user.email=bench@localhost commit -qm tree",
+            tarball.display()
+        ),
+    )?;
+    Ok(repo)
 }
 
 /// A generated source-like tree of `mib` MiB, packed as a .tar.gz.
@@ -335,6 +381,7 @@ fn juicefs_steps(
     server: &TestS3Server,
     work: &Path,
     extract: &str,
+    clone: Option<&str>,
     rows: &mut Vec<(&'static str, &'static str, Measured)>,
 ) -> BenchResult<()> {
     let v = juicefs::Volume::format(program, server, "jfs", &work.join("jfs"), "bench")?;
@@ -350,6 +397,9 @@ fn juicefs_steps(
         v.drop_cache();
         v.mount()?;
         rows.push(("juicefs", "read cold", step(point, READ_ALL, Some(server))?));
+        if let Some(clone) = clone {
+            rows.push(("juicefs", "git clone", step(point, clone, Some(server))?));
+        }
         rows.push(("juicefs", "rm", step(point, "rm -rf ./*", Some(server))?));
         Ok(())
     })();
