@@ -80,7 +80,8 @@ enum Command {
     Extract(extract::ExtractArgs),
     /// What users do first, on a real source tree from the cargo registry: tar -x,
     /// grep -r, read everything after a remount with the disk cache kept and
-    /// emptied, rm -rf; seconds and S3 requests per step beside a local directory.
+    /// emptied, git clone, rm -rf; seconds and S3 requests per step beside a local
+    /// directory, bindfs over tmpfs and, when installed, JuiceFS.
     Workload(workload::WorkloadArgs),
     /// fio's small-file jobs (mountpoint-s3's `create_files` and 4 KiB files written,
     /// then read back after a remount with caches kept and emptied): files/s and
