@@ -59,6 +59,26 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
+    /// An unsigned LEB128 varint of at most 10 bytes that fits in a `u64`.
+    pub fn varint(&mut self) -> FormatResult<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            let bits = (b & 0x7f) as u64;
+            if i == 9 && bits > 1 {
+                return Err(self.invalid("varint overflows 64 bits"));
+            }
+            v |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(self.invalid("varint not in its shortest form"));
+                }
+                return Ok(v);
+            }
+        }
+        Err(self.invalid("varint longer than 10 bytes"))
+    }
+
     pub fn invalid(&self, reason: impl Into<String>) -> FormatError {
         FormatError::Invalid {
             what: self.what,
@@ -73,6 +93,8 @@ pub trait PutLe {
     fn put_u16(&mut self, v: u16);
     fn put_u32(&mut self, v: u32);
     fn put_u64(&mut self, v: u64);
+    /// An unsigned LEB128 varint (7 bits per byte, low bits first).
+    fn put_varint(&mut self, v: u64);
 }
 
 impl PutLe for Vec<u8> {
@@ -87,6 +109,13 @@ impl PutLe for Vec<u8> {
     }
     fn put_u64(&mut self, v: u64) {
         self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn put_varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.push(v as u8);
     }
 }
 
@@ -152,4 +181,42 @@ pub fn write_trailer(out: &mut Vec<u8>, magic: &[u8; 8]) {
     let crc = crc32c::crc32c(out);
     out.put_u32(crc);
     out.extend_from_slice(magic);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn varints_refuse_overlong_and_overflowing_forms() {
+        for bad in [
+            &[0x80u8, 0x00][..],
+            &[0xff; 11][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..],
+            &[0x80][..],
+        ] {
+            assert!(Reader::new(bad, "test").varint().is_err(), "{bad:?}");
+        }
+        let mut max = Vec::new();
+        max.put_varint(u64::MAX);
+        assert_eq!(max.len(), 10);
+        assert_eq!(Reader::new(&max, "test").varint().unwrap(), u64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn varints_roundtrip(v in any::<u64>()) {
+            let mut out = Vec::new();
+            out.put_varint(v);
+            let mut r = Reader::new(&out, "test");
+            prop_assert_eq!(r.varint().unwrap(), v);
+            prop_assert_eq!(r.remaining(), 0);
+        }
+
+        #[test]
+        fn varint_decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let _ = Reader::new(&data, "test").varint();
+        }
+    }
 }

@@ -1,9 +1,11 @@
-//! Byte formats of the objects kvfs writes: segments, checkpoints, manifests, and
-//! the names it gives them. docs/FORMAT.md documents every layout byte by byte.
+//! Byte formats of the objects kvfs writes: segments, runs, checkpoints, manifests,
+//! index table parts (not yet written by the engine), and the names it gives them.
+//! docs/FORMAT.md documents every layout byte by byte.
 //!
 //! Every decoder takes untrusted bytes and returns a [`FormatError`] on anything it
 //! does not expect; none of them panics on any input (property-tested).
 
+pub mod bloom;
 pub mod checkpoint;
 pub mod codec;
 pub mod encoding;
@@ -12,6 +14,7 @@ pub mod manifest;
 pub mod names;
 pub mod run;
 pub mod segment;
+pub mod table;
 
 /// Why an object could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
