@@ -1220,6 +1220,19 @@ impl Db {
             .collect()
     }
 
+    /// [`Db::scan_info`] of the keys that start with `prefix`, after the key `after`
+    /// when given (the last key of the previous page).
+    pub fn scan_info_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, KeyInfo)> {
+        let end = prefix_successor(prefix);
+        let start = after.map_or(Bound::Included(prefix), Bound::Excluded);
+        self.scan_info(start, prefix_end(&end), limit)
+    }
+
     /// Fetch the value at `loc`: memory, cache, then a ranged GET of exactly the
     /// stored value (checksum and bytes), or of a whole readahead window of a run.
     async fn read_value(&self, loc: ValueAt) -> Result<Bytes> {
@@ -1388,11 +1401,7 @@ impl Db {
         keys_only: bool,
     ) -> Result<Vec<(Vec<u8>, Option<Bytes>)>> {
         let end = prefix_successor(prefix);
-        let end_bound = match &end {
-            Some(e) => Bound::Excluded(e.as_slice()),
-            None => Bound::Unbounded,
-        };
-        self.scan(Bound::Included(prefix), end_bound, limit, keys_only)
+        self.scan(Bound::Included(prefix), prefix_end(&end), limit, keys_only)
             .await
     }
 
@@ -1665,4 +1674,11 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// The end bound of the keys under a prefix, from its [`prefix_successor`].
+fn prefix_end(successor: &Option<Vec<u8>>) -> Bound<&[u8]> {
+    successor
+        .as_deref()
+        .map_or(Bound::Unbounded, Bound::Excluded)
 }

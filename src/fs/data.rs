@@ -17,15 +17,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::attr::{ExtentMeta, Kind};
+use super::change::Step;
 use super::error::{FsError, FsResult};
 use super::extents::{self, Extent, ExtentMap, ExtentOp, Piece, Stored, MAX_EXTENT};
 use super::file::{Fetch, FileState, MAX_DIRTY_PER_FILE, MAX_TOUCHED};
 use super::keys::{
     extent_key, extent_offset, extent_prefix, inode_key, orphan_ino, orphan_key, orphan_prefix,
 };
-use super::namespace::{
-    apply_set, lock_file, now, ops_len, AtimeMode, Namespace, SetAttr, SharedFile,
-};
+use super::namespace::{apply_set, lock_file, now, AtimeMode, Namespace, SetAttr, SharedFile};
 use crate::db::{prefix_successor, BatchOp, Db};
 use crate::format::FormatError;
 
@@ -524,6 +523,15 @@ impl Namespace {
     /// ([`extents::merge_candidates`]). Reads with no lock held; gives up on a
     /// window if the file changes meanwhile or memory is short (it is only tidying).
     async fn merge_extents(&self, ino: u64, state: &SharedFile, windows: Vec<u64>) -> FsResult<()> {
+        /// How merging one run of extents went.
+        enum Merge {
+            /// Merged; the file's state is at this generation.
+            Merged(u64),
+            /// The file changed since the run was read: on to the next window.
+            FileChanged,
+            /// Memory is short: give up for now.
+            NoRoom,
+        }
         for w in windows {
             let (runs, mut generation) = {
                 let st = lock_file(state);
@@ -540,21 +548,31 @@ impl Namespace {
                 if data.len() as u64 != end - start {
                     continue;
                 }
-                let mut st = lock_file(state);
-                if st.generation != generation || st.changed {
-                    break;
+                let merged = self
+                    .change(|batch| {
+                        let mut st = lock_file(state);
+                        if st.generation != generation || st.changed {
+                            return Ok(Step::Done(Merge::FileChanged));
+                        }
+                        let mut map = self.extent_map(ino, start, end)?;
+                        let ops: Vec<BatchOp> = extents::write(&mut map, start, end)
+                            .into_iter()
+                            .map(|op| extent_op(ino, op, start, &data))
+                            .collect();
+                        if !batch.append(&ops)? {
+                            // Only tidying: not worth waiting for room.
+                            return Ok(Step::Done(Merge::NoRoom));
+                        }
+                        st.changed_ranges(Some(std::iter::once(start..end).collect()));
+                        st.readahead.fetches.clear();
+                        Ok(Step::Done(Merge::Merged(st.generation)))
+                    })
+                    .await?;
+                match merged {
+                    Merge::Merged(g) => generation = g,
+                    Merge::FileChanged => break,
+                    Merge::NoRoom => return Ok(()),
                 }
-                let mut map = self.extent_map(ino, start, end)?;
-                let ops: Vec<BatchOp> = extents::write(&mut map, start, end)
-                    .into_iter()
-                    .map(|op| extent_op(ino, op, start, &data))
-                    .collect();
-                if !self.db.try_write_batch(&ops)? {
-                    return Ok(());
-                }
-                st.changed_ranges(Some(std::iter::once(start..end).collect()));
-                st.readahead.fetches.clear();
-                generation = st.generation;
             }
         }
         Ok(())
@@ -679,25 +697,20 @@ impl Namespace {
         let Some(state) = self.state_of(ino) else {
             return Ok(());
         };
-        let mut room = 0;
-        loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
+        self.change(|batch| {
             let mut st = lock_file(&state);
             if !st.changed {
-                return Ok(());
+                return Ok(Step::Done(()));
             }
             if st.attr.nlink == 0 && st.opens == 0 {
                 // Deleted and closed: nothing to keep.
                 st.changed = false;
                 st.dirty.clear();
-                return Ok(());
+                return Ok(Step::Done(()));
             }
             let ops = self.commit_ops(ino, &st)?;
-            if !self.db.try_write_batch(&ops)? {
-                room = ops_len(&ops);
-                continue;
+            if !batch.append(&ops)? {
+                return Ok(Step::Retry);
             }
             // What this commit changed: the dirty ranges and everything from a cut
             // on (an inline file: all of it). The windows it touched are those of
@@ -729,8 +742,9 @@ impl Namespace {
             st.stored = st.attr;
             st.changed_ranges(changed_ranges);
             st.readahead.fetches.clear();
-            return Ok(());
-        }
+            Ok(Step::Done(()))
+        })
+        .await
     }
 
     fn commit_ops(&self, ino: u64, st: &FileState) -> FsResult<Vec<BatchOp>> {
@@ -797,13 +811,7 @@ impl Namespace {
         keep_size: bool,
     ) -> FsResult<()> {
         self.writable()?;
-        let end = offset
-            .checked_add(len)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::TooLarge)?;
-        if len == 0 {
-            return Err(FsError::Invalid("fallocate of zero bytes"));
-        }
+        let end = fallocate_end(offset, len)?;
         let attr = self.attr_now(ino)?.ok_or(FsError::NotFound)?;
         match attr.kind {
             Kind::File => {}
@@ -837,36 +845,38 @@ impl Namespace {
         keep_size: bool,
     ) -> FsResult<()> {
         self.writable()?;
-        let end = offset
-            .checked_add(len)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::TooLarge)?;
-        if len == 0 {
-            return Err(FsError::Invalid("fallocate of zero bytes"));
-        }
+        let end = fallocate_end(offset, len)?;
         let state = self.file_state(ino)?;
-        let mut room = 0;
+        /// How one try at zeroing went.
+        enum Zeroing {
+            /// Zeroed (a file of extents).
+            Done,
+            /// The file changed before its state was locked: commit and try again.
+            Changed,
+            /// An inline file: zero up to `zero_end` by writing, then grow if asked.
+            Inline { zero_end: u64, grow: bool },
+        }
         loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
             // Whatever is pending is stored first, so the punch applies to the
             // stored extents alone.
             self.commit(ino).await?;
-            let inline = {
-                let mut st = lock_file(&state);
-                match st.attr.kind {
-                    Kind::File => {}
-                    Kind::Dir => return Err(FsError::IsDir),
-                    _ => return Err(FsError::NotSupported("fallocate of a special file")),
-                }
-                if st.changed {
-                    continue;
-                }
-                let size = st.attr.size;
-                let zero_end = end.min(size);
-                let grow = !keep_size && end > size;
-                if st.attr.extents {
+            let zeroing = self
+                .change(|batch| {
+                    let mut st = lock_file(&state);
+                    match st.attr.kind {
+                        Kind::File => {}
+                        Kind::Dir => return Err(FsError::IsDir),
+                        _ => return Err(FsError::NotSupported("fallocate of a special file")),
+                    }
+                    if st.changed {
+                        return Ok(Step::Done(Zeroing::Changed));
+                    }
+                    let size = st.attr.size;
+                    let zero_end = end.min(size);
+                    let grow = !keep_size && end > size;
+                    if !st.attr.extents {
+                        return Ok(Step::Done(Zeroing::Inline { zero_end, grow }));
+                    }
                     let mut ops = Vec::new();
                     if offset < zero_end {
                         let mut map = self.extent_map(ino, offset, zero_end)?;
@@ -882,10 +892,9 @@ impl Namespace {
                         st.attr.size = end;
                     }
                     ops.extend(self.commit_ops(ino, &st)?);
-                    if !self.db.try_write_batch(&ops)? {
+                    if !batch.append(&ops)? {
                         st.attr = before;
-                        room = ops_len(&ops);
-                        continue;
+                        return Ok(Step::Retry);
                     }
                     if offset < zero_end {
                         for w in offset / MAX_EXTENT..=(zero_end - 1) / MAX_EXTENT {
@@ -900,11 +909,14 @@ impl Namespace {
                         std::iter::once(offset..zero_end.max(offset)).collect(),
                     ));
                     st.readahead.fetches.clear();
-                    return Ok(());
-                }
-                (zero_end, grow)
+                    Ok(Step::Done(Zeroing::Done))
+                })
+                .await?;
+            let (zero_end, grow) = match zeroing {
+                Zeroing::Done => return Ok(()),
+                Zeroing::Changed => continue,
+                Zeroing::Inline { zero_end, grow } => (zero_end, grow),
             };
-            let (zero_end, grow) = inline;
             if offset < zero_end {
                 let zeros = vec![0u8; (zero_end - offset) as usize];
                 self.write_bytes(ino, offset, &zeros).await?;
@@ -1109,13 +1121,8 @@ impl Namespace {
     /// batches, then the inode and its orphan record.
     pub(super) async fn purge(&self, ino: u64) -> FsResult<()> {
         let prefix = extent_prefix(ino);
-        let end = prefix_successor(&prefix);
         loop {
-            let keys = self.db.scan_info(
-                Bound::Included(prefix.as_slice()),
-                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-                PURGE_BATCH,
-            );
+            let keys = self.db.scan_info_prefix(&prefix, None, PURGE_BATCH);
             if keys.is_empty() {
                 break;
             }
@@ -1134,15 +1141,9 @@ impl Namespace {
     /// Purge what files unlinked while open left behind (after a crash, or a
     /// mount that ended with them open).
     pub(super) async fn purge_orphans(&self) -> FsResult<usize> {
-        let prefix = orphan_prefix();
-        let end = prefix_successor(&prefix);
         let orphans: Vec<u64> = self
             .db
-            .scan_info(
-                Bound::Included(prefix.as_slice()),
-                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-                usize::MAX,
-            )
+            .scan_info_prefix(&orphan_prefix(), None, usize::MAX)
             .into_iter()
             .filter_map(|(k, _)| orphan_ino(&k))
             .collect();
@@ -1202,4 +1203,16 @@ fn page_size() -> u64 {
         let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
     })
+}
+
+/// The end of an `fallocate` range: refuses an empty one and one past the largest
+/// file.
+fn fallocate_end(offset: u64, len: u64) -> FsResult<u64> {
+    if len == 0 {
+        return Err(FsError::Invalid("fallocate of zero bytes"));
+    }
+    offset
+        .checked_add(len)
+        .filter(|e| *e <= MAX_FILE_SIZE)
+        .ok_or(FsError::TooLarge)
 }

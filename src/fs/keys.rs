@@ -69,6 +69,11 @@ pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
     tagged(DIRENT_TAG, &[parent], name)
 }
 
+/// Prefix of the entries of every directory.
+pub fn all_dirents_prefix() -> Vec<u8> {
+    DIRENT_TAG.to_vec()
+}
+
 /// Prefix of every entry of directory `parent`.
 pub fn dirent_prefix(parent: u64) -> Vec<u8> {
     tagged(DIRENT_TAG, &[parent], &[])

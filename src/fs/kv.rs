@@ -48,16 +48,10 @@ pub fn count_files(db: &Db) -> FsResult<Option<FileCounts>> {
         return Ok(None);
     }
     let prefix = inode_prefix();
-    let end = crate::db::prefix_successor(&prefix);
-    let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
     let mut counts = FileCounts::default();
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let start = match &after {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Included(prefix.as_slice()),
-        };
-        let page = db.scan_info(start, end, COUNT_PAGE);
+        let page = db.scan_info_prefix(&prefix, after.as_deref(), COUNT_PAGE);
         let n = page.len();
         for (key, info) in &page {
             let KeyOf::Inode(ino) = key_of(key) else {

@@ -9,9 +9,10 @@
 //! 3. **open-file map**, then 4. **one file's state** (see `file`).
 //! 5. The engine's own lock, inside `Db`.
 //!
-//! All of them are plain mutexes held for memory work and one non-waiting append
-//! ([`crate::db::Db::try_write_batch`]); none is held across an object-store request
-//! or while waiting for unflushed memory to drain. Lookups, `getattr` and `readdir`
+//! All of them are plain mutexes held for memory work and one non-waiting append,
+//! inside one attempt of a change (`change`, whose attempts are synchronous); none is
+//! held across an object-store request or while waiting for unflushed memory to
+//! drain. Lookups, `getattr` and `readdir`
 //! take none of them: every batch is applied to the engine's index atomically, so
 //! they see each change whole or not at all.
 

@@ -1,10 +1,11 @@
 //! The file system's core: a namespace of inodes, directory entries and extents
 //! stored as engine keys, with no FUSE types in it (the FUSE adapter in `crate::fuse`
 //! is a thin translation). See `keys` for the layout, `attr` for the records,
-//! `locks` for what is locked when, `data` and `extents` for file content, `xattr`
+//! `locks` for what is locked when, `change` for how every change is written, `data` and `extents` for file content, `xattr`
 //! for extended attributes, and `kv` for the key-value view (keys as paths).
 
 pub mod attr;
+mod change;
 mod data;
 pub mod error;
 pub mod extents;

@@ -4,11 +4,10 @@
 //! the state of open files in `file`, reading and writing content in `data`.
 //!
 //! Every change is one atomic engine batch, built and appended while the change holds
-//! its inode locks. Waiting for unflushed memory happens before the locks are taken
-//! ([`Db::wait_for_room`]); if the append then finds no room, the locks are dropped
-//! and the change starts again. So no namespace lock is ever held across an
-//! object-store request or backpressure, and renaming a directory writes one entry
-//! whatever lies below it.
+//! its inode locks, through [`Namespace::change`] (module `change`): waiting for
+//! unflushed memory happens between attempts, with no lock held, and an attempt
+//! cannot await. So no namespace lock is ever held across an object-store request or
+//! backpressure, and renaming a directory writes one entry whatever lies below it.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -17,14 +16,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::attr::{Attr, Dirent, Kind, Super, SYMLINK_MAX};
+use super::change::Step;
 use super::error::{FsError, FsResult};
 use super::file::FileState;
 use super::keys::{
-    check_name, dirent_key, dirent_name, dirent_prefix, inode_key, orphan_key, NameError,
-    FIRST_INO, LAYOUT1_SUPER_KEY, ROOT_INO, SUPER_KEY,
+    all_dirents_prefix, check_name, dirent_key, dirent_name, dirent_prefix, inode_key, orphan_key,
+    NameError, FIRST_INO, LAYOUT1_SUPER_KEY, ROOT_INO, SUPER_KEY,
 };
 use super::locks::Locks;
-use crate::db::{prefix_successor, BatchOp, Db, KeyInfo};
+use crate::db::{BatchOp, Db, KeyInfo};
 
 /// Inode numbers reserved by one superblock write.
 const INO_CHUNK: u64 = 1024;
@@ -380,15 +380,9 @@ impl Namespace {
     }
 
     fn has_entries(&self, dir: u64) -> bool {
-        let prefix = dirent_prefix(dir);
-        let end = prefix_successor(&prefix);
         !self
             .db
-            .scan_info(
-                Bound::Included(prefix.as_slice()),
-                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-                1,
-            )
+            .scan_info_prefix(&dirent_prefix(dir), None, 1)
             .is_empty()
     }
 
@@ -418,26 +412,24 @@ impl Namespace {
 
     /// A fresh inode number (writing a superblock that reserves more when needed).
     async fn alloc_ino(&self) -> FsResult<u64> {
-        loop {
-            {
-                let mut r = self.inos.lock().unwrap_or_else(|e| e.into_inner());
-                if r.next < r.until {
-                    r.next += 1;
-                    return Ok(r.next - 1);
-                }
+        self.change(|batch| {
+            let mut r = self.inos.lock().unwrap_or_else(|e| e.into_inner());
+            if r.next >= r.until {
                 let until = r.next + INO_CHUNK;
                 let op = BatchOp::PutMeta {
                     key: SUPER_KEY.to_vec(),
                     meta: Super { next_ino: until }.encode(),
                     value: Vec::new(),
                 };
-                if self.db.try_write_batch(std::slice::from_ref(&op))? {
-                    r.until = until;
-                    continue;
+                if !batch.append(std::slice::from_ref(&op))? {
+                    return Ok(Step::Retry);
                 }
+                r.until = until;
             }
-            self.db.wait_for_room(64).await?;
-        }
+            r.next += 1;
+            Ok(Step::Done(r.next - 1))
+        })
+        .await
     }
 
     /// Look up `name` in directory `parent`.
@@ -492,18 +484,10 @@ impl Namespace {
         after: Option<&[u8]>,
         limit: usize,
     ) -> FsResult<Vec<(Vec<u8>, Dirent)>> {
-        let prefix = dirent_prefix(dir);
-        let end = prefix_successor(&prefix);
         let after_key = after.map(|a| dirent_key(dir, a));
-        let start = match &after_key {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Included(prefix.as_slice()),
-        };
-        let rows = self.db.scan_info(
-            start,
-            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-            limit,
-        );
+        let rows = self
+            .db
+            .scan_info_prefix(&dirent_prefix(dir), after_key.as_deref(), limit);
         let mut out = Vec::with_capacity(rows.len());
         for (key, info) in rows {
             let Some(name) = dirent_name(dir, &key) else {
@@ -542,11 +526,7 @@ impl Namespace {
             return Err(FsError::Exists);
         }
         let ino = self.alloc_ino().await?;
-        let mut room = 0;
-        loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
+        self.change(|batch| {
             let _held = self.locks.take(false, &[parent]);
             let mut dir = self.dir_attr(parent)?;
             if self.entry(parent, name)?.is_some() {
@@ -583,11 +563,12 @@ impl Namespace {
                 },
                 attr_op(&dir),
             ];
-            if self.db.try_write_batch(&ops)? {
-                return Ok(attr);
+            if !batch.append(&ops)? {
+                return Ok(Step::Retry);
             }
-            room = ops_len(&ops);
-        }
+            Ok(Step::Done(attr))
+        })
+        .await
     }
 
     pub async fn mkdir(
@@ -696,12 +677,10 @@ impl Namespace {
     /// removed, as (directory inode, name, inode).
     pub async fn remove_dangling_entries(&self) -> FsResult<Vec<(u64, Vec<u8>, u64)>> {
         self.writable()?;
-        let lo = dirent_prefix(0);
-        let hi = prefix_successor(b"\0d").unwrap_or_default();
         let mut found = Vec::new();
         for (k, info) in self
             .db
-            .scan_info(Bound::Included(&lo), Bound::Excluded(&hi), usize::MAX)
+            .scan_info_prefix(&all_dirents_prefix(), None, usize::MAX)
         {
             let super::keys::KeyOf::Dirent { parent, name } = super::keys::key_of(&k) else {
                 continue;
@@ -715,14 +694,10 @@ impl Namespace {
         }
         let mut removed = Vec::new();
         for (parent, name, d) in found {
-            let mut room = 0;
-            loop {
-                if room > 0 {
-                    self.db.wait_for_room(room).await?;
-                }
+            let gone = self.change(|batch| {
                 let _held = self.locks.take(false, &[parent, d.ino]);
                 if self.entry(parent, &name)? != Some(d) {
-                    break;
+                    return Ok(Step::Done(false));
                 }
                 let mut ops = vec![BatchOp::Delete(dirent_key(parent, &name))];
                 if let Some(mut dir) = self.stored_attr(parent)? {
@@ -734,11 +709,13 @@ impl Namespace {
                     }
                     ops.push(attr_op(&dir));
                 }
-                if self.db.try_write_batch(&ops)? {
-                    removed.push((parent, name.clone(), d.ino));
-                    break;
+                if !batch.append(&ops)? {
+                    return Ok(Step::Retry);
                 }
-                room = ops_len(&ops);
+                Ok(Step::Done(true))
+            });
+            if gone.await? {
+                removed.push((parent, name, d.ino));
             }
         }
         Ok(removed)
@@ -747,34 +724,31 @@ impl Namespace {
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.writable()?;
         check_name(name).map_err(name_err)?;
-        let mut room = 0;
-        let (ino, purge) = loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
-            let d = self.entry(parent, name)?.ok_or(FsError::NotFound)?;
-            if d.kind == Kind::Dir {
-                return Err(FsError::IsDir);
-            }
-            let _held = self.locks.take(false, &[parent, d.ino]);
-            if self.entry(parent, name)? != Some(d) {
-                continue;
-            }
-            let mut dir = self.dir_attr(parent)?;
-            let state = self.state_of(d.ino);
-            let mut t = self.touch(d.ino, state.as_ref())?;
-            let at = now();
-            dir.mtime = at;
-            dir.ctime = at;
-            let mut ops = vec![BatchOp::Delete(dirent_key(parent, name)), attr_op(&dir)];
-            let purge = self.drop_name(&mut t, at, &mut ops);
-            if !self.db.try_write_batch(&ops)? {
-                room = ops_len(&ops);
-                continue;
-            }
-            t.written();
-            break (d.ino, purge);
-        };
+        let (ino, purge) = self
+            .change(|batch| {
+                let d = self.entry(parent, name)?.ok_or(FsError::NotFound)?;
+                if d.kind == Kind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                let _held = self.locks.take(false, &[parent, d.ino]);
+                if self.entry(parent, name)? != Some(d) {
+                    return Ok(Step::Retry);
+                }
+                let mut dir = self.dir_attr(parent)?;
+                let state = self.state_of(d.ino);
+                let mut t = self.touch(d.ino, state.as_ref())?;
+                let at = now();
+                dir.mtime = at;
+                dir.ctime = at;
+                let mut ops = vec![BatchOp::Delete(dirent_key(parent, name)), attr_op(&dir)];
+                let purge = self.drop_name(&mut t, at, &mut ops);
+                if !batch.append(&ops)? {
+                    return Ok(Step::Retry);
+                }
+                t.written();
+                Ok(Step::Done((d.ino, purge)))
+            })
+            .await?;
         if purge {
             self.purge(ino).await?;
         }
@@ -784,18 +758,14 @@ impl Namespace {
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.writable()?;
         check_name(name).map_err(name_err)?;
-        let mut room = 0;
-        loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
+        self.change(|batch| {
             let d = self.entry(parent, name)?.ok_or(FsError::NotFound)?;
             if d.kind != Kind::Dir {
                 return Err(FsError::NotDir);
             }
             let _held = self.locks.take(false, &[parent, d.ino]);
             if self.entry(parent, name)? != Some(d) {
-                continue;
+                return Ok(Step::Retry);
             }
             if self.has_entries(d.ino) {
                 return Err(FsError::NotEmpty);
@@ -811,11 +781,12 @@ impl Namespace {
                 attr_op(&dir),
             ];
             self.xattr_deletes(d.ino, &mut ops);
-            if self.db.try_write_batch(&ops)? {
-                return Ok(());
+            if !batch.append(&ops)? {
+                return Ok(Step::Retry);
             }
-            room = ops_len(&ops);
-        }
+            Ok(Step::Done(()))
+        })
+        .await
     }
 
     /// Whether directory `ino` is `ancestor` or lies below it.
@@ -846,140 +817,140 @@ impl Namespace {
         }
         check_name(name).map_err(name_err)?;
         check_name(new_name).map_err(name_err)?;
-        let mut room = 0;
-        let purge = loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
-            let s = self.entry(parent, name)?.ok_or(FsError::NotFound)?;
-            let t = self.entry(new_parent, new_name)?;
-            if parent == new_parent && name == new_name {
-                return Ok(());
-            }
-            let across = parent != new_parent;
-            let moves_dir = across
-                && (s.kind == Kind::Dir
-                    || (flags.exchange && t.is_some_and(|t| t.kind == Kind::Dir)));
-            let mut inos = vec![parent, new_parent, s.ino];
-            inos.extend(t.map(|t| t.ino));
-            let _held = self.locks.take(moves_dir, &inos);
-            if self.entry(parent, name)? != Some(s) || self.entry(new_parent, new_name)? != t {
-                continue;
-            }
-            let mut src_dir = self.dir_attr(parent)?;
-            let mut dst_dir = self.dir_attr(new_parent)?;
-            if s.kind == Kind::Dir && across && self.is_within(new_parent, s.ino)? {
-                return Err(FsError::Invalid("cannot move a directory into itself"));
-            }
-            let at = now();
-            let mut ops = Vec::new();
-            // Change of the subdirectory counts of the source and destination parents.
-            let (mut src_links, mut dst_links) = (0i64, 0i64);
-            // Open states, locked in inode order.
-            let mut ids = vec![s.ino];
-            if let Some(t) = t {
-                if t.ino != s.ino {
-                    ids.push(t.ino);
+        let purge = self
+            .change(|batch| {
+                let s = self.entry(parent, name)?.ok_or(FsError::NotFound)?;
+                let t = self.entry(new_parent, new_name)?;
+                if parent == new_parent && name == new_name {
+                    return Ok(Step::Done(None));
                 }
-            }
-            ids.sort_unstable();
-            let states: Vec<Option<SharedFile>> = ids.iter().map(|i| self.state_of(*i)).collect();
-            let mut touched = Vec::new();
-            for (i, st) in ids.iter().zip(&states) {
-                touched.push(self.touch(*i, st.as_ref())?);
-            }
-            let si = ids.iter().position(|i| *i == s.ino).unwrap_or(0);
-            let mut purge = None;
-            // The inode a plain rename replaces: already written (or deleted) above.
-            let mut replaced = None;
-            if flags.exchange {
-                let t = t.ok_or(FsError::NotFound)?;
-                if t.kind == Kind::Dir && across && self.is_within(parent, t.ino)? {
+                let across = parent != new_parent;
+                let moves_dir = across
+                    && (s.kind == Kind::Dir
+                        || (flags.exchange && t.is_some_and(|t| t.kind == Kind::Dir)));
+                let mut inos = vec![parent, new_parent, s.ino];
+                inos.extend(t.map(|t| t.ino));
+                let _held = self.locks.take(moves_dir, &inos);
+                if self.entry(parent, name)? != Some(s) || self.entry(new_parent, new_name)? != t {
+                    return Ok(Step::Retry);
+                }
+                let mut src_dir = self.dir_attr(parent)?;
+                let mut dst_dir = self.dir_attr(new_parent)?;
+                if s.kind == Kind::Dir && across && self.is_within(new_parent, s.ino)? {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
                 }
-                ops.push(dirent_op(parent, name, t));
-                ops.push(dirent_op(new_parent, new_name, s));
-                if t.ino != s.ino {
-                    let ti = 1 - si;
-                    for (who, to) in [(si, new_parent), (ti, parent)] {
-                        let a = &mut touched[who].attr;
-                        a.ctime = at;
-                        if a.kind == Kind::Dir && across {
-                            a.parent = to;
-                            if to == new_parent {
-                                src_links -= 1;
-                                dst_links += 1;
-                            } else {
-                                dst_links -= 1;
-                                src_links += 1;
+                let at = now();
+                let mut ops = Vec::new();
+                // Change of the subdirectory counts of the source and destination parents.
+                let (mut src_links, mut dst_links) = (0i64, 0i64);
+                // Open states, locked in inode order.
+                let mut ids = vec![s.ino];
+                if let Some(t) = t {
+                    if t.ino != s.ino {
+                        ids.push(t.ino);
+                    }
+                }
+                ids.sort_unstable();
+                let states: Vec<Option<SharedFile>> =
+                    ids.iter().map(|i| self.state_of(*i)).collect();
+                let mut touched = Vec::new();
+                for (i, st) in ids.iter().zip(&states) {
+                    touched.push(self.touch(*i, st.as_ref())?);
+                }
+                let si = ids.iter().position(|i| *i == s.ino).unwrap_or(0);
+                let mut purge = None;
+                // The inode a plain rename replaces: already written (or deleted) above.
+                let mut replaced = None;
+                if flags.exchange {
+                    let t = t.ok_or(FsError::NotFound)?;
+                    if t.kind == Kind::Dir && across && self.is_within(parent, t.ino)? {
+                        return Err(FsError::Invalid("cannot move a directory into itself"));
+                    }
+                    ops.push(dirent_op(parent, name, t));
+                    ops.push(dirent_op(new_parent, new_name, s));
+                    if t.ino != s.ino {
+                        let ti = 1 - si;
+                        for (who, to) in [(si, new_parent), (ti, parent)] {
+                            let a = &mut touched[who].attr;
+                            a.ctime = at;
+                            if a.kind == Kind::Dir && across {
+                                a.parent = to;
+                                if to == new_parent {
+                                    src_links -= 1;
+                                    dst_links += 1;
+                                } else {
+                                    dst_links -= 1;
+                                    src_links += 1;
+                                }
                             }
                         }
                     }
-                }
-            } else {
-                if let Some(t) = t {
-                    if flags.noreplace {
-                        return Err(FsError::Exists);
+                } else {
+                    if let Some(t) = t {
+                        if flags.noreplace {
+                            return Err(FsError::Exists);
+                        }
+                        if t.ino == s.ino {
+                            // Two names of one file: POSIX says do nothing.
+                            return Ok(Step::Done(None));
+                        }
+                        match (s.kind == Kind::Dir, t.kind == Kind::Dir) {
+                            (true, false) => return Err(FsError::NotDir),
+                            (false, true) => return Err(FsError::IsDir),
+                            (true, true) if self.has_entries(t.ino) => {
+                                return Err(FsError::NotEmpty)
+                            }
+                            _ => {}
+                        }
+                        let ti = 1 - si;
+                        replaced = Some(t.ino);
+                        if t.kind == Kind::Dir {
+                            ops.push(BatchOp::Delete(inode_key(t.ino)));
+                            self.xattr_deletes(t.ino, &mut ops);
+                            dst_links -= 1;
+                        } else if self.drop_name(&mut touched[ti], at, &mut ops) {
+                            purge = Some(t.ino);
+                        }
                     }
-                    if t.ino == s.ino {
-                        // Two names of one file: POSIX says do nothing.
-                        return Ok(());
-                    }
-                    match (s.kind == Kind::Dir, t.kind == Kind::Dir) {
-                        (true, false) => return Err(FsError::NotDir),
-                        (false, true) => return Err(FsError::IsDir),
-                        (true, true) if self.has_entries(t.ino) => return Err(FsError::NotEmpty),
-                        _ => {}
-                    }
-                    let ti = 1 - si;
-                    replaced = Some(t.ino);
-                    if t.kind == Kind::Dir {
-                        ops.push(BatchOp::Delete(inode_key(t.ino)));
-                        self.xattr_deletes(t.ino, &mut ops);
-                        dst_links -= 1;
-                    } else if self.drop_name(&mut touched[ti], at, &mut ops) {
-                        purge = Some(t.ino);
+                    ops.push(BatchOp::Delete(dirent_key(parent, name)));
+                    ops.push(dirent_op(new_parent, new_name, s));
+                    let a = &mut touched[si].attr;
+                    a.ctime = at;
+                    if a.kind == Kind::Dir && across {
+                        a.parent = new_parent;
+                        src_links -= 1;
+                        dst_links += 1;
                     }
                 }
-                ops.push(BatchOp::Delete(dirent_key(parent, name)));
-                ops.push(dirent_op(new_parent, new_name, s));
-                let a = &mut touched[si].attr;
-                a.ctime = at;
-                if a.kind == Kind::Dir && across {
-                    a.parent = new_parent;
-                    src_links -= 1;
-                    dst_links += 1;
+                for (ino, t) in ids.iter().zip(&touched) {
+                    if replaced != Some(*ino) {
+                        ops.push(t.op());
+                    }
                 }
-            }
-            for (ino, t) in ids.iter().zip(&touched) {
-                if replaced != Some(*ino) {
-                    ops.push(t.op());
+                if !across {
+                    src_links += dst_links;
                 }
-            }
-            if !across {
-                src_links += dst_links;
-            }
-            src_dir.nlink = add_links(src_dir.nlink, src_links);
-            dst_dir.nlink = add_links(dst_dir.nlink, dst_links);
-            src_dir.mtime = at;
-            src_dir.ctime = at;
-            if across {
-                dst_dir.mtime = at;
-                dst_dir.ctime = at;
-                ops.push(attr_op(&src_dir));
-                ops.push(attr_op(&dst_dir));
-            } else {
-                ops.push(attr_op(&src_dir));
-            }
-            if !self.db.try_write_batch(&ops)? {
-                room = ops_len(&ops);
-                continue;
-            }
-            for t in touched.iter_mut() {
-                t.written();
-            }
-            break purge;
-        };
+                src_dir.nlink = add_links(src_dir.nlink, src_links);
+                dst_dir.nlink = add_links(dst_dir.nlink, dst_links);
+                src_dir.mtime = at;
+                src_dir.ctime = at;
+                if across {
+                    dst_dir.mtime = at;
+                    dst_dir.ctime = at;
+                    ops.push(attr_op(&src_dir));
+                    ops.push(attr_op(&dst_dir));
+                } else {
+                    ops.push(attr_op(&src_dir));
+                }
+                if !batch.append(&ops)? {
+                    return Ok(Step::Retry);
+                }
+                for t in touched.iter_mut() {
+                    t.written();
+                }
+                Ok(Step::Done(purge))
+            })
+            .await?;
         if let Some(ino) = purge {
             self.purge(ino).await?;
         }
@@ -990,11 +961,7 @@ impl Namespace {
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
         self.writable()?;
         check_name(new_name).map_err(name_err)?;
-        let mut room = 0;
-        loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
+        self.change(|batch| {
             let _held = self.locks.take(false, &[new_parent, ino]);
             let mut dir = self.dir_attr(new_parent)?;
             if self.entry(new_parent, new_name)?.is_some() {
@@ -1028,16 +995,16 @@ impl Namespace {
                 t.op(),
                 attr_op(&dir),
             ];
-            if self.db.try_write_batch(&ops)? {
-                t.written();
-                let attr = match &t.state {
-                    Some(st) => st.attr,
-                    None => t.attr,
-                };
-                return Ok(attr);
+            if !batch.append(&ops)? {
+                return Ok(Step::Retry);
             }
-            room = ops_len(&ops);
-        }
+            t.written();
+            Ok(Step::Done(match &t.state {
+                Some(st) => st.attr,
+                None => t.attr,
+            }))
+        })
+        .await
     }
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
@@ -1045,23 +1012,25 @@ impl Namespace {
         if set.size.is_some() {
             return self.set_size_and_attr(ino, set).await;
         }
-        let mut room = 0;
-        loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
-            let held = self.locks.take(false, &[ino]);
-            if self.state_of(ino).is_some() {
-                drop(held);
-                return self.set_size_and_attr(ino, set).await;
-            }
-            let mut attr = self.stored_attr(ino)?.ok_or(FsError::NotFound)?;
-            apply_set(&mut attr, &set);
-            let op = attr_op(&attr);
-            if self.db.try_write_batch(std::slice::from_ref(&op))? {
-                return Ok(attr);
-            }
-            room = op.encoded_len();
+        // A file open here keeps its attributes in its open state: that path
+        // changes them there (after the locks are released).
+        let stored = self
+            .change(|batch| {
+                let _held = self.locks.take(false, &[ino]);
+                if self.state_of(ino).is_some() {
+                    return Ok(Step::Done(None));
+                }
+                let mut attr = self.stored_attr(ino)?.ok_or(FsError::NotFound)?;
+                apply_set(&mut attr, &set);
+                if !batch.append(&[attr_op(&attr)])? {
+                    return Ok(Step::Retry);
+                }
+                Ok(Step::Done(Some(attr)))
+            })
+            .await?;
+        match stored {
+            Some(attr) => Ok(attr),
+            None => self.set_size_and_attr(ino, set).await,
         }
     }
 

@@ -7,12 +7,11 @@
 //! `security.*` and `system.posix_acl_*` (so `cp -a`, `rsync -AX` and `tar
 //! --xattrs` keep ACLs). Setting or removing one changes the inode's ctime.
 
-use std::ops::Bound;
-
+use super::change::Step;
 use super::error::{FsError, FsResult};
 use super::keys::{xattr_key, xattr_name, xattr_prefix};
-use super::namespace::{now, ops_len, Namespace};
-use crate::db::{prefix_successor, BatchOp};
+use super::namespace::{now, Namespace};
+use crate::db::BatchOp;
 
 /// Longest attribute name (Linux's `XATTR_NAME_MAX`).
 pub const XATTR_NAME_MAX: usize = 255;
@@ -142,11 +141,7 @@ impl Namespace {
         mode: Option<u16>,
     ) -> FsResult<()> {
         let key = xattr_key(ino, name);
-        let mut room = 0;
-        loop {
-            if room > 0 {
-                self.db.wait_for_room(room).await?;
-            }
+        self.change(|batch| {
             let _held = self.locks.take(false, &[ino]);
             let state = self.state_of(ino);
             let mut t = self.touch(ino, state.as_ref())?;
@@ -168,12 +163,13 @@ impl Namespace {
                 None => BatchOp::Delete(key.clone()),
             }];
             ops.push(t.op());
-            if self.db.try_write_batch(&ops)? {
-                t.written();
-                return Ok(());
+            if !batch.append(&ops)? {
+                return Ok(Step::Retry);
             }
-            room = ops_len(&ops);
-        }
+            t.written();
+            Ok(Step::Done(()))
+        })
+        .await
     }
 
     /// The value of attribute `name` of `ino`.
@@ -201,14 +197,8 @@ impl Namespace {
 
     /// The record keys of every attribute of `ino` (to delete with the inode).
     pub(super) fn xattr_keys(&self, ino: u64) -> Vec<Vec<u8>> {
-        let prefix = xattr_prefix(ino);
-        let end = prefix_successor(&prefix);
         self.db
-            .scan_info(
-                Bound::Included(prefix.as_slice()),
-                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-                usize::MAX,
-            )
+            .scan_info_prefix(&xattr_prefix(ino), None, usize::MAX)
             .into_iter()
             .map(|(k, _)| k)
             .collect()
