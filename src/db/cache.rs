@@ -7,18 +7,18 @@
 use bytes::Bytes;
 use lru::LruCache;
 
-use crate::format::names::SegmentId;
+use crate::format::names::ObjectId;
 
 /// Cached bytes are named by object id, never by index slot (a slot is reused once
 /// its object holds no live key, while the object's bytes may still be cached).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheKey {
     /// A whole segment object.
-    Segment(SegmentId),
+    Segment(ObjectId),
     /// One entry's bytes: object and offset.
-    Entry(SegmentId, u32),
+    Entry(ObjectId, u32),
     /// A readahead window of a run: object and window number.
-    Window(SegmentId, u64),
+    Window(ObjectId, u64),
 }
 
 #[derive(Debug)]
@@ -83,19 +83,19 @@ mod tests {
         let mut c = ByteCache::new(100);
         for i in 0..10 {
             c.insert(
-                CacheKey::Entry(SegmentId::default(), i),
+                CacheKey::Entry(ObjectId::default(), i),
                 Bytes::from(vec![0u8; 20]),
             );
         }
         assert!(c.bytes() <= 100);
-        assert!(c.get(&CacheKey::Entry(SegmentId::default(), 9)).is_some());
-        assert!(c.get(&CacheKey::Entry(SegmentId::default(), 0)).is_none());
+        assert!(c.get(&CacheKey::Entry(ObjectId::default(), 9)).is_some());
+        assert!(c.get(&CacheKey::Entry(ObjectId::default(), 0)).is_none());
         c.insert(
-            CacheKey::Segment(SegmentId { epoch: 1, seq: 1 }),
+            CacheKey::Segment(ObjectId { epoch: 1, seq: 1 }),
             Bytes::from(vec![0u8; 60]),
         );
         assert!(c
-            .get(&CacheKey::Segment(SegmentId { epoch: 1, seq: 1 }))
+            .get(&CacheKey::Segment(ObjectId { epoch: 1, seq: 1 }))
             .is_none());
     }
 }

@@ -22,7 +22,7 @@ use super::lease::{now_unix_ms, this_host};
 use super::Shared;
 use crate::format::checkpoint;
 use crate::format::manifest::{self, LogRange, Manifest, OPEN};
-use crate::format::names::{checkpoint_name, manifest_name, SegmentId};
+use crate::format::names::{checkpoint_name, manifest_name, ObjectId};
 use crate::store::{PutMode, StoreError};
 
 /// Run a checkpoint now, after any one already running.
@@ -94,8 +94,8 @@ async fn write(sh: &Shared) -> Result<()> {
     // order of first use: its size follows the live data, not the store's history.
     let mut entries = Vec::new();
     let mut count = 0u64;
-    let mut segments: Vec<SegmentId> = Vec::new();
-    let mut dense: HashMap<SegmentId, u32> = HashMap::new();
+    let mut segments: Vec<ObjectId> = Vec::new();
+    let mut dense: HashMap<ObjectId, u32> = HashMap::new();
     sh.for_each_key_chunked(|key, entry, id| {
         let slot = *dense.entry(id).or_insert_with(|| {
             segments.push(id);
@@ -118,7 +118,7 @@ async fn write(sh: &Shared) -> Result<()> {
     let covers_seq = start_seq;
     let data = checkpoint::assemble(
         sh.epoch,
-        SegmentId {
+        ObjectId {
             epoch: sh.epoch,
             seq: start_seq,
         },

@@ -44,7 +44,7 @@ use super::recovery::{self, Position};
 use super::state::State;
 use super::Shared;
 use crate::format::manifest::Manifest;
-use crate::format::names::{manifest_name, segment_name, SegmentId};
+use crate::format::names::{manifest_name, object_name, ObjectId};
 use crate::store::StoreError;
 
 /// A round looks for the next manifest every this many rounds while the followed
@@ -144,11 +144,11 @@ async fn run_round(sh: &Shared, mut look_for_manifest: bool) -> Result<()> {
         let range = ranges.iter().find(|r| r.epoch == pos.epoch).copied();
         let end = range.filter(|r| !r.is_open()).map(|r| r.last);
         if pos.open && end.is_none_or(|last| pos.next <= last) {
-            let id = SegmentId {
+            let id = ObjectId {
                 epoch: pos.epoch,
                 seq: pos.next,
             };
-            match sh.store.get(&segment_name(id)).await {
+            match sh.store.get(&object_name(id)).await {
                 Ok(got) => {
                     let mut changed = Vec::new();
                     let mut st = sh.lock();
@@ -245,7 +245,7 @@ fn meets_unknown_run(st: &State, keys: &[Vec<u8>]) -> bool {
     keys.iter().any(|k| {
         st.index
             .get(k)
-            .and_then(|e| st.index.segment(e.loc.segment))
+            .and_then(|e| st.index.object(e.loc.slot))
             .is_some_and(|id| id.is_run() && st.objects.size(id).is_none())
     })
 }

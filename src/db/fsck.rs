@@ -29,7 +29,7 @@ use super::recovery::{self, Fallback};
 use super::Shared;
 use crate::format::manifest::Manifest;
 use crate::format::names::{
-    checkpoint_name, manifest_name, parse_name, segment_name, ObjectKind, SegmentId,
+    checkpoint_name, manifest_name, object_name, parse_name, ObjectId, ObjectKind,
 };
 use crate::format::run::RunView;
 use crate::format::segment::{decode_value, stored_value_len, EntryKind, SegmentView};
@@ -66,7 +66,7 @@ pub struct FsckReport {
     /// missing), in key order.
     pub lost_keys: Vec<LostKey>,
     /// Damaged data objects that still hold intact values of live keys.
-    pub salvageable: Vec<SegmentId>,
+    pub salvageable: Vec<ObjectId>,
     /// Objects that do not decode (or fail a checksum), by name.
     pub damaged: Vec<String>,
     /// Set when the current checkpoint was damaged (see `recovery`).
@@ -93,10 +93,10 @@ impl FsckReport {
 type Expected = Vec<(u32, Vec<u8>, u32)>;
 
 /// Live keys by the data object their value lies in.
-fn expected_of(index: &Index) -> HashMap<SegmentId, Expected> {
-    let mut by_seg: HashMap<SegmentId, Expected> = HashMap::new();
+fn expected_of(index: &Index) -> HashMap<ObjectId, Expected> {
+    let mut by_seg: HashMap<ObjectId, Expected> = HashMap::new();
     for (k, e) in index.iter() {
-        if let Some(id) = index.segment(e.loc.segment) {
+        if let Some(id) = index.object(e.loc.slot) {
             by_seg
                 .entry(id)
                 .or_default()
@@ -235,9 +235,9 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
         }
     }
     // Data objects live keys point into that were not there to read.
-    let mut missing_keys: HashMap<SegmentId, Expected> = HashMap::new();
+    let mut missing_keys: HashMap<ObjectId, Expected> = HashMap::new();
     for (id, keys) in expected {
-        gone.insert(segment_name(id));
+        gone.insert(object_name(id));
         missing_keys.insert(id, keys);
     }
     // Objects the current manifest needs.
@@ -271,7 +271,7 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
     for name in needed.iter().cloned().chain(
         now_expected
             .iter()
-            .flat_map(|e| e.keys().map(|id| segment_name(*id))),
+            .flat_map(|e| e.keys().map(|id| object_name(*id))),
     ) {
         if !present.contains(&name) {
             gone.insert(name);
@@ -339,7 +339,7 @@ fn manifest_needs(m: &Manifest) -> Vec<String> {
     let mut out: Vec<String> = m.checkpoint.map(checkpoint_name).into_iter().collect();
     for r in m.ranges.iter().filter(|r| !r.is_open()) {
         for seq in r.first..=r.last {
-            out.push(segment_name(SegmentId {
+            out.push(object_name(ObjectId {
                 epoch: r.epoch,
                 seq,
             }));
@@ -368,7 +368,7 @@ fn lose(report: &mut FsckReport, object: &str, key: Vec<u8>, why: &str) {
 /// reported) if it does not decode. Entry and value checksums are verified.
 fn segment_values(
     report: &mut FsckReport,
-    id: SegmentId,
+    id: ObjectId,
     name: &str,
     data: &[u8],
 ) -> Option<HashMap<u32, u32>> {
@@ -405,7 +405,7 @@ fn segment_values(
 /// block index).
 fn run_values(
     report: &mut FsckReport,
-    id: SegmentId,
+    id: ObjectId,
     name: &str,
     data: &[u8],
 ) -> Option<HashMap<u32, u32>> {
@@ -435,7 +435,7 @@ fn run_values(
 /// own checksum instead.
 fn check_values(
     report: &mut FsckReport,
-    id: SegmentId,
+    id: ObjectId,
     name: &str,
     data: &Bytes,
     values: Option<HashMap<u32, u32>>,

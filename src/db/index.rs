@@ -2,7 +2,7 @@
 //!
 //! Vocabulary:
 //! - **slot**: a small integer naming a data object (segment or run) in the index's
-//!   **slot table**; a [`Location`] stores a slot rather than a full [`SegmentId`] to
+//!   **slot table**; a [`Location`] stores a slot rather than a full [`ObjectId`] to
 //!   keep entries small. A slot means one object only while the lock that read it is
 //!   held: callers that keep a location across an `await` resolve its slot to the
 //!   object id first ([`Index::locate`]).
@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::ops::Bound;
 
 use crate::format::checkpoint::{Checkpoint, IndexEntry, Location};
-use crate::format::names::SegmentId;
+use crate::format::names::ObjectId;
 use crate::format::segment::put_len;
 
 /// What the index counts for one data object.
@@ -41,19 +41,19 @@ pub struct ObjectLive {
 /// Where a value lies, with its object named in full (valid across `await`s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ValueAt {
-    pub object: SegmentId,
+    pub object: ObjectId,
     pub offset: u32,
     pub value_len: u32,
 }
 
 /// A free slot's table entry (never a real object id: epoch 0 is never written).
-const FREE: SegmentId = SegmentId { epoch: 0, seq: 0 };
+const FREE: ObjectId = ObjectId { epoch: 0, seq: 0 };
 
 #[derive(Debug, Default)]
 pub struct Index {
     map: BTreeMap<Box<[u8]>, IndexEntry>,
-    segments: Vec<SegmentId>,
-    slots: HashMap<SegmentId, u32>,
+    segments: Vec<ObjectId>,
+    slots: HashMap<ObjectId, u32>,
     /// Live counts per slot.
     slot_live: Vec<ObjectLive>,
     /// Released slots, lowest first.
@@ -101,7 +101,7 @@ impl Index {
     }
 
     /// The slot of a data object, allocating one on first use.
-    pub fn slot_for(&mut self, id: SegmentId) -> u32 {
+    pub fn slot_for(&mut self, id: ObjectId) -> u32 {
         if let Some(s) = self.slots.get(&id) {
             return *s;
         }
@@ -125,12 +125,12 @@ impl Index {
 
     /// The slot of a data object, if some key refers to it (or did since the last
     /// release).
-    pub fn slot_of(&self, id: SegmentId) -> Option<u32> {
+    pub fn slot_of(&self, id: ObjectId) -> Option<u32> {
         self.slots.get(&id).copied()
     }
 
     /// Live counts of data object `id` (zero when no key refers to it).
-    pub fn object_live(&self, id: SegmentId) -> ObjectLive {
+    pub fn object_live(&self, id: ObjectId) -> ObjectLive {
         self.slot_of(id)
             .and_then(|s| self.slot_live.get(s as usize).copied())
             .unwrap_or_default()
@@ -138,7 +138,7 @@ impl Index {
 
     /// Live bytes of every data object the index refers to (objects without live
     /// keys are left out).
-    pub fn live_by_object(&self) -> HashMap<SegmentId, u64> {
+    pub fn live_by_object(&self) -> HashMap<ObjectId, u64> {
         self.segments
             .iter()
             .zip(&self.slot_live)
@@ -150,7 +150,7 @@ impl Index {
     fn add_live(&mut self, key: &[u8], e: &IndexEntry) {
         let n = entry_bytes(key, e);
         self.live_bytes += n;
-        if let Some(l) = self.slot_live.get_mut(e.loc.segment as usize) {
+        if let Some(l) = self.slot_live.get_mut(e.loc.slot as usize) {
             l.bytes += n;
             l.stored += entry_stored(key, e);
             l.keys += 1;
@@ -161,7 +161,7 @@ impl Index {
     fn sub_live(&mut self, key: &[u8], e: &IndexEntry) {
         let n = entry_bytes(key, e);
         self.live_bytes -= n;
-        let slot = e.loc.segment;
+        let slot = e.loc.slot;
         if let Some(l) = self.slot_live.get_mut(slot as usize) {
             l.bytes -= n;
             l.stored -= entry_stored(key, e);
@@ -197,7 +197,7 @@ impl Index {
     }
 
     /// The object in `slot`.
-    pub fn segment(&self, slot: u32) -> Option<SegmentId> {
+    pub fn object(&self, slot: u32) -> Option<ObjectId> {
         self.segments
             .get(slot as usize)
             .copied()
@@ -207,7 +207,7 @@ impl Index {
     /// Where the value of an entry lies, with its object resolved.
     pub fn locate(&self, loc: &Location) -> Option<ValueAt> {
         Some(ValueAt {
-            object: self.segment(loc.segment)?,
+            object: self.object(loc.slot)?,
             offset: loc.offset,
             value_len: loc.value_len,
         })
@@ -260,18 +260,18 @@ impl Index {
     /// Objects whose live keys are not one contiguous stretch of the key order:
     /// another object's keys lie between two of theirs. (Runs written by one
     /// compaction hold disjoint key ranges; runs of separate rewrites may interleave.)
-    pub fn interleaved_objects(&self) -> std::collections::HashSet<SegmentId> {
+    pub fn interleaved_objects(&self) -> std::collections::HashSet<ObjectId> {
         let mut seen = std::collections::HashSet::new();
         let mut interleaved = std::collections::HashSet::new();
         let mut current: Option<u32> = None;
         for e in self.map.values() {
-            let slot = e.loc.segment;
+            let slot = e.loc.slot;
             if current == Some(slot) {
                 continue;
             }
             current = Some(slot);
             if !seen.insert(slot) {
-                interleaved.extend(self.segment(slot));
+                interleaved.extend(self.object(slot));
             }
         }
         interleaved
@@ -314,7 +314,7 @@ mod tests {
     fn entry(slot: u32, len: u32) -> IndexEntry {
         IndexEntry {
             loc: Location {
-                segment: slot,
+                slot,
                 offset: 32,
                 value_len: len,
             },
@@ -329,7 +329,7 @@ mod tests {
             b"k",
             IndexEntry {
                 loc: Location {
-                    segment: 0,
+                    slot: 0,
                     offset: 0,
                     value_len: 0,
                 },
@@ -347,33 +347,33 @@ mod tests {
     #[test]
     fn live_counts_per_object_follow_inserts_and_removes() {
         let mut ix = Index::default();
-        let a = ix.slot_for(SegmentId { epoch: 1, seq: 1 });
-        let b = ix.slot_for(SegmentId::run(1, 1));
+        let a = ix.slot_for(ObjectId { epoch: 1, seq: 1 });
+        let b = ix.slot_for(ObjectId::run(1, 1));
         ix.insert(b"k1", entry(a, 10));
         ix.insert(b"k2", entry(a, 20));
-        let la = ix.object_live(SegmentId { epoch: 1, seq: 1 });
+        let la = ix.object_live(ObjectId { epoch: 1, seq: 1 });
         assert_eq!(la.bytes, 2 + 10 + 2 + 20);
         assert_eq!(la.keys, 2);
         assert_eq!(la.stored, (put_len(2, 0, 10) + put_len(2, 0, 20)) as u64);
         // Overwrite moves the key's bytes to the other object.
         ix.insert(b"k1", entry(b, 5));
-        assert_eq!(ix.object_live(SegmentId { epoch: 1, seq: 1 }).bytes, 22);
-        assert_eq!(ix.object_live(SegmentId::run(1, 1)).bytes, 7);
+        assert_eq!(ix.object_live(ObjectId { epoch: 1, seq: 1 }).bytes, 22);
+        assert_eq!(ix.object_live(ObjectId::run(1, 1)).bytes, 7);
         ix.remove(b"k2");
         assert_eq!(
-            ix.object_live(SegmentId { epoch: 1, seq: 1 }),
+            ix.object_live(ObjectId { epoch: 1, seq: 1 }),
             ObjectLive::default()
         );
         assert_eq!(ix.live_bytes(), 7);
         let by = ix.live_by_object();
         assert_eq!(by.len(), 1);
-        assert_eq!(by[&SegmentId::run(1, 1)], 7);
+        assert_eq!(by[&ObjectId::run(1, 1)], 7);
     }
 
     #[test]
     fn slots_are_released_when_no_key_refers_to_them_and_reused() {
         let mut ix = Index::default();
-        let ids: Vec<SegmentId> = (1..=4).map(|seq| SegmentId { epoch: 1, seq }).collect();
+        let ids: Vec<ObjectId> = (1..=4).map(|seq| ObjectId { epoch: 1, seq }).collect();
         for (i, id) in ids.iter().enumerate() {
             let s = ix.slot_for(*id);
             ix.insert(format!("k{i}").as_bytes(), entry(s, 1));
@@ -382,10 +382,10 @@ mod tests {
         // The object's last key goes: its slot is free at once.
         ix.remove(b"k1");
         assert_eq!(ix.slot_of(ids[1]), None);
-        assert_eq!(ix.segment(1), None);
+        assert_eq!(ix.object(1), None);
         assert_eq!(ix.slot_table_len(), 4);
         // Reused, lowest first; a resolved location never names the old object.
-        let new = SegmentId { epoch: 2, seq: 1 };
+        let new = ObjectId { epoch: 2, seq: 1 };
         assert_eq!(ix.slot_for(new), 1);
         assert_eq!(ix.locate(&entry(1, 1).loc).unwrap().object, new);
         // An overwrite within the same object keeps the slot.

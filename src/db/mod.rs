@@ -58,7 +58,7 @@ pub use snapshots::Snapshot;
 pub use stats::{FileCounts, Stats};
 
 use crate::format::checkpoint::{IndexEntry, Location};
-use crate::format::names::{segment_name, SegmentId};
+use crate::format::names::{object_name, ObjectId};
 use crate::format::segment::{
     decode_value, delete_len, link_len, put_len, stored_value_len, MAX_META_LEN,
 };
@@ -133,10 +133,33 @@ fn batch_ops(ops: &[BatchOp]) -> Vec<Op<'_>> {
 pub struct KeyInfo {
     pub value_len: u32,
     pub meta: Option<Box<[u8]>>,
-    /// Where the value is stored, as an opaque pair: keys that share one value (by
-    /// [`BatchOp::Link`]) have equal pairs. Comparable only between the results of
-    /// one call (GC moves values).
-    pub value_id: (u32, u32),
+    /// Which stored value the key refers to (see [`ValueId`]).
+    pub value_id: ValueId,
+}
+
+/// Which stored value a key refers to, as one call of [`Db::info`] or
+/// [`Db::scan_info`] saw it: keys that share one value (by [`BatchOp::Link`]) have
+/// equal ids. Comparable only between the results of one call: GC moves values,
+/// and the slot of an object that is gone is used again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ValueId {
+    slot: u32,
+    offset: u32,
+}
+
+impl ValueId {
+    fn of(loc: &Location) -> ValueId {
+        ValueId {
+            slot: loc.slot,
+            offset: loc.offset,
+        }
+    }
+
+    /// An id for tests of code that compares ids.
+    #[doc(hidden)]
+    pub fn for_test(n: u32) -> ValueId {
+        ValueId { slot: n, offset: 0 }
+    }
 }
 
 /// A borrowed operation, as the write path handles it.
@@ -160,7 +183,7 @@ pub(crate) enum Op<'a> {
     Relocate {
         key: &'a [u8],
         expect: ValueAt,
-        target: SegmentId,
+        target: ObjectId,
         offset: u32,
     },
 }
@@ -191,7 +214,7 @@ impl Op<'_> {
 const WINDOW_OVERLAP: u64 = 68 << 10;
 
 /// A readahead window of a run: object and window number.
-pub(crate) type WindowKey = (SegmentId, u64);
+pub(crate) type WindowKey = (ObjectId, u64);
 
 /// Index heap bytes per key beyond the key itself, as measured (EXPERIMENTS.md,
 /// "Engine"): the basis of [`Figures::index_estimated_bytes`].
@@ -578,7 +601,7 @@ impl Shared {
                         key,
                         IndexEntry {
                             loc: Location {
-                                segment: slot,
+                                slot,
                                 offset,
                                 value_len: value.len() as u32,
                             },
@@ -595,7 +618,7 @@ impl Shared {
                     let Some(src) = index.get(source).cloned() else {
                         continue;
                     };
-                    let Some(target) = index.segment(src.loc.segment) else {
+                    let Some(target) = index.object(src.loc.slot) else {
                         continue;
                     };
                     let meta: Option<Box<[u8]>> = match meta {
@@ -625,7 +648,7 @@ impl Shared {
                     }
                     let meta = cur.meta.clone();
                     let loc = Location {
-                        segment: index.slot_for(target),
+                        slot: index.slot_for(target),
                         offset,
                         value_len: expect.value_len,
                     };
@@ -686,7 +709,7 @@ impl Shared {
     /// seen as of some moment during it (a *fuzzy* walk).
     pub(crate) async fn for_each_key_chunked(
         &self,
-        mut f: impl FnMut(&[u8], &IndexEntry, SegmentId),
+        mut f: impl FnMut(&[u8], &IndexEntry, ObjectId),
     ) {
         const CHUNK: usize = 8192;
         let mut cursor: Option<Box<[u8]>> = None;
@@ -702,7 +725,7 @@ impl Shared {
                 for (k, e) in st.index.range(start, Bound::Unbounded).take(CHUNK) {
                     // Resolved under the same lock: a slot may name another object
                     // once released.
-                    if let Some(id) = st.index.segment(e.loc.segment) {
+                    if let Some(id) = st.index.object(e.loc.slot) {
                         f(k, e, id);
                     }
                     last = Some(k);
@@ -1179,10 +1202,7 @@ impl Db {
             return Ok(None);
         };
         st.index.locate(&e.loc).map(Some).ok_or_else(|| {
-            Error::Inconsistent(format!(
-                "index names unknown segment slot {}",
-                e.loc.segment
-            ))
+            Error::Inconsistent(format!("index names unknown segment slot {}", e.loc.slot))
         })
     }
 
@@ -1191,7 +1211,7 @@ impl Db {
         self.handle.shared.lock().index.get(key).map(|e| KeyInfo {
             value_len: e.loc.value_len,
             meta: e.meta.clone(),
-            value_id: (e.loc.segment, e.loc.offset),
+            value_id: ValueId::of(&e.loc),
         })
     }
 
@@ -1213,7 +1233,7 @@ impl Db {
                     KeyInfo {
                         value_len: e.loc.value_len,
                         meta: e.meta.clone(),
-                        value_id: (e.loc.segment, e.loc.offset),
+                        value_id: ValueId::of(&e.loc),
                     },
                 )
             })
@@ -1252,7 +1272,7 @@ impl Db {
             if let Some(seg) = st.cache.get(&CacheKey::Segment(id)) {
                 if off + len <= seg.len() {
                     return decode_value(&seg.slice(off..off + len))
-                        .map_err(|e| Error::corrupt(segment_name(id), e));
+                        .map_err(|e| Error::corrupt(object_name(id), e));
                 }
             }
             if window > len as u64 {
@@ -1261,7 +1281,7 @@ impl Db {
                     let at = off - (w * window) as usize;
                     if at + len <= b.len() {
                         return decode_value(&b.slice(at..at + len))
-                            .map_err(|e| Error::corrupt(segment_name(id), e));
+                            .map_err(|e| Error::corrupt(object_name(id), e));
                     }
                 }
             }
@@ -1271,7 +1291,7 @@ impl Db {
                 return Ok(v);
             }
         }
-        let name = segment_name(id);
+        let name = object_name(id);
         let raw = sh
             .store
             .get_range(&name, off as u64..(off + len) as u64)
@@ -1315,7 +1335,7 @@ impl Db {
             let mut fetches = sh.windows.lock().unwrap_or_else(|e| e.into_inner());
             fetches.entry((id, w)).or_default().clone()
         };
-        let name = segment_name(id);
+        let name = object_name(id);
         let fetched = cell
             .get_or_try_init(|| async {
                 // Another reader may have fetched it between our cache miss and now.

@@ -29,8 +29,8 @@ use super::options::Options;
 use crate::format::checkpoint::{self, Checkpoint, IndexEntry, Location};
 use crate::format::manifest::{self, LogRange, Manifest, OPEN};
 use crate::format::names::{
-    checkpoint_name, manifest_name, parse_name, segment_epoch_prefix, segment_name, ObjectKind,
-    SegmentId, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
+    checkpoint_name, manifest_name, object_name, parse_name, segment_epoch_prefix, ObjectId,
+    ObjectKind, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
 };
 use crate::format::segment::{
     delete_len, fence_segment, link_len, put_len, EntryKind, EntryRef, SegmentView, FLAG_FENCE,
@@ -284,11 +284,11 @@ async fn close_tail(store: &DynStore, tail: &OpenTail, loaded: &mut Loaded) -> R
         return Ok(last);
     }
     loop {
-        let id = SegmentId {
+        let id = ObjectId {
             epoch: tail.epoch,
             seq: last + 1,
         };
-        let name = segment_name(id);
+        let name = object_name(id);
         match store
             .put(&name, fence_segment(id), PutMode::CreateNew)
             .await
@@ -690,7 +690,7 @@ async fn exact_fallback(
         if let Some(seq) = (r.first..=r.last).find(|s| !present.contains(s)) {
             return Ok(Err(format!(
                 "log segment {}, written after manifest {}'s checkpoint, was deleted",
-                segment_name(SegmentId {
+                object_name(ObjectId {
                     epoch: r.epoch,
                     seq
                 }),
@@ -739,9 +739,7 @@ async fn rebuild(
             Err(Damage::Damaged(_)) => {}
         }
     }
-    let covers = base
-        .as_ref()
-        .map_or(SegmentId::default(), |(_, c)| c.covers);
+    let covers = base.as_ref().map_or(ObjectId::default(), |(_, c)| c.covers);
     let (base, mut index) = match base {
         Some((c, ckpt)) => (Some(c), Index::from_checkpoint(ckpt)),
         None => (None, Index::default()),
@@ -751,7 +749,7 @@ async fn rebuild(
     // value of the same epoch may be newer than a run's copy (the link entries that
     // ordered them may be gone). With a checkpoint, only runs of later epochs (it
     // knows the earlier ones).
-    let mut listed: Vec<SegmentId> = store
+    let mut listed: Vec<ObjectId> = store
         .list(SEGMENT_DIR)
         .await?
         .iter()
@@ -780,7 +778,7 @@ async fn rebuild(
     let mut expect: std::collections::HashMap<u64, u64> = Default::default();
     let mut fenced: std::collections::HashSet<u64> = Default::default();
     for id in listed {
-        let name = segment_name(id);
+        let name = object_name(id);
         if id.is_run() {
             let data = match store.get(&name).await {
                 Ok(g) => g.data,
@@ -807,7 +805,7 @@ async fn rebuild(
             suspect.push(if *next + 1 == id.seq {
                 format!(
                     "{} (missing)",
-                    segment_name(SegmentId {
+                    object_name(ObjectId {
                         epoch: id.epoch,
                         seq: *next
                     })
@@ -815,11 +813,11 @@ async fn rebuild(
             } else {
                 format!(
                     "{} to {} (missing)",
-                    segment_name(SegmentId {
+                    object_name(ObjectId {
                         epoch: id.epoch,
                         seq: *next
                     }),
-                    segment_name(SegmentId {
+                    object_name(ObjectId {
                         epoch: id.epoch,
                         seq: id.seq - 1
                     })
@@ -875,7 +873,7 @@ async fn replay(
     let mut replayed_bytes = 0u64;
     let mut tail = None;
     for range in ranges {
-        let ids: Vec<SegmentId> = if range.is_open() {
+        let ids: Vec<ObjectId> = if range.is_open() {
             let listed = store.list(&segment_epoch_prefix(range.epoch)).await?;
             let mut seqs: Vec<u64> = listed
                 .iter()
@@ -893,7 +891,7 @@ async fn replay(
                 } else {
                     log::warn!(
                         "ignoring segment {} after a gap in the log (never acknowledged)",
-                        segment_name(SegmentId {
+                        object_name(ObjectId {
                             epoch: range.epoch,
                             seq: s
                         })
@@ -903,14 +901,14 @@ async fn replay(
             }
             contiguous
                 .into_iter()
-                .map(|seq| SegmentId {
+                .map(|seq| ObjectId {
                     epoch: range.epoch,
                     seq,
                 })
                 .collect()
         } else {
             (range.first..=range.last)
-                .map(|seq| SegmentId {
+                .map(|seq| ObjectId {
                     epoch: range.epoch,
                     seq,
                 })
@@ -918,7 +916,7 @@ async fn replay(
         };
         let mut last = range.first - 1;
         let mut fenced = false;
-        let mut pending: VecDeque<(SegmentId, tokio::task::JoinHandle<Result<Bytes>>)> =
+        let mut pending: VecDeque<(ObjectId, tokio::task::JoinHandle<Result<Bytes>>)> =
             VecDeque::new();
         let mut next = ids.into_iter();
         loop {
@@ -940,7 +938,7 @@ async fn replay(
                 if !range.is_open() {
                     return Err(Error::Inconsistent(format!(
                         "{} is a fence segment inside a closed log range",
-                        segment_name(id)
+                        object_name(id)
                     )));
                 }
                 fenced = true;
@@ -963,8 +961,8 @@ async fn replay(
     Ok((replayed_bytes, tail))
 }
 
-async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
-    let name = segment_name(id);
+async fn fetch_segment(store: &DynStore, id: ObjectId) -> Result<Bytes> {
+    let name = object_name(id);
     match store.get(&name).await {
         Ok(g) => Ok(g.data),
         Err(StoreError::NotFound(_)) => Err(Error::Inconsistent(format!(
@@ -975,8 +973,8 @@ async fn fetch_segment(store: &DynStore, id: SegmentId) -> Result<Bytes> {
 }
 
 /// Put every entry of a sorted run into the index (an inexact rebuild only).
-fn apply_run(index: &mut Index, id: SegmentId, data: &[u8]) -> Result<()> {
-    let name = segment_name(id);
+fn apply_run(index: &mut Index, id: ObjectId, data: &[u8]) -> Result<()> {
+    let name = object_name(id);
     let view =
         crate::format::run::RunView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
     let entries = view.entries().map_err(|e| Error::corrupt(name, e))?;
@@ -986,7 +984,7 @@ fn apply_run(index: &mut Index, id: SegmentId, data: &[u8]) -> Result<()> {
             e.key,
             IndexEntry {
                 loc: Location {
-                    segment: slot,
+                    slot,
                     offset: e.value_offset,
                     value_len: e.value_len,
                 },
@@ -999,24 +997,19 @@ fn apply_run(index: &mut Index, id: SegmentId, data: &[u8]) -> Result<()> {
 
 /// Apply one segment's entries to the index. Returns false (and applies nothing) for
 /// a fence segment.
-fn apply_segment(
-    index: &mut Index,
-    id: SegmentId,
-    data: &[u8],
-    replayed: &mut u64,
-) -> Result<bool> {
+fn apply_segment(index: &mut Index, id: ObjectId, data: &[u8], replayed: &mut u64) -> Result<bool> {
     apply_segment_noting(index, id, data, replayed, &mut |_| {})
 }
 
 /// [`apply_segment`], telling `changed` every key it sets or removes.
 pub(crate) fn apply_segment_noting(
     index: &mut Index,
-    id: SegmentId,
+    id: ObjectId,
     data: &[u8],
     replayed: &mut u64,
     changed: &mut dyn FnMut(&[u8]),
 ) -> Result<bool> {
-    let name = segment_name(id);
+    let name = object_name(id);
     let view = match SegmentView::decode(data) {
         Ok(v) => v,
         // Damage only in values leaves every entry intact: the replay stays exact,
@@ -1057,7 +1050,7 @@ pub(crate) fn apply_segment_noting(
                     e.key,
                     IndexEntry {
                         loc: Location {
-                            segment: slot,
+                            slot,
                             offset: e.value_offset,
                             value_len: e.value_len,
                         },
@@ -1081,7 +1074,7 @@ pub(crate) fn apply_segment_noting(
                     e.key,
                     IndexEntry {
                         loc: Location {
-                            segment: target_slot,
+                            slot: target_slot,
                             offset: e.value_offset,
                             value_len: e.value_len,
                         },

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use super::error::Result;
 use super::recovery::{read_manifest, snapshot_ranges};
 use super::Shared;
-use crate::format::names::{checkpoint_name, parse_name, segment_name, ObjectKind, SegmentId};
+use crate::format::names::{checkpoint_name, object_name, parse_name, ObjectId, ObjectKind};
 
 /// One snapshot: manifest `seq` as of when manifest `seq + 1` was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub(crate) async fn list(sh: &Shared) -> Result<Vec<Snapshot>> {
             }
             complete &= (r.first..=r.last).all(|seq| {
                 names.contains(
-                    segment_name(SegmentId {
+                    object_name(ObjectId {
                         epoch: r.epoch,
                         seq,
                     })

@@ -22,7 +22,7 @@ use super::gc::objects::ObjectTable;
 use super::gc::GcBook;
 use super::index::Index;
 use crate::format::manifest::Manifest;
-use crate::format::names::SegmentId;
+use crate::format::names::ObjectId;
 use crate::format::segment::{SegmentBuilder, FOOTER_LEN, HEADER_LEN};
 
 /// Longest a sync-requested seal waits, after the previous sync segment landed, for
@@ -34,7 +34,7 @@ pub const GROUP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_mil
 /// A segment closed for appends.
 #[derive(Clone, Debug)]
 pub struct SealedSegment {
-    pub id: SegmentId,
+    pub id: ObjectId,
     pub data: Bytes,
 }
 
@@ -74,7 +74,7 @@ impl LogState {
     pub fn new(epoch: u64) -> Self {
         LogState {
             epoch,
-            open: SegmentBuilder::new(SegmentId { epoch, seq: 1 }, 0),
+            open: SegmentBuilder::new(ObjectId { epoch, seq: 1 }, 0),
             open_since: None,
             sealed: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -101,7 +101,7 @@ impl LogState {
         // Size the next buffer like this one (capped), so it rarely has to grow.
         let capacity = (self.open.len() + FOOTER_LEN).min(8 << 20);
         let next = SegmentBuilder::with_capacity(
-            SegmentId {
+            ObjectId {
                 epoch: self.epoch,
                 seq: id.seq + 1,
             },
@@ -120,7 +120,7 @@ impl LogState {
     }
 
     /// Bytes of `len` at `offset` of segment `id`, if that segment is still in memory.
-    pub fn memory_slice(&self, id: SegmentId, offset: usize, len: usize) -> Option<Bytes> {
+    pub fn memory_slice(&self, id: ObjectId, offset: usize, len: usize) -> Option<Bytes> {
         if id.epoch != self.epoch {
             return None;
         }

@@ -22,7 +22,7 @@ use super::error::Error;
 use super::state::{LogState, SealedSegment, GROUP_COMMIT_WAIT};
 use super::tasks::Kind;
 use super::{checkpointer, Shared, Stall};
-use crate::format::names::segment_name;
+use crate::format::names::object_name;
 use crate::store::{PutMode, StoreError};
 
 /// Seal and start uploads until the writer closes or is poisoned.
@@ -99,7 +99,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             (starts, pause.max(Duration::from_millis(1)))
         };
         for seg in starts {
-            let name = format!("the upload of {}", segment_name(seg.id));
+            let name = format!("the upload of {}", object_name(seg.id));
             sh.spawn(Kind::Work, name, upload(sh.clone(), seg));
         }
         tokio::select! {
@@ -125,7 +125,7 @@ const STALL_PAUSE: Duration = Duration::from_secs(1);
 /// lands (a [`Stall`]), so nothing acknowledged or queued is lost or reordered, and
 /// the writer carries on once the store is back. A fence or a refusal (4xx) poisons.
 async fn upload(sh: Arc<Shared>, seg: SealedSegment) {
-    let name = segment_name(seg.id);
+    let name = object_name(seg.id);
     #[cfg(feature = "test-hooks")]
     if sh.hooks.fire(super::hooks::TaskFault::UploadPanics) {
         panic!("injected panic in the upload of {name}");

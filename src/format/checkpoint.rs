@@ -19,7 +19,7 @@
 //! ```
 
 use super::codec::{check_trailer, read_header, write_header, write_trailer, PutLe, Reader};
-use super::names::SegmentId;
+use super::names::ObjectId;
 use super::FormatResult;
 
 pub const MAGIC: &[u8; 8] = b"KVFSCKP1";
@@ -28,10 +28,10 @@ pub const VERSION: u16 = 1;
 const WHAT: &str = "checkpoint";
 
 /// Where a value lives: the stored value (checksum, then bytes) at `offset` of the
-/// segment in table slot `segment`.
+/// data object (segment or run) in slot `slot` of the index's object table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
-    pub segment: u32,
+    pub slot: u32,
     pub offset: u32,
     pub value_len: u32,
 }
@@ -49,14 +49,14 @@ pub struct IndexEntry {
 pub struct Checkpoint {
     pub writer_epoch: u64,
     /// The last segment whose effects the checkpoint includes.
-    pub covers: SegmentId,
-    pub segments: Vec<SegmentId>,
+    pub covers: ObjectId,
+    pub segments: Vec<ObjectId>,
     pub entries: Vec<(Box<[u8]>, IndexEntry)>,
 }
 
 /// Append one entry in checkpoint layout (for [`assemble`]).
 pub fn encode_entry(out: &mut Vec<u8>, key: &[u8], entry: &IndexEntry) {
-    encode_entry_at(out, key, entry, entry.loc.segment);
+    encode_entry_at(out, key, entry, entry.loc.slot);
 }
 
 /// Like [`encode_entry`], with the entry's object at `slot` of the checkpoint's
@@ -76,8 +76,8 @@ pub fn encode_entry_at(out: &mut Vec<u8>, key: &[u8], entry: &IndexEntry, slot: 
 /// (keys strictly increasing).
 pub fn assemble(
     writer_epoch: u64,
-    covers: SegmentId,
-    segments: &[SegmentId],
+    covers: ObjectId,
+    segments: &[ObjectId],
     entry_count: u64,
     entries: &[u8],
 ) -> Vec<u8> {
@@ -100,8 +100,8 @@ pub fn assemble(
 /// Encode a checkpoint from sorted `(key, location)` pairs.
 pub fn encode<'a>(
     writer_epoch: u64,
-    covers: SegmentId,
-    segments: &[SegmentId],
+    covers: ObjectId,
+    segments: &[ObjectId],
     entries: impl Iterator<Item = (&'a [u8], &'a IndexEntry)>,
 ) -> Vec<u8> {
     let mut body = Vec::new();
@@ -119,7 +119,7 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
     let mut r = Reader::new(body, WHAT);
     read_header(&mut r, MAGIC, VERSION)?;
     let writer_epoch = r.u64()?;
-    let covers = SegmentId {
+    let covers = ObjectId {
         epoch: r.u64()?,
         seq: r.u64()?,
     };
@@ -129,7 +129,7 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
     }
     let mut segments = Vec::with_capacity(seg_count);
     for _ in 0..seg_count {
-        segments.push(SegmentId {
+        segments.push(ObjectId {
             epoch: r.u64()?,
             seq: r.u64()?,
         });
@@ -147,7 +147,7 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
         }
         let key = r.bytes(key_len)?;
         let loc = Location {
-            segment: r.u32()?,
+            slot: r.u32()?,
             offset: r.u32()?,
             value_len: r.u32()?,
         };
@@ -156,10 +156,10 @@ pub fn decode(buf: &[u8]) -> FormatResult<Checkpoint> {
             0 => None,
             n => Some(Box::from(r.bytes(n)?)),
         };
-        if loc.segment as usize >= segments.len() {
+        if loc.slot as usize >= segments.len() {
             return Err(r.invalid(format!(
                 "entry {i} names segment slot {} of {}",
-                loc.segment,
+                loc.slot,
                 segments.len()
             )));
         }
@@ -187,13 +187,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> Vec<u8> {
-        let segs = [
-            SegmentId { epoch: 1, seq: 1 },
-            SegmentId { epoch: 1, seq: 2 },
-        ];
+        let segs = [ObjectId { epoch: 1, seq: 1 }, ObjectId { epoch: 1, seq: 2 }];
         let a = IndexEntry {
             loc: Location {
-                segment: 0,
+                slot: 0,
                 offset: 32,
                 value_len: 3,
             },
@@ -201,7 +198,7 @@ mod tests {
         };
         let b = IndexEntry {
             loc: Location {
-                segment: 1,
+                slot: 1,
                 offset: 99,
                 value_len: 0,
             },
@@ -220,7 +217,7 @@ mod tests {
         assert_eq!(c.entries[1].1.loc.offset, 99);
         assert_eq!(c.entries[1].1.meta.as_deref(), Some(&b"attrs"[..]));
         assert_eq!(c.entries[0].1.meta, None);
-        assert_eq!(c.covers, SegmentId { epoch: 1, seq: 2 });
+        assert_eq!(c.covers, ObjectId { epoch: 1, seq: 2 });
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub const LEASE: &str = "lease";
 /// The store's id: 32 hex digits, random, written once (create-if-absent).
 pub const STORE_ID: &str = "store-id";
 
-/// Bit 63 of [`SegmentId::epoch`] marks the id of a sorted run rather than a log
+/// Bit 63 of [`ObjectId::epoch`] marks the id of a sorted run rather than a log
 /// segment. Writer epochs never come near it.
 pub const RUN_BIT: u64 = 1 << 63;
 
@@ -31,15 +31,15 @@ pub const RUN_BIT: u64 = 1 << 63;
 /// Index locations, checkpoint segment tables and link entries all name data objects
 /// this way, so a value can move from a segment to a run without a format change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SegmentId {
+pub struct ObjectId {
     pub epoch: u64,
     pub seq: u64,
 }
 
-impl SegmentId {
+impl ObjectId {
     /// The id of run `seq` written by writer epoch `epoch`.
-    pub fn run(epoch: u64, seq: u64) -> SegmentId {
-        SegmentId {
+    pub fn run(epoch: u64, seq: u64) -> ObjectId {
+        ObjectId {
             epoch: epoch | RUN_BIT,
             seq,
         }
@@ -56,7 +56,7 @@ impl SegmentId {
     }
 }
 
-impl fmt::Display for SegmentId {
+impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_run() {
             write!(f, "run {}.{}", self.writer_epoch(), self.seq)
@@ -67,7 +67,7 @@ impl fmt::Display for SegmentId {
 }
 
 /// The object name of a data object: `seg/…` for a segment, `run/…` for a run.
-pub fn segment_name(id: SegmentId) -> String {
+pub fn object_name(id: ObjectId) -> String {
     if id.is_run() {
         format!("{RUN_DIR}{:020}-{:020}", id.writer_epoch(), id.seq)
     } else {
@@ -91,9 +91,9 @@ pub fn manifest_name(n: u64) -> String {
 /// What an object name says the object is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
-    Segment(SegmentId),
+    Segment(ObjectId),
     /// A sorted run (its id has [`RUN_BIT`] set).
-    Run(SegmentId),
+    Run(ObjectId),
     Checkpoint(u64),
     Manifest(u64),
     Lease,
@@ -128,7 +128,7 @@ pub fn parse_name(name: &str) -> ObjectKind {
         if let Some((e, s)) = rest.split_once('-') {
             if let (Some(epoch), Some(seq)) = (parse_num(e), parse_num(s)) {
                 if epoch & RUN_BIT == 0 {
-                    return ObjectKind::Segment(SegmentId { epoch, seq });
+                    return ObjectKind::Segment(ObjectId { epoch, seq });
                 }
             }
         }
@@ -138,7 +138,7 @@ pub fn parse_name(name: &str) -> ObjectKind {
         if let Some((e, s)) = rest.split_once('-') {
             if let (Some(epoch), Some(seq)) = (parse_num(e), parse_num(s)) {
                 if epoch & RUN_BIT == 0 {
-                    return ObjectKind::Run(SegmentId::run(epoch, seq));
+                    return ObjectKind::Run(ObjectId::run(epoch, seq));
                 }
             }
         }
@@ -159,25 +159,25 @@ mod tests {
 
     #[test]
     fn names_roundtrip() {
-        let id = SegmentId { epoch: 3, seq: 17 };
-        assert_eq!(parse_name(&segment_name(id)), ObjectKind::Segment(id));
+        let id = ObjectId { epoch: 3, seq: 17 };
+        assert_eq!(parse_name(&object_name(id)), ObjectKind::Segment(id));
         assert_eq!(parse_name(&checkpoint_name(9)), ObjectKind::Checkpoint(9));
         assert_eq!(parse_name(&manifest_name(12)), ObjectKind::Manifest(12));
         assert_eq!(parse_name("lease"), ObjectKind::Lease);
-        let run = SegmentId::run(4, 2);
+        let run = ObjectId::run(4, 2);
         assert!(run.is_run() && run.writer_epoch() == 4);
         assert_eq!(
-            segment_name(run),
+            object_name(run),
             "run/00000000000000000004-00000000000000000002"
         );
-        assert_eq!(parse_name(&segment_name(run)), ObjectKind::Run(run));
+        assert_eq!(parse_name(&object_name(run)), ObjectKind::Run(run));
         assert_eq!(parse_name("run/1-2"), ObjectKind::Unknown);
         assert_eq!(parse_name("seg/x"), ObjectKind::Unknown);
         assert_eq!(parse_name("manifest/12"), ObjectKind::Unknown);
         assert_eq!(parse_name("notes.txt"), ObjectKind::Unknown);
         assert!(
-            segment_name(SegmentId { epoch: 1, seq: 9 })
-                < segment_name(SegmentId { epoch: 1, seq: 10 })
+            object_name(ObjectId { epoch: 1, seq: 9 })
+                < object_name(ObjectId { epoch: 1, seq: 10 })
         );
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! A value in a run is located exactly like a value in a segment (offset of its
 //! checksum), so a ranged GET of one value verifies on its own, and index locations,
-//! checkpoints and link entries refer to runs by their [`SegmentId`] (with
+//! checkpoints and link entries refer to runs by their [`ObjectId`] (with
 //! [`super::names::RUN_BIT`] set).
 //!
 //! ```text
@@ -25,7 +25,7 @@
 use bytes::Bytes;
 
 use super::codec::{check_trailer, read_header, write_header, write_trailer, PutLe, Reader};
-use super::names::SegmentId;
+use super::names::ObjectId;
 use super::segment::{parse_entry, write_put, EntryKind, EntryRef};
 use super::FormatResult;
 
@@ -51,7 +51,7 @@ pub struct BlockMeta {
 /// Accumulates a run in memory. Keys must be appended in strictly increasing order.
 #[derive(Debug)]
 pub struct RunBuilder {
-    id: SegmentId,
+    id: ObjectId,
     buf: Vec<u8>,
     blocks: Vec<BlockMeta>,
     block_bytes: usize,
@@ -61,7 +61,7 @@ pub struct RunBuilder {
 
 impl RunBuilder {
     /// A builder for run `id` (an id with the run bit set).
-    pub fn new(id: SegmentId, block_bytes: usize) -> Self {
+    pub fn new(id: ObjectId, block_bytes: usize) -> Self {
         let mut buf = Vec::with_capacity(1 << 20);
         write_header(&mut buf, MAGIC, VERSION, 0);
         buf.put_u64(id.writer_epoch());
@@ -76,7 +76,7 @@ impl RunBuilder {
         }
     }
 
-    pub fn id(&self) -> SegmentId {
+    pub fn id(&self) -> ObjectId {
         self.id
     }
 
@@ -153,7 +153,7 @@ impl RunBuilder {
 /// A verified run.
 #[derive(Debug)]
 pub struct RunView<'a> {
-    pub id: SegmentId,
+    pub id: ObjectId,
     pub entry_count: u32,
     pub blocks: Vec<BlockMeta>,
     body: &'a [u8],
@@ -230,7 +230,7 @@ impl<'a> RunView<'a> {
             return Err(r.invalid("blocks do not cover the entries"));
         }
         Ok(RunView {
-            id: SegmentId::run(epoch, seq),
+            id: ObjectId::run(epoch, seq),
             entry_count,
             blocks,
             body,
@@ -281,7 +281,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(block_bytes: usize) -> Bytes {
-        let mut b = RunBuilder::new(SegmentId::run(3, 7), block_bytes);
+        let mut b = RunBuilder::new(ObjectId::run(3, 7), block_bytes);
         for i in 0..50u32 {
             let key = format!("dir/file{i:04}");
             b.put(key.as_bytes(), b"attrs", &vec![i as u8; (i * 13) as usize]);
@@ -293,7 +293,7 @@ mod tests {
     fn roundtrip_with_blocks() {
         let data = sample(512);
         let v = RunView::decode(&data).unwrap();
-        assert_eq!(v.id, SegmentId::run(3, 7));
+        assert_eq!(v.id, ObjectId::run(3, 7));
         assert!(v.blocks.len() > 5, "{} blocks", v.blocks.len());
         let es = v.entries().unwrap();
         assert_eq!(es.len(), 50);
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn empty_run_roundtrips() {
-        let data = RunBuilder::new(SegmentId::run(1, 1), 1024).finish();
+        let data = RunBuilder::new(ObjectId::run(1, 1), 1024).finish();
         let v = RunView::decode(&data).unwrap();
         assert!(v.entries().unwrap().is_empty());
     }
@@ -357,7 +357,7 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 1..20),
                 proptest::collection::vec(any::<u8>(), 0..100), 0..40),
             block in 1usize..400) {
-            let mut b = RunBuilder::new(SegmentId::run(1, 2), block);
+            let mut b = RunBuilder::new(ObjectId::run(1, 2), block);
             for (k, v) in &kvs { b.put(k, b"", v); }
             let data = b.finish();
             let view = RunView::decode(&data).unwrap();

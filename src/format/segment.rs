@@ -29,7 +29,7 @@
 use bytes::Bytes;
 
 use super::codec::{check_trailer, read_header, write_header, write_trailer, PutLe, Reader};
-use super::names::SegmentId;
+use super::names::ObjectId;
 use super::{FormatError, FormatResult};
 
 pub const MAGIC: &[u8; 8] = b"KVFSSEG1";
@@ -90,18 +90,18 @@ pub fn stored_value_len(value_len: u32) -> u64 {
 /// Accumulates entries for one segment in memory.
 #[derive(Debug)]
 pub struct SegmentBuilder {
-    id: SegmentId,
+    id: ObjectId,
     buf: Vec<u8>,
     count: u32,
 }
 
 impl SegmentBuilder {
-    pub fn new(id: SegmentId, flags: u16) -> Self {
+    pub fn new(id: ObjectId, flags: u16) -> Self {
         Self::with_capacity(id, flags, HEADER_LEN + FOOTER_LEN)
     }
 
     /// A builder whose buffer is allocated for `capacity` bytes up front.
-    pub fn with_capacity(id: SegmentId, flags: u16, capacity: usize) -> Self {
+    pub fn with_capacity(id: ObjectId, flags: u16, capacity: usize) -> Self {
         let mut buf = Vec::with_capacity(capacity.max(HEADER_LEN + FOOTER_LEN));
         write_header(&mut buf, MAGIC, VERSION, flags);
         buf.put_u64(id.epoch);
@@ -109,7 +109,7 @@ impl SegmentBuilder {
         SegmentBuilder { id, buf, count: 0 }
     }
 
-    pub fn id(&self) -> SegmentId {
+    pub fn id(&self) -> ObjectId {
         self.id
     }
 
@@ -150,7 +150,7 @@ impl SegmentBuilder {
         key: &[u8],
         meta: &[u8],
         value_len: u32,
-        target: SegmentId,
+        target: ObjectId,
         target_offset: u32,
     ) {
         self.head(EntryKind::Link, key, meta, value_len);
@@ -213,13 +213,13 @@ pub struct EntryRef<'a> {
     /// Put: the value bytes; otherwise empty.
     pub value: &'a [u8],
     /// Link: the segment holding the value.
-    pub target: Option<SegmentId>,
+    pub target: Option<ObjectId>,
 }
 
 /// A verified segment.
 #[derive(Debug)]
 pub struct SegmentView<'a> {
-    pub id: SegmentId,
+    pub id: ObjectId,
     pub flags: u16,
     pub entry_count: u32,
     body: &'a [u8],
@@ -264,7 +264,7 @@ impl<'a> SegmentView<'a> {
         let mut c = Reader::at(body, count_at, WHAT);
         let entry_count = c.u32()?;
         Ok(SegmentView {
-            id: SegmentId { epoch, seq },
+            id: ObjectId { epoch, seq },
             flags,
             entry_count,
             body: &body[..count_at],
@@ -404,7 +404,7 @@ fn parse_entry_checking(
             }
         }
         EntryKind::Link => {
-            entry.target = Some(SegmentId {
+            entry.target = Some(ObjectId {
                 epoch: r.u64()?,
                 seq: r.u64()?,
             });
@@ -438,7 +438,7 @@ pub fn decode_value(stored: &Bytes) -> FormatResult<Bytes> {
 }
 
 /// An empty fence segment (see [`FLAG_FENCE`]).
-pub fn fence_segment(id: SegmentId) -> Bytes {
+pub fn fence_segment(id: ObjectId) -> Bytes {
     SegmentBuilder::new(id, FLAG_FENCE).finish()
 }
 
@@ -447,10 +447,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const TARGET: SegmentId = SegmentId { epoch: 1, seq: 9 };
+    const TARGET: ObjectId = ObjectId { epoch: 1, seq: 9 };
 
     fn sample() -> Bytes {
-        let mut b = SegmentBuilder::new(SegmentId { epoch: 2, seq: 5 }, 0);
+        let mut b = SegmentBuilder::new(ObjectId { epoch: 2, seq: 5 }, 0);
         b.put(b"alpha", b"", b"one");
         b.delete(b"beta");
         b.put(b"gamma", b"meta", &[7u8; 300]);
@@ -462,7 +462,7 @@ mod tests {
     fn roundtrip() {
         let data = sample();
         let v = SegmentView::decode(&data).unwrap();
-        assert_eq!(v.id, SegmentId { epoch: 2, seq: 5 });
+        assert_eq!(v.id, ObjectId { epoch: 2, seq: 5 });
         let es: Vec<_> = v.entries().collect::<Result<_, _>>().unwrap();
         assert_eq!(es.len(), 4);
         assert_eq!(es[0].key, b"alpha");
@@ -607,7 +607,7 @@ mod tests {
             (0u8..3, proptest::collection::vec(any::<u8>(), 1..40),
              proptest::collection::vec(any::<u8>(), 0..20),
              proptest::collection::vec(any::<u8>(), 0..100)), 0..40)) {
-            let mut b = SegmentBuilder::new(SegmentId { epoch: 1, seq: 1 }, 0);
+            let mut b = SegmentBuilder::new(ObjectId { epoch: 1, seq: 1 }, 0);
             for (kind, k, m, v) in &ops {
                 match kind {
                     0 => { b.put(k, m, v); }

@@ -35,7 +35,7 @@ use bytes::Bytes;
 
 use super::bloom::{Bloom, BloomBuilder};
 use super::codec::{check_trailer, read_header, write_header, write_trailer, PutLe, Reader};
-use super::names::SegmentId;
+use super::names::ObjectId;
 use super::segment::MAX_META_LEN;
 use super::{FormatError, FormatResult};
 
@@ -98,7 +98,7 @@ pub enum Body<'a> {
     Inline(&'a [u8]),
     /// In a data object, at the offset of the stored value (its checksum), as in an
     /// index location today.
-    Located { object: SegmentId, offset: u32 },
+    Located { object: ObjectId, offset: u32 },
 }
 
 /// What an entry says of its key.
@@ -138,8 +138,8 @@ pub struct TableOptions {
     pub bits_per_key: u8,
     /// The first and last log segment whose entries the part holds, when it was
     /// flushed from the log (default ids otherwise).
-    pub log_first: SegmentId,
-    pub log_last: SegmentId,
+    pub log_first: ObjectId,
+    pub log_last: ObjectId,
 }
 
 impl Default for TableOptions {
@@ -150,8 +150,8 @@ impl Default for TableOptions {
             block_bytes: DEFAULT_BLOCK_BYTES,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             bits_per_key: DEFAULT_BITS_PER_KEY,
-            log_first: SegmentId::default(),
-            log_last: SegmentId::default(),
+            log_first: ObjectId::default(),
+            log_last: ObjectId::default(),
         }
     }
 }
@@ -168,8 +168,8 @@ pub struct Props {
     pub inline_bytes: u64,
     /// Bytes of located values (their `value_len`).
     pub located_bytes: u64,
-    pub log_first: SegmentId,
-    pub log_last: SegmentId,
+    pub log_first: ObjectId,
+    pub log_last: ObjectId,
 }
 
 /// A built part and what a manifest records of it.
@@ -217,7 +217,7 @@ pub fn separator(a: &[u8], b: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default)]
 struct BlockBuilder {
     entries: Vec<u8>,
-    objects: Vec<SegmentId>,
+    objects: Vec<ObjectId>,
     restarts: Vec<u32>,
     count: usize,
     last_key: Vec<u8>,
@@ -572,9 +572,9 @@ fn read_props(section: &[u8]) -> FormatResult<Props> {
     let tombstones = r.u64()?;
     let inline_bytes = r.u64()?;
     let located_bytes = r.u64()?;
-    let mut ids = [SegmentId::default(); 2];
+    let mut ids = [ObjectId::default(); 2];
     for id in &mut ids {
-        *id = SegmentId {
+        *id = ObjectId {
             epoch: r.u64()?,
             seq: r.u64()?,
         };
@@ -787,7 +787,7 @@ impl PartMeta {
 #[derive(Debug)]
 pub struct Block<'a> {
     entries: &'a [u8],
-    objects: Vec<SegmentId>,
+    objects: Vec<ObjectId>,
     restarts: Vec<u32>,
 }
 
@@ -817,7 +817,7 @@ impl<'a> Block<'a> {
         let object_count = r.u8()? as usize;
         let mut objects = Vec::with_capacity(object_count);
         for _ in 0..object_count {
-            objects.push(SegmentId {
+            objects.push(ObjectId {
                 epoch: r.u64()?,
                 seq: r.u64()?,
             });
@@ -1106,7 +1106,7 @@ mod tests {
                 Owned::Located(len, obj, offset, meta, primary) => Record::Value {
                     value_len: *len,
                     body: Body::Located {
-                        object: SegmentId {
+                        object: ObjectId {
                             epoch: 1,
                             seq: *obj as u64,
                         },

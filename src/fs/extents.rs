@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use super::attr::ExtentMeta;
+use crate::db::ValueId;
 
 /// Largest extent written.
 pub const MAX_EXTENT: u64 = 1 << 20;
@@ -182,7 +183,7 @@ pub struct Stored {
     /// Length of the value the extent is part of.
     pub value_len: u64,
     /// Equal for extents that are parts of one value.
-    pub value_id: (u32, u32),
+    pub value_id: ValueId,
 }
 
 /// Runs of extents worth rewriting as one, within one [`MAX_EXTENT`]-aligned window
@@ -203,7 +204,7 @@ pub fn merge_candidates(extents: &[Stored]) -> Vec<(u64, u64)> {
         }
         let in_window = &extents[i..w_end];
         let live: u64 = in_window.iter().map(|s| s.extent.len).sum();
-        let mut values: Vec<((u32, u32), u64)> = in_window
+        let mut values: Vec<(ValueId, u64)> = in_window
             .iter()
             .map(|s| (s.value_id, s.value_len))
             .collect();
@@ -352,7 +353,7 @@ mod tests {
             at,
             extent: Extent { len, skip: 0 },
             value_len,
-            value_id: (id, 0),
+            value_id: ValueId::for_test(id),
         };
         let n = MERGE_PIECES as u64;
         // n adjacent 4 KiB extents, then a hole, then a whole extent.

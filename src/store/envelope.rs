@@ -42,7 +42,8 @@ use crate::format::names::LEASE;
 
 /// Bytes read by a probe: the header of an envelope of up to about 32 MiB at once.
 pub const PROBE_BYTES: u64 = 4096;
-/// Memory kept for layouts (enough for about 3 TiB of stored objects).
+/// Memory kept for layouts (about 20 bytes per 64 KiB chunk: enough for about
+/// 200 GiB of stored objects; layouts beyond it are probed again when needed).
 pub const LAYOUT_CACHE_BYTES: usize = 64 << 20;
 /// Probes run in parallel when listing.
 const LIST_PROBES: usize = 16;

@@ -34,7 +34,7 @@ pub(crate) mod worker;
 use std::fmt;
 
 use crate::format::manifest::LogRange;
-use crate::format::names::SegmentId;
+use crate::format::names::ObjectId;
 use crate::format::segment::{FOOTER_LEN, HEADER_LEN};
 
 /// What garbage collection and compaction did (in this process, or in one call).
@@ -98,7 +98,7 @@ impl fmt::Display for GcCounters {
 pub const EMPTY_SEGMENT_LEN: u64 = (HEADER_LEN + FOOTER_LEN) as u64;
 
 /// Whether recovery from a manifest with log ranges `ranges` reads segment `id`.
-pub fn in_log_window(ranges: &[LogRange], id: SegmentId) -> bool {
+pub fn in_log_window(ranges: &[LogRange], id: ObjectId) -> bool {
     !id.is_run()
         && ranges
             .iter()
@@ -115,11 +115,11 @@ pub struct GcBook {
     pub metadata_checked_at: Option<u64>,
     /// Objects a round found not worth rewriting (the runs would not have been
     /// smaller), with their stored live bytes then: left alone until those change.
-    pub not_worth: std::collections::HashMap<SegmentId, u64>,
+    pub not_worth: std::collections::HashMap<ObjectId, u64>,
     /// Objects a rewrite could not read (corrupt or missing): never chosen again by
     /// this process. Their keys still point at them, so they are never deleted
     /// while any key needs them.
-    pub damaged: std::collections::HashSet<SegmentId>,
+    pub damaged: std::collections::HashSet<ObjectId>,
     /// Creation times of manifests (by number) and what each retained snapshot
     /// needs (see `retention`); both never change.
     pub manifest_created: std::collections::HashMap<u64, u64>,

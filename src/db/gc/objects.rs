@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::format::names::SegmentId;
+use crate::format::names::ObjectId;
 
 /// Why an unneeded object is not deleted yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct DataObject {
 
 #[derive(Debug)]
 pub struct ObjectTable {
-    objects: BTreeMap<SegmentId, DataObject>,
+    objects: BTreeMap<ObjectId, DataObject>,
     /// Sum of the sizes of `objects`.
     bytes: u64,
     /// Birth time given to objects found by listing.
@@ -63,7 +63,7 @@ impl ObjectTable {
     }
 
     /// Record an object this process wrote.
-    pub fn insert_new(&mut self, id: SegmentId, size: u64) {
+    pub fn insert_new(&mut self, id: ObjectId, size: u64) {
         let old = self.objects.insert(
             id,
             DataObject {
@@ -76,7 +76,7 @@ impl ObjectTable {
     }
 
     /// Record an object found by listing (kept as is when already known).
-    pub fn insert_listed(&mut self, id: SegmentId, size: u64) {
+    pub fn insert_listed(&mut self, id: ObjectId, size: u64) {
         let opened = self.opened;
         if let std::collections::btree_map::Entry::Vacant(e) = self.objects.entry(id) {
             e.insert(DataObject {
@@ -93,22 +93,22 @@ impl ObjectTable {
         self.bytes
     }
 
-    pub fn size(&self, id: SegmentId) -> Option<u64> {
+    pub fn size(&self, id: ObjectId) -> Option<u64> {
         self.objects.get(&id).map(|o| o.size)
     }
 
-    pub fn remove(&mut self, id: SegmentId) {
+    pub fn remove(&mut self, id: ObjectId) {
         if let Some(o) = self.objects.remove(&id) {
             self.bytes -= o.size;
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&SegmentId, &DataObject)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectId, &DataObject)> {
         self.objects.iter()
     }
 
     /// Mark `id` retired (once; the first time counts).
-    pub fn retire(&mut self, id: SegmentId, now: Instant, after_seq: u64) {
+    pub fn retire(&mut self, id: ObjectId, now: Instant, after_seq: u64) {
         if let Some(o) = self.objects.get_mut(&id) {
             o.retired.get_or_insert(Retired {
                 since: now,
@@ -123,7 +123,7 @@ impl ObjectTable {
         now: Instant,
         grace: Duration,
         durable_seq: u64,
-    ) -> Vec<(SegmentId, u64)> {
+    ) -> Vec<(ObjectId, u64)> {
         self.objects
             .iter()
             .filter_map(|(id, o)| {
@@ -135,8 +135,8 @@ impl ObjectTable {
     }
 
     /// A fresh run id for writer epoch `epoch`.
-    pub fn next_run_id(&mut self, epoch: u64) -> SegmentId {
-        let id = SegmentId::run(epoch, self.next_run);
+    pub fn next_run_id(&mut self, epoch: u64) -> ObjectId {
+        let id = ObjectId::run(epoch, self.next_run);
         self.next_run += 1;
         id
     }
@@ -150,8 +150,8 @@ mod tests {
     fn deletable_only_after_grace_and_durability() {
         let t0 = Instant::now();
         let mut t = ObjectTable::new(t0);
-        let a = SegmentId { epoch: 1, seq: 1 };
-        let b = SegmentId { epoch: 1, seq: 2 };
+        let a = ObjectId { epoch: 1, seq: 1 };
+        let b = ObjectId { epoch: 1, seq: 2 };
         t.insert_listed(a, 100);
         t.insert_new(b, 200);
         t.retire(a, t0, 5);
@@ -163,7 +163,7 @@ mod tests {
             t.deletable(t0 + Duration::from_secs(20), g, 5),
             vec![(a, 100)]
         );
-        assert_eq!(t.next_run_id(3), SegmentId::run(3, 1));
-        assert_eq!(t.next_run_id(3), SegmentId::run(3, 2));
+        assert_eq!(t.next_run_id(3), ObjectId::run(3, 1));
+        assert_eq!(t.next_run_id(3), ObjectId::run(3, 2));
     }
 }

@@ -34,7 +34,7 @@ use super::worker::{ensure_listed, object_stats, Mode};
 use crate::db::error::Result;
 use crate::db::recovery::read_manifest;
 use crate::db::Shared;
-use crate::format::names::{parse_name, segment_name, ObjectKind, CHECKPOINT_DIR, MANIFEST_DIR};
+use crate::format::names::{object_name, parse_name, ObjectKind, CHECKPOINT_DIR, MANIFEST_DIR};
 
 /// What an on-demand run would do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub(crate) async fn plan(sh: &Shared, mode: Mode) -> Result<GcPlan> {
         };
         let unneeded = policy::unneeded(&stats)
             .into_iter()
-            .filter(|id| !pinned.contains(&segment_name(*id)))
+            .filter(|id| !pinned.contains(&object_name(*id)))
             .count();
         (checkpoint, rewrite, unneeded, st.manifest.clone())
     };

@@ -36,7 +36,7 @@
 
 use std::time::Duration;
 
-use crate::format::names::SegmentId;
+use crate::format::names::ObjectId;
 use crate::format::run::{DEFAULT_BLOCK_BYTES, HEADER_LEN as RUN_HEADER_LEN, TAIL_LEN};
 
 /// Bytes of one block-index record besides its first key (offset, length, entry
@@ -46,7 +46,7 @@ const BLOCK_RECORD_LEN: u64 = 14;
 /// What the policy knows about one data object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectStat {
-    pub id: SegmentId,
+    pub id: ObjectId,
     /// Object size in bytes.
     pub size: u64,
     /// Key and value bytes of live keys whose value lies in the object.
@@ -140,7 +140,7 @@ pub enum Choice {
     /// Rewrite the live data of these objects, in key order, into new sorted runs.
     Rewrite {
         reason: Reason,
-        sources: Vec<SegmentId>,
+        sources: Vec<ObjectId>,
     },
 }
 
@@ -151,7 +151,7 @@ fn movable(o: &ObjectStat) -> bool {
 
 /// Take objects in the given order until `budget` bytes of objects are reached (at
 /// least one object, so an object larger than the budget still gets its turn).
-fn take_budget<'a>(objs: impl Iterator<Item = &'a ObjectStat>, budget: u64) -> Vec<SegmentId> {
+fn take_budget<'a>(objs: impl Iterator<Item = &'a ObjectStat>, budget: u64) -> Vec<ObjectId> {
     let mut out = Vec::new();
     let mut used = 0u64;
     for o in objs {
@@ -225,8 +225,8 @@ pub fn choose(objects: &[ObjectStat], cfg: &PolicyConfig) -> Choice {
 }
 
 /// Whether rewriting `sources` would store fewer bytes than they take now.
-pub fn shrinks(objects: &[ObjectStat], sources: &[SegmentId], run_bytes: u64) -> bool {
-    let wanted: std::collections::HashSet<&SegmentId> = sources.iter().collect();
+pub fn shrinks(objects: &[ObjectStat], sources: &[ObjectId], run_bytes: u64) -> bool {
+    let wanted: std::collections::HashSet<&ObjectId> = sources.iter().collect();
     let chosen: Vec<&ObjectStat> = objects.iter().filter(|o| wanted.contains(&o.id)).collect();
     let size: u64 = chosen.iter().map(|o| o.size).sum();
     rewritten_size(chosen.iter().copied(), run_bytes) < size
@@ -234,7 +234,7 @@ pub fn shrinks(objects: &[ObjectStat], sources: &[SegmentId], run_bytes: u64) ->
 
 /// On demand: every object with live data out of the log window, in rounds of at
 /// most `max_round_bytes` of objects (one round, one sorted output, when it fits).
-pub fn compact_all(objects: &[ObjectStat], max_round_bytes: u64) -> Vec<Vec<SegmentId>> {
+pub fn compact_all(objects: &[ObjectStat], max_round_bytes: u64) -> Vec<Vec<ObjectId>> {
     let mut all: Vec<&ObjectStat> = objects.iter().filter(|o| movable(o)).collect();
     all.sort_by_key(|o| o.id);
     let mut rounds = Vec::new();
@@ -250,7 +250,7 @@ pub fn compact_all(objects: &[ObjectStat], max_round_bytes: u64) -> Vec<Vec<Segm
 /// Objects that no longer hold anything recovery or a reader of the current state
 /// needs: no live data and out of the log window. (They are deleted once the grace
 /// period has passed and the state that stopped needing them is durable.)
-pub fn unneeded(objects: &[ObjectStat]) -> Vec<SegmentId> {
+pub fn unneeded(objects: &[ObjectStat]) -> Vec<ObjectId> {
     objects
         .iter()
         .filter(|o| o.live == 0 && !o.in_log)
@@ -277,7 +277,7 @@ mod tests {
     /// A segment whose live keys (one, with an 8-byte key) take `live` bytes.
     fn seg(seq: u64, size: u64, live: u64, age: u64) -> ObjectStat {
         ObjectStat {
-            id: SegmentId { epoch: 1, seq },
+            id: ObjectId { epoch: 1, seq },
             size,
             live,
             stored: live,
@@ -290,7 +290,7 @@ mod tests {
 
     fn run(seq: u64, size: u64, live: u64, age: u64) -> ObjectStat {
         ObjectStat {
-            id: SegmentId::run(1, seq),
+            id: ObjectId::run(1, seq),
             ..seg(seq, size, live, age)
         }
     }
@@ -349,7 +349,7 @@ mod tests {
                 assert_eq!(reason, Reason::CompactLog);
                 // Oldest first, within the round budget.
                 assert_eq!(sources.len(), 8);
-                assert_eq!(sources[0], SegmentId { epoch: 1, seq: 1 });
+                assert_eq!(sources[0], ObjectId { epoch: 1, seq: 1 });
             }
             c => panic!("{c:?}"),
         }
@@ -371,10 +371,7 @@ mod tests {
                 assert_eq!(reason, Reason::Clean);
                 assert_eq!(
                     sources,
-                    vec![
-                        SegmentId { epoch: 1, seq: 2 },
-                        SegmentId { epoch: 1, seq: 3 }
-                    ]
+                    vec![ObjectId { epoch: 1, seq: 2 }, ObjectId { epoch: 1, seq: 3 }]
                 );
             }
             c => panic!("{c:?}"),
@@ -395,7 +392,7 @@ mod tests {
         match choose(&objs, &cfg()) {
             Choice::Rewrite { reason, sources } => {
                 assert_eq!(reason, Reason::MergeRuns);
-                assert_eq!(sources, vec![SegmentId::run(1, 3), SegmentId::run(1, 2)]);
+                assert_eq!(sources, vec![ObjectId::run(1, 3), ObjectId::run(1, 2)]);
             }
             c => panic!("{c:?}"),
         }
@@ -429,7 +426,7 @@ mod tests {
         assert_eq!(rounds.iter().map(Vec::len).sum::<usize>(), 25);
         assert_eq!(
             unneeded(&objs),
-            vec![SegmentId { epoch: 1, seq: 26 }],
+            vec![ObjectId { epoch: 1, seq: 26 }],
             "only dead objects out of the log"
         );
     }
@@ -438,12 +435,7 @@ mod tests {
     /// the sources lose their live data (and are deleted); their keys land in new runs
     /// whose sizes add up to the estimate (the worker writes nothing when the real
     /// runs would not be smaller).
-    fn apply(
-        objs: &mut Vec<ObjectStat>,
-        sources: &[SegmentId],
-        next_run: &mut u64,
-        run_bytes: u64,
-    ) {
+    fn apply(objs: &mut Vec<ObjectStat>, sources: &[ObjectId], next_run: &mut u64, run_bytes: u64) {
         let moved: Vec<ObjectStat> = objs
             .iter()
             .filter(|o| sources.contains(&o.id))
@@ -462,7 +454,7 @@ mod tests {
         for i in 0..n {
             let share = |x: u64| x / n + u64::from(i < x % n);
             let mut o = ObjectStat {
-                id: SegmentId::run(9, *next_run),
+                id: ObjectId::run(9, *next_run),
                 size: 0,
                 live: share(live),
                 stored: share(stored),
@@ -490,9 +482,9 @@ mod tests {
             .prop_map(|(is_run, seq, keys, key_len, dead, age, in_log)| {
                 let stored = keys * (16 + key_len + 40);
                 let id = if is_run {
-                    SegmentId::run(1, seq)
+                    ObjectId::run(1, seq)
                 } else {
-                    SegmentId { epoch: 1, seq }
+                    ObjectId { epoch: 1, seq }
                 };
                 let mut o = ObjectStat {
                     id,

@@ -23,7 +23,7 @@ use crate::db::recovery::{read_manifest, snapshot_ranges};
 use crate::db::Shared;
 use crate::format::checkpoint;
 use crate::format::names::{
-    checkpoint_name, manifest_name, parse_name, segment_name, ObjectKind, SegmentId, MANIFEST_DIR,
+    checkpoint_name, manifest_name, object_name, parse_name, ObjectId, ObjectKind, MANIFEST_DIR,
 };
 use crate::format::segment::{EntryKind, SegmentView};
 use crate::store::StoreError;
@@ -105,7 +105,7 @@ async fn pins_of(sh: &Shared, n: u64) -> Result<Arc<HashSet<String>>> {
         let data = sh.store.get(&name).await?.data;
         let ckpt = checkpoint::decode(&data).map_err(|e| Error::corrupt(name.clone(), e))?;
         pins.insert(name);
-        pins.extend(ckpt.segments.iter().map(|id| segment_name(*id)));
+        pins.extend(ckpt.segments.iter().map(|id| object_name(*id)));
     }
     for r in snapshot_ranges(&m, &next) {
         if r.is_open() {
@@ -126,7 +126,7 @@ async fn pins_of(sh: &Shared, n: u64) -> Result<Arc<HashSet<String>>> {
         for seq in r.first..=r.last {
             pin_segment(
                 sh,
-                SegmentId {
+                ObjectId {
                     epoch: r.epoch,
                     seq,
                 },
@@ -141,15 +141,15 @@ async fn pins_of(sh: &Shared, n: u64) -> Result<Arc<HashSet<String>>> {
 }
 
 /// A log segment and the objects its link entries name.
-async fn pin_segment(sh: &Shared, id: SegmentId, pins: &mut HashSet<String>) -> Result<()> {
-    let name = segment_name(id);
+async fn pin_segment(sh: &Shared, id: ObjectId, pins: &mut HashSet<String>) -> Result<()> {
+    let name = object_name(id);
     let data = sh.store.get(&name).await?.data;
     let view = SegmentView::decode(&data).map_err(|e| Error::corrupt(name.clone(), e))?;
     for e in view.entries() {
         let e = e.map_err(|e| Error::corrupt(name.clone(), e))?;
         if e.kind == EntryKind::Link {
             if let Some(t) = e.target {
-                pins.insert(segment_name(t));
+                pins.insert(object_name(t));
             }
         }
     }

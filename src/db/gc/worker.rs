@@ -32,8 +32,8 @@ use crate::db::recovery::latest_manifest;
 use crate::db::state::State;
 use crate::db::{Op, Shared};
 use crate::format::names::{
-    checkpoint_name, manifest_name, parse_name, segment_name, ObjectKind, SegmentId,
-    CHECKPOINT_DIR, MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
+    checkpoint_name, manifest_name, object_name, parse_name, ObjectId, ObjectKind, CHECKPOINT_DIR,
+    MANIFEST_DIR, RUN_DIR, SEGMENT_DIR,
 };
 use crate::format::run::{RunBuilder, RunView, DEFAULT_BLOCK_BYTES};
 use crate::format::segment::{decode_value, link_len, put_len, SegmentView, MAX_META_LEN};
@@ -132,7 +132,7 @@ struct Moving {
 }
 
 /// Keys in the index whose values lie in `sources`, in key order.
-async fn keys_in(sh: &Shared, sources: &HashSet<SegmentId>) -> Vec<Moving> {
+async fn keys_in(sh: &Shared, sources: &HashSet<ObjectId>) -> Vec<Moving> {
     let mut out = Vec::new();
     sh.for_each_key_chunked(|k, e, id| {
         if sources.contains(&id) {
@@ -152,8 +152,8 @@ async fn keys_in(sh: &Shared, sources: &HashSet<SegmentId>) -> Vec<Moving> {
 }
 
 /// Read a whole data object and verify its checksum.
-async fn fetch_verified(sh: &Shared, id: SegmentId) -> Result<Bytes> {
-    let name = segment_name(id);
+async fn fetch_verified(sh: &Shared, id: ObjectId) -> Result<Bytes> {
+    let name = object_name(id);
     let data = sh.store.get(&name).await?.data;
     if id.is_run() {
         RunView::decode(&data).map_err(|e| Error::corrupt(name.clone(), e))?;
@@ -168,7 +168,7 @@ async fn fetch_verified(sh: &Shared, id: SegmentId) -> Result<Bytes> {
 /// sources (then the sources are noted as not worth rewriting until they change).
 async fn rewrite(
     sh: &Arc<Shared>,
-    sources: &[SegmentId],
+    sources: &[ObjectId],
     must_shrink: bool,
     progress: Progress<'_>,
 ) -> Result<()> {
@@ -182,7 +182,7 @@ async fn rewrite(
 /// in the GC counters.
 pub(crate) async fn salvage(
     sh: &Arc<Shared>,
-    sources: &[SegmentId],
+    sources: &[ObjectId],
     progress: Progress<'_>,
 ) -> Result<()> {
     let _one_at_a_time = sh.gc_lock.lock().await;
@@ -193,15 +193,15 @@ pub(crate) async fn salvage(
 /// whole-object checksum, and values failing their own checksum are skipped.
 async fn rewrite_sources(
     sh: &Arc<Shared>,
-    sources: &[SegmentId],
+    sources: &[ObjectId],
     must_shrink: bool,
     salvage: bool,
     progress: Progress<'_>,
 ) -> Result<()> {
     check_writer(sh)?;
-    let source_set: HashSet<SegmentId> = sources.iter().copied().collect();
+    let source_set: HashSet<ObjectId> = sources.iter().copied().collect();
     let mut moving = keys_in(sh, &source_set).await;
-    let mut data: HashMap<SegmentId, Bytes> = HashMap::new();
+    let mut data: HashMap<ObjectId, Bytes> = HashMap::new();
     let mut bytes_read = 0u64;
     for id in sources {
         // A source that cannot be read (corrupt or missing) is left as it is: its
@@ -210,7 +210,7 @@ async fn rewrite_sources(
         // `kvfs fsck` reports it; `kvfs fsck --repair` removes the keys it lost.
         let fetched = if salvage {
             sh.store
-                .get(&segment_name(*id))
+                .get(&object_name(*id))
                 .await
                 .map(|g| g.data)
                 .map_err(Error::from)
@@ -222,7 +222,7 @@ async fn rewrite_sources(
             Err(e @ (Error::Corrupt { .. } | Error::Store(StoreError::NotFound(_)))) => {
                 log::warn!(
                     "gc: skipping {}, which cannot be read: {e} (run `kvfs fsck`)",
-                    segment_name(*id)
+                    object_name(*id)
                 );
                 sh.lock().gc.damaged.insert(*id);
                 continue;
@@ -232,7 +232,7 @@ async fn rewrite_sources(
         bytes_read += d.len() as u64;
         data.insert(*id, d);
     }
-    let sources: Vec<SegmentId> = sources
+    let sources: Vec<ObjectId> = sources
         .iter()
         .copied()
         .filter(|id| data.contains_key(id))
@@ -250,12 +250,12 @@ async fn rewrite_sources(
 
     // Build the runs in key order.
     let run_bytes = sh.opts.gc.run_bytes.max(64 << 10);
-    let mut runs: Vec<(SegmentId, Bytes)> = Vec::new();
-    let mut moves: Vec<(Box<[u8]>, ValueAt, SegmentId, u32)> = Vec::with_capacity(moving.len());
+    let mut runs: Vec<(ObjectId, Bytes)> = Vec::new();
+    let mut moves: Vec<(Box<[u8]>, ValueAt, ObjectId, u32)> = Vec::with_capacity(moving.len());
     let mut builder: Option<RunBuilder> = None;
     // Keys that share one value (written with `link`) keep sharing it: the value is
     // copied once, and the other keys point at the copy.
-    let mut copied: HashMap<(SegmentId, u32), (SegmentId, u32)> = HashMap::new();
+    let mut copied: HashMap<(ObjectId, u32), (ObjectId, u32)> = HashMap::new();
     for Moving { key, meta, at } in moving {
         if let Some((run, offset)) = copied.get(&(at.object, at.offset)) {
             moves.push((key, at, *run, *offset));
@@ -264,7 +264,7 @@ async fn rewrite_sources(
         let Some(obj) = data.get(&at.object) else {
             continue;
         };
-        let name = || segment_name(at.object);
+        let name = || object_name(at.object);
         let off = at.offset as usize;
         let end = off + 4 + at.value_len as usize;
         if end > obj.len() {
@@ -330,7 +330,7 @@ async fn rewrite_sources(
         check_writer(sh)?;
         let size = bytes.len() as u64;
         sh.store
-            .put(&segment_name(*id), bytes.clone(), PutMode::CreateNew)
+            .put(&object_name(*id), bytes.clone(), PutMode::CreateNew)
             .await?;
         sh.lock().objects.insert_new(*id, size);
         run_bytes_written += size;
@@ -474,9 +474,9 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
         }
         Err(e) => return Err(e),
     };
-    let objects: Vec<(SegmentId, u64)> = objects
+    let objects: Vec<(ObjectId, u64)> = objects
         .into_iter()
-        .filter(|(id, _)| !pinned.contains(&segment_name(*id)))
+        .filter(|(id, _)| !pinned.contains(&object_name(*id)))
         .collect();
     let metadata: Vec<String> = metadata
         .into_iter()
@@ -485,7 +485,7 @@ async fn delete_due(sh: &Shared) -> Result<u64> {
     let mut deleted = 0u64;
     for (id, size) in objects {
         check_writer(sh)?;
-        sh.store.delete(&segment_name(id)).await?;
+        sh.store.delete(&object_name(id)).await?;
         let mut st = sh.lock();
         st.objects.remove(id);
         st.gc.not_worth.remove(&id);
