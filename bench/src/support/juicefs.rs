@@ -10,8 +10,8 @@ use std::process::Command;
 
 use kvfs_testkit::server::{TestS3Server, TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
-use crate::extract::run_tool;
-use crate::mount::BenchResult;
+use crate::filesystem::extract::run_tool;
+use crate::support::mount::BenchResult;
 
 /// The `juicefs` program to use: `given`, else the one on PATH, unless `disabled`.
 pub fn installed(given: Option<&Path>, disabled: bool) -> Option<PathBuf> {

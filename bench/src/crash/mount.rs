@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::crash::{ModeResult, Trial};
-use crate::mount::{mount_kvfs, BenchResult};
+use crate::support::mount::{mount_kvfs, BenchResult};
 use kvfs_testkit::mount::Mount;
 
 fn content(trial: usize, i: usize) -> Vec<u8> {

@@ -16,10 +16,10 @@ use kvfs::store::s3::S3Store;
 use kvfs::store::DynStore;
 use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
-use crate::alloc::peak_rss_bytes;
-use crate::engine::{key, settled_heap};
-use crate::plot;
-use crate::report::Table;
+use crate::engine::targets::{key, settled_heap};
+use crate::support::alloc::peak_rss_bytes;
+use crate::support::plot;
+use crate::support::report::Table;
 
 #[derive(Args, Debug)]
 pub struct RecoveryArgs {

@@ -4,14 +4,18 @@
 //!   an S3 store on the in-process server and prints each batch a returned `sync`
 //!   covers; it is killed at a random moment, the store is reopened here as the next
 //!   writer (timed), and its contents must be exactly the model's state after some
-//!   batch at or after the last acknowledged one (see `crash_engine`).
+//!   batch at or after the last acknowledged one (module `engine`; the writer is `child`).
 //! - `mount`: the `kvfs mount --foreground` daemon is killed while a writer creates
 //!   and fsyncs files through it; the store is remounted (timed) and every fsync'd
-//!   file must be there, with nothing out of order (see `crash_mount`).
+//!   file must be there, with nothing out of order (module `mount`).
 //!
 //! Per mode: trials, acknowledged writes checked (batches or fsync'd files), writes
 //! lost, trials whose state was not a prefix of the history, and recovery time p50 and
 //! max. Any loss makes the command fail (after printing and writing everything).
+
+pub mod child;
+mod engine;
+mod mount;
 
 use std::path::PathBuf;
 
@@ -20,9 +24,9 @@ use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::mount::BenchResult;
-use crate::plot;
-use crate::report::{quantile, Table};
+use crate::support::mount::BenchResult;
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 #[derive(Args, Debug)]
 pub struct CrashArgs {
@@ -129,7 +133,7 @@ pub async fn run(mut a: CrashArgs) -> BenchResult<()> {
     let mut failure = None;
     if a.engine_trials > 0 {
         eprintln!("== engine: {} trials", a.engine_trials);
-        match crate::crash_engine::run(&server, a.engine_trials, &mut rng, &scratch).await {
+        match engine::run(&server, a.engine_trials, &mut rng, &scratch).await {
             Ok(m) => modes.push(m),
             Err(e) => failure = Some(format!("engine mode: {e}")),
         }
@@ -137,7 +141,7 @@ pub async fn run(mut a: CrashArgs) -> BenchResult<()> {
     if a.mount_trials > 0 && failure.is_none() {
         eprintln!("== mount: {} trials", a.mount_trials);
         let r = tokio::task::block_in_place(|| {
-            crate::crash_mount::run(
+            mount::run(
                 &server,
                 a.mount_trials,
                 a.max_kill_delay_ms,

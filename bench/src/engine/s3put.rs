@@ -30,8 +30,8 @@ use kvfs::store::s3::S3Store;
 use kvfs::store::{DynStore, ObjectStore, PutMode};
 use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
-use crate::plot;
-use crate::report::{quantile, Table};
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 

@@ -30,9 +30,9 @@ use clap::Args;
 
 use kvfs::db::{Db, Options};
 
-use crate::plot;
-use crate::report::{quantile, Table};
-use crate::s3put::{self, BenchResult, LocalEndpoint, Op};
+use crate::engine::s3put::{self, BenchResult, LocalEndpoint, Op};
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 #[derive(Args, Debug)]
 pub struct KvArgs {

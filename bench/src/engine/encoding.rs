@@ -51,9 +51,9 @@ use kvfs::store::local::LocalStore;
 use kvfs::store::DynStore;
 use kvfs_testkit::mount::Mount;
 
-use crate::mount::{kvfs_binary, BenchResult};
-use crate::plot;
-use crate::report::{quantile, Table};
+use crate::support::mount::{kvfs_binary, BenchResult};
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 #[derive(Args, Debug)]
 pub struct EncodingArgs {

@@ -42,9 +42,9 @@ use kvfs::store::DynStore;
 use kvfs_testkit::faults::{FaultConfig, FaultControl, FaultyStore};
 use kvfs_testkit::server::{ServerOptions, TestS3Server};
 
-use crate::mount::BenchResult;
-use crate::plot;
-use crate::report::{quantile, Table};
+use crate::support::mount::BenchResult;
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 #[derive(Args, Debug)]
 pub struct FaultsArgs {

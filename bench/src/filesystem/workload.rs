@@ -32,10 +32,10 @@ use kvfs_testkit::extract::write_source_tree;
 use kvfs_testkit::mount::require;
 use kvfs_testkit::server::{RequestCounts, TestS3Server};
 
-use crate::juicefs;
-use crate::mount::{mount_kvfs, BenchResult};
-use crate::plot;
-use crate::report::Table;
+use crate::support::juicefs;
+use crate::support::mount::{mount_kvfs, BenchResult};
+use crate::support::plot;
+use crate::support::report::Table;
 
 #[derive(Args, Debug)]
 pub struct WorkloadArgs {
@@ -217,7 +217,8 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
 
     // kvfs on S3 with latency.
     let server =
-        crate::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms).await?;
+        crate::support::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms)
+            .await?;
     let store = "s3://bench/workload";
     let point = work.join("mnt");
     tokio::task::block_in_place(|| -> BenchResult<()> {
@@ -332,7 +333,7 @@ fn bindfs_steps(
     clone: Option<&str>,
     rows: &mut Vec<(&'static str, &'static str, Measured)>,
 ) -> BenchResult<()> {
-    let m = crate::fs::mount_bindfs(work)?;
+    let m = crate::filesystem::small_files::mount_bindfs(work)?;
     rows.push(("bindfs", "extract", step(&m.point, extract, None)?));
     rows.push(("bindfs", "grep", step(&m.point, GREP, None)?));
     drop_kernel_caches();
@@ -374,7 +375,7 @@ fn generated(work: &Path, mib: u64) -> BenchResult<(PathBuf, String)> {
     ))
 }
 
-/// The same steps on JuiceFS (see [`crate::juicefs`]), its cache emptied before the
+/// The same steps on JuiceFS (see [`crate::support::juicefs`]), its cache emptied before the
 /// cold read.
 fn juicefs_steps(
     program: &Path,

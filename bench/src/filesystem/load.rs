@@ -23,8 +23,8 @@ use kvfs::fs::{Namespace, RenameFlags};
 use kvfs_testkit::mount::Mount;
 use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
-use crate::mount::{kvfs_binary, mount_kvfs, BenchResult};
-use crate::report::Table;
+use crate::support::mount::{kvfs_binary, mount_kvfs, BenchResult};
+use crate::support::report::Table;
 
 /// What the load experiments take from `kvfs-bench fs`'s arguments.
 pub struct LoadArgs {
@@ -48,7 +48,8 @@ struct Row {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    crate::alloc::proc_status_kib(&pid.to_string(), "VmRSS").map_or(0.0, |kb| kb as f64 / 1024.0)
+    crate::support::alloc::proc_status_kib(&pid.to_string(), "VmRSS")
+        .map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 /// CPU seconds (user + system) a process has used so far.

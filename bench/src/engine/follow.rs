@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
-use crate::mount::{mount_kvfs, BenchResult};
-use crate::plot;
-use crate::report::{quantile, Table};
+use crate::support::mount::{mount_kvfs, BenchResult};
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 #[derive(clap::Args, Debug)]
 pub struct FollowArgs {

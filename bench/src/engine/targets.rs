@@ -21,8 +21,8 @@ use kvfs::store::s3::S3Store;
 use kvfs::store::{DynStore, PutMode};
 use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
-use crate::alloc::{live_bytes, peak_rss_bytes};
-use crate::report::{quantile, Table};
+use crate::support::alloc::{live_bytes, peak_rss_bytes};
+use crate::support::report::{quantile, Table};
 
 #[derive(Args, Debug)]
 pub struct EngineArgs {

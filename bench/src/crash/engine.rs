@@ -22,9 +22,9 @@ use kvfs_testkit::server::TestS3Server;
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use crate::crash::child::writer_options;
 use crate::crash::{ModeResult, Trial};
-use crate::crash_child::writer_options;
-use crate::mount::BenchResult;
+use crate::support::mount::BenchResult;
 use kvfs_testkit::crash_workload::{parse_batch, parse_event, Event, Model, WriterProcess, MARKER};
 
 const BUCKET: &str = "crash";

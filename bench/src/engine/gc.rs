@@ -41,9 +41,9 @@ use kvfs::db::{Db, GcOptions, Options};
 
 use kvfs_testkit::recording::{RecordingStore, Request};
 
-use crate::plot;
-use crate::report::{quantile, Table};
-use crate::s3put::{BenchResult, LocalEndpoint};
+use crate::engine::s3put::{BenchResult, LocalEndpoint};
+use crate::support::plot;
+use crate::support::report::{quantile, Table};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {

@@ -29,11 +29,11 @@ use clap::Args;
 use kvfs_testkit::mount::{require, Mount};
 use kvfs_testkit::server::{RequestCounts, TestS3Server};
 
-use crate::extract::run_tool;
-use crate::juicefs;
-use crate::mount::{mount_kvfs, BenchResult};
-use crate::plot;
-use crate::report::Table;
+use crate::filesystem::extract::run_tool;
+use crate::support::juicefs;
+use crate::support::mount::{mount_kvfs, BenchResult};
+use crate::support::plot;
+use crate::support::report::Table;
 
 #[derive(Args, Debug)]
 pub struct FioArgs {
@@ -229,13 +229,16 @@ pub async fn run(a: FioArgs) -> BenchResult<()> {
     require("fio", "fio")?;
     let work = std::env::temp_dir().join(format!("kvfs-bench-fio-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let result =
-        match crate::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms)
-            .await
-        {
-            Ok(server) => tokio::task::block_in_place(|| run_with(&a, &work, &server)),
-            Err(e) => Err(e),
-        };
+    let result = match crate::support::mount::latency_server(
+        &work.join("s3"),
+        a.put_latency_ms,
+        a.get_latency_ms,
+    )
+    .await
+    {
+        Ok(server) => tokio::task::block_in_place(|| run_with(&a, &work, &server)),
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -260,7 +263,7 @@ fn run_with(a: &FioArgs, work: &Path, server: &TestS3Server) -> BenchResult<()> 
                     cache: server.disk_cache_dir().to_path_buf(),
                 }
             }
-            "bindfs" => Target::Bindfs(crate::fs::mount_bindfs(work)?),
+            "bindfs" => Target::Bindfs(crate::filesystem::small_files::mount_bindfs(work)?),
             _ => match juicefs::installed(a.juicefs.as_deref(), false) {
                 Some(program) => {
                     let v =

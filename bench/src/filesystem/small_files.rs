@@ -31,8 +31,8 @@ use clap::Args;
 use kvfs_testkit::server::{RequestCounts, TestS3Server};
 use kvfs_testkit::server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
-use crate::mount::{mount_kvfs, BenchResult};
-use crate::report::{quantile, Table};
+use crate::support::mount::{mount_kvfs, BenchResult};
+use crate::support::report::{quantile, Table};
 use kvfs_testkit::mount::{force_unmount, require, wait_mounted, Mount};
 
 #[derive(Args, Debug)]
@@ -296,7 +296,8 @@ fn create_files(
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
-    crate::alloc::proc_status_kib(&pid.to_string(), "VmHWM").map_or(0.0, |kb| kb as f64 / 1024.0)
+    crate::support::alloc::proc_status_kib(&pid.to_string(), "VmHWM")
+        .map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 struct Runner<'a> {
@@ -400,10 +401,10 @@ fn plot_rates(out: &Path, rows: &[Row], systems: &[String], a: &FsArgs) {
         "+ fsync, 1 writer".to_string(),
         format!("+ fsync, {} writers", a.writers),
     ];
-    let bars: Vec<crate::plot::Bars> = systems
+    let bars: Vec<crate::support::plot::Bars> = systems
         .iter()
         .filter(|sys| rows.iter().any(|r| &r.system == *sys))
-        .map(|sys| crate::plot::Bars {
+        .map(|sys| crate::support::plot::Bars {
             name: match sys.as_str() {
                 "bindfs" => "bindfs over tmpfs (no S3)".to_string(),
                 "rclone" => "rclone mount (fsync local only)".to_string(),
@@ -419,9 +420,9 @@ fn plot_rates(out: &Path, rows: &[Row], systems: &[String], a: &FsArgs) {
                 .collect(),
         })
         .collect();
-    crate::plot::bars(
+    crate::support::plot::bars(
         &out.join("fs.png"),
-        &crate::plot::Chart {
+        &crate::support::plot::Chart {
             title: &format!(
                 "Small files through FUSE ({} B files; S3 at {} ms PUT / {} ms GET)",
                 a.file_bytes, a.put_latency_ms, a.get_latency_ms
@@ -479,7 +480,7 @@ pub async fn run(mut a: FsArgs) -> BenchResult<()> {
     if load.is_empty() {
         return Ok(());
     }
-    crate::fs_load::run(crate::fs_load::LoadArgs {
+    crate::filesystem::load::run(crate::filesystem::load::LoadArgs {
         experiments: load,
         contention_secs: a.contention_secs,
         contention_get_ms: a.contention_get_ms,
@@ -499,7 +500,8 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
     let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
     let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));
     let server =
-        crate::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms).await?;
+        crate::support::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms)
+            .await?;
     let mut runner = Runner {
         server: &server,
         rows: Vec::new(),

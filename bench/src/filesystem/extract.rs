@@ -24,8 +24,8 @@ use clap::Args;
 use kvfs_testkit::extract::{tally_segments, write_source_tree, write_uniform_tree};
 use kvfs_testkit::mount::{require, Mount};
 
-use crate::mount::{kvfs_binary, BenchResult};
-use crate::report::Table;
+use crate::support::mount::{kvfs_binary, BenchResult};
+use crate::support::report::Table;
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
