@@ -242,6 +242,36 @@ impl Touched<'_> {
     }
 }
 
+/// One attempt of a rename, as its steps build it.
+struct Rename<'a> {
+    /// The entry that moves.
+    s: Dirent,
+    /// Source and destination are different directories.
+    across: bool,
+    at: SystemTime,
+    /// The source's and target's inodes, in inode order, with their states locked.
+    touched: Vec<(u64, Touched<'a>)>,
+    ops: Vec<BatchOp>,
+    /// Change of the subdirectory counts of the source and destination parents.
+    src_links: i64,
+    dst_links: i64,
+    /// An inode that lost its last name and is purged once the batch is written.
+    purge: Option<u64>,
+    /// The inode a plain rename replaced: its record is written (or deleted) already.
+    replaced: Option<u64>,
+}
+
+impl<'a> Rename<'a> {
+    fn touched_mut(&mut self, ino: u64) -> &mut Touched<'a> {
+        let i = self
+            .touched
+            .iter()
+            .position(|(i, _)| *i == ino)
+            .unwrap_or(0);
+        &mut self.touched[i].1
+    }
+}
+
 impl Namespace {
     /// The namespace of an open engine. Files are created by default for `owner`
     /// (uid, gid). A writable namespace first deletes what orphans (files unlinked
@@ -803,6 +833,8 @@ impl Namespace {
         Err(FsError::Invalid("directory parents form a cycle"))
     }
 
+    /// Move the entry `name` of `parent` to `new_name` of `new_parent` (replacing
+    /// what is there, or swapping the two with `exchange`), as one batch.
     pub async fn rename(
         &self,
         parent: u64,
@@ -817,11 +849,13 @@ impl Namespace {
         }
         check_name(name).map_err(name_err)?;
         check_name(new_name).map_err(name_err)?;
+        let from = (parent, name);
+        let to = (new_parent, new_name);
         let purge = self
             .change(|batch| {
                 let s = self.entry(parent, name)?.ok_or(FsError::NotFound)?;
                 let t = self.entry(new_parent, new_name)?;
-                if parent == new_parent && name == new_name {
+                if from == to {
                     return Ok(Step::Done(None));
                 }
                 let across = parent != new_parent;
@@ -834,126 +868,178 @@ impl Namespace {
                 if self.entry(parent, name)? != Some(s) || self.entry(new_parent, new_name)? != t {
                     return Ok(Step::Retry);
                 }
-                let mut src_dir = self.dir_attr(parent)?;
-                let mut dst_dir = self.dir_attr(new_parent)?;
                 if s.kind == Kind::Dir && across && self.is_within(new_parent, s.ino)? {
                     return Err(FsError::Invalid("cannot move a directory into itself"));
                 }
-                let at = now();
-                let mut ops = Vec::new();
-                // Change of the subdirectory counts of the source and destination parents.
-                let (mut src_links, mut dst_links) = (0i64, 0i64);
-                // Open states, locked in inode order.
-                let mut ids = vec![s.ino];
-                if let Some(t) = t {
-                    if t.ino != s.ino {
-                        ids.push(t.ino);
-                    }
-                }
-                ids.sort_unstable();
-                let states: Vec<Option<SharedFile>> =
-                    ids.iter().map(|i| self.state_of(*i)).collect();
-                let mut touched = Vec::new();
-                for (i, st) in ids.iter().zip(&states) {
-                    touched.push(self.touch(*i, st.as_ref())?);
-                }
-                let si = ids.iter().position(|i| *i == s.ino).unwrap_or(0);
-                let mut purge = None;
-                // The inode a plain rename replaces: already written (or deleted) above.
-                let mut replaced = None;
-                if flags.exchange {
+                let states = self.rename_states(s, t);
+                let mut m = Rename {
+                    s,
+                    across,
+                    at: now(),
+                    touched: self.rename_touch(&states)?,
+                    ops: Vec::new(),
+                    src_links: 0,
+                    dst_links: 0,
+                    purge: None,
+                    replaced: None,
+                };
+                let go_on = if flags.exchange {
                     let t = t.ok_or(FsError::NotFound)?;
-                    if t.kind == Kind::Dir && across && self.is_within(parent, t.ino)? {
-                        return Err(FsError::Invalid("cannot move a directory into itself"));
-                    }
-                    ops.push(dirent_op(parent, name, t));
-                    ops.push(dirent_op(new_parent, new_name, s));
-                    if t.ino != s.ino {
-                        let ti = 1 - si;
-                        for (who, to) in [(si, new_parent), (ti, parent)] {
-                            let a = &mut touched[who].attr;
-                            a.ctime = at;
-                            if a.kind == Kind::Dir && across {
-                                a.parent = to;
-                                if to == new_parent {
-                                    src_links -= 1;
-                                    dst_links += 1;
-                                } else {
-                                    dst_links -= 1;
-                                    src_links += 1;
-                                }
-                            }
-                        }
-                    }
+                    self.rename_exchange(&mut m, from, to, t)?;
+                    true
                 } else {
-                    if let Some(t) = t {
-                        if flags.noreplace {
-                            return Err(FsError::Exists);
-                        }
-                        if t.ino == s.ino {
-                            // Two names of one file: POSIX says do nothing.
-                            return Ok(Step::Done(None));
-                        }
-                        match (s.kind == Kind::Dir, t.kind == Kind::Dir) {
-                            (true, false) => return Err(FsError::NotDir),
-                            (false, true) => return Err(FsError::IsDir),
-                            (true, true) if self.has_entries(t.ino) => {
-                                return Err(FsError::NotEmpty)
-                            }
-                            _ => {}
-                        }
-                        let ti = 1 - si;
-                        replaced = Some(t.ino);
-                        if t.kind == Kind::Dir {
-                            ops.push(BatchOp::Delete(inode_key(t.ino)));
-                            self.xattr_deletes(t.ino, &mut ops);
-                            dst_links -= 1;
-                        } else if self.drop_name(&mut touched[ti], at, &mut ops) {
-                            purge = Some(t.ino);
-                        }
-                    }
-                    ops.push(BatchOp::Delete(dirent_key(parent, name)));
-                    ops.push(dirent_op(new_parent, new_name, s));
-                    let a = &mut touched[si].attr;
-                    a.ctime = at;
-                    if a.kind == Kind::Dir && across {
-                        a.parent = new_parent;
-                        src_links -= 1;
-                        dst_links += 1;
-                    }
+                    self.rename_replace(&mut m, from, to, t, flags.noreplace)?
+                };
+                if !go_on {
+                    return Ok(Step::Done(None));
                 }
-                for (ino, t) in ids.iter().zip(&touched) {
-                    if replaced != Some(*ino) {
-                        ops.push(t.op());
-                    }
-                }
-                if !across {
-                    src_links += dst_links;
-                }
-                src_dir.nlink = add_links(src_dir.nlink, src_links);
-                dst_dir.nlink = add_links(dst_dir.nlink, dst_links);
-                src_dir.mtime = at;
-                src_dir.ctime = at;
-                if across {
-                    dst_dir.mtime = at;
-                    dst_dir.ctime = at;
-                    ops.push(attr_op(&src_dir));
-                    ops.push(attr_op(&dst_dir));
-                } else {
-                    ops.push(attr_op(&src_dir));
-                }
-                if !batch.append(&ops)? {
+                self.rename_parents(&mut m, parent, new_parent)?;
+                if !batch.append(&m.ops)? {
                     return Ok(Step::Retry);
                 }
-                for t in touched.iter_mut() {
+                for (_, t) in m.touched.iter_mut() {
                     t.written();
                 }
-                Ok(Step::Done(purge))
+                Ok(Step::Done(m.purge))
             })
             .await?;
         if let Some(ino) = purge {
             self.purge(ino).await?;
         }
+        Ok(())
+    }
+
+    /// The open states of a rename's source and target inodes, in inode order (the
+    /// order their locks are taken in).
+    fn rename_states(&self, s: Dirent, t: Option<Dirent>) -> Vec<(u64, Option<SharedFile>)> {
+        let mut ids = vec![s.ino];
+        if let Some(t) = t.filter(|t| t.ino != s.ino) {
+            ids.push(t.ino);
+        }
+        ids.sort_unstable();
+        ids.into_iter().map(|i| (i, self.state_of(i))).collect()
+    }
+
+    /// Lock the states and read the attributes of a rename's inodes.
+    fn rename_touch<'a>(
+        &self,
+        states: &'a [(u64, Option<SharedFile>)],
+    ) -> FsResult<Vec<(u64, Touched<'a>)>> {
+        states
+            .iter()
+            .map(|(ino, st)| Ok((*ino, self.touch(*ino, st.as_ref())?)))
+            .collect()
+    }
+
+    /// `RENAME_EXCHANGE`: the two entries swap inodes; a directory moved to the other
+    /// parent takes it as its `..`.
+    fn rename_exchange(
+        &self,
+        m: &mut Rename<'_>,
+        (parent, name): (u64, &[u8]),
+        (new_parent, new_name): (u64, &[u8]),
+        t: Dirent,
+    ) -> FsResult<()> {
+        if t.kind == Kind::Dir && m.across && self.is_within(parent, t.ino)? {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        m.ops.push(dirent_op(parent, name, t));
+        m.ops.push(dirent_op(new_parent, new_name, m.s));
+        if t.ino == m.s.ino {
+            return Ok(());
+        }
+        let (at, across) = (m.at, m.across);
+        for (ino, to) in [(m.s.ino, new_parent), (t.ino, parent)] {
+            let a = &mut m.touched_mut(ino).attr;
+            a.ctime = at;
+            if a.kind == Kind::Dir && across {
+                a.parent = to;
+                // A directory leaving a parent takes one link from it.
+                let toward_new: i64 = if to == new_parent { 1 } else { -1 };
+                m.src_links -= toward_new;
+                m.dst_links += toward_new;
+            }
+        }
+        Ok(())
+    }
+
+    /// A plain rename: the source's entry moves, replacing the target's (whose inode
+    /// loses a name). False when there is nothing to do (two names of one file).
+    fn rename_replace(
+        &self,
+        m: &mut Rename<'_>,
+        (parent, name): (u64, &[u8]),
+        (new_parent, new_name): (u64, &[u8]),
+        t: Option<Dirent>,
+        noreplace: bool,
+    ) -> FsResult<bool> {
+        if let Some(t) = t {
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            if t.ino == m.s.ino {
+                // Two names of one file: POSIX says do nothing.
+                return Ok(false);
+            }
+            match (m.s.kind == Kind::Dir, t.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if self.has_entries(t.ino) => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            m.replaced = Some(t.ino);
+            if t.kind == Kind::Dir {
+                m.ops.push(BatchOp::Delete(inode_key(t.ino)));
+                self.xattr_deletes(t.ino, &mut m.ops);
+                m.dst_links -= 1;
+            } else {
+                let at = m.at;
+                let mut ops = std::mem::take(&mut m.ops);
+                if self.drop_name(m.touched_mut(t.ino), at, &mut ops) {
+                    m.purge = Some(t.ino);
+                }
+                m.ops = ops;
+            }
+        }
+        m.ops.push(BatchOp::Delete(dirent_key(parent, name)));
+        m.ops.push(dirent_op(new_parent, new_name, m.s));
+        let (at, across, ino) = (m.at, m.across, m.s.ino);
+        let a = &mut m.touched_mut(ino).attr;
+        a.ctime = at;
+        if a.kind == Kind::Dir && across {
+            a.parent = new_parent;
+            m.src_links -= 1;
+            m.dst_links += 1;
+        }
+        Ok(true)
+    }
+
+    /// The records a rename rewrites besides the entries: its inodes' attributes
+    /// (but a replaced one's, written or deleted already) and the parents' link
+    /// counts and times.
+    fn rename_parents(&self, m: &mut Rename<'_>, parent: u64, new_parent: u64) -> FsResult<()> {
+        for (ino, t) in &m.touched {
+            if m.replaced != Some(*ino) {
+                m.ops.push(t.op());
+            }
+        }
+        let mut src_dir = self.dir_attr(parent)?;
+        if !m.across {
+            src_dir.nlink = add_links(src_dir.nlink, m.src_links + m.dst_links);
+            src_dir.mtime = m.at;
+            src_dir.ctime = m.at;
+            m.ops.push(attr_op(&src_dir));
+            return Ok(());
+        }
+        let mut dst_dir = self.dir_attr(new_parent)?;
+        src_dir.nlink = add_links(src_dir.nlink, m.src_links);
+        dst_dir.nlink = add_links(dst_dir.nlink, m.dst_links);
+        for dir in [&mut src_dir, &mut dst_dir] {
+            dir.mtime = m.at;
+            dir.ctime = m.at;
+        }
+        m.ops.push(attr_op(&src_dir));
+        m.ops.push(attr_op(&dst_dir));
         Ok(())
     }
 
