@@ -190,7 +190,9 @@ pub(crate) async fn salvage(
 }
 
 /// [`rewrite`]; with `salvage`, sources are read without verifying their
-/// whole-object checksum, and values failing their own checksum are skipped.
+/// whole-object checksum, and values failing their own checksum are skipped. The
+/// steps: read the sources, build runs of their live values, (with `must_shrink`)
+/// give up if that saves nothing, store the runs, move the keys, count.
 async fn rewrite_sources(
     sh: &Arc<Shared>,
     sources: &[ObjectId],
@@ -201,13 +203,68 @@ async fn rewrite_sources(
     check_writer(sh)?;
     let source_set: HashSet<ObjectId> = sources.iter().copied().collect();
     let mut moving = keys_in(sh, &source_set).await;
-    let mut data: HashMap<ObjectId, Bytes> = HashMap::new();
+    let (data, bytes_read) = read_sources(sh, sources, salvage).await?;
+    let sources: Vec<ObjectId> = sources
+        .iter()
+        .copied()
+        .filter(|id| data.contains_key(id))
+        .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    moving.retain(|m| data.contains_key(&m.at.object));
+    progress(&format!(
+        "read {} objects ({bytes_read} bytes) holding {} live keys",
+        sources.len(),
+        moving.len()
+    ));
+    let Built { runs, moves } = build_runs(sh, moving, &data, salvage)?;
+    drop(data);
+    let out_bytes: u64 = runs.iter().map(|(_, b)| b.len() as u64).sum();
+    if must_shrink && out_bytes >= bytes_read {
+        progress(&format!(
+            "not rewritten: the runs ({out_bytes} bytes) would not be smaller than the \
+             {} objects ({bytes_read} bytes)",
+            sources.len()
+        ));
+        let mut st = sh.lock();
+        for id in &sources {
+            let stored = st.index.object_live(*id).stored;
+            st.gc.not_worth.insert(*id, stored);
+        }
+        return Ok(());
+    }
+    let run_bytes_written = store_runs(sh, runs).await?;
+    let moved = relocate(sh, &moves).await?;
+    sh.sync().await?;
+    let runs_written = moves.iter().map(|m| m.2).collect::<HashSet<_>>().len() as u64;
+    progress(&format!(
+        "wrote {runs_written} runs ({run_bytes_written} bytes); moved {moved} keys"
+    ));
+    let mut st = sh.lock();
+    let c = &mut st.gc.counters;
+    c.rewrites += 1;
+    c.objects_rewritten += sources.len() as u64;
+    c.bytes_read += bytes_read;
+    c.runs_written += runs_written;
+    c.run_bytes_written += run_bytes_written;
+    c.keys_moved += moved;
+    Ok(())
+}
+
+/// Read the sources whole (verified unless `salvage`); returns those read and the
+/// bytes read. A source that cannot be read (corrupt or missing) is left as it is:
+/// its keys keep pointing at it (reading them fails as before), so it is never found
+/// unneeded and never deleted, and later rounds no longer choose it. `kvfs fsck`
+/// reports it; `kvfs fsck --repair` removes the keys it lost.
+async fn read_sources(
+    sh: &Shared,
+    sources: &[ObjectId],
+    salvage: bool,
+) -> Result<(HashMap<ObjectId, Bytes>, u64)> {
+    let mut data = HashMap::new();
     let mut bytes_read = 0u64;
     for id in sources {
-        // A source that cannot be read (corrupt or missing) is left as it is: its
-        // keys keep pointing at it (reading them fails as before), so it is never
-        // found unneeded and never deleted, and later rounds no longer choose it.
-        // `kvfs fsck` reports it; `kvfs fsck --repair` removes the keys it lost.
         let fetched = if salvage {
             sh.store
                 .get(&object_name(*id))
@@ -232,29 +289,29 @@ async fn rewrite_sources(
         bytes_read += d.len() as u64;
         data.insert(*id, d);
     }
-    let sources: Vec<ObjectId> = sources
-        .iter()
-        .copied()
-        .filter(|id| data.contains_key(id))
-        .collect();
-    if sources.is_empty() {
-        return Ok(());
-    }
-    let sources = &sources[..];
-    moving.retain(|m| data.contains_key(&m.at.object));
-    progress(&format!(
-        "read {} objects ({bytes_read} bytes) holding {} live keys",
-        sources.len(),
-        moving.len()
-    ));
+    Ok((data, bytes_read))
+}
 
-    // Build the runs in key order.
+/// Runs built in memory, and the key moves that point into them: (key, where it
+/// was, run, offset in the run).
+struct Built {
+    runs: Vec<(ObjectId, Bytes)>,
+    moves: Vec<(Box<[u8]>, ValueAt, ObjectId, u32)>,
+}
+
+/// Copy the live values of `moving` out of `data` into runs, in key order, each at
+/// most `run_bytes`. Keys that share one value (written with `link`) keep sharing
+/// it: the value is copied once, and the other keys point at the copy.
+fn build_runs(
+    sh: &Shared,
+    moving: Vec<Moving>,
+    data: &HashMap<ObjectId, Bytes>,
+    salvage: bool,
+) -> Result<Built> {
     let run_bytes = sh.opts.gc.run_bytes.max(64 << 10);
     let mut runs: Vec<(ObjectId, Bytes)> = Vec::new();
-    let mut moves: Vec<(Box<[u8]>, ValueAt, ObjectId, u32)> = Vec::with_capacity(moving.len());
+    let mut moves = Vec::with_capacity(moving.len());
     let mut builder: Option<RunBuilder> = None;
-    // Keys that share one value (written with `link`) keep sharing it: the value is
-    // copied once, and the other keys point at the copy.
     let mut copied: HashMap<(ObjectId, u32), (ObjectId, u32)> = HashMap::new();
     for Moving { key, meta, at } in moving {
         if let Some((run, offset)) = copied.get(&(at.object, at.offset)) {
@@ -264,30 +321,8 @@ async fn rewrite_sources(
         let Some(obj) = data.get(&at.object) else {
             continue;
         };
-        let name = || object_name(at.object);
-        let off = at.offset as usize;
-        let end = off + 4 + at.value_len as usize;
-        if end > obj.len() {
-            if salvage {
-                continue;
-            }
-            return Err(Error::Inconsistent(format!(
-                "{}: key {:?} points past the end of the object",
-                name(),
-                String::from_utf8_lossy(&key)
-            )));
-        }
-        let value = match decode_value(&obj.slice(off..end)) {
-            Ok(v) => v,
-            Err(err) if salvage => {
-                log::warn!(
-                    "{}: the value of key {:?} is damaged ({err}); not moved",
-                    name(),
-                    String::from_utf8_lossy(&key)
-                );
-                continue;
-            }
-            Err(err) => return Err(Error::corrupt(name(), err)),
+        let Some(value) = value_in(obj, &key, at, salvage)? else {
+            continue;
         };
         let meta = meta.as_deref().unwrap_or(&[]);
         let need = put_len(key.len(), meta.len(), value.len());
@@ -308,67 +343,93 @@ async fn rewrite_sources(
     if let Some(b) = builder.take() {
         runs.push((b.id(), b.finish()));
     }
-    drop(data);
-    let out_bytes: u64 = runs.iter().map(|(_, b)| b.len() as u64).sum();
-    if must_shrink && out_bytes >= bytes_read {
-        progress(&format!(
-            "not rewritten: the runs ({out_bytes} bytes) would not be smaller than the \
-             {} objects ({bytes_read} bytes)",
-            sources.len()
-        ));
-        let mut st = sh.lock();
-        for id in sources {
-            let stored = st.index.object_live(*id).stored;
-            st.gc.not_worth.insert(*id, stored);
-        }
-        return Ok(());
-    }
+    Ok(Built { runs, moves })
+}
 
-    // Store the runs, then move the keys.
-    let mut run_bytes_written = 0u64;
-    for (id, bytes) in &runs {
+/// The value of `key` at `at` in the whole object `obj`, checked. With `salvage`, a
+/// damaged value is `None` (and left where it is); otherwise an error.
+fn value_in(obj: &Bytes, key: &[u8], at: ValueAt, salvage: bool) -> Result<Option<Bytes>> {
+    let name = || object_name(at.object);
+    let off = at.offset as usize;
+    let end = off + 4 + at.value_len as usize;
+    if end > obj.len() {
+        if salvage {
+            return Ok(None);
+        }
+        return Err(Error::Inconsistent(format!(
+            "{}: key {:?} points past the end of the object",
+            name(),
+            String::from_utf8_lossy(key)
+        )));
+    }
+    match decode_value(&obj.slice(off..end)) {
+        Ok(v) => Ok(Some(v)),
+        Err(err) if salvage => {
+            log::warn!(
+                "{}: the value of key {:?} is damaged ({err}); not moved",
+                name(),
+                String::from_utf8_lossy(key)
+            );
+            Ok(None)
+        }
+        Err(err) => Err(Error::corrupt(name(), err)),
+    }
+}
+
+/// PUT the runs (create-if-absent) and add them to the object table; returns the
+/// bytes written.
+async fn store_runs(sh: &Shared, runs: Vec<(ObjectId, Bytes)>) -> Result<u64> {
+    let mut written = 0u64;
+    for (id, bytes) in runs {
         check_writer(sh)?;
         let size = bytes.len() as u64;
         sh.store
-            .put(&object_name(*id), bytes.clone(), PutMode::CreateNew)
+            .put(&object_name(id), bytes, PutMode::CreateNew)
             .await?;
-        sh.lock().objects.insert_new(*id, size);
-        run_bytes_written += size;
+        sh.lock().objects.insert_new(id, size);
+        written += size;
     }
-    drop(runs);
+    Ok(written)
+}
+
+/// Move the keys into the runs with relocate entries, in batches of about half a
+/// segment; a key changed meanwhile stays where its new value is. Returns the keys
+/// moved.
+async fn relocate(sh: &Shared, moves: &[(Box<[u8]>, ValueAt, ObjectId, u32)]) -> Result<u64> {
     let chunk_bytes = (sh.opts.segment_bytes / 2).max(64 << 10);
     let mut moved = 0u64;
-    let mut i = 0;
-    while i < moves.len() {
-        let mut ops = Vec::new();
-        let mut size = 0;
-        while i < moves.len() && (ops.is_empty() || size < chunk_bytes) {
-            let (key, expect, target, offset) = &moves[i];
-            size += link_len(key.len(), MAX_META_LEN);
-            ops.push(Op::Relocate {
+    for batch in chunks_by_size(moves, chunk_bytes, |(key, ..)| {
+        link_len(key.len(), MAX_META_LEN)
+    }) {
+        let ops: Vec<Op<'_>> = batch
+            .iter()
+            .map(|(key, expect, target, offset)| Op::Relocate {
                 key,
                 expect: *expect,
                 target: *target,
                 offset: *offset,
-            });
-            i += 1;
-        }
+            })
+            .collect();
         moved += sh.write(&ops).await? as u64;
     }
-    sh.sync().await?;
-    let runs_written = moves.iter().map(|m| m.2).collect::<HashSet<_>>().len() as u64;
-    progress(&format!(
-        "wrote {runs_written} runs ({run_bytes_written} bytes); moved {moved} keys"
-    ));
-    let mut st = sh.lock();
-    let c = &mut st.gc.counters;
-    c.rewrites += 1;
-    c.objects_rewritten += sources.len() as u64;
-    c.bytes_read += bytes_read;
-    c.runs_written += runs_written;
-    c.run_bytes_written += run_bytes_written;
-    c.keys_moved += moved;
-    Ok(())
+    Ok(moved)
+}
+
+/// `items` cut into consecutive chunks of at least one item and about `bytes` each.
+fn chunks_by_size<T>(items: &[T], bytes: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start;
+        let mut total = 0;
+        while end < items.len() && (end == start || total < bytes) {
+            total += size(&items[end]);
+            end += 1;
+        }
+        out.push(&items[start..end]);
+        start = end;
+    }
+    out
 }
 
 /// Mark every unneeded object (and old manifest and checkpoint) retired. Returns how
