@@ -135,108 +135,137 @@ pub(crate) async fn catch_up(sh: &Shared, thorough: bool) -> Result<()> {
     Ok(())
 }
 
-/// One round, under the follow lock.
+/// One round, under the follow lock: follow the log as far as it goes, then (when
+/// asked, or when the log ended) adopt newer manifests one by one.
 async fn run_round(sh: &Shared, mut look_for_manifest: bool) -> Result<()> {
-    let mut pos = sh.lock().position;
     let check_own_manifest = look_for_manifest;
     loop {
-        let ranges = sh.lock().manifest.ranges.clone();
-        let range = ranges.iter().find(|r| r.epoch == pos.epoch).copied();
-        let end = range.filter(|r| !r.is_open()).map(|r| r.last);
-        if pos.open && end.is_none_or(|last| pos.next <= last) {
-            let id = ObjectId {
-                epoch: pos.epoch,
-                seq: pos.next,
-            };
-            match sh.store.get(&object_name(id)).await {
-                Ok(got) => {
-                    let mut changed = Vec::new();
-                    let mut st = sh.lock();
-                    let mut replayed = 0;
-                    let applied = recovery::apply_segment_noting(
-                        &mut st.index,
-                        id,
-                        &got.data,
-                        &mut replayed,
-                        &mut |k| changed.push(k.to_vec()),
-                    )?;
-                    if applied {
-                        pos.next += 1;
-                        if meets_unknown_run(&st, &changed) {
-                            // Written by compaction after this handle listed
-                            // `run/`: list again on the next read of a run, so
-                            // readahead knows its size.
-                            st.objects.runs_listed = false;
-                        }
-                        note(&mut st.followed, 1, 0, changed);
-                    } else {
-                        // A fence: this writer's log ended; a manifest says what follows.
-                        pos.open = false;
-                    }
-                    st.position = pos;
-                    continue;
-                }
-                Err(StoreError::NotFound(_)) if end.is_some() => {
-                    // Part of a closed range, and gone: collected after a checkpoint.
-                    return reload(sh).await;
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        } else if let Some(last) = end.filter(|last| pos.next > *last) {
-            // This range is read to its end: go on with the next one, if any.
-            match ranges.iter().find(|r| r.epoch > pos.epoch) {
-                Some(r) => {
-                    pos = Position {
-                        manifest: pos.manifest,
-                        epoch: r.epoch,
-                        next: r.first,
-                        last: (!r.is_open()).then_some(r.last),
-                        open: true,
-                    };
-                    sh.lock().position = pos;
-                    continue;
-                }
-                None => {
-                    pos.open = false;
-                    pos.last = Some(last);
-                    sh.lock().position = pos;
-                }
-            }
+        match follow_log(sh).await? {
+            Step::Moved => continue,
+            Step::Reload => return reload(sh).await,
+            Step::Nothing => {}
         }
-        if pos.open && !look_for_manifest {
+        if sh.lock().position.open && !look_for_manifest {
             return Ok(());
         }
-        let next = match recovery::read_manifest(&sh.store, pos.manifest + 1).await {
-            Ok(m) => m,
-            Err(Error::Store(StoreError::NotFound(_))) => {
-                // GC deletes superseded manifests: if this handle's own is gone
-                // too, it fell behind what the store keeps (the next one was
-                // collected as well).
-                if !check_own_manifest {
-                    return Ok(());
-                }
-                return match sh.store.get(&manifest_name(pos.manifest)).await {
-                    Err(StoreError::NotFound(_)) => reload(sh).await,
-                    Err(e) => Err(e.into()),
-                    Ok(_) => Ok(()),
-                };
-            }
-            Err(e) => return Err(e),
-        };
-        if !continues(&next, &pos) {
-            return reload(sh).await;
+        match adopt_next_manifest(sh, check_own_manifest).await? {
+            // Look for a newer one still, and follow its log.
+            Step::Moved => look_for_manifest = true,
+            Step::Reload => return reload(sh).await,
+            Step::Nothing => return Ok(()),
         }
-        pos.manifest = next.seq;
-        {
-            let mut st = sh.lock();
-            st.manifest = next;
-            st.position = pos;
-            note(&mut st.followed, 0, 1, Vec::new());
-        }
-        // Look for a newer one still.
-        look_for_manifest = true;
     }
+}
+
+/// What one step of a round came to.
+enum Step {
+    /// The position moved (a segment applied, a fence met, the next log range or
+    /// manifest taken): take the next step.
+    Moved,
+    /// The position can no longer be reached by name: reload.
+    Reload,
+    /// Nothing new here.
+    Nothing,
+}
+
+/// Apply the next segment of the followed log, or move on to the next log range
+/// once this one is read to its end.
+async fn follow_log(sh: &Shared) -> Result<Step> {
+    let mut pos = sh.lock().position;
+    let ranges = sh.lock().manifest.ranges.clone();
+    let range = ranges.iter().find(|r| r.epoch == pos.epoch).copied();
+    let end = range.filter(|r| !r.is_open()).map(|r| r.last);
+    if pos.open && end.is_none_or(|last| pos.next <= last) {
+        let id = ObjectId {
+            epoch: pos.epoch,
+            seq: pos.next,
+        };
+        let got = match sh.store.get(&object_name(id)).await {
+            Ok(got) => got,
+            // Part of a closed range, and gone: collected after a checkpoint.
+            Err(StoreError::NotFound(_)) if end.is_some() => return Ok(Step::Reload),
+            Err(StoreError::NotFound(_)) => return Ok(Step::Nothing),
+            Err(e) => return Err(e.into()),
+        };
+        let mut changed = Vec::new();
+        let mut st = sh.lock();
+        let mut replayed = 0;
+        let applied = recovery::apply_segment_noting(
+            &mut st.index,
+            id,
+            &got.data,
+            &mut replayed,
+            &mut |k| changed.push(k.to_vec()),
+        )?;
+        if applied {
+            pos.next += 1;
+            if meets_unknown_run(&st, &changed) {
+                // Written by compaction after this handle listed `run/`: list again
+                // on the next read of a run, so readahead knows its size.
+                st.objects.runs_listed = false;
+            }
+            note(&mut st.followed, 1, 0, changed);
+        } else {
+            // A fence: this writer's log ended; a manifest says what follows.
+            pos.open = false;
+        }
+        st.position = pos;
+        return Ok(Step::Moved);
+    }
+    let Some(last) = end.filter(|last| pos.next > *last) else {
+        return Ok(Step::Nothing);
+    };
+    // This range is read to its end: go on with the next one, if any.
+    let step = match ranges.iter().find(|r| r.epoch > pos.epoch) {
+        Some(r) => {
+            pos = Position {
+                manifest: pos.manifest,
+                epoch: r.epoch,
+                next: r.first,
+                last: (!r.is_open()).then_some(r.last),
+                open: true,
+            };
+            Step::Moved
+        }
+        None => {
+            pos.open = false;
+            pos.last = Some(last);
+            Step::Nothing
+        }
+    };
+    sh.lock().position = pos;
+    Ok(step)
+}
+
+/// Read the manifest after this handle's and adopt it if its log goes on from the
+/// position. With `check_own_manifest`, a missing next manifest leads to checking
+/// that this handle's own still exists: GC deletes superseded manifests, so if it
+/// is gone too, the handle fell behind what the store keeps (reload).
+async fn adopt_next_manifest(sh: &Shared, check_own_manifest: bool) -> Result<Step> {
+    let mut pos = sh.lock().position;
+    let next = match recovery::read_manifest(&sh.store, pos.manifest + 1).await {
+        Ok(m) => m,
+        Err(Error::Store(StoreError::NotFound(_))) if !check_own_manifest => {
+            return Ok(Step::Nothing)
+        }
+        Err(Error::Store(StoreError::NotFound(_))) => {
+            return match sh.store.get(&manifest_name(pos.manifest)).await {
+                Err(StoreError::NotFound(_)) => Ok(Step::Reload),
+                Err(e) => Err(e.into()),
+                Ok(_) => Ok(Step::Nothing),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    if !continues(&next, &pos) {
+        return Ok(Step::Reload);
+    }
+    pos.manifest = next.seq;
+    let mut st = sh.lock();
+    st.manifest = next;
+    st.position = pos;
+    note(&mut st.followed, 0, 1, Vec::new());
+    Ok(Step::Moved)
 }
 
 /// Whether one of `keys` (just applied) now lies in a run missing from the object
