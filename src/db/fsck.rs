@@ -174,21 +174,14 @@ pub(crate) async fn run(sh: &Shared, progress: &mut dyn FnMut(&str)) -> Result<F
         report.objects += 1;
         report.bytes += data.len() as u64;
         match kind {
-            ObjectKind::Segment(id) => {
-                report.segments += 1;
-                let values = segment_values(&mut report, id, &obj.key, &data);
-                check_values(
-                    &mut report,
-                    id,
-                    &obj.key,
-                    &data,
-                    values,
-                    expected.remove(&id),
-                );
-            }
-            ObjectKind::Run(id) => {
-                report.runs += 1;
-                let values = run_values(&mut report, id, &obj.key, &data);
+            ObjectKind::Segment(id) | ObjectKind::Run(id) => {
+                let values = if id.is_run() {
+                    report.runs += 1;
+                    run_values(&mut report, id, &obj.key, &data)
+                } else {
+                    report.segments += 1;
+                    segment_values(&mut report, id, &obj.key, &data)
+                };
                 check_values(
                     &mut report,
                     id,

@@ -228,6 +228,26 @@ impl Index {
         Some((e, self.locate(&e.loc)?))
     }
 
+    /// Set `key` to the value at `offset` of data object `id` (taking a slot for
+    /// it if it has none: looked up per entry, since a slot is released the moment
+    /// no key refers to its object any more).
+    pub fn put_at(
+        &mut self,
+        key: &[u8],
+        id: ObjectId,
+        offset: u32,
+        value_len: u32,
+        meta: Option<Box<[u8]>>,
+    ) {
+        let slot = self.slot_for(id);
+        let loc = Location {
+            slot,
+            offset,
+            value_len,
+        };
+        self.insert(key, IndexEntry { loc, meta });
+    }
+
     pub fn insert(&mut self, key: &[u8], entry: IndexEntry) {
         self.add_live(key, &entry);
         // One traversal; the boxed key is dropped again when the key exists.

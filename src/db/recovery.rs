@@ -26,7 +26,7 @@ use super::error::{Error, Result};
 use super::index::Index;
 use super::lease::{now_unix_ms, Lease};
 use super::options::Options;
-use crate::format::checkpoint::{self, Checkpoint, IndexEntry, Location};
+use crate::format::checkpoint::{self, Checkpoint};
 use crate::format::manifest::{self, LogRange, Manifest, OPEN};
 use crate::format::names::{
     checkpoint_name, manifest_name, object_name, parse_name, segment_epoch_prefix, ObjectId,
@@ -979,17 +979,12 @@ fn apply_run(index: &mut Index, id: ObjectId, data: &[u8]) -> Result<()> {
         crate::format::run::RunView::decode(data).map_err(|e| Error::corrupt(name.clone(), e))?;
     let entries = view.entries().map_err(|e| Error::corrupt(name, e))?;
     for e in entries {
-        let slot = index.slot_for(id);
-        index.insert(
+        index.put_at(
             e.key,
-            IndexEntry {
-                loc: Location {
-                    slot,
-                    offset: e.value_offset,
-                    value_len: e.value_len,
-                },
-                meta: (!e.meta.is_empty()).then(|| Box::from(e.meta)),
-            },
+            id,
+            e.value_offset,
+            e.value_len,
+            (!e.meta.is_empty()).then(|| Box::from(e.meta)),
         );
     }
     Ok(())
@@ -1045,18 +1040,7 @@ pub(crate) fn apply_segment_noting(
         match e.kind {
             EntryKind::Put => {
                 // Per entry: a delete may have released the slot meanwhile.
-                let slot = index.slot_for(id);
-                index.insert(
-                    e.key,
-                    IndexEntry {
-                        loc: Location {
-                            slot,
-                            offset: e.value_offset,
-                            value_len: e.value_len,
-                        },
-                        meta,
-                    },
-                )
+                index.put_at(e.key, id, e.value_offset, e.value_len, meta)
             }
             EntryKind::Delete => index.remove(e.key),
             EntryKind::Link => {
@@ -1069,18 +1053,7 @@ pub(crate) fn apply_segment_noting(
                         e.offset
                     )));
                 }
-                let target_slot = index.slot_for(target);
-                index.insert(
-                    e.key,
-                    IndexEntry {
-                        loc: Location {
-                            slot: target_slot,
-                            offset: e.value_offset,
-                            value_len: e.value_len,
-                        },
-                        meta,
-                    },
-                );
+                index.put_at(e.key, target, e.value_offset, e.value_len, meta);
             }
         }
     }

@@ -354,20 +354,8 @@ impl Shared {
             match *op {
                 Op::Put { key, meta, value } => {
                     let offset = log.open.put(key, meta, value);
-                    // Looked up per entry: a slot is released the moment no key
-                    // refers to its object any more.
-                    let slot = index.slot_for(open_id);
-                    index.insert(
-                        key,
-                        IndexEntry {
-                            loc: Location {
-                                slot,
-                                offset,
-                                value_len: value.len() as u32,
-                            },
-                            meta: (!meta.is_empty()).then(|| Box::from(meta)),
-                        },
-                    );
+                    let meta = (!meta.is_empty()).then(|| Box::from(meta));
+                    index.put_at(key, open_id, offset, value.len() as u32, meta);
                 }
                 Op::Delete { key } => {
                     log.open.delete(key);
