@@ -52,7 +52,9 @@ const FREE: ObjectId = ObjectId { epoch: 0, seq: 0 };
 #[derive(Debug, Default)]
 pub struct Index {
     map: BTreeMap<Box<[u8]>, IndexEntry>,
-    segments: Vec<ObjectId>,
+    /// The slot table: the data object in each slot ([`FREE`] for a free slot).
+    objects_by_slot: Vec<ObjectId>,
+    /// Each data object's slot.
     slots: HashMap<ObjectId, u32>,
     /// Live counts per slot.
     slot_live: Vec<ObjectLive>,
@@ -82,7 +84,7 @@ impl Index {
                 .enumerate()
                 .map(|(i, s)| (*s, i as u32))
                 .collect(),
-            segments: c.segments,
+            objects_by_slot: c.segments,
             ..Index::default()
         };
         for (k, e) in c.entries {
@@ -92,7 +94,7 @@ impl Index {
             ix.map.insert(k, e);
         }
         // Checkpoints of earlier versions list every object ever written.
-        for s in (0..ix.segments.len()).rev() {
+        for s in (0..ix.objects_by_slot.len()).rev() {
             if ix.slot_live[s].keys == 0 {
                 ix.release(s as u32);
             }
@@ -108,16 +110,16 @@ impl Index {
         let s = loop {
             match self.free.pop() {
                 // Entries past the end (cut off) or reused meanwhile are stale.
-                Some(Reverse(s)) if self.segments.get(s as usize) == Some(&FREE) => break s,
+                Some(Reverse(s)) if self.objects_by_slot.get(s as usize) == Some(&FREE) => break s,
                 Some(_) => continue,
                 None => {
-                    self.segments.push(FREE);
+                    self.objects_by_slot.push(FREE);
                     self.slot_live.push(ObjectLive::default());
-                    break (self.segments.len() - 1) as u32;
+                    break (self.objects_by_slot.len() - 1) as u32;
                 }
             }
         };
-        self.segments[s as usize] = id;
+        self.objects_by_slot[s as usize] = id;
         self.slot_live[s as usize] = ObjectLive::default();
         self.slots.insert(id, s);
         s
@@ -139,7 +141,7 @@ impl Index {
     /// Live bytes of every data object the index refers to (objects without live
     /// keys are left out).
     pub fn live_by_object(&self) -> HashMap<ObjectId, u64> {
-        self.segments
+        self.objects_by_slot
             .iter()
             .zip(&self.slot_live)
             .filter(|(_, l)| l.bytes > 0 || l.keys > 0)
@@ -175,30 +177,30 @@ impl Index {
 
     /// Free `slot` (no key refers to its object any more).
     fn release(&mut self, slot: u32) {
-        let Some(id) = self.segments.get(slot as usize).copied() else {
+        let Some(id) = self.objects_by_slot.get(slot as usize).copied() else {
             return;
         };
         if id == FREE {
             return;
         }
         self.slots.remove(&id);
-        self.segments[slot as usize] = FREE;
+        self.objects_by_slot[slot as usize] = FREE;
         self.slot_live[slot as usize] = ObjectLive::default();
         self.free.push(Reverse(slot));
         // Give back the free end of the table (stale heap entries are skipped).
-        while self.segments.last() == Some(&FREE) {
-            self.segments.pop();
+        while self.objects_by_slot.last() == Some(&FREE) {
+            self.objects_by_slot.pop();
             self.slot_live.pop();
         }
-        if self.free.len() > 2 * self.segments.len() + 16 {
-            let len = self.segments.len();
+        if self.free.len() > 2 * self.objects_by_slot.len() + 16 {
+            let len = self.objects_by_slot.len();
             self.free.retain(|Reverse(s)| (*s as usize) < len);
         }
     }
 
     /// The object in `slot`.
     pub fn object(&self, slot: u32) -> Option<ObjectId> {
-        self.segments
+        self.objects_by_slot
             .get(slot as usize)
             .copied()
             .filter(|id| *id != FREE)
@@ -215,7 +217,7 @@ impl Index {
 
     /// Number of slots in the table (in use or free).
     pub fn slot_table_len(&self) -> usize {
-        self.segments.len()
+        self.objects_by_slot.len()
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&IndexEntry> {
