@@ -215,6 +215,28 @@ impl DirPage {
     fn end(&self) -> usize {
         self.first + self.entries.len()
     }
+
+    /// The rows of the listing from kernel offset `offset` to the end of this page
+    /// (`.` and `..` first), each with the offset of the row after it.
+    fn rows_from(&self, offset: u64) -> impl Iterator<Item = (u64, Row<'_>)> {
+        let total = self.end() + DOT_ENTRIES;
+        ((offset as usize).min(total)..total).map(move |i| {
+            let row = match i {
+                0 => Row::Dot("."),
+                1 => Row::Dot(".."),
+                _ => Row::Entry(&self.entries[i - DOT_ENTRIES - self.first]),
+            };
+            ((i + 1) as u64, row)
+        })
+    }
+}
+
+/// One row of a directory listing.
+enum Row<'a> {
+    /// `.` or `..`: not counted as lookups; the kernel ignores their inode numbers
+    /// (and, in `readdirplus`, their attributes).
+    Dot(&'static str),
+    Entry(&'a DirEntry),
 }
 
 /// Open directory handles: the page each read last. A listing streams through the
@@ -791,26 +813,15 @@ impl Filesystem for KvfsFuse {
                 Ok(p) => p,
                 Err(e) => return reply.error(errno("readdir", &e)),
             };
-            let total = page.end() + DOT_ENTRIES;
-            for i in (offset as usize).min(total)..total {
-                let next = (i + 1) as u64;
-                let full = match i {
-                    // The kernel does not use the inode number of `..`.
-                    0 | 1 => reply.add(
-                        ino,
+            for (next, row) in page.rows_from(offset) {
+                let full = match row {
+                    Row::Dot(name) => reply.add(ino, next, FileType::Directory, name),
+                    Row::Entry(e) => reply.add(
+                        INodeNo(e.attr.ino),
                         next,
-                        FileType::Directory,
-                        if i == 0 { "." } else { ".." },
+                        file_type(e.attr.kind),
+                        OsStr::from_bytes(&e.name),
                     ),
-                    _ => {
-                        let e = &page.entries[i - DOT_ENTRIES - page.first];
-                        reply.add(
-                            INodeNo(e.attr.ino),
-                            next,
-                            file_type(e.attr.kind),
-                            OsStr::from_bytes(&e.name),
-                        )
-                    }
                 };
                 if full {
                     break;
@@ -835,27 +846,24 @@ impl Filesystem for KvfsFuse {
                 Ok(p) => p,
                 Err(e) => return reply.error(errno("readdirplus", &e)),
             };
-            let total = page.end() + DOT_ENTRIES;
             let mut dir_attr = None;
-            for i in (offset as usize).min(total)..total {
-                let next = (i + 1) as u64;
-                if i < DOT_ENTRIES {
-                    // `.` and `..` do not count as lookups; the kernel ignores their
-                    // attributes.
-                    let attr = match dir_attr {
-                        Some(a) => a,
-                        None => match ns.getattr(ino.0).await {
-                            Ok(a) => *dir_attr.insert(file_attr(&a, ns.blocks(&a))),
-                            Err(e) => return reply.error(errno("readdirplus", &e)),
-                        },
-                    };
-                    let name = if i == 0 { "." } else { ".." };
-                    if reply.add(ino, next, name, &TTL, &attr, Generation(0)) {
-                        break;
+            for (next, row) in page.rows_from(offset) {
+                let e = match row {
+                    Row::Dot(name) => {
+                        let attr = match dir_attr {
+                            Some(a) => a,
+                            None => match ns.getattr(ino.0).await {
+                                Ok(a) => *dir_attr.insert(file_attr(&a, ns.blocks(&a))),
+                                Err(e) => return reply.error(errno("readdirplus", &e)),
+                            },
+                        };
+                        if reply.add(ino, next, name, &TTL, &attr, Generation(0)) {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let e = &page.entries[i - DOT_ENTRIES - page.first];
+                    Row::Entry(e) => e,
+                };
                 // Every entry returned here counts as a kernel lookup, so take it
                 // through the namespace's lookup (which also records the node).
                 let attr = match ns.lookup(ino.0, &e.name).await {
