@@ -45,6 +45,7 @@ use kvfs_testkit::server::{ServerOptions, TestS3Server};
 use crate::support::mount::BenchResult;
 use crate::support::plot;
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 
 #[derive(Args, Debug)]
 pub struct FaultsArgs {
@@ -60,12 +61,8 @@ pub struct FaultsArgs {
     /// Each writer syncs after this many puts.
     #[arg(long, default_value_t = 32)]
     sync_every: usize,
-    /// Latency injected at the server for every PUT.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency injected at the server for every GET, HEAD and LIST.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// Fraction of requests answered with 503 or 500 in the `errors` scenario.
     #[arg(long, default_value_t = 0.1)]
     error_rate: f64,
@@ -275,8 +272,8 @@ struct WorkloadArgs {
 
 async fn scenario(server: &TestS3Server, s: Scenario, a: &FaultsArgs) -> BenchResult<Outcome> {
     let latency = FaultConfig {
-        put_latency: Duration::from_millis(a.put_latency_ms),
-        get_latency: Duration::from_millis(a.get_latency_ms),
+        put_latency: Duration::from_millis(a.latency.put_latency_ms),
+        get_latency: Duration::from_millis(a.latency.get_latency_ms),
         ..FaultConfig::default()
     };
     server.faults().set(latency.clone());
@@ -553,7 +550,7 @@ fn brief(msg: &str) -> String {
 fn report(a: &FaultsArgs, outcomes: &[Outcome]) -> BenchResult<()> {
     let title = format!(
         "durable writes under injected faults ({} writers, {} B values, sync every {} puts, bulk writer {} MiB/s; {} ms PUT / {} ms GET)",
-        a.writers, a.value_bytes, a.sync_every, a.bulk_mib_per_s, a.put_latency_ms, a.get_latency_ms
+        a.writers, a.value_bytes, a.sync_every, a.bulk_mib_per_s, a.latency.put_latency_ms, a.latency.get_latency_ms
     );
     let columns = [
         "scenario",

@@ -26,6 +26,7 @@ use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 use crate::support::mount::{mount_kvfs, BenchResult};
 use crate::support::plot;
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 
 #[derive(clap::Args, Debug)]
 pub struct FollowArgs {
@@ -38,12 +39,8 @@ pub struct FollowArgs {
     /// Seconds the follower is watched while idle, per interval.
     #[arg(long, default_value_t = 60)]
     idle_secs: u64,
-    /// Latency the S3 server adds to every PUT and DELETE.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency the S3 server adds to every GET, HEAD and LIST.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// Retention periods to compare (seconds; 0 keeps no snapshot).
     #[arg(long, value_delimiter = ',', default_value = "0,30,120")]
     retain_secs: Vec<u64>,
@@ -89,8 +86,8 @@ pub async fn run(mut a: FollowArgs) -> BenchResult<()> {
         &root,
         ServerOptions {
             faults: FaultConfig {
-                put_latency: Duration::from_millis(a.put_latency_ms),
-                get_latency: Duration::from_millis(a.get_latency_ms),
+                put_latency: Duration::from_millis(a.latency.put_latency_ms),
+                get_latency: Duration::from_millis(a.latency.get_latency_ms),
                 ..FaultConfig::default()
             },
             ..ServerOptions::default()
@@ -344,7 +341,7 @@ fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
 fn report(a: &FollowArgs, outcomes: &[Outcome]) -> BenchResult<()> {
     let title = format!(
         "a read-only mount following a writer mount ({} samples; {} ms PUT / {} ms GET)",
-        a.samples, a.put_latency_ms, a.get_latency_ms
+        a.samples, a.latency.put_latency_ms, a.latency.get_latency_ms
     );
     let columns = [
         "follow_interval_ms",

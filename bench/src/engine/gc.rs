@@ -44,6 +44,7 @@ use kvfs_testkit::recording::{RecordingStore, Request};
 use crate::engine::s3put::{BenchResult, LocalEndpoint};
 use crate::support::plot;
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -74,10 +75,8 @@ pub struct GcArgs {
     /// Files in the directory of the cold-scan experiment.
     #[arg(long, default_value_t = 10_000)]
     scan_files: u32,
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// A short run: 10,000 keys overwritten at 1,000/s for 20 s, 2,000 files, 20 s
     /// idle.
     #[arg(long)]
@@ -309,7 +308,7 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
         a.scan_files = a.scan_files.min(2_000);
         a.idle_seconds = a.idle_seconds.min(20);
     }
-    let ep = LocalEndpoint::start(a.put_latency_ms, a.get_latency_ms).await?;
+    let ep = LocalEndpoint::start(a.latency.put_latency_ms, a.latency.get_latency_ms).await?;
     eprintln!("space amplification under overwrites");
     let mut results = Vec::new();
     for fill in a.clean_below_fill.clone() {
@@ -372,7 +371,7 @@ pub async fn run(mut a: GcArgs) -> BenchResult<()> {
     let mut scan_table = Table::new(
         &format!(
             "cold scan of a directory of {} files of 1 KiB ({} ms per GET)",
-            a.scan_files, a.get_latency_ms
+            a.scan_files, a.latency.get_latency_ms
         ),
         &[
             "phase",

@@ -33,6 +33,7 @@ use kvfs::db::{Db, Options};
 use crate::engine::s3put::{self, BenchResult, LocalEndpoint, Op};
 use crate::support::plot;
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 
 #[derive(Args, Debug)]
 pub struct KvArgs {
@@ -51,12 +52,8 @@ pub struct KvArgs {
     /// Pairs per cell (default: see the module documentation).
     #[arg(long)]
     pairs: Option<usize>,
-    /// Latency injected at the in-process server for every PUT.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency injected at the in-process server for every GET.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// A few seconds: fewer pairs and sizes 32, 256, 1024 (unless given).
     #[arg(long)]
     quick: bool,
@@ -238,7 +235,7 @@ pub async fn run(a: KvArgs) -> BenchResult<()> {
             (150 * c).min(4000)
         })
     };
-    let local = LocalEndpoint::start(a.put_latency_ms, a.get_latency_ms).await?;
+    let local = LocalEndpoint::start(a.latency.put_latency_ms, a.latency.get_latency_ms).await?;
     let bucket_dir = local.root.join(s3put::LOCAL_BUCKET);
 
     // The baseline, in this run: one PUT per pair at every size and concurrency we
@@ -358,7 +355,7 @@ pub async fn run(a: KvArgs) -> BenchResult<()> {
     let mut table = Table::new(
         &format!(
             "kvfs engine vs one object per pair (in-process server, {} ms per PUT, {} ms per GET)",
-            a.put_latency_ms, a.get_latency_ms
+            a.latency.put_latency_ms, a.latency.get_latency_ms
         ),
         &[
             "mode",

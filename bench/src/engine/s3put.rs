@@ -32,6 +32,7 @@ use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
 use crate::support::plot;
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -46,12 +47,8 @@ pub struct S3PutArgs {
     /// Pairs per (size, concurrency) cell (default: 120 per writer, at most 4000).
     #[arg(long)]
     pairs: Option<usize>,
-    /// Latency injected at the in-process server for every PUT.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency injected at the in-process server for every GET.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// Use the S3 endpoint of the standard AWS configuration (AWS_ENDPOINT_URL or
     /// AWS itself) instead of the in-process server; no latency is injected.
     #[arg(long)]
@@ -377,7 +374,8 @@ pub async fn run(a: S3PutArgs) -> BenchResult<()> {
         eprintln!("S3 endpoint from the environment: {}", store.describe());
         (None, store, true)
     } else {
-        let local = LocalEndpoint::start(a.put_latency_ms, a.get_latency_ms).await?;
+        let local =
+            LocalEndpoint::start(a.latency.put_latency_ms, a.latency.get_latency_ms).await?;
         let store = local.store(&format!("s3-put-{}", std::process::id()));
         (Some(local), store, false)
     };
@@ -415,7 +413,7 @@ pub async fn run(a: S3PutArgs) -> BenchResult<()> {
     } else {
         format!(
             "in-process server, {} ms per PUT, {} ms per GET",
-            a.put_latency_ms, a.get_latency_ms
+            a.latency.put_latency_ms, a.latency.get_latency_ms
         )
     };
     let mut table = Table::new(

@@ -23,6 +23,7 @@ use kvfs_testkit::server::{FaultConfig, ServerOptions, TestS3Server};
 
 use crate::support::alloc::{live_bytes, peak_rss_bytes};
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 
 #[derive(Args, Debug)]
 pub struct EngineArgs {
@@ -41,12 +42,8 @@ pub struct EngineArgs {
     /// Samples in the sync-latency run.
     #[arg(long, default_value_t = 200)]
     syncs: usize,
-    /// Latency injected at the server for every PUT in the sync-latency run.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency injected at the server for every GET/HEAD/LIST in the sync-latency run.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// A few seconds instead of a minute: 10x fewer puts, keys and syncs.
     #[arg(long)]
     quick: bool,
@@ -169,12 +166,12 @@ pub async fn run(mut a: EngineArgs) -> BenchResult<()> {
     // 2. Sync latency against one PUT, with S3-like latency at the server.
     eprintln!(
         "sync latency: {} samples with {} ms per PUT, {} ms per GET ...",
-        a.syncs, a.put_latency_ms, a.get_latency_ms
+        a.syncs, a.latency.put_latency_ms, a.latency.get_latency_ms
     );
     let db = Db::open_store(store_at("sync"), Options::default()).await?;
     server.faults().set(FaultConfig {
-        put_latency: Duration::from_millis(a.put_latency_ms),
-        get_latency: Duration::from_millis(a.get_latency_ms),
+        put_latency: Duration::from_millis(a.latency.put_latency_ms),
+        get_latency: Duration::from_millis(a.latency.get_latency_ms),
         ..FaultConfig::default()
     });
     let raw = store_at("raw");

@@ -34,6 +34,7 @@ use crate::support::juicefs;
 use crate::support::mount::{mount_kvfs, BenchResult};
 use crate::support::plot;
 use crate::support::report::Table;
+use crate::support::server::SimulatedLatency;
 
 #[derive(Args, Debug)]
 pub struct FioArgs {
@@ -46,12 +47,8 @@ pub struct FioArgs {
     /// Bytes per file (fio's filesize; written and read in one request).
     #[arg(long, default_value_t = 4096)]
     file_size: usize,
-    /// Latency the S3 server adds to each PUT.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency the S3 server adds to each GET, HEAD and LIST.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// Systems, comma-separated: kvfs, bindfs, juicefs (skipped with a note when
     /// `juicefs` is not installed).
     #[arg(long, default_value = "kvfs,bindfs,juicefs")]
@@ -231,8 +228,8 @@ pub async fn run(a: FioArgs) -> BenchResult<()> {
     std::fs::create_dir_all(&work)?;
     let result = match crate::support::mount::latency_server(
         &work.join("s3"),
-        a.put_latency_ms,
-        a.get_latency_ms,
+        a.latency.put_latency_ms,
+        a.latency.get_latency_ms,
     )
     .await
     {
@@ -296,7 +293,7 @@ fn run_with(a: &FioArgs, work: &Path, server: &TestS3Server) -> BenchResult<()> 
     let mut t = Table::new(
         &format!(
             "fio small-file jobs: {} jobs x {files} files of {} B; S3 with {} ms PUT, {} ms GET",
-            a.jobs, a.file_size, a.put_latency_ms, a.get_latency_ms
+            a.jobs, a.file_size, a.latency.put_latency_ms, a.latency.get_latency_ms
         ),
         &[
             "system",

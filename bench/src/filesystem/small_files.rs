@@ -33,6 +33,7 @@ use kvfs_testkit::server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
 
 use crate::support::mount::{mount_kvfs, BenchResult};
 use crate::support::report::{quantile, Table};
+use crate::support::server::SimulatedLatency;
 use kvfs_testkit::mount::{force_unmount, require, wait_mounted, Mount};
 
 #[derive(Args, Debug)]
@@ -55,12 +56,8 @@ pub struct FsArgs {
     /// At most this many files per workload for s3fs (about 10 files/s).
     #[arg(long, default_value_t = 150)]
     s3fs_files: usize,
-    /// Latency injected at the server for every PUT (and DELETE).
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency injected at the server for every GET, HEAD and LIST.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// At most this many files per workload for rclone.
     #[arg(long, default_value_t = 1000)]
     rclone_files: usize,
@@ -425,7 +422,7 @@ fn plot_rates(out: &Path, rows: &[Row], systems: &[String], a: &FsArgs) {
         &crate::support::plot::Chart {
             title: &format!(
                 "Small files through FUSE ({} B files; S3 at {} ms PUT / {} ms GET)",
-                a.file_bytes, a.put_latency_ms, a.get_latency_ms
+                a.file_bytes, a.latency.put_latency_ms, a.latency.get_latency_ms
             ),
             x_label: "workload",
             y_label: "files/s (log scale)",
@@ -499,9 +496,12 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
     let mut sustained_rss: Option<f64> = None;
     let systems: Vec<String> = a.systems.split(',').map(|s| s.trim().to_string()).collect();
     let work = std::env::temp_dir().join(format!("kvfs-bench-fs-{}", std::process::id()));
-    let server =
-        crate::support::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms)
-            .await?;
+    let server = crate::support::mount::latency_server(
+        &work.join("s3"),
+        a.latency.put_latency_ms,
+        a.latency.get_latency_ms,
+    )
+    .await?;
     let mut runner = Runner {
         server: &server,
         rows: Vec::new(),
@@ -615,7 +615,7 @@ async fn small_files(a: &FsArgs) -> BenchResult<()> {
     let mut table = Table::new(
         &format!(
             "small files through FUSE ({} B files, {} ms PUT / {} ms GET at the server)",
-            a.file_bytes, a.put_latency_ms, a.get_latency_ms
+            a.file_bytes, a.latency.put_latency_ms, a.latency.get_latency_ms
         ),
         &[
             "system",

@@ -36,6 +36,7 @@ use crate::support::juicefs;
 use crate::support::mount::{mount_kvfs, BenchResult};
 use crate::support::plot;
 use crate::support::report::Table;
+use crate::support::server::SimulatedLatency;
 
 #[derive(Args, Debug)]
 pub struct WorkloadArgs {
@@ -46,12 +47,8 @@ pub struct WorkloadArgs {
     /// Fewest files of a .crate picked from the registry cache.
     #[arg(long, default_value_t = 1000)]
     min_files: usize,
-    /// Latency the S3 server adds to each PUT.
-    #[arg(long, default_value_t = 25)]
-    put_latency_ms: u64,
-    /// Latency the S3 server adds to each GET, HEAD and LIST.
-    #[arg(long, default_value_t = 15)]
-    get_latency_ms: u64,
+    #[command(flatten)]
+    latency: SimulatedLatency,
     /// A smaller tree (a generated 4 MiB one) and no registry search.
     #[arg(long)]
     quick: bool,
@@ -216,9 +213,12 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
     }
 
     // kvfs on S3 with latency.
-    let server =
-        crate::support::mount::latency_server(&work.join("s3"), a.put_latency_ms, a.get_latency_ms)
-            .await?;
+    let server = crate::support::mount::latency_server(
+        &work.join("s3"),
+        a.latency.put_latency_ms,
+        a.latency.get_latency_ms,
+    )
+    .await?;
     let store = "s3://bench/workload";
     let point = work.join("mnt");
     tokio::task::block_in_place(|| -> BenchResult<()> {
@@ -277,7 +277,7 @@ async fn run_in(a: &WorkloadArgs, work: &Path) -> BenchResult<()> {
     let mut t = Table::new(
         &format!(
             "Workload on {what}: kvfs (and JuiceFS) over S3 ({} ms PUT, {} ms GET), bindfs over tmpfs and a local directory",
-            a.put_latency_ms, a.get_latency_ms
+            a.latency.put_latency_ms, a.latency.get_latency_ms
         ),
         &["system", "step", "seconds", "puts", "gets", "vs_local"],
     );

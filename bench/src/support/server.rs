@@ -96,3 +96,15 @@ pub async fn run(a: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     server.shutdown().await;
     Ok(())
 }
+
+/// The latency a benchmark's in-process S3 server adds, by default that of S3
+/// Standard in one region (`--put-latency-ms`, `--get-latency-ms`).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct SimulatedLatency {
+    /// Latency the S3 server adds to every PUT (and DELETE).
+    #[arg(long, default_value_t = 25)]
+    pub put_latency_ms: u64,
+    /// Latency the S3 server adds to every GET, HEAD and LIST.
+    #[arg(long, default_value_t = 15)]
+    pub get_latency_ms: u64,
+}
