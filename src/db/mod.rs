@@ -155,8 +155,8 @@ impl ValueId {
     }
 
     /// An id for tests of code that compares ids.
-    #[doc(hidden)]
-    pub fn for_test(n: u32) -> ValueId {
+    #[cfg(test)]
+    pub(crate) fn for_test(n: u32) -> ValueId {
         ValueId { slot: n, offset: 0 }
     }
 }

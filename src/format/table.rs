@@ -451,7 +451,7 @@ impl TableBuilder {
         if let Some(b) = &mut self.bloom {
             b.add_key(key);
         }
-        if self.props.first_key.is_empty() && self.entries == 1 {
+        if self.entries == 1 {
             self.props.first_key = key.to_vec();
         }
         self.props.last_key.clear();

@@ -261,15 +261,11 @@ struct Rename<'a> {
     replaced: Option<u64>,
 }
 
-impl<'a> Rename<'a> {
-    fn touched_mut(&mut self, ino: u64) -> &mut Touched<'a> {
-        let i = self
-            .touched
-            .iter()
-            .position(|(i, _)| *i == ino)
-            .unwrap_or(0);
-        &mut self.touched[i].1
-    }
+/// The touched inode `ino` of a rename (borrowing only that field of [`Rename`], so
+/// its other fields stay usable alongside).
+fn touched_of<'x, 'a>(touched: &'x mut [(u64, Touched<'a>)], ino: u64) -> &'x mut Touched<'a> {
+    let i = touched.iter().position(|(i, _)| *i == ino).unwrap_or(0);
+    &mut touched[i].1
 }
 
 impl Namespace {
@@ -948,11 +944,10 @@ impl Namespace {
         if t.ino == m.s.ino {
             return Ok(());
         }
-        let (at, across) = (m.at, m.across);
         for (ino, to) in [(m.s.ino, new_parent), (t.ino, parent)] {
-            let a = &mut m.touched_mut(ino).attr;
-            a.ctime = at;
-            if a.kind == Kind::Dir && across {
+            let a = &mut touched_of(&mut m.touched, ino).attr;
+            a.ctime = m.at;
+            if a.kind == Kind::Dir && m.across {
                 a.parent = to;
                 // A directory leaving a parent takes one link from it.
                 let toward_new: i64 = if to == new_parent { 1 } else { -1 };
@@ -992,21 +987,15 @@ impl Namespace {
                 m.ops.push(BatchOp::Delete(inode_key(t.ino)));
                 self.xattr_deletes(t.ino, &mut m.ops);
                 m.dst_links -= 1;
-            } else {
-                let at = m.at;
-                let mut ops = std::mem::take(&mut m.ops);
-                if self.drop_name(m.touched_mut(t.ino), at, &mut ops) {
-                    m.purge = Some(t.ino);
-                }
-                m.ops = ops;
+            } else if self.drop_name(touched_of(&mut m.touched, t.ino), m.at, &mut m.ops) {
+                m.purge = Some(t.ino);
             }
         }
         m.ops.push(BatchOp::Delete(dirent_key(parent, name)));
         m.ops.push(dirent_op(new_parent, new_name, m.s));
-        let (at, across, ino) = (m.at, m.across, m.s.ino);
-        let a = &mut m.touched_mut(ino).attr;
-        a.ctime = at;
-        if a.kind == Kind::Dir && across {
+        let a = &mut touched_of(&mut m.touched, m.s.ino).attr;
+        a.ctime = m.at;
+        if a.kind == Kind::Dir && m.across {
             a.parent = new_parent;
             m.src_links -= 1;
             m.dst_links += 1;

@@ -18,9 +18,9 @@
 //! installed (SQLite metadata, its cache emptied for the cold read). bindfs over
 //! tmpfs, when installed, is FUSE with no storage behind it: what the kernel's
 //! round trips to any FUSE daemon cost (its reads after the remount have the
-//! kernel's caches dropped; its data stays in tmpfs, so it has no cold read). Rows go to
-//! `workload.csv` and a chart of
-//! seconds per step to `workload.png` in the `--out` directory.
+//! kernel's caches dropped; its data stays in tmpfs, so it has no cold read). Rows
+//! go to `workload.csv` and a chart of seconds per step to `workload.png` in the
+//! `--out` directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
